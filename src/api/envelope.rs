@@ -1,0 +1,63 @@
+//! The response envelope every endpoint answers with (compatible with the reference service):
+//!
+//! ```json
+//! {"id":"openg2p.auditmanager","version":"1.0","responsetime":"2026-11-22T19:23:11.123Z",
+//!  "response":{...}|null,"errors":[{"errorCode":"AUD-002","message":"..."}]}
+//! ```
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+pub const SERVICE_ID: &str = "openg2p.auditmanager";
+pub const VERSION: &str = "1.0";
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ErrorItem {
+    #[serde(rename = "errorCode")]
+    pub error_code: &'static str,
+    pub message: String,
+}
+
+#[derive(Serialize)]
+struct Envelope<'a, T: Serialize> {
+    id: &'static str,
+    version: &'static str,
+    responsetime: String,
+    response: Option<&'a T>,
+    errors: &'a [ErrorItem],
+}
+
+/// RFC 3339 with milliseconds and `Z`.
+pub fn response_time() -> String {
+    chrono::Utc::now()
+        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+        .to_string()
+}
+
+/// Renders the envelope with `status`.
+pub fn respond<T: Serialize>(
+    status: StatusCode,
+    response: Option<&T>,
+    errors: &[ErrorItem],
+) -> Response {
+    let body = Envelope {
+        id: SERVICE_ID,
+        version: VERSION,
+        responsetime: response_time(),
+        response,
+        errors,
+    };
+    match serde_json::to_vec(&body) {
+        Ok(bytes) => (
+            status,
+            [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+            bytes,
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot serialize response envelope");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! Error policy of the HTTP layer.
+//!
+//! Every failure a request can meet becomes one [`ApiError`] variant, and this file is the only
+//! place that maps them to an HTTP status, an `AUD-xxx` code and headers. Messages say what was
+//! wrong and what to do about it; they never echo secrets. 503s always carry `Retry-After`.
+
+use std::time::Duration;
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use super::envelope::{ErrorItem, respond};
+use crate::event::FieldError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// AUD-001: the body is not JSON (or not decodable).
+    #[error("{0}")]
+    NotJson(String),
+    /// AUD-002: schema violations, one per field.
+    #[error("invalid event")]
+    Invalid(Vec<FieldError>),
+    /// AUD-003: body or a single event too large.
+    #[error("{0}")]
+    TooLarge(String),
+    /// AUD-004: spool full or writer overloaded.
+    #[error("{message}")]
+    Backpressure {
+        message: String,
+        retry_after: Duration,
+    },
+    /// AUD-005: not ready (starting up, shutting down, role not running here).
+    #[error("{message}")]
+    NotReady {
+        message: String,
+        retry_after: Duration,
+    },
+    /// AUD-007: batch larger than `ingest.max_batch_size`.
+    #[error("{0}")]
+    BatchTooLarge(String),
+    /// AUD-008: unsupported content type.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// AUD-009: the spool commit or fsync failed.
+    #[error("{message}")]
+    SpoolWrite {
+        message: String,
+        retry_after: Duration,
+    },
+}
+
+impl ApiError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::NotJson(_) => "AUD-001",
+            ApiError::Invalid(_) => "AUD-002",
+            ApiError::TooLarge(_) => "AUD-003",
+            ApiError::Backpressure { .. } => "AUD-004",
+            ApiError::NotReady { .. } => "AUD-005",
+            ApiError::BatchTooLarge(_) => "AUD-007",
+            ApiError::UnsupportedMediaType(_) => "AUD-008",
+            ApiError::SpoolWrite { .. } => "AUD-009",
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::NotJson(_) | ApiError::BatchTooLarge(_) => StatusCode::BAD_REQUEST,
+            ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Backpressure { .. }
+            | ApiError::NotReady { .. }
+            | ApiError::SpoolWrite { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ApiError::Backpressure { retry_after, .. }
+            | ApiError::NotReady { retry_after, .. }
+            | ApiError::SpoolWrite { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        }
+    }
+
+    /// One error item per problem (each bad field gets its own).
+    pub fn items(&self) -> Vec<ErrorItem> {
+        let code = self.code();
+        match self {
+            ApiError::Invalid(fields) => fields
+                .iter()
+                .map(|f| ErrorItem {
+                    error_code: code,
+                    message: f.to_string(),
+                })
+                .collect(),
+            other => vec![ErrorItem {
+                error_code: code,
+                message: other.to_string(),
+            }],
+        }
+    }
+}
+
+/// Seconds for `Retry-After`, rounded up, at least 1.
+pub fn retry_after_secs(d: Duration) -> u64 {
+    (d.as_millis().div_ceil(1000) as u64).max(1)
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        metrics::counter!("audit_events_rejected_total", "code" => self.code()).increment(1);
+        let mut resp = respond::<()>(self.status(), None, &self.items());
+        if let Some(d) = self.retry_after() {
+            resp.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(retry_after_secs(d)),
+            );
+        }
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_503_carries_retry_after() {
+        let d = Duration::from_millis(1500);
+        for e in [
+            ApiError::Backpressure {
+                message: "x".into(),
+                retry_after: d,
+            },
+            ApiError::NotReady {
+                message: "x".into(),
+                retry_after: d,
+            },
+            ApiError::SpoolWrite {
+                message: "x".into(),
+                retry_after: d,
+            },
+        ] {
+            let resp = e.into_response();
+            assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(resp.headers()[header::RETRY_AFTER], "2");
+        }
+    }
+
+    #[test]
+    fn invalid_lists_each_field() {
+        let e = ApiError::Invalid(vec![
+            FieldError {
+                field: "events[1].source".into(),
+                message: "required".into(),
+            },
+            FieldError {
+                field: "events[1].data.action".into(),
+                message: "required".into(),
+            },
+        ]);
+        let items = e.items();
+        assert_eq!(items.len(), 2);
+        assert!(items[0].message.contains("events[1].source"));
+        assert_eq!(items[1].error_code, "AUD-002");
+    }
+}

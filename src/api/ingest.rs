@@ -1,0 +1,277 @@
+//! `POST /events` and `POST /events/batch`: decode, validate, spool durably, answer 202.
+//!
+//! The answer is sent only after the spool commit holding the request's events returned, i.e.
+//! after fsync. A batch is all-or-nothing: every event valid and spooled in one commit, or none.
+
+use axum::body::{Body, to_bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::Response;
+use bytes::Bytes;
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::envelope::respond;
+use super::error::ApiError;
+use crate::event::{self, FieldError, NormalizedEvent, Rejection};
+use crate::spool::{AppendError, Record, now_ms};
+
+/// The media types a request body may have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Media {
+    /// `application/json`
+    Json,
+    /// `application/cloudevents+json`
+    CloudEvent,
+    /// `application/cloudevents-batch+json`
+    CloudEventBatch,
+}
+
+fn media(headers: &HeaderMap) -> Option<Media> {
+    let ct = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
+    let essence = ct.split(';').next()?.trim().to_ascii_lowercase();
+    match essence.as_str() {
+        "application/json" => Some(Media::Json),
+        "application/cloudevents+json" => Some(Media::CloudEvent),
+        "application/cloudevents-batch+json" => Some(Media::CloudEventBatch),
+        _ => None,
+    }
+}
+
+fn content_type_error(headers: &HeaderMap, expected: &str) -> ApiError {
+    let got = headers
+        .get(header::CONTENT_TYPE)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .unwrap_or_else(|| "none".into());
+    ApiError::UnsupportedMediaType(format!(
+        "unsupported Content-Type {got:?}; send {expected} \
+         (e.g. curl -H 'Content-Type: application/json')"
+    ))
+}
+
+/// Reads the body, refusing more than `http.max_body_bytes` (413 AUD-003).
+async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+    let limit = state.config.http.max_body_bytes;
+    let too_large = |n: Option<u64>| {
+        let size = n.map(|n| format!(" ({n} bytes)")).unwrap_or_default();
+        ApiError::TooLarge(format!(
+            "request body{size} exceeds http.max_body_bytes = {limit} bytes; split it into \
+             smaller batches"
+        ))
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large(declared));
+    }
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    to_bytes(body, limit).await.map_err(|_| too_large(None))
+}
+
+fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
+    // serde_json caps nesting at 128 levels, so hostile depth is an error, not a stack overflow.
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::NotJson(format!(
+            "request body is not valid JSON: {e}; send one CloudEvent as a JSON object \
+             (UTF-8, at most 128 levels deep)"
+        ))
+    })
+}
+
+fn reject(r: Rejection) -> ApiError {
+    match r {
+        Rejection::Invalid(fields) => ApiError::Invalid(fields),
+        too_large @ Rejection::TooLarge { .. } => ApiError::TooLarge(format!(
+            "{}; events are limited by ingest.max_event_bytes",
+            too_large.message()
+        )),
+    }
+}
+
+fn not_ready_unless_accepting(state: &AppState) -> Result<(), ApiError> {
+    if state.shutdown.is_cancelled() {
+        return Err(ApiError::NotReady {
+            message: "shutting down; retry against another instance".into(),
+            retry_after: state.config.spool.retry_after,
+        });
+    }
+    if state.spool.is_none() {
+        return Err(ApiError::NotReady {
+            message: "the ingest role is not enabled in this process (see `roles`)".into(),
+            retry_after: state.config.spool.retry_after,
+        });
+    }
+    Ok(())
+}
+
+fn to_record(e: NormalizedEvent, accepted_at_ms: u64) -> Record {
+    Record {
+        accepted_at_ms,
+        id: e.id,
+        key: e.key,
+        value: e.json,
+    }
+}
+
+/// Spools the records in one commit and maps refusals to their documented errors.
+async fn spool(state: &AppState, records: &[Record]) -> Result<(), ApiError> {
+    let Some(spool) = &state.spool else {
+        return Err(ApiError::NotReady {
+            message: "the ingest role is not enabled in this process".into(),
+            retry_after: state.config.spool.retry_after,
+        });
+    };
+    let retry_after = state.config.spool.retry_after;
+    match spool.append(records).await {
+        Ok(_) => {
+            metrics::counter!("audit_events_accepted_total").increment(records.len() as u64);
+            Ok(())
+        }
+        Err(e @ (AppendError::Full { .. } | AppendError::Overloaded)) => {
+            Err(ApiError::Backpressure {
+                message: format!(
+                    "{e}; nothing was stored, retry after the Retry-After delay \
+                     (operators: check the forwarder and Kafka)"
+                ),
+                retry_after,
+            })
+        }
+        Err(e @ AppendError::Storage(_)) => Err(ApiError::SpoolWrite {
+            message: format!("{e}; nothing was stored, retry after the Retry-After delay"),
+            retry_after,
+        }),
+        Err(AppendError::Closed) => Err(ApiError::NotReady {
+            message: "shutting down; nothing was stored, retry".into(),
+            retry_after,
+        }),
+    }
+}
+
+/// `POST /v1/auditmanager/events`: one event, structured (`application/json`,
+/// `application/cloudevents+json`) or binary mode (`ce-*` headers, body = `data`).
+pub async fn post_event(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    not_ready_unless_accepting(&state)?;
+    let binary = event::is_binary_mode(headers.keys().map(|k| k.as_str()));
+    let value = if binary {
+        let ct = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = read_body(&state, &headers, body).await?;
+        let pairs = headers.iter().map(|(k, v)| (k.as_str(), v.as_bytes()));
+        event::from_binary(pairs, ct.as_deref(), &body).map_err(binary_error)?
+    } else {
+        match media(&headers) {
+            Some(Media::Json | Media::CloudEvent) => {}
+            _ => {
+                return Err(content_type_error(
+                    &headers,
+                    "application/json or application/cloudevents+json (or binary mode with \
+                     ce-* headers)",
+                ));
+            }
+        }
+        parse_json(&read_body(&state, &headers, body).await?)?
+    };
+    let now = chrono::Utc::now();
+    let normalized = event::normalize(value, now, &state.limits).map_err(reject)?;
+    let id = normalized.id.clone();
+    spool(&state, &[to_record(normalized, now_ms())]).await?;
+    Ok(respond(
+        StatusCode::ACCEPTED,
+        Some(&json!({ "accepted": id })),
+        &[],
+    ))
+}
+
+fn binary_error(e: event::BinaryError) -> ApiError {
+    match e {
+        event::BinaryError::NotJson(msg) => ApiError::NotJson(format!(
+            "binary-mode body (the event's data) is not valid JSON: {msg}"
+        )),
+        event::BinaryError::Invalid(fields) => ApiError::Invalid(fields),
+    }
+}
+
+/// `POST /v1/auditmanager/events/batch`: `{"events":[...]}` (`application/json`) or a JSON
+/// array (`application/cloudevents-batch+json`). All or nothing.
+pub async fn post_batch(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    not_ready_unless_accepting(&state)?;
+    if media(&headers).is_none() {
+        return Err(content_type_error(
+            &headers,
+            "application/json with {\"events\":[...]} or application/cloudevents-batch+json \
+             with a JSON array",
+        ));
+    }
+    let value = parse_json(&read_body(&state, &headers, body).await?)?;
+    let events = match value {
+        Value::Array(events) => events,
+        Value::Object(mut obj) => match obj.remove("events") {
+            Some(Value::Array(events)) => events,
+            _ => return Err(invalid("events", "required: an array of CloudEvents")),
+        },
+        _ => {
+            return Err(invalid(
+                "events",
+                "body must be {\"events\":[...]} or a JSON array of CloudEvents",
+            ));
+        }
+    };
+    let max = state.config.ingest.max_batch_size;
+    if events.len() > max {
+        return Err(ApiError::BatchTooLarge(format!(
+            "batch has {} events, more than ingest.max_batch_size = {max}; split it",
+            events.len()
+        )));
+    }
+    if events.is_empty() {
+        return Err(invalid("events", "must contain at least one event"));
+    }
+    let now = chrono::Utc::now();
+    let accepted_at = now_ms();
+    let mut records = Vec::with_capacity(events.len());
+    let mut problems: Vec<FieldError> = Vec::new();
+    let mut too_large: Option<Rejection> = None;
+    for (i, ev) in events.into_iter().enumerate() {
+        match event::normalize(ev, now, &state.limits) {
+            Ok(n) => records.push(to_record(n, accepted_at)),
+            Err(r) => match r.at_index(i) {
+                Rejection::Invalid(fields) => problems.extend(fields),
+                big => {
+                    too_large.get_or_insert(big);
+                }
+            },
+        }
+    }
+    if !problems.is_empty() {
+        return Err(ApiError::Invalid(problems));
+    }
+    if let Some(big) = too_large {
+        return Err(reject(big));
+    }
+    spool(&state, &records).await?;
+    let ids: Vec<&str> = records.iter().map(|r| r.id.as_str()).collect();
+    Ok(respond(
+        StatusCode::ACCEPTED,
+        Some(&json!({ "accepted": ids, "count": ids.len() })),
+        &[],
+    ))
+}
+
+fn invalid(field: &str, message: &str) -> ApiError {
+    ApiError::Invalid(vec![FieldError {
+        field: field.into(),
+        message: message.into(),
+    }])
+}

@@ -1,0 +1,94 @@
+//! The HTTP API under `/v1/auditmanager`: ingest routes (`ingest.rs`), operational routes
+//! (`ops.rs`), the envelope (`envelope.rs`) and the one error → status mapping (`error.rs`).
+
+pub mod envelope;
+pub mod error;
+mod ingest;
+mod ops;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::event::Limits;
+use crate::health::Health;
+use crate::spool::Spool;
+
+pub const BASE: &str = "/v1/auditmanager";
+
+/// Everything a handler needs; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub limits: Arc<Limits>,
+    /// The spool, when this process runs the ingest role.
+    pub spool: Option<Spool>,
+    pub health: Arc<Health>,
+    pub metrics: PrometheusHandle,
+    /// Cancelled when the process starts draining: ingest answers 503 AUD-005 from then on.
+    pub shutdown: CancellationToken,
+}
+
+impl AppState {
+    pub fn new(
+        config: Arc<Config>,
+        spool: Option<Spool>,
+        health: Health,
+        metrics: PrometheusHandle,
+        shutdown: CancellationToken,
+    ) -> AppState {
+        let limits = Limits {
+            max_future_skew: config.ingest.max_future_skew,
+            max_event_bytes: usize::try_from(config.ingest.max_event_bytes).unwrap_or(usize::MAX),
+        };
+        AppState {
+            config,
+            limits: Arc::new(limits),
+            spool,
+            health: Arc::new(health),
+            metrics,
+            shutdown,
+        }
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/events", post(ingest::post_event))
+        .route("/events/batch", post(ingest::post_batch))
+        .route("/health", get(ops::health))
+        .route("/version", get(ops::version))
+        .route("/config", get(ops::config))
+        .route("/metrics", get(ops::metrics))
+        .route("/openapi.json", get(ops::openapi));
+    Router::new()
+        .nest(BASE, api)
+        .fallback(ops::not_found)
+        .layer(middleware::from_fn(track))
+        .with_state(state)
+}
+
+/// Counts every answer by route template and status, and times it.
+async fn track(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let started = Instant::now();
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16().to_string();
+    metrics::histogram!("audit_http_request_duration_seconds", "route" => route.clone())
+        .record(started.elapsed().as_secs_f64());
+    metrics::counter!("audit_http_requests_total", "route" => route, "status" => status)
+        .increment(1);
+    resp
+}

@@ -1,0 +1,51 @@
+//! Prometheus metrics. Every queue has a depth gauge; every stage counts what it did.
+//!
+//! Names (all prefixed `audit_`):
+//!
+//! | metric | kind | meaning |
+//! |---|---|---|
+//! | `audit_http_requests_total{route,status}` | counter | HTTP requests answered |
+//! | `audit_http_request_duration_seconds{route}` | histogram | time to answer |
+//! | `audit_events_accepted_total` | counter | events answered 202 (durable) |
+//! | `audit_events_rejected_total{code}` | counter | events refused, by error code |
+//! | `audit_spool_events` / `audit_spool_bytes` | gauge | live spool depth |
+//! | `audit_spool_oldest_event_age_seconds` | gauge | age of the oldest undelivered event |
+//! | `audit_spool_quarantined_events` | gauge | records in the quarantine table |
+//! | `audit_spool_quarantined_total` | counter | records moved to quarantine |
+//! | `audit_spool_commit_batch_events` | histogram | events per group commit |
+//! | `audit_spool_commit_duration_seconds` | histogram | write transaction + fsync time |
+//! | `audit_spool_commit_failures_total` | counter | commits that failed (AUD-009) |
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.0, 2.0, 5.0,
+];
+const BATCH_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0, 16384.0,
+];
+
+/// Installs the global recorder once per process and returns the handle that renders it.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Suffix("_events".into()), BATCH_BUCKETS)
+                })
+                .map(|b| b.build_recorder())
+                .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
+            let handle = recorder.handle();
+            // Fails only if another recorder was installed first; ours then stays unused.
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("a metrics recorder was already installed; /metrics may be empty");
+            }
+            handle
+        })
+        .clone()
+}

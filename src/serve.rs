@@ -1,0 +1,150 @@
+//! `audit-manager serve`: wires the roles of one process together and drains them on shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use serde_json::json;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, AppState};
+use crate::config::{Config, Role};
+use crate::health::{Health, RoleReport, Status};
+use crate::spool::{self, Spool, SpoolOptions, now_ms};
+
+/// Seams for tests; production uses [`StartOptions::default`].
+#[derive(Default)]
+pub struct StartOptions {
+    /// Opens the spool database instead of the file under `spool.path` (failure injection).
+    pub spool_opener: Option<spool::Opener>,
+}
+
+/// A started service: its bound address and the handle to stop it.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub spool: Option<Spool>,
+    shutdown: CancellationToken,
+    server: JoinHandle<std::io::Result<()>>,
+}
+
+impl Running {
+    /// Waits until the shutdown token is cancelled and everything has drained.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        let served = self.server.await;
+        if let Some(spool) = &self.spool {
+            // Every request that was in flight has been answered: their commits are done.
+            spool.close().await;
+        }
+        tracing::info!("drained; exiting");
+        served
+            .context("HTTP server task panicked")?
+            .context("HTTP server failed")
+    }
+
+    /// Starts draining and waits for it.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.wait().await
+    }
+}
+
+/// Runs until SIGTERM/SIGINT, then drains and returns.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    crate::shutdown::cancel_on_signal(shutdown.clone());
+    let running = start(config, shutdown, StartOptions::default()).await?;
+    running.wait().await
+}
+
+/// Opens what the configured roles need, binds the listener and starts serving.
+pub async fn start(
+    config: Config,
+    shutdown: CancellationToken,
+    opts: StartOptions,
+) -> anyhow::Result<Running> {
+    let metrics = crate::metrics::install();
+    let roles: Vec<String> = config.roles.iter().map(|r| r.to_string()).collect();
+    let spool = if config.has_role(Role::Ingest) || config.has_role(Role::Forward) {
+        let so = SpoolOptions {
+            dir: config.spool.path.clone(),
+            max_bytes: config.spool.max_bytes,
+            max_pending_appends: config.spool.max_pending_appends,
+        };
+        let spool = match opts.spool_opener {
+            Some(opener) => {
+                let file = spool::store::file_path(&so.dir);
+                tokio::task::spawn_blocking(move || Spool::open_with(opener, file, &so)).await?
+            }
+            None => tokio::task::spawn_blocking(move || Spool::open(&so)).await?,
+        };
+        Some(spool?)
+    } else {
+        None
+    };
+    let mut health = Health::default();
+    if let (true, Some(spool)) = (config.has_role(Role::Ingest), &spool) {
+        health.register(Role::Ingest, ingest_check(spool.clone()));
+    }
+    let listener = tokio::net::TcpListener::bind(config.http.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (http.listen): is another process using the port?",
+                config.http.listen
+            )
+        })?;
+    let addr = listener.local_addr()?;
+    let state = AppState::new(
+        Arc::new(config),
+        spool.clone(),
+        health,
+        metrics,
+        shutdown.clone(),
+    );
+    let app = api::router(state);
+    let token = shutdown.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(token.cancelled_owned())
+            .await
+    });
+    tracing::info!(%addr, roles = roles.join(","), "audit-manager listening");
+    Ok(Running {
+        addr,
+        spool,
+        shutdown,
+        server,
+    })
+}
+
+fn ingest_check(spool: Spool) -> crate::health::Check {
+    Arc::new(move || {
+        let s = spool.stats();
+        let mut detail = serde_json::Map::new();
+        detail.insert(
+            "spool".into(),
+            json!({
+                "events": s.live_events,
+                "bytes": s.live_bytes,
+                "max_bytes": s.max_bytes,
+                "oldest_event_age_seconds": s.oldest_age_secs(now_ms()),
+                "quarantined": s.quarantined,
+            }),
+        );
+        let mut report = RoleReport::up(detail);
+        if let Err(e) = spool.health() {
+            report.status = Status::Down;
+            report.code = Some("AUD-009");
+            report.reason = Some(format!("spool writes are failing: {e}"));
+        } else if s.live_bytes.saturating_mul(10) >= s.max_bytes.saturating_mul(9) {
+            report.status = Status::Degraded;
+            report.reason = Some(
+                "spool is at least 90% full: ingest answers 503 AUD-004 once it is full; \
+                 check the forwarder and Kafka"
+                    .into(),
+            );
+        }
+        report
+    })
+}

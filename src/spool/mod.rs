@@ -1,0 +1,382 @@
+//! The durable spool: every accepted event lives here, fsynced, until Kafka acknowledged it.
+//!
+//! - `record.rs`: the frame codec (version, CRC-32, postcard body);
+//! - `store.rs`: the redb file, its tables, open-time recovery, reads;
+//! - `writer.rs`: the single group-commit writer thread;
+//! - `cli.rs`: the offline `spool stats|verify|export` commands.
+//!
+//! [`Spool`] is the cheap-to-clone handle the rest of the service uses. The on-disk format is
+//! documented byte for byte in `spool-format.md` at the repository root.
+
+pub mod cli;
+pub mod record;
+pub mod store;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::thread::JoinHandle;
+
+use redb::Database;
+use tokio::sync::{mpsc, oneshot};
+
+pub use record::{QuarantineEntry, Record};
+pub use store::{Opener, Stored};
+
+/// Errors of the spool's storage layer.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error(
+        "cannot open spool file {file}: {source}. The file was left untouched. Run \
+         `audit-manager spool verify` for details; restore the file from a backup, or move it \
+         aside (e.g. `mv {file} {file}.damaged`) to start with an empty spool, keeping the old \
+         file for recovery"
+    )]
+    Open {
+        file: PathBuf,
+        #[source]
+        source: redb::DatabaseError,
+    },
+    #[error(
+        "spool file {file} is in use by another process (is another audit-manager running on \
+         this spool.path?). Stop it first; the offline `spool` commands need the service stopped"
+    )]
+    InUse { file: PathBuf },
+    #[error("cannot create spool directory {dir}: {source}. Check spool.path and its permissions")]
+    CreateDir {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "spool file {file} has format version {found}, this build reads version {}; run the \
+         audit-manager release that wrote it to drain the spool first",
+        store::FORMAT_VERSION
+    )]
+    FormatVersion { file: PathBuf, found: u64 },
+    #[error("spool storage error: {0}")]
+    Db(#[from] redb::Error),
+    #[error("spool commit failed: {0}")]
+    Commit(String),
+    #[error("spool is unavailable: {0}")]
+    Unavailable(String),
+    #[error("the spool writer has stopped (the service is shutting down)")]
+    Closed,
+}
+
+impl SpoolError {
+    fn open(file: &Path, source: redb::DatabaseError) -> SpoolError {
+        match source {
+            redb::DatabaseError::DatabaseAlreadyOpen => SpoolError::InUse {
+                file: file.to_path_buf(),
+            },
+            source => SpoolError::Open {
+                file: file.to_path_buf(),
+                source,
+            },
+        }
+    }
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for SpoolError {
+            fn from(e: $t) -> Self {
+                SpoolError::Db(e.into())
+            }
+        }
+    )*};
+}
+from_redb!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+/// Why an append was not made durable. None of these ever yields a 202.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AppendError {
+    #[error(
+        "spool is full: {live_bytes} of {max_bytes} bytes hold events not yet delivered to Kafka"
+    )]
+    Full { live_bytes: u64, max_bytes: u64 },
+    #[error("too many requests are waiting for the spool writer")]
+    Overloaded,
+    #[error("spool write failed: {0}")]
+    Storage(String),
+    #[error("the service is shutting down")]
+    Closed,
+}
+
+impl AppendError {
+    fn from_spool(e: SpoolError) -> AppendError {
+        match e {
+            SpoolError::Closed => AppendError::Closed,
+            other => AppendError::Storage(other.to_string()),
+        }
+    }
+}
+
+/// Point-in-time figures, updated after every commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct SpoolStats {
+    pub live_events: u64,
+    pub live_bytes: u64,
+    pub max_bytes: u64,
+    /// Unix milliseconds of the oldest live event's acceptance; 0 when empty.
+    pub oldest_accepted_ms: u64,
+    pub quarantined: u64,
+}
+
+impl SpoolStats {
+    /// Age of the oldest live event in seconds (0 when empty).
+    pub fn oldest_age_secs(&self, now_ms: u64) -> f64 {
+        if self.oldest_accepted_ms == 0 {
+            0.0
+        } else {
+            now_ms.saturating_sub(self.oldest_accepted_ms) as f64 / 1000.0
+        }
+    }
+}
+
+/// Options for [`Spool::open`].
+#[derive(Debug, Clone)]
+pub struct SpoolOptions {
+    pub dir: PathBuf,
+    pub max_bytes: u64,
+    pub max_pending_appends: usize,
+}
+
+pub(crate) struct Shared {
+    file: PathBuf,
+    max_bytes: u64,
+    db: RwLock<Option<Arc<Database>>>,
+    live_events: AtomicU64,
+    live_bytes: AtomicU64,
+    oldest_accepted_ms: AtomicU64,
+    quarantined: AtomicU64,
+    last_error: Mutex<Option<String>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Shared {
+    fn set_db(&self, db: Option<Arc<Database>>) {
+        *self.db.write().unwrap_or_else(PoisonError::into_inner) = db;
+    }
+
+    fn db(&self) -> Result<Arc<Database>, SpoolError> {
+        let guard = self.db.read().unwrap_or_else(PoisonError::into_inner);
+        guard.clone().ok_or_else(|| {
+            SpoolError::Unavailable(self.last_error().unwrap_or_else(|| "closed".into()))
+        })
+    }
+
+    fn set_error(&self, e: Option<String>) {
+        *self.last_error.lock().unwrap_or_else(PoisonError::into_inner) = e;
+    }
+
+    fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn publish(&self, events: u64, bytes: u64, oldest_ms: u64, quarantined: u64) {
+        self.live_events.store(events, Ordering::Relaxed);
+        self.live_bytes.store(bytes, Ordering::Relaxed);
+        self.oldest_accepted_ms.store(oldest_ms, Ordering::Relaxed);
+        self.quarantined.store(quarantined, Ordering::Relaxed);
+        metrics::gauge!("audit_spool_events").set(events as f64);
+        metrics::gauge!("audit_spool_bytes").set(bytes as f64);
+        metrics::gauge!("audit_spool_quarantined_events").set(quarantined as f64);
+    }
+}
+
+/// Handle to the running spool: appends and acknowledgements go to the writer thread; reads run
+/// on the caller's thread in their own read transaction.
+#[derive(Clone)]
+pub struct Spool {
+    shared: Arc<Shared>,
+    tx: mpsc::Sender<writer::Command>,
+}
+
+impl Spool {
+    /// Opens the spool file under `opts.dir` (creating it if missing), recovers its counters,
+    /// quarantines damaged records and starts the writer thread.
+    pub fn open(opts: &SpoolOptions) -> Result<Spool, SpoolError> {
+        let opener = store::file_opener(&opts.dir)?;
+        Spool::open_with(opener, store::file_path(&opts.dir), opts)
+    }
+
+    /// Like [`Spool::open`] with a custom opener (tests inject failing storage this way).
+    pub fn open_with(
+        opener: Opener,
+        file: PathBuf,
+        opts: &SpoolOptions,
+    ) -> Result<Spool, SpoolError> {
+        let db = store::open_database(&opener, &file)?;
+        let rec = store::recover(&db, &file, store::OnDamage::Quarantine)?;
+        if !rec.damaged.is_empty() {
+            metrics::counter!("audit_spool_quarantined_total").increment(rec.damaged.len() as u64);
+        }
+        tracing::info!(
+            file = %file.display(),
+            events = rec.live_events,
+            bytes = rec.live_bytes,
+            quarantined = rec.quarantined,
+            damaged_now = rec.damaged.len(),
+            "spool opened"
+        );
+        let db = Arc::new(db);
+        let shared = Arc::new(Shared {
+            file,
+            max_bytes: opts.max_bytes,
+            db: RwLock::new(Some(db.clone())),
+            live_events: AtomicU64::new(0),
+            live_bytes: AtomicU64::new(0),
+            oldest_accepted_ms: AtomicU64::new(0),
+            quarantined: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+            thread: Mutex::new(None),
+        });
+        shared.publish(
+            rec.live_events,
+            rec.live_bytes,
+            rec.oldest_accepted_ms,
+            rec.quarantined,
+        );
+        let (tx, rx) = mpsc::channel(opts.max_pending_appends.max(1));
+        let w = writer::Writer {
+            shared: shared.clone(),
+            opener,
+            db: Some(db),
+            next_seq: rec.next_seq,
+            live_events: rec.live_events,
+            live_bytes: rec.live_bytes,
+            quarantined: rec.quarantined,
+            max_bytes: opts.max_bytes,
+        };
+        let handle = std::thread::Builder::new()
+            .name("spool-writer".into())
+            .spawn(move || w.run(rx))
+            .map_err(|e| SpoolError::Unavailable(format!("cannot start writer thread: {e}")))?;
+        *shared.thread.lock().unwrap_or_else(PoisonError::into_inner) = Some(handle);
+        Ok(Spool { shared, tx })
+    }
+
+    /// Makes `records` durable in one commit, all or none. Returns their sequence numbers once
+    /// the commit holding them has been fsynced.
+    pub async fn append(&self, records: &[Record]) -> Result<Vec<u64>, AppendError> {
+        let frames: Vec<writer::Frame> = records
+            .iter()
+            .map(|r| writer::Frame {
+                bytes: r.encode(),
+                accepted_at_ms: r.accepted_at_ms,
+            })
+            .collect();
+        let bytes = frames.iter().map(|f| f.bytes.len() as u64).sum();
+        if bytes > self.shared.max_bytes {
+            return Err(AppendError::Full {
+                live_bytes: self.shared.live_bytes.load(Ordering::Relaxed),
+                max_bytes: self.shared.max_bytes,
+            });
+        }
+        let (reply, rx) = oneshot::channel();
+        let cmd = writer::Command::Append {
+            frames,
+            bytes,
+            reply,
+        };
+        self.tx.try_send(cmd).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => AppendError::Overloaded,
+            mpsc::error::TrySendError::Closed(_) => AppendError::Closed,
+        })?;
+        rx.await.unwrap_or(Err(AppendError::Closed))
+    }
+
+    /// Deletes delivered records; durable once this returns.
+    pub async fn ack(&self, seqs: Vec<u64>) -> Result<(), SpoolError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(writer::Command::Ack { seqs, reply }).await?;
+        rx.await.unwrap_or(Err(SpoolError::Closed))
+    }
+
+    /// Moves a live record to the quarantine table with `reason`.
+    pub async fn quarantine(&self, seq: u64, reason: String) -> Result<(), SpoolError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(writer::Command::Quarantine { seq, reason, reply })
+            .await?;
+        rx.await.unwrap_or(Err(SpoolError::Closed))
+    }
+
+    /// Moves every quarantined record back into circulation; returns how many.
+    pub async fn requeue(&self) -> Result<u64, SpoolError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(writer::Command::Requeue { reply }).await?;
+        rx.await.unwrap_or(Err(SpoolError::Closed))
+    }
+
+    async fn send(&self, cmd: writer::Command) -> Result<(), SpoolError> {
+        self.tx.send(cmd).await.map_err(|_| SpoolError::Closed)
+    }
+
+    /// Reads live records with `seq >= from` (see [`store::read_from`]).
+    pub fn read_from(
+        &self,
+        from: u64,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Stored>, SpoolError> {
+        let db = self.shared.db()?;
+        store::read_from(&db, from, max_events, max_bytes)
+    }
+
+    pub fn stats(&self) -> SpoolStats {
+        let s = &self.shared;
+        SpoolStats {
+            live_events: s.live_events.load(Ordering::Relaxed),
+            live_bytes: s.live_bytes.load(Ordering::Relaxed),
+            max_bytes: s.max_bytes,
+            oldest_accepted_ms: s.oldest_accepted_ms.load(Ordering::Relaxed),
+            quarantined: s.quarantined.load(Ordering::Relaxed),
+        }
+    }
+
+    /// `Err(reason)` while the last commit attempt failed (cleared by the next good commit).
+    pub fn health(&self) -> Result<(), String> {
+        match self.shared.last_error() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    pub fn file(&self) -> &Path {
+        &self.shared.file
+    }
+
+    /// Stops the writer after every command queued before this call, and waits for it.
+    pub async fn close(&self) {
+        // A full queue only delays this; the writer is draining it.
+        let _ = self.tx.send(writer::Command::Shutdown).await;
+        let handle = self
+            .shared
+            .thread
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(h) = handle {
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

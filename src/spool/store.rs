@@ -1,0 +1,232 @@
+//! The synchronous spool store: the redb file, its tables, opening with recovery, reads.
+//!
+//! Only the group-commit writer (`writer.rs`) writes while the service runs; readers (the
+//! forwarder, `/health`, the offline CLI) use read transactions, which redb runs concurrently
+//! with the writer. Table layout and invariants are documented in `spool-format.md`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use redb::{
+    Builder, Database, DatabaseError, ReadableDatabase, ReadableTable, ReadableTableMetadata,
+    TableDefinition,
+};
+
+use super::record::{FrameError, QuarantineEntry, Record, check_frame};
+use super::{SpoolError, now_ms};
+
+/// Live events: sequence number → framed [`Record`].
+pub const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+/// Records taken out of circulation: original sequence number → framed [`QuarantineEntry`].
+pub const QUARANTINE: TableDefinition<u64, &[u8]> = TableDefinition::new("quarantine");
+/// Bookkeeping: `format_version`, `next_seq`.
+pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// The spool format version this build reads and writes.
+pub const FORMAT_VERSION: u64 = 1;
+/// The file inside `spool.path`.
+pub const FILE_NAME: &str = "spool.redb";
+
+/// Opens (or creates) the redb database. Boxed so tests can inject a failing storage backend.
+pub type Opener = Arc<dyn Fn() -> Result<Database, DatabaseError> + Send + Sync>;
+
+/// What the open-time scan does with a record whose frame does not check out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnDamage {
+    /// Move it to the quarantine table (the service does this: it must not stall on one record).
+    Quarantine,
+    /// Leave the file as it is and only report (offline inspection: `spool verify`, `export`).
+    Report,
+}
+
+/// A damaged live record found by a scan.
+#[derive(Debug, Clone)]
+pub struct Damaged {
+    pub seq: u64,
+    pub error: FrameError,
+}
+
+/// What the open-time scan found.
+#[derive(Debug, Clone, Default)]
+pub struct Recovered {
+    pub live_events: u64,
+    pub live_bytes: u64,
+    /// `accepted_at_ms` of the first live record; 0 when the spool is empty.
+    pub oldest_accepted_ms: u64,
+    pub next_seq: u64,
+    pub quarantined: u64,
+    /// Damaged records found (and, with [`OnDamage::Quarantine`], moved) by this scan.
+    pub damaged: Vec<Damaged>,
+}
+
+/// One entry read from the events table.
+#[derive(Debug, Clone)]
+pub enum Stored {
+    Live { seq: u64, record: Record, size: usize },
+    Damaged { seq: u64, error: FrameError, raw: Vec<u8> },
+}
+
+impl Stored {
+    pub fn seq(&self) -> u64 {
+        match self {
+            Stored::Live { seq, .. } | Stored::Damaged { seq, .. } => *seq,
+        }
+    }
+}
+
+/// Path of the spool file inside `spool.path`.
+pub fn file_path(dir: &Path) -> PathBuf {
+    dir.join(FILE_NAME)
+}
+
+/// The default opener: the file under `dir`, created if missing.
+pub fn file_opener(dir: &Path) -> Result<Opener, SpoolError> {
+    std::fs::create_dir_all(dir).map_err(|source| SpoolError::CreateDir {
+        dir: dir.to_path_buf(),
+        source,
+    })?;
+    let file = file_path(dir);
+    Ok(Arc::new(move || Builder::new().create(&file)))
+}
+
+/// Opens the database through `opener`, explaining failures in operator terms.
+pub fn open_database(opener: &Opener, file: &Path) -> Result<Database, SpoolError> {
+    opener().map_err(|source| SpoolError::open(file, source))
+}
+
+/// Creates missing tables, checks the format version, scans every live record.
+pub fn recover(db: &Database, file: &Path, on_damage: OnDamage) -> Result<Recovered, SpoolError> {
+    init_tables(db, file)?;
+    let mut out = Recovered::default();
+    {
+        let txn = db.begin_read()?;
+        let events = txn.open_table(EVENTS)?;
+        for entry in events.iter()? {
+            let (seq, frame) = entry?;
+            let (seq, frame) = (seq.value(), frame.value());
+            match check_frame(frame).and_then(|_| Record::decode(frame)) {
+                Ok(record) => {
+                    if out.live_events == 0 {
+                        out.oldest_accepted_ms = record.accepted_at_ms;
+                    }
+                    out.live_events += 1;
+                    out.live_bytes += frame.len() as u64;
+                }
+                Err(error) => out.damaged.push(Damaged { seq, error }),
+            }
+        }
+        let meta = txn.open_table(META)?;
+        let last_seq = events.last()?.map(|(k, _)| k.value() + 1).unwrap_or(0);
+        let stored_next = meta.get("next_seq")?.map(|v| v.value()).unwrap_or(0);
+        // Sequence numbers are never reused, even after the spool drained completely.
+        out.next_seq = last_seq.max(stored_next);
+        out.quarantined = txn.open_table(QUARANTINE)?.len()?;
+    }
+    if on_damage == OnDamage::Quarantine && !out.damaged.is_empty() {
+        let txn = db.begin_write()?;
+        {
+            let mut events = txn.open_table(EVENTS)?;
+            let mut quarantine = txn.open_table(QUARANTINE)?;
+            for d in &out.damaged {
+                let raw = match events.remove(d.seq)? {
+                    Some(v) => v.value().to_vec(),
+                    None => continue,
+                };
+                tracing::error!(
+                    seq = d.seq,
+                    error = %d.error,
+                    file = %file.display(),
+                    "damaged spool record moved to quarantine; inspect it with \
+                     `audit-manager spool export --quarantine`"
+                );
+                let entry = QuarantineEntry {
+                    quarantined_at_ms: now_ms(),
+                    reason: format!("damaged in spool: {}", d.error),
+                    raw,
+                };
+                quarantine.insert(d.seq, entry.encode().as_slice())?;
+                out.quarantined += 1;
+            }
+        }
+        txn.commit()?;
+    }
+    Ok(out)
+}
+
+fn init_tables(db: &Database, file: &Path) -> Result<(), SpoolError> {
+    let txn = db.begin_write()?;
+    {
+        let mut meta = txn.open_table(META)?;
+        txn.open_table(EVENTS)?;
+        txn.open_table(QUARANTINE)?;
+        let version = meta.get("format_version")?.map(|v| v.value());
+        match version {
+            None => {
+                meta.insert("format_version", FORMAT_VERSION)?;
+            }
+            Some(FORMAT_VERSION) => {}
+            Some(other) => {
+                return Err(SpoolError::FormatVersion {
+                    file: file.to_path_buf(),
+                    found: other,
+                });
+            }
+        }
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+/// Reads up to `max_events` live entries with `seq >= from`, stopping early once `max_bytes`
+/// of frames were read (at least one entry is returned if any exists).
+pub fn read_from(
+    db: &Database,
+    from: u64,
+    max_events: usize,
+    max_bytes: usize,
+) -> Result<Vec<Stored>, SpoolError> {
+    let txn = db.begin_read()?;
+    let events = txn.open_table(EVENTS)?;
+    let mut out = Vec::new();
+    let mut bytes = 0usize;
+    for entry in events.range(from..)? {
+        if out.len() >= max_events || (bytes >= max_bytes && !out.is_empty()) {
+            break;
+        }
+        let (seq, frame) = entry?;
+        let (seq, frame) = (seq.value(), frame.value());
+        bytes += frame.len();
+        out.push(match Record::decode(frame) {
+            Ok(record) => Stored::Live {
+                seq,
+                record,
+                size: frame.len(),
+            },
+            Err(error) => Stored::Damaged {
+                seq,
+                error,
+                raw: frame.to_vec(),
+            },
+        });
+    }
+    Ok(out)
+}
+
+/// Every quarantined entry, in sequence order. An entry whose own frame is damaged is returned
+/// with a reason saying so and its raw bytes.
+pub fn read_quarantine(db: &Database) -> Result<Vec<(u64, QuarantineEntry)>, SpoolError> {
+    let txn = db.begin_read()?;
+    let table = txn.open_table(QUARANTINE)?;
+    let mut out = Vec::new();
+    for entry in table.iter()? {
+        let (seq, frame) = entry?;
+        let frame = frame.value();
+        let q = QuarantineEntry::decode(frame).unwrap_or_else(|e| QuarantineEntry {
+            quarantined_at_ms: 0,
+            reason: format!("quarantine entry itself is damaged: {e}"),
+            raw: frame.to_vec(),
+        });
+        out.push((seq.value(), q));
+    }
+    Ok(out)
+}

@@ -1,0 +1,336 @@
+//! The group-commit writer: one thread owns every write transaction of the spool.
+//!
+//! It blocks for the first command, then takes every command already waiting (up to a bound),
+//! applies them all in ONE write transaction and commits it durably (redb's
+//! `Durability::Immediate`: the commit returns after fsync). Only then does it answer each
+//! waiter. So a 202 is sent only for events whose commit is on disk, and one fsync is shared by
+//! every request that was waiting at that moment; forwarder acknowledgements ride in the same
+//! transactions.
+//!
+//! A failed commit answers every waiter of that batch with an error (never success), drops the
+//! database handle and reopens the file before the next batch: after an I/O error redb refuses
+//! further use of the handle, and reopening repairs the file from its last durable commit.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use redb::{Database, ReadableTable};
+use tokio::sync::{mpsc, oneshot};
+
+use super::record::{QuarantineEntry, Record};
+use super::store::{self, EVENTS, META, OnDamage, Opener, QUARANTINE};
+use super::{AppendError, Shared, SpoolError, now_ms};
+
+/// Upper bounds for one transaction, so a commit's latency stays bounded under a flood.
+const MAX_EVENTS_PER_COMMIT: usize = 20_000;
+const MAX_BYTES_PER_COMMIT: u64 = 32 << 20;
+
+pub(super) enum Command {
+    Append {
+        frames: Vec<Frame>,
+        bytes: u64,
+        reply: oneshot::Sender<Result<Vec<u64>, AppendError>>,
+    },
+    Ack {
+        seqs: Vec<u64>,
+        reply: oneshot::Sender<Result<(), SpoolError>>,
+    },
+    Quarantine {
+        seq: u64,
+        reason: String,
+        reply: oneshot::Sender<Result<(), SpoolError>>,
+    },
+    Requeue {
+        reply: oneshot::Sender<Result<u64, SpoolError>>,
+    },
+    Shutdown,
+}
+
+/// An encoded record on its way into the events table.
+pub(super) struct Frame {
+    pub bytes: Vec<u8>,
+    pub accepted_at_ms: u64,
+}
+
+impl Command {
+    fn weight(&self) -> (usize, u64) {
+        match self {
+            Command::Append { frames, bytes, .. } => (frames.len(), *bytes),
+            Command::Ack { seqs, .. } => (seqs.len(), 0),
+            _ => (1, 0),
+        }
+    }
+}
+
+pub(super) struct Writer {
+    pub shared: Arc<Shared>,
+    pub opener: Opener,
+    pub db: Option<Arc<Database>>,
+    pub next_seq: u64,
+    pub live_events: u64,
+    pub live_bytes: u64,
+    pub quarantined: u64,
+    pub max_bytes: u64,
+}
+
+/// What one transaction decided, applied to the counters only after the commit succeeded.
+#[derive(Default)]
+struct Outcome {
+    appended_events: u64,
+    appended_bytes: u64,
+    deleted_events: u64,
+    deleted_bytes: u64,
+    quarantined: u64,
+    requeued: u64,
+    oldest_accepted_ms: u64,
+    next_seq: u64,
+}
+
+/// The reply owed to each command of a batch once the commit's fate is known.
+enum Pending {
+    Appended(oneshot::Sender<Result<Vec<u64>, AppendError>>, Vec<u64>),
+    Refused(oneshot::Sender<Result<Vec<u64>, AppendError>>, AppendError),
+    Done(oneshot::Sender<Result<(), SpoolError>>),
+    Requeued(oneshot::Sender<Result<u64, SpoolError>>),
+}
+
+impl Writer {
+    pub fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let mut stop = false;
+        while !stop {
+            let Some(first) = rx.blocking_recv() else {
+                break;
+            };
+            let (mut events, mut bytes) = first.weight();
+            let mut batch = vec![first];
+            while events < MAX_EVENTS_PER_COMMIT && bytes < MAX_BYTES_PER_COMMIT {
+                match rx.try_recv() {
+                    Ok(cmd) => {
+                        let (e, b) = cmd.weight();
+                        events += e;
+                        bytes += b;
+                        batch.push(cmd);
+                    }
+                    Err(_) => break,
+                }
+            }
+            stop = batch.iter().any(|c| matches!(c, Command::Shutdown));
+            self.process(batch);
+        }
+        // Answer whatever raced with shutdown instead of leaving it hanging.
+        rx.close();
+        while let Ok(cmd) = rx.try_recv() {
+            fail(cmd, || SpoolError::Closed);
+        }
+        self.shared.set_db(None);
+        tracing::info!(file = %self.shared.file.display(), "spool writer stopped");
+    }
+
+    fn process(&mut self, batch: Vec<Command>) {
+        let db = match self.ensure_open() {
+            Ok(db) => db,
+            Err(e) => {
+                let msg = e.to_string();
+                self.shared.set_error(Some(msg.clone()));
+                for cmd in batch {
+                    fail(cmd, || SpoolError::Unavailable(msg.clone()));
+                }
+                return;
+            }
+        };
+        let started = Instant::now();
+        let mut pending = Vec::with_capacity(batch.len());
+        let result = self.transact(&db, batch, &mut pending);
+        match result {
+            Ok(outcome) => {
+                let elapsed = started.elapsed();
+                self.apply(&outcome);
+                metrics::histogram!("audit_spool_commit_duration_seconds")
+                    .record(elapsed.as_secs_f64());
+                metrics::histogram!("audit_spool_commit_batch_events")
+                    .record(outcome.appended_events as f64);
+                self.shared.set_error(None);
+                for p in pending {
+                    match p {
+                        Pending::Appended(tx, seqs) => drop(tx.send(Ok(seqs))),
+                        Pending::Refused(tx, e) => drop(tx.send(Err(e))),
+                        Pending::Done(tx) => drop(tx.send(Ok(()))),
+                        Pending::Requeued(tx) => drop(tx.send(Ok(outcome.requeued))),
+                    }
+                }
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                metrics::counter!("audit_spool_commit_failures_total").increment(1);
+                tracing::error!(
+                    error = %msg,
+                    file = %self.shared.file.display(),
+                    "spool commit failed; answering 503 AUD-009 to its requests and reopening \
+                     the spool (check disk space and I/O errors in the kernel log)"
+                );
+                self.shared.set_error(Some(msg.clone()));
+                // redb refuses further use of a handle after an I/O error: reopen next time.
+                self.db = None;
+                self.shared.set_db(None);
+                drop(db);
+                for p in pending {
+                    let err = || SpoolError::Commit(msg.clone());
+                    match p {
+                        Pending::Appended(tx, _) | Pending::Refused(tx, _) => {
+                            drop(tx.send(Err(AppendError::Storage(msg.clone()))))
+                        }
+                        Pending::Done(tx) => drop(tx.send(Err(err()))),
+                        Pending::Requeued(tx) => drop(tx.send(Err(err()))),
+                    }
+                }
+            }
+        }
+    }
+
+    fn ensure_open(&mut self) -> Result<Arc<Database>, SpoolError> {
+        if let Some(db) = &self.db {
+            return Ok(db.clone());
+        }
+        let db = store::open_database(&self.opener, &self.shared.file)?;
+        let rec = store::recover(&db, &self.shared.file, OnDamage::Quarantine)?;
+        self.next_seq = rec.next_seq;
+        self.live_events = rec.live_events;
+        self.live_bytes = rec.live_bytes;
+        self.quarantined = rec.quarantined;
+        self.shared.publish(
+            rec.live_events,
+            rec.live_bytes,
+            rec.oldest_accepted_ms,
+            rec.quarantined,
+        );
+        let db = Arc::new(db);
+        self.db = Some(db.clone());
+        self.shared.set_db(Some(db.clone()));
+        tracing::info!(file = %self.shared.file.display(), "spool reopened");
+        Ok(db)
+    }
+
+    /// Applies every command in one write transaction. Acknowledgements go first so the room
+    /// they free is available to the appends of the same batch.
+    fn transact(
+        &self,
+        db: &Database,
+        mut batch: Vec<Command>,
+        pending: &mut Vec<Pending>,
+    ) -> Result<Outcome, SpoolError> {
+        batch.sort_by_key(|c| !matches!(c, Command::Ack { .. }));
+        let txn = db.begin_write()?;
+        let mut out = Outcome {
+            next_seq: self.next_seq,
+            ..Outcome::default()
+        };
+        {
+            let mut events = txn.open_table(EVENTS)?;
+            let mut quarantine = txn.open_table(QUARANTINE)?;
+            for cmd in batch {
+                match cmd {
+                    Command::Ack { seqs, reply } => {
+                        for seq in seqs {
+                            if let Some(v) = events.remove(seq)? {
+                                out.deleted_events += 1;
+                                out.deleted_bytes += v.value().len() as u64;
+                            }
+                        }
+                        pending.push(Pending::Done(reply));
+                    }
+                    Command::Append {
+                        frames,
+                        bytes,
+                        reply,
+                    } => {
+                        let live = self.live_bytes - out.deleted_bytes + out.appended_bytes;
+                        if live + bytes > self.max_bytes {
+                            let e = AppendError::Full {
+                                live_bytes: live,
+                                max_bytes: self.max_bytes,
+                            };
+                            pending.push(Pending::Refused(reply, e));
+                            continue;
+                        }
+                        let mut seqs = Vec::with_capacity(frames.len());
+                        for f in &frames {
+                            events.insert(out.next_seq, f.bytes.as_slice())?;
+                            seqs.push(out.next_seq);
+                            out.next_seq += 1;
+                            out.appended_events += 1;
+                            out.appended_bytes += f.bytes.len() as u64;
+                        }
+                        pending.push(Pending::Appended(reply, seqs));
+                    }
+                    Command::Quarantine { seq, reason, reply } => {
+                        if let Some(v) = events.remove(seq)? {
+                            let raw = v.value().to_vec();
+                            drop(v);
+                            out.deleted_events += 1;
+                            out.deleted_bytes += raw.len() as u64;
+                            let entry = QuarantineEntry {
+                                quarantined_at_ms: now_ms(),
+                                reason,
+                                raw,
+                            };
+                            quarantine.insert(seq, entry.encode().as_slice())?;
+                            out.quarantined += 1;
+                        }
+                        pending.push(Pending::Done(reply));
+                    }
+                    Command::Requeue { reply } => {
+                        // Quarantined records go back under their original sequence numbers.
+                        while let Some((seq, frame)) = quarantine.pop_first()? {
+                            let (seq, frame) = (seq.value(), frame.value().to_vec());
+                            let raw = QuarantineEntry::decode(&frame)
+                                .map(|q| q.raw)
+                                .unwrap_or(frame);
+                            out.appended_bytes += raw.len() as u64;
+                            out.appended_events += 1;
+                            events.insert(seq, raw.as_slice())?;
+                            out.requeued += 1;
+                        }
+                        pending.push(Pending::Requeued(reply));
+                    }
+                    Command::Shutdown => {}
+                }
+            }
+            out.oldest_accepted_ms = match events.first()? {
+                Some((_, frame)) => Record::decode(frame.value())
+                    .map(|r| r.accepted_at_ms)
+                    .unwrap_or_else(|_| now_ms()),
+                None => 0,
+            };
+            let mut meta = txn.open_table(META)?;
+            meta.insert("next_seq", out.next_seq)?;
+        }
+        txn.commit()?;
+        Ok(out)
+    }
+
+    fn apply(&mut self, o: &Outcome) {
+        self.next_seq = o.next_seq;
+        self.live_events = self.live_events + o.appended_events - o.deleted_events;
+        self.live_bytes = self.live_bytes + o.appended_bytes - o.deleted_bytes;
+        self.quarantined = self.quarantined + o.quarantined - o.requeued;
+        self.shared.publish(
+            self.live_events,
+            self.live_bytes,
+            o.oldest_accepted_ms,
+            self.quarantined,
+        );
+    }
+}
+
+fn fail(cmd: Command, err: impl Fn() -> SpoolError) {
+    match cmd {
+        Command::Append { reply, .. } => {
+            drop(reply.send(Err(AppendError::from_spool(err()))));
+        }
+        Command::Ack { reply, .. } | Command::Quarantine { reply, .. } => {
+            drop(reply.send(Err(err())));
+        }
+        Command::Requeue { reply } => drop(reply.send(Err(err()))),
+        Command::Shutdown => {}
+    }
+}

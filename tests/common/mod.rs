@@ -1,0 +1,233 @@
+//! Shared harness for integration tests: in-process servers, child processes, event builders.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use audit_manager::config::{Config, Role};
+use audit_manager::serve::{self, Running, StartOptions};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+pub const BASE: &str = "/v1/auditmanager";
+
+/// A service started in this test process on a random port with a fresh spool.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub client: reqwest::Client,
+    pub dir: tempfile::TempDir,
+    pub running: Option<Running>,
+}
+
+impl TestApp {
+    /// Ingest only, defaults otherwise.
+    pub async fn start() -> TestApp {
+        TestApp::start_with(|_| {}, StartOptions::default()).await
+    }
+
+    pub async fn start_with(tweak: impl FnOnce(&mut Config), opts: StartOptions) -> TestApp {
+        let dir = tempfile::tempdir().expect("tempdir");
+        TestApp::start_in(dir, tweak, opts).await
+    }
+
+    /// Starts on the spool under `dir` (reused across restarts).
+    pub async fn start_in(
+        dir: tempfile::TempDir,
+        tweak: impl FnOnce(&mut Config),
+        opts: StartOptions,
+    ) -> TestApp {
+        let mut config = Config::default();
+        config.roles = vec![Role::Ingest];
+        config.http.listen = "127.0.0.1:0".parse().expect("addr");
+        config.spool.path = dir.path().join("spool");
+        config.spool.retry_after = Duration::from_secs(1);
+        tweak(&mut config);
+        let running = serve::start(config, CancellationToken::new(), opts)
+            .await
+            .expect("service starts");
+        TestApp {
+            addr: running.addr,
+            client: reqwest::Client::new(),
+            dir,
+            running: Some(running),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{BASE}{path}", self.addr)
+    }
+
+    pub fn spool_dir(&self) -> PathBuf {
+        self.dir.path().join("spool")
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
+        self.post_raw(path, "application/json", body.to_string().into_bytes())
+            .await
+    }
+
+    pub async fn post_raw(&self, path: &str, content_type: &str, body: Vec<u8>) -> (u16, Value) {
+        let resp = self
+            .client
+            .post(self.url(path))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .expect("request sent");
+        read(resp).await
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let resp = self.client.get(self.url(path)).send().await.expect("get");
+        read(resp).await
+    }
+
+    /// Stops the service, draining it.
+    pub async fn stop(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.stop().await.expect("clean stop");
+        }
+    }
+
+    /// Stops the service and hands back its directory for a restart.
+    pub async fn shutdown(mut self) -> tempfile::TempDir {
+        self.stop().await;
+        self.dir
+    }
+}
+
+pub async fn read(resp: reqwest::Response) -> (u16, Value) {
+    let status = resp.status().as_u16();
+    let bytes = resp.bytes().await.expect("body");
+    let value = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+        json!({ "raw": String::from_utf8_lossy(&bytes) })
+    });
+    (status, value)
+}
+
+/// The first error code of an envelope.
+pub fn code(body: &Value) -> &str {
+    body["errors"][0]["errorCode"].as_str().unwrap_or("")
+}
+
+/// A valid audit event with the given id.
+pub fn event(id: &str) -> Value {
+    json!({
+        "specversion": "1.0",
+        "id": id,
+        "source": "urn:openg2p:registry",
+        "type": "org.openg2p.beneficiary.updated",
+        "subject": format!("beneficiary/{id}"),
+        "time": "2026-11-01T10:00:00.000Z",
+        "data": {
+            "actor": {"type": "user", "id": "user-42", "name": "Alice", "roles": ["officer"]},
+            "action": "beneficiary.update",
+            "outcome": "success",
+            "resource": {"type": "beneficiary", "id": "123"},
+            "changes": [{"field": "phone", "old": "1", "new": "2"}]
+        }
+    })
+}
+
+/// Runs `audit-manager` with the given arguments and environment; returns (code, stdout, stderr).
+pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_audit-manager"))
+        .args(args)
+        .envs(env.iter().copied())
+        .env_remove("CONFIG_PATH")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run audit-manager");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Ids of the events `spool export` prints for the spool in `dir`.
+pub fn exported_ids(spool_dir: &Path) -> Vec<String> {
+    let dir = spool_dir.to_string_lossy();
+    let (code, stdout, stderr) = run_cli(
+        &["spool", "export"],
+        &[("AUDIT_MANAGER__SPOOL__PATH", dir.as_ref())],
+    );
+    assert_eq!(code, 0, "spool export failed: {stderr}");
+    stdout
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).expect("export line is JSON");
+            v["id"].as_str().expect("id").to_owned()
+        })
+        .collect()
+}
+
+/// A free loopback port (bound and released; the caller binds it right away).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// `audit-manager serve` as a child process (for kill -9 tests).
+pub struct ChildServer {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl ChildServer {
+    pub fn spawn(spool_dir: &Path, extra_env: &[(&str, &str)]) -> ChildServer {
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        let child = Command::new(env!("CARGO_BIN_EXE_audit-manager"))
+            .arg("serve")
+            .env("AUDIT_MANAGER__HTTP__LISTEN", addr.to_string())
+            .env("AUDIT_MANAGER__SPOOL__PATH", spool_dir)
+            .env("AUDIT_MANAGER__ROLES", "ingest")
+            .env("RUST_LOG", "warn")
+            .envs(extra_env.iter().copied())
+            .env_remove("CONFIG_PATH")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn audit-manager serve");
+        ChildServer { child, addr }
+    }
+
+    /// Waits until `/health` answers, or panics after `deadline`.
+    pub async fn wait_ready(&mut self, deadline: Duration) {
+        let url = format!("http://{}{BASE}/health", self.addr);
+        let client = reqwest::Client::new();
+        let until = Instant::now() + deadline;
+        loop {
+            if let Ok(r) = client.get(&url).send().await
+                && r.status().is_success()
+            {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("audit-manager exited before becoming ready: {status}");
+            }
+            assert!(Instant::now() < until, "audit-manager not ready after {deadline:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        // SIGKILL: no destructor, no flush, no graceful anything.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ChildServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
