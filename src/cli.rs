@@ -10,7 +10,11 @@ use crate::config::{Config, Role};
 use crate::spool;
 
 #[derive(Debug, Parser)]
-#[command(name = "audit-manager", version, about = "Durable audit-event pipeline")]
+#[command(
+    name = "audit-manager",
+    version,
+    about = "Durable audit-event pipeline"
+)]
 pub struct Cli {
     /// YAML configuration file (else $CONFIG_PATH; else built-in defaults + environment).
     #[arg(long, short, global = true, value_name = "FILE")]

@@ -78,11 +78,18 @@ async fn sigkill_mid_request_loses_no_acknowledged_event() {
             attempted += t.await.unwrap();
         }
         let acked_now = acked.lock().unwrap().len();
-        eprintln!("round {round}: killed after {delay:?}, {} acked", acked_now - acked_before);
+        eprintln!(
+            "round {round}: killed after {delay:?}, {} acked",
+            acked_now - acked_before
+        );
     }
 
     let acked = acked.lock().unwrap().clone();
-    assert!(acked.len() > 1000, "the test must exercise real load, got {} acks", acked.len());
+    assert!(
+        acked.len() > 1000,
+        "the test must exercise real load, got {} acks",
+        acked.len()
+    );
     let exported: HashSet<String> = exported_ids(&spool).into_iter().collect();
     let missing: Vec<&String> = acked.iter().filter(|id| !exported.contains(*id)).collect();
     assert!(

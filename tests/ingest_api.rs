@@ -91,7 +91,10 @@ async fn binary_mode_event_is_accepted() {
 async fn batch_forms_are_accepted_in_order() {
     let mut app = TestApp::start().await;
     let (status, body) = app
-        .post_json("/events/batch", &json!({"events": [event("b1"), event("b2")]}))
+        .post_json(
+            "/events/batch",
+            &json!({"events": [event("b1"), event("b2")]}),
+        )
         .await;
     assert_eq!(status, 202, "{body}");
     assert_eq!(body["response"]["accepted"], json!(["b1", "b2"]));
@@ -118,7 +121,7 @@ async fn batch_forms_are_accepted_in_order() {
 async fn bad_input_gets_documented_codes_and_server_keeps_serving() {
     let mut app = TestApp::start_with(
         |c| {
-            c.http.max_body_bytes = 64 * 1024;
+            c.http.max_body_bytes = 256 * 1024;
             c.ingest.max_batch_size = 3;
         },
         Default::default(),
@@ -145,13 +148,37 @@ async fn bad_input_gets_documented_codes_and_server_keeps_serving() {
         ev
     };
     let json_cases: Vec<(&str, Value, u16, &str, &str)> = vec![
-        ("specversion", with(&["specversion"], json!("0.3")), 422, "AUD-002", "specversion"),
+        (
+            "specversion",
+            with(&["specversion"], json!("0.3")),
+            422,
+            "AUD-002",
+            "specversion",
+        ),
         ("no source", without(&["source"]), 422, "AUD-002", "source"),
         ("no type", without(&["type"]), 422, "AUD-002", "type"),
         ("no data", without(&["data"]), 422, "AUD-002", "data"),
-        ("no actor id", without(&["data", "actor", "id"]), 422, "AUD-002", "data.actor.id"),
-        ("no action", without(&["data", "action"]), 422, "AUD-002", "data.action"),
-        ("bad outcome", with(&["data", "outcome"], json!("ok")), 422, "AUD-002", "data.outcome"),
+        (
+            "no actor id",
+            without(&["data", "actor", "id"]),
+            422,
+            "AUD-002",
+            "data.actor.id",
+        ),
+        (
+            "no action",
+            without(&["data", "action"]),
+            422,
+            "AUD-002",
+            "data.action",
+        ),
+        (
+            "bad outcome",
+            with(&["data", "outcome"], json!("ok")),
+            422,
+            "AUD-002",
+            "data.outcome",
+        ),
         (
             "bad actor type",
             with(&["data", "actor", "type"], json!("robot")),
@@ -159,7 +186,13 @@ async fn bad_input_gets_documented_codes_and_server_keeps_serving() {
             "AUD-002",
             "data.actor.type",
         ),
-        ("bad time", with(&["time"], json!("yesterday")), 422, "AUD-002", "time"),
+        (
+            "bad time",
+            with(&["time"], json!("yesterday")),
+            422,
+            "AUD-002",
+            "time",
+        ),
         (
             "future time",
             with(&["time"], json!("2999-01-01T00:00:00Z")),
@@ -174,18 +207,57 @@ async fn bad_input_gets_documented_codes_and_server_keeps_serving() {
         assert_eq!(got, status, "{what}: {resp}");
         assert_eq!(code(&resp), want, "{what}: {resp}");
         let msg = resp["errors"][0]["message"].as_str().unwrap();
-        assert!(msg.contains(field), "{what}: message {msg:?} should name {field}");
+        assert!(
+            msg.contains(field),
+            "{what}: message {msg:?} should name {field}"
+        );
         assert_eq!(resp["response"], Value::Null);
     }
 
     let deep = "[".repeat(100_000) + &"]".repeat(100_000);
     let raw_cases: Vec<(&str, &str, Vec<u8>, u16, &str)> = vec![
-        ("non-JSON", "application/json", b"this is not json".to_vec(), 400, "AUD-001"),
-        ("invalid UTF-8", "application/json", b"{\"id\":\"\xff\xfe\"}".to_vec(), 400, "AUD-001"),
-        ("deep nesting", "application/json", deep.into_bytes(), 400, "AUD-001"),
-        ("form", "application/x-www-form-urlencoded", b"a=b".to_vec(), 415, "AUD-008"),
-        ("text", "text/plain", event("t").to_string().into_bytes(), 415, "AUD-008"),
-        ("too big", "application/json", vec![b' '; 65 * 1024], 413, "AUD-003"),
+        (
+            "non-JSON",
+            "application/json",
+            b"this is not json".to_vec(),
+            400,
+            "AUD-001",
+        ),
+        (
+            "invalid UTF-8",
+            "application/json",
+            b"{\"id\":\"\xff\xfe\"}".to_vec(),
+            400,
+            "AUD-001",
+        ),
+        (
+            "deep nesting",
+            "application/json",
+            deep.into_bytes(),
+            400,
+            "AUD-001",
+        ),
+        (
+            "form",
+            "application/x-www-form-urlencoded",
+            b"a=b".to_vec(),
+            415,
+            "AUD-008",
+        ),
+        (
+            "text",
+            "text/plain",
+            event("t").to_string().into_bytes(),
+            415,
+            "AUD-008",
+        ),
+        (
+            "too big",
+            "application/json",
+            vec![b' '; 257 * 1024],
+            413,
+            "AUD-003",
+        ),
     ];
     for (what, ct, body, status, want) in raw_cases {
         let (got, resp) = app.post_raw("/events", ct, body).await;
@@ -194,11 +266,15 @@ async fn bad_input_gets_documented_codes_and_server_keeps_serving() {
     }
 
     let four: Vec<Value> = (0..4).map(|i| event(&format!("e{i}"))).collect();
-    let (got, resp) = app.post_json("/events/batch", &json!({ "events": four })).await;
+    let (got, resp) = app
+        .post_json("/events/batch", &json!({ "events": four }))
+        .await;
     assert_eq!((got, code(&resp)), (400, "AUD-007"), "{resp}");
     let (got, resp) = app.post_json("/events/batch", &json!({"events": []})).await;
     assert_eq!((got, code(&resp)), (422, "AUD-002"), "{resp}");
-    let (got, resp) = app.post_raw("/events/batch", "text/csv", b"a,b".to_vec()).await;
+    let (got, resp) = app
+        .post_raw("/events/batch", "text/csv", b"a,b".to_vec())
+        .await;
     assert_eq!((got, code(&resp)), (415, "AUD-008"), "{resp}");
 
     // Still serving, and nothing of the above was spooled.
@@ -219,7 +295,13 @@ async fn a_single_event_over_max_event_bytes_is_413() {
         .post_json("/events/batch", &json!({"events": [event("ok"), ev]}))
         .await;
     assert_eq!((status, code(&body)), (413, "AUD-003"), "{body}");
-    assert!(body["errors"][0]["message"].as_str().unwrap().contains("events[1]"), "{body}");
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("events[1]"),
+        "{body}"
+    );
 }
 
 #[tokio::test]
@@ -233,7 +315,10 @@ async fn one_invalid_event_rejects_the_whole_batch() {
     let msg = body["errors"][0]["message"].as_str().unwrap();
     assert!(msg.contains("events[1].data.action"), "{msg}");
     app.stop().await;
-    assert!(exported_ids(&app.spool_dir()).is_empty(), "nothing of the batch is spooled");
+    assert!(
+        exported_ids(&app.spool_dir()).is_empty(),
+        "nothing of the batch is spooled"
+    );
 }
 
 #[tokio::test]
@@ -265,16 +350,27 @@ async fn full_spool_answers_503_aud004_with_retry_after_and_never_202() {
             other => panic!("unexpected {other}: {body}"),
         }
     }
-    assert!(!accepted.is_empty() && refused > 0, "{} accepted, {refused} refused", accepted.len());
+    assert!(
+        !accepted.is_empty() && refused > 0,
+        "{} accepted, {refused} refused",
+        accepted.len()
+    );
     let (_, health) = app.get("/health").await;
-    assert_eq!(health["response"]["roles"]["ingest"]["status"], "DEGRADED", "{health}");
+    assert_eq!(
+        health["response"]["roles"]["ingest"]["status"], "DEGRADED",
+        "{health}"
+    );
     app.stop().await;
     assert_eq!(exported_ids(&app.spool_dir()), accepted);
 }
 
 #[tokio::test]
 async fn ops_endpoints_answer() {
-    let app = TestApp::start().await;
+    let app = TestApp::start_with(
+        |c| c.database.url = "postgres://audit:s3cr3t-pw@db.internal:5432/audit".into(),
+        Default::default(),
+    )
+    .await;
     let (status, _) = app.post_json("/events", &event("m1")).await;
     assert_eq!(status, 202);
 
@@ -285,18 +381,31 @@ async fn ops_endpoints_answer() {
 
     let (status, version) = app.get("/version").await;
     assert_eq!(status, 200);
-    assert_eq!(version["response"]["service_version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(
+        version["response"]["service_version"],
+        env!("CARGO_PKG_VERSION")
+    );
     assert!(version["response"]["git_commit"].is_string());
 
     let (status, config) = app.get("/config").await;
     assert_eq!(status, 200);
     assert_eq!(config["response"]["kafka"]["topic"], "openg2p.audit.events");
-    assert!(!config.to_string().contains("postgres://postgres@"), "no raw URLs: {config}");
+    assert!(
+        !config.to_string().contains("postgres://postgres@"),
+        "no raw URLs: {config}"
+    );
 
     let (status, doc) = app.get("/openapi.json").await;
     assert_eq!(status, 200);
     assert_eq!(doc["openapi"], "3.1.0");
-    for p in ["/events", "/events/batch", "/health", "/version", "/config", "/metrics"] {
+    for p in [
+        "/events",
+        "/events/batch",
+        "/health",
+        "/version",
+        "/config",
+        "/metrics",
+    ] {
         assert!(doc["paths"][p].is_object(), "openapi lacks {p}");
     }
 

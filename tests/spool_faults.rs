@@ -70,12 +70,21 @@ async fn failed_fsync_answers_503_aud009_and_recovers() {
     assert_eq!(status, 202);
 
     fail.store(true, Ordering::SeqCst);
-    let resp = app.client.post(app.url("/events")).json(&event("during")).send().await.unwrap();
+    let resp = app
+        .client
+        .post(app.url("/events"))
+        .json(&event("during"))
+        .send()
+        .await
+        .unwrap();
     assert!(resp.headers().contains_key("retry-after"));
     let (status, body) = common::read(resp).await;
     assert_eq!((status, code(&body)), (503, "AUD-009"), "{body}");
     let (status, body) = app
-        .post_json("/events/batch", &json!({"events": [event("d1"), event("d2")]}))
+        .post_json(
+            "/events/batch",
+            &json!({"events": [event("d1"), event("d2")]}),
+        )
         .await;
     assert_eq!((status, code(&body)), (503, "AUD-009"), "{body}");
     let (status, health) = app.get("/health").await;
@@ -84,13 +93,19 @@ async fn failed_fsync_answers_503_aud009_and_recovers() {
 
     fail.store(false, Ordering::SeqCst);
     let (status, body) = app.post_json("/events", &event("after")).await;
-    assert_eq!(status, 202, "the spool reopens once the disk works again: {body}");
+    assert_eq!(
+        status, 202,
+        "the spool reopens once the disk works again: {body}"
+    );
     let (status, health) = app.get("/health").await;
     assert_eq!(status, 200, "{health}");
 
     app.stop().await;
     let ids = exported_ids(&app.spool_dir());
-    assert!(ids.contains(&"before".to_string()) && ids.contains(&"after".to_string()), "{ids:?}");
+    assert!(
+        ids.contains(&"before".to_string()) && ids.contains(&"after".to_string()),
+        "{ids:?}"
+    );
 }
 
 /// Flips one byte inside every stored copy of one record's payload.
@@ -113,7 +128,7 @@ fn damage(file: &std::path::Path, marker: &[u8]) -> usize {
 
 #[tokio::test]
 async fn damaged_record_is_quarantined_reported_and_the_rest_served() {
-    let mut app = TestApp::start().await;
+    let app = TestApp::start().await;
     for i in 1..=5 {
         let mut ev = event(&format!("e{i}"));
         ev["data"]["reason"] = json!(format!("marker-{i}-ZZZZZZZZ"));
@@ -134,8 +149,14 @@ async fn damaged_record_is_quarantined_reported_and_the_rest_served() {
     // The service starts anyway, quarantines the record and serves the rest.
     let mut app = TestApp::start_in(dir, |_| {}, StartOptions::default()).await;
     let (_, health) = app.get("/health").await;
-    assert_eq!(health["response"]["roles"]["ingest"]["spool"]["quarantined"], 1, "{health}");
-    assert_eq!(health["response"]["roles"]["ingest"]["spool"]["events"], 4, "{health}");
+    assert_eq!(
+        health["response"]["roles"]["ingest"]["spool"]["quarantined"], 1,
+        "{health}"
+    );
+    assert_eq!(
+        health["response"]["roles"]["ingest"]["spool"]["events"], 4,
+        "{health}"
+    );
     let (status, _) = app.post_json("/events", &event("e6")).await;
     assert_eq!(status, 202);
     app.stop().await;
@@ -146,6 +167,9 @@ async fn damaged_record_is_quarantined_reported_and_the_rest_served() {
     let q: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
     assert!(q["reason"].as_str().unwrap().contains("CRC"), "{q}");
     let (status, out, _) = run_cli(&["spool", "verify"], &env);
-    assert_eq!(status, 1, "quarantined records keep verify red until handled: {out}");
+    assert_eq!(
+        status, 1,
+        "quarantined records keep verify red until handled: {out}"
+    );
     assert!(out.contains("quarantined:       1"), "{out}");
 }

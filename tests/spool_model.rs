@@ -71,7 +71,10 @@ async fn run(ops: Vec<Op>) {
                 let seqs = spool.append(&records).await.unwrap();
                 assert_eq!(seqs.len(), n);
                 for (seq, r) in seqs.into_iter().zip(records) {
-                    assert!(last_seq.is_none_or(|l| seq > l), "sequence numbers only grow");
+                    assert!(
+                        last_seq.is_none_or(|l| seq > l),
+                        "sequence numbers only grow"
+                    );
                     last_seq = Some(seq);
                     model.push_back((seq, r.id));
                 }
@@ -85,7 +88,10 @@ async fn run(ops: Vec<Op>) {
                 let (gone, keep): (Vec<_>, Vec<_>) =
                     model.drain(..).enumerate().partition(|(i, _)| i % 2 == 0);
                 model = keep.into_iter().map(|(_, x)| x).collect();
-                spool.ack(gone.into_iter().map(|(_, (s, _))| s).collect()).await.unwrap();
+                spool
+                    .ack(gone.into_iter().map(|(_, (s, _))| s).collect())
+                    .await
+                    .unwrap();
             }
             Op::QuarantineOldest => {
                 if let Some((seq, _)) = model.pop_front() {
@@ -103,9 +109,9 @@ async fn run(ops: Vec<Op>) {
         let stats = spool.stats();
         assert_eq!(stats.live_events, model.len() as u64);
         assert_eq!(stats.quarantined, quarantined);
-        let expected_oldest = model.front().map(|(_, id)| {
-            1_000 + id.trim_start_matches("id-").parse::<u64>().unwrap()
-        });
+        let expected_oldest = model
+            .front()
+            .map(|(_, id)| 1_000 + id.trim_start_matches("id-").parse::<u64>().unwrap());
         assert_eq!(stats.oldest_accepted_ms, expected_oldest.unwrap_or(0));
     }
     let bytes: u64 = spool
@@ -148,7 +154,10 @@ async fn requeue_returns_quarantined_records_in_order() {
         })
         .collect();
     let seqs = spool.append(&recs).await.unwrap();
-    spool.quarantine(seqs[1], "broker said no".into()).await.unwrap();
+    spool
+        .quarantine(seqs[1], "broker said no".into())
+        .await
+        .unwrap();
     assert_eq!(live(&spool).len(), 2);
     assert_eq!(spool.requeue().await.unwrap(), 1);
     let ids: Vec<String> = live(&spool).into_iter().map(|(_, id)| id).collect();

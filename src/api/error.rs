@@ -113,10 +113,8 @@ impl IntoResponse for ApiError {
         metrics::counter!("audit_events_rejected_total", "code" => self.code()).increment(1);
         let mut resp = respond::<()>(self.status(), None, &self.items());
         if let Some(d) = self.retry_after() {
-            resp.headers_mut().insert(
-                header::RETRY_AFTER,
-                HeaderValue::from(retry_after_secs(d)),
-            );
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs(d)));
         }
         resp
     }

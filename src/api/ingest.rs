@@ -83,6 +83,7 @@ fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
 fn reject(r: Rejection) -> ApiError {
     match r {
         Rejection::Invalid(fields) => ApiError::Invalid(fields),
+        Rejection::TimeInFuture(field) => ApiError::Invalid(vec![field]),
         too_large @ Rejection::TooLarge { .. } => ApiError::TooLarge(format!(
             "{}; events are limited by ingest.max_event_bytes",
             too_large.message()
@@ -195,7 +196,7 @@ fn binary_error(e: event::BinaryError) -> ApiError {
         event::BinaryError::NotJson(msg) => ApiError::NotJson(format!(
             "binary-mode body (the event's data) is not valid JSON: {msg}"
         )),
-        event::BinaryError::Invalid(fields) => ApiError::Invalid(fields),
+        event::BinaryError::Rejected(r) => reject(r),
     }
 }
 
@@ -248,7 +249,8 @@ pub async fn post_batch(
             Ok(n) => records.push(to_record(n, accepted_at)),
             Err(r) => match r.at_index(i) {
                 Rejection::Invalid(fields) => problems.extend(fields),
-                big => {
+                Rejection::TimeInFuture(field) => problems.push(field),
+                big @ Rejection::TooLarge { .. } => {
                     too_large.get_or_insert(big);
                 }
             },

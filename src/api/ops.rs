@@ -59,7 +59,8 @@ pub async fn config(State(state): State<AppState>) -> Response {
 pub async fn metrics(State(state): State<AppState>) -> Response {
     if let Some(spool) = &state.spool {
         let stats = spool.stats();
-        metrics::gauge!("audit_spool_oldest_event_age_seconds").set(stats.oldest_age_secs(now_ms()));
+        metrics::gauge!("audit_spool_oldest_event_age_seconds")
+            .set(stats.oldest_age_secs(now_ms()));
     }
     (
         [(
@@ -74,7 +75,10 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
 /// `GET /openapi.json`: the OpenAPI 3.1 document of this API.
 pub async fn openapi() -> Response {
     (
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
         include_str!("openapi.json"),
     )
         .into_response()

@@ -52,7 +52,11 @@ pub fn stats(dir: &Path, out: &mut impl Write) -> anyhow::Result<()> {
         let secs = now_ms().saturating_sub(rec.oldest_accepted_ms) / 1000;
         humantime::format_duration(std::time::Duration::from_secs(secs)).to_string()
     };
-    writeln!(out, "spool file:        {} ({on_disk} bytes on disk)", file.display())?;
+    writeln!(
+        out,
+        "spool file:        {} ({on_disk} bytes on disk)",
+        file.display()
+    )?;
     writeln!(out, "events:            {}", rec.live_events)?;
     writeln!(out, "bytes:             {}", rec.live_bytes)?;
     writeln!(out, "oldest event age:  {age}")?;

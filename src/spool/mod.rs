@@ -174,7 +174,10 @@ impl Shared {
     }
 
     fn set_error(&self, e: Option<String>) {
-        *self.last_error.lock().unwrap_or_else(PoisonError::into_inner) = e;
+        *self
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = e;
     }
 
     fn last_error(&self) -> Option<String> {
@@ -272,10 +275,7 @@ impl Spool {
     pub async fn append(&self, records: &[Record]) -> Result<Vec<u64>, AppendError> {
         let frames: Vec<writer::Frame> = records
             .iter()
-            .map(|r| writer::Frame {
-                bytes: r.encode(),
-                accepted_at_ms: r.accepted_at_ms,
-            })
+            .map(|r| writer::Frame { bytes: r.encode() })
             .collect();
         let bytes = frames.iter().map(|f| f.bytes.len() as u64).sum();
         if bytes > self.shared.max_bytes {

@@ -135,7 +135,10 @@ mod tests {
             for bit in 0..8 {
                 let mut damaged = frame.clone();
                 damaged[byte] ^= 1 << bit;
-                assert!(Record::decode(&damaged).is_err(), "flip at byte {byte} bit {bit}");
+                assert!(
+                    Record::decode(&damaged).is_err(),
+                    "flip at byte {byte} bit {bit}"
+                );
             }
         }
     }

@@ -62,8 +62,16 @@ pub struct Recovered {
 /// One entry read from the events table.
 #[derive(Debug, Clone)]
 pub enum Stored {
-    Live { seq: u64, record: Record, size: usize },
-    Damaged { seq: u64, error: FrameError, raw: Vec<u8> },
+    Live {
+        seq: u64,
+        record: Record,
+        size: usize,
+    },
+    Damaged {
+        seq: u64,
+        error: FrameError,
+        raw: Vec<u8>,
+    },
 }
 
 impl Stored {

@@ -49,7 +49,6 @@ pub(super) enum Command {
 /// An encoded record on its way into the events table.
 pub(super) struct Frame {
     pub bytes: Vec<u8>,
-    pub accepted_at_ms: u64,
 }
 
 impl Command {

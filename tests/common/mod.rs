@@ -38,8 +38,10 @@ impl TestApp {
         tweak: impl FnOnce(&mut Config),
         opts: StartOptions,
     ) -> TestApp {
-        let mut config = Config::default();
-        config.roles = vec![Role::Ingest];
+        let mut config = Config {
+            roles: vec![Role::Ingest],
+            ..Config::default()
+        };
         config.http.listen = "127.0.0.1:0".parse().expect("addr");
         config.spool.path = dir.path().join("spool");
         config.spool.retry_after = Duration::from_secs(1);
@@ -102,9 +104,8 @@ impl TestApp {
 pub async fn read(resp: reqwest::Response) -> (u16, Value) {
     let status = resp.status().as_u16();
     let bytes = resp.bytes().await.expect("body");
-    let value = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
-        json!({ "raw": String::from_utf8_lossy(&bytes) })
-    });
+    let value = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| json!({ "raw": String::from_utf8_lossy(&bytes) }));
     (status, value)
 }
 
@@ -213,7 +214,10 @@ impl ChildServer {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("audit-manager exited before becoming ready: {status}");
             }
-            assert!(Instant::now() < until, "audit-manager not ready after {deadline:?}");
+            assert!(
+                Instant::now() < until,
+                "audit-manager not ready after {deadline:?}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }

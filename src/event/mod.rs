@@ -1,0 +1,37 @@
+//! CloudEvent model and validation (pure: no I/O).
+//!
+//! Audit events arrive as CloudEvents 1.0, either in structured mode (the JSON event is the
+//! request body) or in HTTP binary mode ([`from_binary`] turns `ce-*` headers plus the body into
+//! the structured form). [`normalize`] then validates one event, collecting *all* problems as
+//! [`FieldError`]s named by path (`data.actor.id: required`), fills in defaults and serializes
+//! it compactly into a [`NormalizedEvent`] ready to spool.
+//!
+//! # Normalization
+//! Defaults are filled in before the event is stored, so the stored JSON is what gets replayed
+//! and every replay maps to the same `(id, time)`:
+//! - `id`: a UUIDv7 string when absent;
+//! - `time`: the ingest time as RFC 3339 with milliseconds and `Z` when absent; a given time is
+//!   kept verbatim (offset and precision as sent);
+//! - `datacontenttype`: `application/json` when absent;
+//! - `data.actor.type`: `user` when absent.
+//!
+//! Key order is the emitter's; filled-in defaults are appended at the end of their object.
+//! Everything else (extension attributes, actor/resource extras, `changes`, `context`, …) is
+//! kept as sent. A `null` optional CloudEvents attribute counts as absent (CloudEvents JSON
+//! format); a `null` `subject`/`traceparent` is dropped.
+//!
+//! # Errors
+//! [`Rejection::Invalid`] (schema, → 422), [`Rejection::TimeInFuture`] (only problem is `time`
+//! beyond `max_future_skew`, → 422), [`Rejection::TooLarge`] (normalized size over
+//! `max_event_bytes`, → 413). [`Rejection::at_index`] prefixes paths with `events[i].` for
+//! batches. [`BinaryError::NotJson`] (→ 400) is for a binary-mode body that is not JSON.
+
+mod binary;
+mod validate;
+
+pub use binary::{BinaryError, from_binary, is_binary_mode, percent_decode};
+pub use validate::{
+    ACTOR_TYPES, DEFAULT_ACTOR_TYPE, DEFAULT_CONTENT_TYPE, FieldError, Limits, NormalizedEvent,
+    OUTCOMES, Rejection, event_time, is_json_content_type, is_valid_traceparent, kafka_key,
+    new_event_id, normalize, parse_normalized, parse_time, str_at,
+};

@@ -1,0 +1,1277 @@
+//! Structured-mode validation and normalization (see the module docs in `mod.rs`).
+
+use std::fmt;
+use std::time::Duration;
+
+use chrono::{
+    DateTime, FixedOffset, NaiveDate, NaiveDateTime, NaiveTime, SecondsFormat, TimeDelta, Utc,
+};
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+/// Allowed values of `data.actor.type`.
+pub const ACTOR_TYPES: [&str; 4] = ["user", "system", "service", "anonymous"];
+/// Allowed values of `data.outcome`.
+pub const OUTCOMES: [&str; 3] = ["success", "failure", "denied"];
+/// `datacontenttype` filled in when the emitter sent none.
+pub const DEFAULT_CONTENT_TYPE: &str = "application/json";
+/// `data.actor.type` filled in when the emitter sent none.
+pub const DEFAULT_ACTOR_TYPE: &str = "user";
+
+/// Longest part of an offending value quoted back in an error message.
+const MAX_QUOTED_CHARS: usize = 64;
+
+/// Limits applied by [`normalize`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// How far `time` may lie ahead of the server clock.
+    pub max_future_skew: Duration,
+    /// Largest accepted size of the normalized, compactly serialized event.
+    pub max_event_bytes: usize,
+}
+
+impl Default for Limits {
+    /// 5 minutes of future skew, 1 MiB per event.
+    fn default() -> Self {
+        Limits {
+            max_future_skew: Duration::from_secs(300),
+            max_event_bytes: 1 << 20,
+        }
+    }
+}
+
+/// One problem with one field. `field` is a path such as `data.actor.id` or
+/// `events[3].data.outcome`; the empty path means the event itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        FieldError {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    /// Prefix the path with `events[i].` (the event itself becomes `events[i]`).
+    pub fn at_index(mut self, i: usize) -> Self {
+        self.field = if self.field.is_empty() {
+            format!("events[{i}]")
+        } else {
+            format!("events[{i}].{}", self.field)
+        };
+        self
+    }
+}
+
+impl fmt::Display for FieldError {
+    /// `field: message`; an error about the event as a whole reads `event: message`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let field = if self.field.is_empty() {
+            "event"
+        } else {
+            &self.field
+        };
+        write!(f, "{field}: {}", self.message)
+    }
+}
+
+/// Why one event was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    /// Schema violations, all of them, in field order (→ 422).
+    #[error("{}", self.message())]
+    Invalid(Vec<FieldError>),
+    /// `time` lies further ahead than `max_future_skew` and nothing else is wrong (→ 422).
+    /// When other problems exist too, the same error is listed inside [`Rejection::Invalid`].
+    #[error("{}", self.message())]
+    TimeInFuture(FieldError),
+    /// The normalized event is larger than `max_event_bytes` (→ 413).
+    #[error("{}", self.message())]
+    TooLarge {
+        index: Option<usize>,
+        size: usize,
+        limit: usize,
+    },
+}
+
+impl Rejection {
+    /// Locate the rejection inside a batch: every field path gets the `events[i].` prefix,
+    /// `TooLarge` records the index.
+    pub fn at_index(self, i: usize) -> Rejection {
+        match self {
+            Rejection::Invalid(errors) => {
+                Rejection::Invalid(errors.into_iter().map(|e| e.at_index(i)).collect())
+            }
+            Rejection::TimeInFuture(e) => Rejection::TimeInFuture(e.at_index(i)),
+            Rejection::TooLarge { size, limit, .. } => Rejection::TooLarge {
+                index: Some(i),
+                size,
+                limit,
+            },
+        }
+    }
+
+    /// One line listing every problem, `"; "`-joined.
+    pub fn message(&self) -> String {
+        match self {
+            Rejection::Invalid(errors) => {
+                let mut out = String::new();
+                for (n, e) in errors.iter().enumerate() {
+                    if n > 0 {
+                        out.push_str("; ");
+                    }
+                    out.push_str(&e.to_string());
+                }
+                out
+            }
+            Rejection::TimeInFuture(e) => e.to_string(),
+            Rejection::TooLarge { index, size, limit } => {
+                let what = match index {
+                    Some(i) => format!("events[{i}]"),
+                    None => "event".to_owned(),
+                };
+                format!("{what}: normalized event is {size} bytes, over the limit of {limit} bytes")
+            }
+        }
+    }
+
+    /// The field errors carried (empty for `TooLarge`), e.g. for a JSON error body.
+    pub fn field_errors(&self) -> &[FieldError] {
+        match self {
+            Rejection::Invalid(errors) => errors,
+            Rejection::TimeInFuture(e) => std::slice::from_ref(e),
+            Rejection::TooLarge { .. } => &[],
+        }
+    }
+}
+
+/// One validated event, ready to spool.
+///
+/// `json` is the normalized CloudEvent serialized compactly. Key order is the emitter's
+/// attribute order; attributes filled in by defaults (`id`, `time`, `datacontenttype`,
+/// `data.actor.type`) are appended at the end of their object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NormalizedEvent {
+    /// The event `id` (as sent, or the generated UUIDv7).
+    pub id: String,
+    /// The event `time`, exactly as stored in `json`.
+    pub time: String,
+    /// Kafka key: `subject`, else `data.actor.id`.
+    pub key: Option<String>,
+    pub json: Vec<u8>,
+}
+
+/// Validate and normalize one structured-mode event (already parsed JSON).
+///
+/// All problems are collected. Defaults are filled in before serialization, so replaying the
+/// stored `json` always yields the same `(id, time)`. A `null` value of an optional
+/// CloudEvents attribute (`id`, `time`, `datacontenttype`, `subject`, `traceparent`) means
+/// absent (CloudEvents JSON format); inside `data`, `null` for an optional field means absent
+/// and is kept as sent.
+pub fn normalize(
+    value: Value,
+    now: DateTime<Utc>,
+    limits: &Limits,
+) -> Result<NormalizedEvent, Rejection> {
+    let mut ev = match value {
+        Value::Object(map) => map,
+        other => {
+            let msg = format!("must be a JSON object (got {})", kind(&other));
+            return Err(Rejection::Invalid(vec![FieldError::new("", msg)]));
+        }
+    };
+    let mut errs: Vec<FieldError> = Vec::new();
+    let mut future_error = false;
+
+    // specversion
+    match ev.get("specversion") {
+        Some(Value::String(s)) if s == "1.0" => {}
+        None | Some(Value::Null) => errs.push(required("specversion")),
+        Some(Value::String(s)) => errs.push(FieldError::new(
+            "specversion",
+            format!("must be \"1.0\" (got {})", quote(s)),
+        )),
+        Some(v) => errs.push(not_string("specversion", v)),
+    }
+
+    // id
+    match ev.get("id") {
+        None | Some(Value::Null) => {
+            let id = new_event_id(now);
+            ev.insert("id".to_owned(), Value::String(id));
+        }
+        Some(v) => {
+            non_empty_str(v, "id", &mut errs);
+        }
+    }
+
+    required_str(&ev, "source", "source", &mut errs);
+    required_str(&ev, "type", "type", &mut errs);
+
+    // subject
+    match ev.get("subject") {
+        None => {}
+        Some(Value::Null) => {
+            ev.shift_remove("subject");
+        }
+        Some(Value::String(s)) if s.is_empty() => {
+            errs.push(FieldError::new("subject", "must not be empty if present"))
+        }
+        Some(Value::String(_)) => {}
+        Some(v) => errs.push(not_string("subject", v)),
+    }
+
+    // time
+    match ev.get("time") {
+        None | Some(Value::Null) => {
+            let t = now.to_rfc3339_opts(SecondsFormat::Millis, true);
+            ev.insert("time".to_owned(), Value::String(t));
+        }
+        Some(Value::String(s)) => match parse_time(s) {
+            None => errs.push(FieldError::new("time", "not an RFC 3339 timestamp")),
+            Some(t) => {
+                if let Some(e) = check_skew(s, t, now, limits.max_future_skew) {
+                    errs.push(e);
+                    future_error = true;
+                }
+            }
+        },
+        Some(v) => errs.push(not_string("time", v)),
+    }
+
+    // datacontenttype
+    match ev.get("datacontenttype") {
+        None | Some(Value::Null) => {
+            ev.insert(
+                "datacontenttype".to_owned(),
+                Value::String(DEFAULT_CONTENT_TYPE.to_owned()),
+            );
+        }
+        Some(Value::String(s)) if is_json_content_type(s) => {}
+        Some(Value::String(s)) => errs.push(FieldError::new(
+            "datacontenttype",
+            format!(
+                "must be a JSON content type (application/json or */*+json) (got {})",
+                quote(s)
+            ),
+        )),
+        Some(v) => errs.push(not_string("datacontenttype", v)),
+    }
+
+    // traceparent
+    match ev.get("traceparent") {
+        None => {}
+        Some(Value::Null) => {
+            ev.shift_remove("traceparent");
+        }
+        Some(Value::String(s)) if is_valid_traceparent(s) => {}
+        Some(Value::String(s)) => errs.push(FieldError::new(
+            "traceparent",
+            format!(
+                "must be a W3C traceparent (00-<32 hex trace-id>-<16 hex parent-id>-<2 hex flags>) \
+                 (got {})",
+                quote(s)
+            ),
+        )),
+        Some(v) => errs.push(not_string("traceparent", v)),
+    }
+
+    if ev.contains_key("data_base64") {
+        errs.push(FieldError::new(
+            "data_base64",
+            "not supported: data must be a JSON object in `data`",
+        ));
+    }
+
+    // data
+    match ev.get_mut("data") {
+        None | Some(Value::Null) => errs.push(required("data")),
+        Some(Value::Object(data)) => validate_data(data, &mut errs),
+        Some(v) => errs.push(not_object("data", v)),
+    }
+
+    if !errs.is_empty() {
+        if future_error
+            && errs.len() == 1
+            && let Some(e) = errs.pop()
+        {
+            return Err(Rejection::TimeInFuture(e));
+        }
+        return Err(Rejection::Invalid(errs));
+    }
+
+    let id = str_field(&ev, "id").unwrap_or_default().to_owned();
+    let time = str_field(&ev, "time").unwrap_or_default().to_owned();
+    let key = kafka_key(&ev);
+    // 1 KiB fits typical audit events without regrowth (and stays below glibc large-bin sizes).
+    let mut json = Vec::with_capacity(1024);
+    if let Err(e) = serde_json::to_writer(&mut json, &ev) {
+        // Unreachable for a Value written to memory; reported rather than panicking.
+        let msg = format!("cannot be serialized: {e}");
+        return Err(Rejection::Invalid(vec![FieldError::new("", msg)]));
+    }
+    if json.len() > limits.max_event_bytes {
+        return Err(Rejection::TooLarge {
+            index: None,
+            size: json.len(),
+            limit: limits.max_event_bytes,
+        });
+    }
+    Ok(NormalizedEvent {
+        id,
+        time,
+        key,
+        json,
+    })
+}
+
+/// A fresh UUIDv7 (hyphenated, lowercase) whose timestamp is `now`.
+///
+/// `Uuid::now_v7` asks the OS for randomness on every call (~1µs, a syscall); this draws the
+/// 74 random bits from a per-thread SplitMix64 stream seeded once from the OS instead. The ids
+/// need to be unique, not unpredictable.
+pub fn new_event_id(now: DateTime<Utc>) -> String {
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(uuid::Uuid::new_v4().as_u64_pair().0);
+    }
+    let next = || {
+        STATE.with(|state| {
+            let s = state.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
+            state.set(s);
+            let mut z = s;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        })
+    };
+    let mut random = [0u8; 10];
+    random[..8].copy_from_slice(&next().to_le_bytes());
+    random[8..].copy_from_slice(&next().to_le_bytes()[..2]);
+    let millis = u64::try_from(now.timestamp_millis()).unwrap_or(0);
+    let id = uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid();
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    id.hyphenated().encode_lower(&mut buf).to_owned()
+}
+
+fn validate_data(data: &mut Map<String, Value>, errs: &mut Vec<FieldError>) {
+    match data.get_mut("actor") {
+        None | Some(Value::Null) => errs.push(required("data.actor")),
+        Some(Value::Object(actor)) => validate_actor(actor, errs),
+        Some(v) => errs.push(not_object("data.actor", v)),
+    }
+
+    required_str(data, "action", "data.action", errs);
+
+    match data.get("outcome") {
+        None | Some(Value::Null) => errs.push(required("data.outcome")),
+        Some(Value::String(s)) if OUTCOMES.contains(&s.as_str()) => {}
+        Some(Value::String(s)) => errs.push(FieldError::new(
+            "data.outcome",
+            format!("must be one of {} (got {})", OUTCOMES.join(", "), quote(s)),
+        )),
+        Some(v) => errs.push(not_string("data.outcome", v)),
+    }
+
+    match data.get("resource") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(resource)) => {
+            required_str(resource, "type", "data.resource.type", errs);
+            optional_str(resource, "id", "data.resource.id", errs);
+        }
+        Some(v) => errs.push(not_object("data.resource", v)),
+    }
+
+    optional_str(data, "reason", "data.reason", errs);
+}
+
+fn validate_actor(actor: &mut Map<String, Value>, errs: &mut Vec<FieldError>) {
+    match actor.get("type") {
+        None | Some(Value::Null) => {
+            actor.insert(
+                "type".to_owned(),
+                Value::String(DEFAULT_ACTOR_TYPE.to_owned()),
+            );
+        }
+        Some(Value::String(s)) if ACTOR_TYPES.contains(&s.as_str()) => {}
+        Some(Value::String(s)) => errs.push(FieldError::new(
+            "data.actor.type",
+            format!(
+                "must be one of {} (got {})",
+                ACTOR_TYPES.join(", "),
+                quote(s)
+            ),
+        )),
+        Some(v) => errs.push(not_string("data.actor.type", v)),
+    }
+    required_str(actor, "id", "data.actor.id", errs);
+    optional_str(actor, "name", "data.actor.name", errs);
+    match actor.get("roles") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(roles)) => {
+            for (i, role) in roles.iter().enumerate() {
+                if !role.is_string() {
+                    errs.push(not_string(&format!("data.actor.roles[{i}]"), role));
+                }
+            }
+        }
+        Some(v) => errs.push(FieldError::new(
+            "data.actor.roles",
+            format!("must be an array of strings (got {})", kind(v)),
+        )),
+    }
+    optional_str(actor, "ip", "data.actor.ip", errs);
+    optional_str(actor, "session_id", "data.actor.session_id", errs);
+}
+
+fn required_str(map: &Map<String, Value>, key: &str, path: &str, errs: &mut Vec<FieldError>) {
+    match map.get(key) {
+        None | Some(Value::Null) => errs.push(required(path)),
+        Some(v) => non_empty_str(v, path, errs),
+    }
+}
+
+fn non_empty_str(v: &Value, path: &str, errs: &mut Vec<FieldError>) {
+    match v {
+        Value::String(s) if s.is_empty() => errs.push(FieldError::new(path, "must not be empty")),
+        Value::String(_) => {}
+        v => errs.push(not_string(path, v)),
+    }
+}
+
+fn optional_str(map: &Map<String, Value>, key: &str, path: &str, errs: &mut Vec<FieldError>) {
+    match map.get(key) {
+        None | Some(Value::Null) | Some(Value::String(_)) => {}
+        Some(v) => errs.push(not_string(path, v)),
+    }
+}
+
+fn required(path: &str) -> FieldError {
+    FieldError::new(path, "required")
+}
+
+fn not_string(path: &str, v: &Value) -> FieldError {
+    FieldError::new(path, format!("must be a string (got {})", kind(v)))
+}
+
+fn not_object(path: &str, v: &Value) -> FieldError {
+    FieldError::new(path, format!("must be a JSON object (got {})", kind(v)))
+}
+
+/// JSON type name of `v`, for error messages.
+pub(crate) fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// `s` as a JSON string literal, cut to [`MAX_QUOTED_CHARS`] characters.
+fn quote(s: &str) -> String {
+    let (cut, truncated) = match s.char_indices().nth(MAX_QUOTED_CHARS) {
+        Some((at, _)) => (&s[..at], true),
+        None => (s, false),
+    };
+    let mut out = Value::String(cut.to_owned()).to_string();
+    if truncated {
+        out.push('…');
+    }
+    out
+}
+
+fn str_field<'a>(map: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
+    map.get(key).and_then(Value::as_str)
+}
+
+fn check_skew(
+    raw: &str,
+    t: DateTime<FixedOffset>,
+    now: DateTime<Utc>,
+    max: Duration,
+) -> Option<FieldError> {
+    let ahead = t.with_timezone(&Utc).signed_duration_since(now);
+    let limit = TimeDelta::from_std(max).unwrap_or(TimeDelta::MAX);
+    if ahead <= limit {
+        return None;
+    }
+    let ahead = ahead.to_std().unwrap_or_default();
+    Some(FieldError::new(
+        "time",
+        format!(
+            "{} is {} ahead of the server clock (at most {} allowed)",
+            quote(raw),
+            fmt_duration(ahead),
+            fmt_duration(max)
+        ),
+    ))
+}
+
+/// Compact human duration: `1h2m3.25s`, `5m`, `0.5s`, `0s`.
+pub(crate) fn fmt_duration(d: Duration) -> String {
+    let total_ms = d.as_millis();
+    let ms = total_ms % 1000;
+    let total_s = total_ms / 1000;
+    let (h, m, s) = (total_s / 3600, (total_s / 60) % 60, total_s % 60);
+    let mut out = String::new();
+    if h > 0 {
+        out.push_str(&format!("{h}h"));
+    }
+    if m > 0 {
+        out.push_str(&format!("{m}m"));
+    }
+    if ms > 0 {
+        let frac = format!("{ms:03}");
+        out.push_str(&format!("{s}.{}s", frac.trim_end_matches('0')));
+    } else if s > 0 || out.is_empty() {
+        out.push_str(&format!("{s}s"));
+    }
+    out
+}
+
+/// `application/json`, or any `type/subtype+json`, optionally followed by `;` parameters.
+/// Case-insensitive.
+pub fn is_json_content_type(s: &str) -> bool {
+    let essence = s.split(';').next().unwrap_or_default().trim();
+    if essence.eq_ignore_ascii_case("application/json") {
+        return true;
+    }
+    let Some((ty, sub)) = essence.split_once('/') else {
+        return false;
+    };
+    let is_token = |t: &str| {
+        !t.is_empty()
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$&^_.+-".contains(&b))
+    };
+    is_token(ty)
+        && is_token(sub)
+        && sub.len() > 5
+        && sub
+            .get(sub.len() - 5..)
+            .is_some_and(|tail| tail.eq_ignore_ascii_case("+json"))
+}
+
+/// W3C Trace Context `traceparent`: `vv-<32 lhex>-<16 lhex>-<2 lhex>`, ids not all zero,
+/// version `ff` invalid. Version `00` must end after the flags; a higher version may carry
+/// further `-`-separated fields (forward compatibility per the W3C spec).
+pub fn is_valid_traceparent(s: &str) -> bool {
+    let b = s.as_bytes();
+    if b.len() < 55 {
+        return false;
+    }
+    let lhex = |r: std::ops::Range<usize>| {
+        b[r].iter()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
+    };
+    let all_zero = |r: std::ops::Range<usize>| b[r].iter().all(|c| *c == b'0');
+    if !(lhex(0..2) && b[2] == b'-' && lhex(3..35) && b[35] == b'-' && lhex(36..52))
+        || b[52] != b'-'
+        || !lhex(53..55)
+    {
+        return false;
+    }
+    if &b[0..2] == b"ff" || all_zero(3..35) || all_zero(36..52) {
+        return false;
+    }
+    if &b[0..2] == b"00" {
+        b.len() == 55
+    } else {
+        b.len() == 55 || b[55] == b'-'
+    }
+}
+
+/// Parse an RFC 3339 `date-time` strictly: `YYYY-MM-DDThh:mm:ss[.frac](Z|±hh:mm)`.
+///
+/// `T` and `Z` may be lowercase (RFC 3339 §5.6 note); a space separator or a missing offset is
+/// rejected. A leap second (`:60`) is accepted. Fractions beyond nanoseconds are truncated.
+pub fn parse_time(s: &str) -> Option<DateTime<FixedOffset>> {
+    let b = s.as_bytes();
+    if b.len() < 20 {
+        return None;
+    }
+    let num = |from: usize, len: usize| -> Option<u32> {
+        let digits = b.get(from..from + len)?;
+        digits.iter().try_fold(0u32, |acc, c| {
+            c.is_ascii_digit().then(|| acc * 10 + u32::from(c - b'0'))
+        })
+    };
+    let year = num(0, 4)?;
+    let month = num(5, 2)?;
+    let day = num(8, 2)?;
+    let hour = num(11, 2)?;
+    let minute = num(14, 2)?;
+    let mut second = num(17, 2)?;
+    if b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let mut i = 19;
+    let mut nanos = 0u32;
+    if b[i] == b'.' {
+        i += 1;
+        let start = i;
+        while i < b.len() && b[i].is_ascii_digit() {
+            if i - start < 9 {
+                nanos = nanos * 10 + u32::from(b[i] - b'0');
+            }
+            i += 1;
+        }
+        let digits = i - start;
+        if digits == 0 {
+            return None;
+        }
+        for _ in digits..9 {
+            nanos *= 10;
+        }
+    }
+    let offset_secs: i32 = match b.get(i)? {
+        b'Z' | b'z' if i + 1 == b.len() => 0,
+        sign @ (b'+' | b'-') if i + 6 == b.len() && b[i + 3] == b':' => {
+            let oh = num(i + 1, 2)?;
+            let om = num(i + 4, 2)?;
+            if oh > 23 || om > 59 {
+                return None;
+            }
+            let secs = i32::try_from(oh * 3600 + om * 60).ok()?;
+            if *sign == b'-' { -secs } else { secs }
+        }
+        _ => return None,
+    };
+    if second == 60 {
+        // chrono represents a leap second as :59 with nanoseconds >= 1e9.
+        second = 59;
+        nanos += 1_000_000_000;
+    }
+    let date = NaiveDate::from_ymd_opt(i32::try_from(year).ok()?, month, day)?;
+    let time = NaiveTime::from_hms_nano_opt(hour, minute, second, nanos)?;
+    let offset = FixedOffset::east_opt(offset_secs)?;
+    NaiveDateTime::new(date, time)
+        .and_local_timezone(offset)
+        .single()
+}
+
+/// Kafka key of a (normalized) event: `subject`, else `data.actor.id`.
+pub fn kafka_key(event: &Map<String, Value>) -> Option<String> {
+    if let Some(subject) = str_field(event, "subject").filter(|s| !s.is_empty()) {
+        return Some(subject.to_owned());
+    }
+    str_at(event, &["data", "actor", "id"])
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+}
+
+/// The string at a path of object keys, e.g. `str_at(ev, &["data", "actor", "id"])`.
+pub fn str_at<'a>(event: &'a Map<String, Value>, path: &[&str]) -> Option<&'a str> {
+    let (last, parents) = path.split_last()?;
+    let mut map = event;
+    for key in parents {
+        map = map.get(*key)?.as_object()?;
+    }
+    str_field(map, last)
+}
+
+/// Parse a stored normalized event (the `json` of a [`NormalizedEvent`]) back.
+/// Fails on invalid JSON or when the top level is not an object.
+pub fn parse_normalized(json: &[u8]) -> Result<Map<String, Value>, serde_json::Error> {
+    serde_json::from_slice(json)
+}
+
+/// `time` of a stored normalized event, parsed.
+pub fn event_time(event: &Map<String, Value>) -> Option<DateTime<FixedOffset>> {
+    parse_time(str_field(event, "time")?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+    use serde_json::json;
+
+    fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 22, 19, 23, 11).unwrap() + TimeDelta::milliseconds(123)
+    }
+
+    fn limits() -> Limits {
+        Limits {
+            max_future_skew: Duration::from_secs(300),
+            max_event_bytes: 64 * 1024,
+        }
+    }
+
+    fn minimal() -> Value {
+        json!({
+            "specversion": "1.0",
+            "source": "/benefits/api",
+            "type": "org.example.benefit.approved",
+            "data": {"actor": {"id": "u-1"}, "action": "approve", "outcome": "success"}
+        })
+    }
+
+    fn errors_of(v: Value) -> Vec<String> {
+        match normalize(v, now(), &limits()) {
+            Err(Rejection::Invalid(errs)) => errs.iter().map(ToString::to_string).collect(),
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
+
+    fn has_error(v: Value, expected: &str) {
+        let errs = errors_of(v);
+        assert!(
+            errs.iter().any(|e| e == expected),
+            "{expected:?} not in {errs:?}"
+        );
+    }
+
+    fn with(mut v: Value, pointer: &str, new: Value) -> Value {
+        *v.pointer_mut(pointer).unwrap() = new;
+        v
+    }
+
+    fn without(mut v: Value, parent: &str, key: &str) -> Value {
+        v.pointer_mut(parent)
+            .unwrap()
+            .as_object_mut()
+            .unwrap()
+            .shift_remove(key);
+        v
+    }
+
+    #[test]
+    fn full_event_round_trips_with_extras() {
+        let input = json!({
+            "specversion": "1.0",
+            "id": "evt-42",
+            "source": "/benefits/api",
+            "type": "org.example.benefit.approved",
+            "subject": "case-7",
+            "time": "2026-11-22T19:20:00.5Z",
+            "datacontenttype": "application/json; charset=utf-8",
+            "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "tenantid": "gov-a",
+            "sequence": 17,
+            "data": {
+                "actor": {
+                    "type": "service", "id": "svc-9", "name": "Batch", "roles": ["a", "b"],
+                    "ip": "10.0.0.1", "session_id": "s-1", "department": "welfare"
+                },
+                "action": "approve",
+                "outcome": "success",
+                "resource": {"type": "case", "id": "c-7", "region": "north"},
+                "reason": "eligible",
+                "changes": [{"field": "status", "from": "pending", "to": "approved"}],
+                "context": {"request_id": "r-1"}
+            }
+        });
+        let expected_json = serde_json::to_vec(&input).unwrap();
+        let ev = normalize(input.clone(), now(), &limits()).unwrap();
+        assert_eq!(ev.id, "evt-42");
+        assert_eq!(ev.time, "2026-11-22T19:20:00.5Z");
+        assert_eq!(ev.key.as_deref(), Some("case-7"));
+        // Nothing added, removed or reordered.
+        assert_eq!(ev.json, expected_json);
+        let back = parse_normalized(&ev.json).unwrap();
+        assert_eq!(Value::Object(back), input);
+    }
+
+    #[test]
+    fn defaults_are_filled_and_appended() {
+        let ev = normalize(minimal(), now(), &limits()).unwrap();
+        let back = parse_normalized(&ev.json).unwrap();
+        let id = uuid::Uuid::parse_str(&ev.id).unwrap();
+        assert_eq!(id.get_version_num(), 7);
+        let (secs, nanos) = id.get_timestamp().unwrap().to_unix();
+        assert_eq!((secs, nanos / 1_000_000), (now().timestamp() as u64, 123));
+        assert_eq!(back["id"], ev.id.as_str());
+        assert_eq!(ev.time, "2026-11-22T19:23:11.123Z");
+        assert_eq!(back["time"], ev.time.as_str());
+        assert_eq!(back["datacontenttype"], "application/json");
+        assert_eq!(back["data"]["actor"]["type"], "user");
+        assert_eq!(ev.key.as_deref(), Some("u-1"));
+        let keys: Vec<&str> = back.keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            [
+                "specversion",
+                "source",
+                "type",
+                "data",
+                "id",
+                "time",
+                "datacontenttype"
+            ]
+        );
+        // Replaying the stored JSON is stable: same id and time, same bytes.
+        let again = normalize(Value::Object(back), now() + TimeDelta::hours(1), &limits());
+        let again = again.unwrap();
+        assert_eq!(
+            (again.id.as_str(), again.time.as_str()),
+            (ev.id.as_str(), ev.time.as_str())
+        );
+        assert_eq!(again.json, ev.json);
+    }
+
+    #[test]
+    fn generated_ids_are_unique_v7() {
+        let ids: std::collections::HashSet<String> =
+            (0..10_000).map(|_| new_event_id(now())).collect();
+        assert_eq!(ids.len(), 10_000);
+        assert!(
+            ids.iter()
+                .all(|id| uuid::Uuid::parse_str(id).unwrap().get_version_num() == 7)
+        );
+        let other_thread = std::thread::spawn(|| new_event_id(now())).join().unwrap();
+        assert!(!ids.contains(&other_thread));
+    }
+
+    #[test]
+    fn nulls_on_optional_attributes_mean_absent() {
+        let mut v = minimal();
+        let obj = v.as_object_mut().unwrap();
+        for k in ["id", "time", "datacontenttype", "subject", "traceparent"] {
+            obj.insert(k.into(), Value::Null);
+        }
+        let ev = normalize(v, now(), &limits()).unwrap();
+        let back = parse_normalized(&ev.json).unwrap();
+        assert!(!back.contains_key("subject") && !back.contains_key("traceparent"));
+        assert_eq!(back["datacontenttype"], "application/json");
+        assert_eq!(ev.time, "2026-11-22T19:23:11.123Z");
+        assert!(!ev.id.is_empty());
+    }
+
+    #[test]
+    fn not_an_object() {
+        assert_eq!(
+            errors_of(json!([1])),
+            ["event: must be a JSON object (got array)"]
+        );
+    }
+
+    #[test]
+    fn envelope_rules() {
+        has_error(
+            with(minimal(), "/specversion", json!("0.3")),
+            r#"specversion: must be "1.0" (got "0.3")"#,
+        );
+        has_error(
+            with(minimal(), "/specversion", json!(1.0)),
+            "specversion: must be a string (got number)",
+        );
+        has_error(
+            without(minimal(), "", "specversion"),
+            "specversion: required",
+        );
+        has_error(
+            with(minimal(), "/source", json!("")),
+            "source: must not be empty",
+        );
+        has_error(without(minimal(), "", "source"), "source: required");
+        has_error(
+            with(minimal(), "/type", json!(true)),
+            "type: must be a string (got boolean)",
+        );
+        has_error(without(minimal(), "", "type"), "type: required");
+        let mut v = minimal();
+        v["id"] = json!("");
+        has_error(v, "id: must not be empty");
+        let mut v = minimal();
+        v["id"] = json!(7);
+        has_error(v, "id: must be a string (got number)");
+        let mut v = minimal();
+        v["subject"] = json!("");
+        has_error(v, "subject: must not be empty if present");
+        let mut v = minimal();
+        v["subject"] = json!(5);
+        has_error(v, "subject: must be a string (got number)");
+        let mut v = minimal();
+        v["time"] = json!("2026-11-22T19:23:11");
+        has_error(v, "time: not an RFC 3339 timestamp");
+        let mut v = minimal();
+        v["time"] = json!(1_700_000_000);
+        has_error(v, "time: must be a string (got number)");
+        let mut v = minimal();
+        v["datacontenttype"] = json!("text/plain");
+        has_error(
+            v,
+            r#"datacontenttype: must be a JSON content type (application/json or */*+json) (got "text/plain")"#,
+        );
+        let mut v = minimal();
+        v["data_base64"] = json!("e30=");
+        has_error(
+            v,
+            "data_base64: not supported: data must be a JSON object in `data`",
+        );
+        has_error(without(minimal(), "", "data"), "data: required");
+        has_error(
+            with(minimal(), "/data", json!("x")),
+            "data: must be a JSON object (got string)",
+        );
+    }
+
+    #[test]
+    fn data_rules() {
+        has_error(without(minimal(), "/data", "actor"), "data.actor: required");
+        has_error(
+            with(minimal(), "/data/actor", json!([])),
+            "data.actor: must be a JSON object (got array)",
+        );
+        has_error(
+            without(minimal(), "/data/actor", "id"),
+            "data.actor.id: required",
+        );
+        has_error(
+            with(minimal(), "/data/actor/id", json!("")),
+            "data.actor.id: must not be empty",
+        );
+        has_error(
+            with(minimal(), "/data/actor/id", json!(12)),
+            "data.actor.id: must be a string (got number)",
+        );
+        let mut v = minimal();
+        v["data"]["actor"]["type"] = json!("robot");
+        has_error(
+            v,
+            r#"data.actor.type: must be one of user, system, service, anonymous (got "robot")"#,
+        );
+        let mut v = minimal();
+        v["data"]["actor"]["name"] = json!(1);
+        has_error(v, "data.actor.name: must be a string (got number)");
+        let mut v = minimal();
+        v["data"]["actor"]["roles"] = json!("admin");
+        has_error(
+            v,
+            "data.actor.roles: must be an array of strings (got string)",
+        );
+        let mut v = minimal();
+        v["data"]["actor"]["roles"] = json!(["a", "b", 3]);
+        has_error(v, "data.actor.roles[2]: must be a string (got number)");
+        let mut v = minimal();
+        v["data"]["actor"]["ip"] = json!(false);
+        has_error(v, "data.actor.ip: must be a string (got boolean)");
+        let mut v = minimal();
+        v["data"]["actor"]["session_id"] = json!({});
+        has_error(v, "data.actor.session_id: must be a string (got object)");
+        has_error(
+            without(minimal(), "/data", "action"),
+            "data.action: required",
+        );
+        has_error(
+            with(minimal(), "/data/action", json!("")),
+            "data.action: must not be empty",
+        );
+        has_error(
+            without(minimal(), "/data", "outcome"),
+            "data.outcome: required",
+        );
+        has_error(
+            with(minimal(), "/data/outcome", json!("ok")),
+            r#"data.outcome: must be one of success, failure, denied (got "ok")"#,
+        );
+        let mut v = minimal();
+        v["data"]["resource"] = json!("case");
+        has_error(v, "data.resource: must be a JSON object (got string)");
+        let mut v = minimal();
+        v["data"]["resource"] = json!({"id": "c-1"});
+        has_error(v, "data.resource.type: required");
+        let mut v = minimal();
+        v["data"]["resource"] = json!({"type": "case", "id": 5});
+        has_error(v, "data.resource.id: must be a string (got number)");
+        let mut v = minimal();
+        v["data"]["reason"] = json!(["x"]);
+        has_error(v, "data.reason: must be a string (got array)");
+    }
+
+    #[test]
+    fn all_errors_are_collected_in_field_order() {
+        let v = json!({
+            "specversion": "0.3",
+            "type": "",
+            "time": "yesterday",
+            "data": {"actor": {"type": "robot"}, "outcome": "ok"}
+        });
+        let errs = errors_of(v);
+        assert_eq!(
+            errs,
+            [
+                r#"specversion: must be "1.0" (got "0.3")"#,
+                "source: required",
+                "type: must not be empty",
+                "time: not an RFC 3339 timestamp",
+                r#"data.actor.type: must be one of user, system, service, anonymous (got "robot")"#,
+                "data.actor.id: required",
+                "data.action: required",
+                r#"data.outcome: must be one of success, failure, denied (got "ok")"#,
+            ]
+        );
+        let rejection = normalize(json!({"data": {}}), now(), &limits()).unwrap_err();
+        assert_eq!(
+            rejection.message(),
+            "specversion: required; source: required; type: required; data.actor: required; \
+             data.action: required; data.outcome: required"
+        );
+        assert_eq!(rejection.to_string(), rejection.message());
+    }
+
+    #[test]
+    fn future_skew() {
+        let mut v = minimal();
+        v["time"] = json!("2026-11-22T19:28:11.123Z"); // exactly the limit ahead
+        assert!(normalize(v, now(), &limits()).is_ok());
+        let mut v = minimal();
+        v["time"] = json!("2026-11-22T21:23:11.623+01:00"); // 1h 0.5s ahead
+        match normalize(v, now(), &limits()) {
+            Err(Rejection::TimeInFuture(e)) => {
+                assert_eq!(e.field, "time");
+                assert_eq!(
+                    e.message,
+                    r#""2026-11-22T21:23:11.623+01:00" is 1h0.5s ahead of the server clock (at most 5m allowed)"#
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // Far past is fine.
+        let mut v = minimal();
+        v["time"] = json!("1999-01-01T00:00:00Z");
+        assert!(normalize(v, now(), &limits()).is_ok());
+        // With other problems, it is listed among them.
+        let mut v = minimal();
+        v["time"] = json!("2030-01-01T00:00:00Z");
+        v["data"]["outcome"] = json!("maybe");
+        let errs = errors_of(v);
+        assert_eq!(errs.len(), 2);
+        assert!(
+            errs[0].starts_with("time: \"2030-01-01T00:00:00Z\" is "),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn offset_times_are_kept_verbatim() {
+        for t in [
+            "2026-11-22T21:23:11+02:00",
+            "2026-11-22t13:00:00.000001-05:30",
+            "2026-11-22T19:00:00z",
+        ] {
+            let mut v = minimal();
+            v["time"] = json!(t);
+            let ev = normalize(v, now(), &limits()).unwrap();
+            assert_eq!(ev.time, t);
+            assert_eq!(parse_normalized(&ev.json).unwrap()["time"], t);
+        }
+    }
+
+    #[test]
+    fn parse_time_is_strict_rfc3339() {
+        let t = parse_time("2026-11-22T21:23:11.5+02:00").unwrap();
+        assert_eq!(
+            t.with_timezone(&Utc),
+            Utc.with_ymd_and_hms(2026, 11, 22, 19, 23, 11).unwrap() + TimeDelta::milliseconds(500)
+        );
+        assert_eq!(t.offset().local_minus_utc(), 7200);
+        assert!(parse_time("2026-11-22t19:23:11z").is_some());
+        assert!(parse_time("2016-12-31T23:59:60Z").is_some());
+        assert!(parse_time("2026-11-22T19:23:11.123456789123Z").is_some());
+        for bad in [
+            "2026-11-22T19:23:11",
+            "2026-11-22 19:23:11Z",
+            "2026-11-22T19:23Z",
+            "2026-11-22T19:23:11.Z",
+            "2026-11-22T19:23:11+0200",
+            "2026-11-22T19:23:11+02",
+            "2026-11-22T19:23:11+24:00",
+            "2026-02-30T19:23:11Z",
+            "2026-11-22T24:00:00Z",
+            "2026-11-22T19:60:00Z",
+            "2026-11-22T19:23:61Z",
+            "2026-11-22T19:23:11ZZ",
+            "+2026-11-22T19:23:11Z",
+            "2026-11-22",
+            "",
+            "２０２6-11-22T19:23:11Z",
+        ] {
+            assert!(parse_time(bad).is_none(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn content_types() {
+        for ok in [
+            "application/json",
+            "Application/JSON",
+            "application/json; charset=utf-8",
+            "application/vnd.example+json",
+            "application/cloudevents+json;charset=UTF-8",
+        ] {
+            assert!(is_json_content_type(ok), "{ok}");
+        }
+        for bad in [
+            "text/plain",
+            "application/jsonx",
+            "+json",
+            "application/+json",
+            "json",
+            "",
+            "application/xml; x=+json",
+        ] {
+            assert!(!is_json_content_type(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn kafka_key_is_subject_else_actor_id() {
+        let mut v = minimal();
+        v["subject"] = json!("case-9");
+        assert_eq!(
+            normalize(v, now(), &limits()).unwrap().key.as_deref(),
+            Some("case-9")
+        );
+        assert_eq!(
+            normalize(minimal(), now(), &limits())
+                .unwrap()
+                .key
+                .as_deref(),
+            Some("u-1")
+        );
+        let map = json!({"data": {"actor": {"id": "a"}}});
+        assert_eq!(kafka_key(map.as_object().unwrap()).as_deref(), Some("a"));
+        assert_eq!(kafka_key(&Map::new()), None);
+    }
+
+    #[test]
+    fn too_large() {
+        let small = Limits {
+            max_event_bytes: 200,
+            ..limits()
+        };
+        let mut v = minimal();
+        v["data"]["context"] = json!({"blob": "x".repeat(300)});
+        match normalize(v, now(), &small) {
+            Err(Rejection::TooLarge {
+                index: None,
+                size,
+                limit: 200,
+            }) => assert!(size > 300),
+            other => panic!("{other:?}"),
+        }
+        // The limit applies to the normalized size, inclusive.
+        let exact = normalize(minimal(), now(), &limits()).unwrap().json.len();
+        let fits = Limits {
+            max_event_bytes: exact,
+            ..limits()
+        };
+        assert!(normalize(minimal(), now(), &fits).is_ok());
+    }
+
+    #[test]
+    fn at_index_prefixes_fields() {
+        let r = normalize(
+            json!({"specversion": "1.0", "data": {"actor": {"id": "x"}}}),
+            now(),
+            &limits(),
+        )
+        .unwrap_err()
+        .at_index(3);
+        let fields: Vec<&str> = r.field_errors().iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "events[3].source",
+                "events[3].type",
+                "events[3].data.action",
+                "events[3].data.outcome"
+            ]
+        );
+        assert!(
+            r.message()
+                .starts_with("events[3].source: required; events[3].type: required")
+        );
+        let r = normalize(json!(1), now(), &limits())
+            .unwrap_err()
+            .at_index(0);
+        assert_eq!(r.message(), "events[0]: must be a JSON object (got number)");
+        let r = Rejection::TooLarge {
+            index: None,
+            size: 10,
+            limit: 5,
+        }
+        .at_index(2);
+        assert_eq!(
+            r,
+            Rejection::TooLarge {
+                index: Some(2),
+                size: 10,
+                limit: 5
+            }
+        );
+        assert_eq!(
+            r.message(),
+            "events[2]: normalized event is 10 bytes, over the limit of 5 bytes"
+        );
+        let r = Rejection::TimeInFuture(FieldError::new("time", "ahead")).at_index(1);
+        assert_eq!(r.message(), "events[1].time: ahead");
+    }
+
+    #[test]
+    fn traceparent_rules() {
+        let ok = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert!(is_valid_traceparent(ok));
+        assert!(is_valid_traceparent(
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00-extra"
+        ));
+        for bad in [
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-600f067aa0ba902b7-01",
+            "00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "0g-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00x",
+            "",
+        ] {
+            assert!(!is_valid_traceparent(bad), "{bad}");
+        }
+        let mut v = minimal();
+        v["traceparent"] = json!(ok);
+        assert!(normalize(v, now(), &limits()).is_ok());
+        let mut v = minimal();
+        v["traceparent"] = json!("ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        let errs = errors_of(v);
+        assert!(
+            errs.len() == 1 && errs[0].starts_with("traceparent: must be a W3C traceparent"),
+            "{errs:?}"
+        );
+        let mut v = minimal();
+        v["traceparent"] = json!(1);
+        has_error(v, "traceparent: must be a string (got number)");
+    }
+
+    #[test]
+    fn quoted_values_are_escaped_and_truncated() {
+        let long = "é".repeat(100);
+        let q = quote(&long);
+        assert_eq!(q, format!("\"{}\"…", "é".repeat(64)));
+        assert_eq!(quote("a\"b"), r#""a\"b""#);
+    }
+
+    #[test]
+    fn durations_format_compactly() {
+        assert_eq!(fmt_duration(Duration::from_secs(0)), "0s");
+        assert_eq!(fmt_duration(Duration::from_millis(500)), "0.5s");
+        assert_eq!(fmt_duration(Duration::from_secs(300)), "5m");
+        assert_eq!(fmt_duration(Duration::from_millis(3_723_250)), "1h2m3.25s");
+    }
+}
