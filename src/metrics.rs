@@ -49,3 +49,18 @@ pub fn install() -> PrometheusHandle {
         })
         .clone()
 }
+
+/// Folds histogram samples into their buckets every few seconds. The exporter keeps raw samples
+/// until then, so without this the memory of every histogram would grow with traffic.
+pub fn spawn_upkeep(handle: PrometheusHandle, shutdown: tokio_util::sync::CancellationToken) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => handle.run_upkeep(),
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    });
+}

@@ -64,6 +64,7 @@ pub async fn start(
     opts: StartOptions,
 ) -> anyhow::Result<Running> {
     let metrics = crate::metrics::install();
+    crate::metrics::spawn_upkeep(metrics.clone(), shutdown.clone());
     let roles: Vec<String> = config.roles.iter().map(|r| r.to_string()).collect();
     let spool = if config.has_role(Role::Ingest) || config.has_role(Role::Forward) {
         let so = SpoolOptions {

@@ -24,14 +24,23 @@ use crate::spool::Spool;
 
 pub const BASE: &str = "/v1/auditmanager";
 
-/// Everything a handler needs; cheap to clone.
+/// Everything a handler needs; one reference count to clone per request.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<AppInner>);
+
+impl std::ops::Deref for AppState {
+    type Target = AppInner;
+    fn deref(&self) -> &AppInner {
+        &self.0
+    }
+}
+
+pub struct AppInner {
     pub config: Arc<Config>,
-    pub limits: Arc<Limits>,
+    pub limits: Limits,
     /// The spool, when this process runs the ingest role.
     pub spool: Option<Spool>,
-    pub health: Arc<Health>,
+    pub health: Health,
     pub metrics: PrometheusHandle,
     /// Cancelled when the process starts draining: ingest answers 503 AUD-005 from then on.
     pub shutdown: CancellationToken,
@@ -49,14 +58,14 @@ impl AppState {
             max_future_skew: config.ingest.max_future_skew,
             max_event_bytes: usize::try_from(config.ingest.max_event_bytes).unwrap_or(usize::MAX),
         };
-        AppState {
+        AppState(Arc::new(AppInner {
             config,
-            limits: Arc::new(limits),
+            limits,
             spool,
-            health: Arc::new(health),
+            health,
             metrics,
             shutdown,
-        }
+        }))
     }
 }
 

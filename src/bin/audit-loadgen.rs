@@ -27,6 +27,9 @@
 //!
 //! Only point it at a server on this machine (loopback) or a test host of your own.
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};

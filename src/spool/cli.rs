@@ -8,7 +8,7 @@ use std::io::{IsTerminal, Write};
 use std::path::Path;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use redb::{Builder, Database, ReadableDatabase, ReadableTableMetadata};
+use redb::{Database, ReadableDatabase, ReadableTableMetadata};
 use serde_json::json;
 
 use super::record::Record;
@@ -28,7 +28,7 @@ pub fn open_existing(dir: &Path) -> Result<Database, SpoolError> {
     }
     let path = file.clone();
     let opener: Opener = std::sync::Arc::new(move || {
-        let mut b = Builder::new();
+        let mut b = store::builder();
         b.set_repair_callback(|session| {
             eprint!(
                 "\rrepairing spool after an unclean shutdown: {:.0}%",

@@ -27,6 +27,18 @@ pub const FORMAT_VERSION: u64 = 1;
 /// The file inside `spool.path`.
 pub const FILE_NAME: &str = "spool.redb";
 
+/// redb's page cache. The spool is written once and read once per record (by the forwarder,
+/// shortly after the append), so a large cache buys nothing and would count against the
+/// process's memory budget; redb's default is 1 GiB.
+pub const CACHE_BYTES: usize = 32 << 20;
+
+/// A redb builder with the spool's settings.
+pub fn builder() -> Builder {
+    let mut b = Builder::new();
+    b.set_cache_size(CACHE_BYTES);
+    b
+}
+
 /// Opens (or creates) the redb database. Boxed so tests can inject a failing storage backend.
 pub type Opener = Arc<dyn Fn() -> Result<Database, DatabaseError> + Send + Sync>;
 
@@ -94,7 +106,7 @@ pub fn file_opener(dir: &Path) -> Result<Opener, SpoolError> {
         source,
     })?;
     let file = file_path(dir);
-    Ok(Arc::new(move || Builder::new().create(&file)))
+    Ok(Arc::new(move || builder().create(&file)))
 }
 
 /// Opens the database through `opener`, explaining failures in operator terms.
