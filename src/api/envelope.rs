@@ -30,9 +30,7 @@ struct Envelope<'a, T: Serialize> {
 
 /// RFC 3339 with milliseconds and `Z`.
 pub fn response_time() -> String {
-    chrono::Utc::now()
-        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
-        .to_string()
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 /// Renders the envelope with `status`.

@@ -25,7 +25,9 @@ pub struct Record {
     pub id: String,
     /// The Kafka key: `subject`, else `data.actor.id`.
     pub key: Option<String>,
-    /// The normalized CloudEvent, compact JSON.
+    /// The normalized CloudEvent, compact JSON. (`serde_bytes`: one length-prefixed copy instead
+    /// of a per-byte sequence; the postcard bytes are identical either way.)
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
 }
 
@@ -37,6 +39,7 @@ pub struct QuarantineEntry {
     /// Why: a CRC mismatch, a broker's permanent rejection, ...
     pub reason: String,
     /// The frame exactly as it was stored in the events table.
+    #[serde(with = "serde_bytes")]
     pub raw: Vec<u8>,
 }
 
@@ -149,6 +152,21 @@ mod tests {
         for len in 0..frame.len() {
             assert!(Record::decode(&frame[..len]).is_err(), "truncated to {len}");
         }
+    }
+
+    #[test]
+    fn body_layout_is_the_documented_one() {
+        // spool-format.md: varint accepted_at_ms, string id, option key, byte string value.
+        let r = Record {
+            accepted_at_ms: 300,
+            id: "ab".into(),
+            key: None,
+            value: b"{}".to_vec(),
+        };
+        let frame = r.encode();
+        assert_eq!(&frame[5..], &[0xac, 0x02, 2, b'a', b'b', 0, 2, b'{', b'}']);
+        let crc = crc32fast::hash(&frame[5..]).to_le_bytes();
+        assert_eq!(&frame[..5], &[1, crc[0], crc[1], crc[2], crc[3]]);
     }
 
     #[test]
