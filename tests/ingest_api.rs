@@ -364,7 +364,10 @@ async fn full_spool_answers_503_aud004_with_retry_after_and_never_202() {
     // Room frees once delivered records are acknowledged: 202 again.
     let spool = app.running.as_ref().unwrap().spool.clone().unwrap();
     let first = spool.read_from(0, 1, usize::MAX).unwrap();
-    spool.ack(first.iter().map(|s| s.seq()).collect()).await.unwrap();
+    spool
+        .ack(first.iter().map(|s| s.seq()).collect())
+        .await
+        .unwrap();
     let (status, body) = app.post_json("/events", &event("after-room")).await;
     assert_eq!(status, 202, "{body}");
     accepted.remove(0);
