@@ -186,16 +186,22 @@ async fn permanently_rejected_event_is_quarantined_and_does_not_block_the_rest()
     }
     let want: HashSet<String> = small.iter().cloned().collect();
     let msgs = tail
-        .wait_for(Duration::from_secs(30), "the events behind the big one", |m| {
-            ids(m).is_superset(&want)
-        })
+        .wait_for(
+            Duration::from_secs(30),
+            "the events behind the big one",
+            |m| ids(m).is_superset(&want),
+        )
         .await;
     assert!(!ids(&msgs).contains("too-big"));
-    eventually(Duration::from_secs(20), "spool to hold only the quarantined event", || async {
-        let ingest = app.role_health("ingest").await;
-        let s = &ingest["spool"];
-        (s["events"] == 0 && s["quarantined"] == 1).then_some(())
-    })
+    eventually(
+        Duration::from_secs(20),
+        "spool to hold only the quarantined event",
+        || async {
+            let ingest = app.role_health("ingest").await;
+            let s = &ingest["spool"];
+            (s["events"] == 0 && s["quarantined"] == 1).then_some(())
+        },
+    )
     .await;
     let fwd = app.role_health("forward").await;
     assert_eq!(fwd["kafka"]["quarantined_events"], 1, "{fwd}");
@@ -232,7 +238,8 @@ async fn kafka_outage_under_load_loses_nothing_and_drains() {
     let refused: Arc<Mutex<Vec<String>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let load = {
-        let (app, acked, refused, stop) = (app.clone(), acked.clone(), refused.clone(), stop.clone());
+        let (app, acked, refused, stop) =
+            (app.clone(), acked.clone(), refused.clone(), stop.clone());
         tokio::spawn(async move {
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
@@ -249,18 +256,24 @@ async fn kafka_outage_under_load_loses_nothing_and_drains() {
         })
     };
 
-    tail.wait_for(Duration::from_secs(20), "forwarding before the outage", |m| {
-        m.len() >= 50
-    })
+    tail.wait_for(
+        Duration::from_secs(20),
+        "forwarding before the outage",
+        |m| m.len() >= 50,
+    )
     .await;
     kafka.all_down();
     let down_at = Instant::now();
     let before = app.spool_events().await;
 
-    let fwd = eventually(Duration::from_secs(20), "forward to report DEGRADED", || async {
-        let f = app.role_health("forward").await;
-        (f["status"] == "DEGRADED").then_some(f)
-    })
+    let fwd = eventually(
+        Duration::from_secs(20),
+        "forward to report DEGRADED",
+        || async {
+            let f = app.role_health("forward").await;
+            (f["status"] == "DEGRADED").then_some(f)
+        },
+    )
     .await;
     assert!(
         fwd["reason"].as_str().is_some_and(|r| r.contains("Kafka")),
@@ -286,13 +299,21 @@ async fn kafka_outage_under_load_loses_nothing_and_drains() {
     })
     .await;
     let acked: HashSet<String> = acked.lock().unwrap().iter().cloned().collect();
-    assert!(refused.lock().unwrap().is_empty(), "{:?}", refused.lock().unwrap());
+    assert!(
+        refused.lock().unwrap().is_empty(),
+        "{:?}",
+        refused.lock().unwrap()
+    );
     let msgs = tail
         .wait_for(Duration::from_secs(30), "every acknowledged event", |m| {
             ids(m).is_superset(&acked)
         })
         .await;
-    assert_eq!(ids(&msgs), acked, "consumed ids must be exactly the acknowledged ones");
+    assert_eq!(
+        ids(&msgs),
+        acked,
+        "consumed ids must be exactly the acknowledged ones"
+    );
     eventually(Duration::from_secs(20), "forward to report UP", || async {
         (app.role_health("forward").await["status"] == "UP").then_some(())
     })

@@ -70,7 +70,8 @@ impl ClientContext for ForwardContext {
             "Kafka client error: {reason}. Events stay in the spool and are retried; check \
              kafka.bootstrap_servers, the network and the brokers"
         );
-        self.state.set_problem(format!("Kafka client error: {error}: {reason}"));
+        self.state
+            .set_problem(format!("Kafka client error: {error}: {reason}"));
     }
 }
 
@@ -106,7 +107,10 @@ impl Producer {
         state: Arc<ForwardState>,
     ) -> Result<(Producer, mpsc::UnboundedReceiver<Outcome>), KafkaError> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let context = ForwardContext { outcomes: tx, state };
+        let context = ForwardContext {
+            outcomes: tx,
+            state,
+        };
         let inner = config.create_with_context::<_, ThreadedProducer<_>>(context)?;
         let producer = Producer {
             inner: Arc::new(inner),
@@ -136,7 +140,8 @@ impl Producer {
     /// outcomes arrive as `PurgeQueue` errors. Used after a failure so that later records of a
     /// partition are not delivered ahead of the failed one that will be re-sent.
     pub fn purge_queued(&self) {
-        self.inner.purge(PurgeConfig::default().queue().non_blocking());
+        self.inner
+            .purge(PurgeConfig::default().queue().non_blocking());
     }
 
     /// Drops everything outstanding, including requests on the wire (shutdown only).
@@ -230,18 +235,18 @@ pub async fn ensure_topics(kafka: &KafkaConfig, client_config: &ClientConfig) {
          works as soon as the topics exist",
         kafka.topic_partitions, kafka.topic_replication
     );
-    let results =
-        match tokio::time::timeout(TIMEOUT * 2, admin.create_topics(&topics, &opts)).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "cannot create Kafka topics {names}: {hint}");
-                return;
-            }
-            Err(_) => {
-                tracing::warn!("no answer to creating Kafka topics {names}: {hint}");
-                return;
-            }
-        };
+    let results = match tokio::time::timeout(TIMEOUT * 2, admin.create_topics(&topics, &opts)).await
+    {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "cannot create Kafka topics {names}: {hint}");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!("no answer to creating Kafka topics {names}: {hint}");
+            return;
+        }
+    };
     for r in results {
         match r {
             Ok(name) => tracing::info!(topic = %name, "created Kafka topic"),
@@ -270,7 +275,10 @@ mod tests {
             C::InvalidRecord,
             C::PolicyViolation,
         ] {
-            assert!(is_permanent(&KafkaError::MessageProduction(code)), "{code:?}");
+            assert!(
+                is_permanent(&KafkaError::MessageProduction(code)),
+                "{code:?}"
+            );
         }
     }
 
@@ -292,7 +300,10 @@ mod tests {
             C::Fatal,
             C::OutOfOrderSequenceNumber,
         ] {
-            assert!(!is_permanent(&KafkaError::MessageProduction(code)), "{code:?}");
+            assert!(
+                !is_permanent(&KafkaError::MessageProduction(code)),
+                "{code:?}"
+            );
         }
         // Only produce errors are about a record; anything else is about the connection.
         assert!(!is_permanent(&KafkaError::ClientCreation("x".into())));

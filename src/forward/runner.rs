@@ -53,7 +53,7 @@ struct Loop {
     in_flight_bytes: usize,
     /// Delivered, not yet acknowledged in the spool.
     delivered: Vec<u64>,
-    acking: Option<JoinHandle<(Vec<u64>, Result<(), SpoolError>)>>,
+    acking: Option<AckTask>,
     ack_not_before: Option<Instant>,
     /// Permanently rejected records waiting to be quarantined.
     rejected: Vec<(u64, String)>,
@@ -65,6 +65,9 @@ struct Loop {
     stop_by: Option<Instant>,
     next_probe: Instant,
 }
+
+/// A running `spool.ack`; hands its sequence numbers back so a failed ack can be retried.
+type AckTask = JoinHandle<(Vec<u64>, Result<(), SpoolError>)>;
 
 struct Failure {
     retry_at: Instant,
@@ -92,8 +95,8 @@ impl Runner {
         topic: String,
         state: Arc<ForwardState>,
     ) -> Result<Runner, ForwardError> {
-        let (producer, outcomes) = Producer::new(&client_config, &topic, state.clone())
-            .map_err(ForwardError::Producer)?;
+        let (producer, outcomes) =
+            Producer::new(&client_config, &topic, state.clone()).map_err(ForwardError::Producer)?;
         Ok(Runner {
             spool,
             settings,
@@ -128,7 +131,7 @@ impl Runner {
             };
             self.quarantine_rejected(&mut l).await;
             self.start_ack(&mut l);
-            self.maybe_rewind(&mut l);
+            let rewound = self.maybe_rewind(&mut l);
             self.publish(&l);
             if l.stop_by.is_some() && l.quiescent() {
                 break;
@@ -140,6 +143,7 @@ impl Runner {
             let now = Instant::now();
             let mut wake = now + Duration::from_secs(1);
             match fill {
+                _ if rewound => wake = now,
                 Fill::Progress => wake = now,
                 Fill::Empty => wake = wake.min(now + self.settings.idle_poll),
                 Fill::Full | Fill::Failed => {}
@@ -213,17 +217,18 @@ impl Runner {
         if room_events == 0 || room_bytes == 0 {
             return Fill::Full;
         }
-        let batch = match self
-            .spool
-            .read_from(l.cursor, room_events.min(s.read_batch_events), room_bytes)
-        {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read the spool; retrying");
-                self.fail(l, format!("cannot read the spool: {e}"), false, SPOOL_RETRY);
-                return Fill::Failed;
-            }
-        };
+        let batch =
+            match self
+                .spool
+                .read_from(l.cursor, room_events.min(s.read_batch_events), room_bytes)
+            {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the spool; retrying");
+                    self.fail(l, format!("cannot read the spool: {e}"), false, SPOOL_RETRY);
+                    return Fill::Failed;
+                }
+            };
         if batch.is_empty() {
             return Fill::Empty;
         }
@@ -241,7 +246,8 @@ impl Runner {
                     }
                     Err(e) if is_permanent(&e) => {
                         count_error(&e);
-                        l.rejected.push((seq, format!("Kafka refused the event: {e}")));
+                        l.rejected
+                            .push((seq, format!("Kafka refused the event: {e}")));
                         l.cursor = seq + 1;
                     }
                     Err(e) => {
@@ -293,7 +299,12 @@ impl Runner {
                 }
                 let fatal = self.producer.fatal_error();
                 let backoff = self.backoff(l);
-                self.fail(l, format!("Kafka delivery failed: {e}"), fatal.is_some(), backoff);
+                self.fail(
+                    l,
+                    format!("Kafka delivery failed: {e}"),
+                    fatal.is_some(),
+                    backoff,
+                );
             }
         }
     }
@@ -325,10 +336,10 @@ impl Runner {
 
     /// Once a failure's reports are all in and its backoff passed: read again from the oldest
     /// live record (with a new producer if the old one failed fatally).
-    fn maybe_rewind(&mut self, l: &mut Loop) {
-        let Some(f) = &l.failing else { return };
+    fn maybe_rewind(&mut self, l: &mut Loop) -> bool {
+        let Some(f) = &l.failing else { return false };
         if !l.quiescent() || Instant::now() < f.retry_at || l.stop_by.is_some() {
-            return;
+            return false;
         }
         if f.replace_producer {
             match Producer::new(&self.client_config, &self.topic, self.state.clone()) {
@@ -346,12 +357,13 @@ impl Runner {
                     if let Some(f) = &mut l.failing {
                         f.retry_at = Instant::now() + backoff;
                     }
-                    return;
+                    return false;
                 }
             }
         }
         l.failing = None;
         l.cursor = 0;
+        true
     }
 
     fn start_ack(&self, l: &mut Loop) {

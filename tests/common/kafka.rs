@@ -205,3 +205,63 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// `audit-manager dev-kafka` as a child process: the broker outlives the agents a test kills.
+pub struct DevKafka {
+    pub child: std::process::Child,
+    pub bootstrap: String,
+}
+
+impl DevKafka {
+    /// Starts it and reads the bootstrap address it prints on stdout.
+    pub fn spawn(partitions: u32, bootstrap_file: &std::path::Path) -> DevKafka {
+        use std::io::BufRead as _;
+        use std::process::{Command, Stdio};
+        let mut child = Command::new(env!("CARGO_BIN_EXE_audit-manager"))
+            .arg("dev-kafka")
+            .arg("--partitions")
+            .arg(partitions.to_string())
+            .arg("--bootstrap-file")
+            .arg(bootstrap_file)
+            .env("RUST_LOG", "error")
+            .env_remove("CONFIG_PATH")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn audit-manager dev-kafka");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read bootstrap address");
+        let bootstrap = line.trim().to_string();
+        assert!(
+            bootstrap.contains(':'),
+            "dev-kafka printed {line:?} instead of host:port"
+        );
+        DevKafka { child, bootstrap }
+    }
+
+    /// Sends SIGTERM and waits; returns the exit code and what it printed on stderr.
+    pub fn terminate(mut self) -> (Option<i32>, String) {
+        use std::io::Read as _;
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let status = self.child.wait().expect("wait dev-kafka");
+        let mut err = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            let _ = e.read_to_string(&mut err);
+        }
+        (status.code(), err)
+    }
+}
+
+impl Drop for DevKafka {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
