@@ -119,7 +119,10 @@ pub async fn start(
     let forwarder = match (config.has_role(Role::Forward), &spool) {
         (true, Some(spool)) => {
             let settings = opts.forward.unwrap_or_default();
-            let f = Forwarder::new(&config, spool.clone(), settings)?;
+            let mut f = Forwarder::new(&config, spool.clone(), settings)?;
+            if embedded_kafka.is_some() {
+                f = f.topics_precreated();
+            }
             health.register(Role::Forward, f.health_check());
             Some(f)
         }

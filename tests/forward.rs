@@ -324,3 +324,39 @@ async fn kafka_outage_under_load_loses_nothing_and_drains() {
         msgs.len()
     );
 }
+
+/// `kafka.bootstrap_servers: embedded` starts the development broker in process, with both
+/// topics created, and the forwarder delivers into it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_broker_is_started_with_topics_and_receives_events() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let app = TestApp::with_kafka("embedded", |_| {}).await;
+    let (_, cfg) = app.get("/config").await;
+    let bootstrap = cfg["response"]["kafka"]["bootstrap_servers"]
+        .as_str()
+        .expect("bootstrap in /config")
+        .to_string();
+    assert_ne!(bootstrap, "embedded", "the broker's real address is used");
+
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .unwrap();
+    for topic in [TOPIC, common::kafka::DLQ_TOPIC] {
+        let md = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .unwrap();
+        // kafka.topic_partitions (3 in these tests), not the mock's auto-create default.
+        assert_eq!(md.topics()[0].partitions().len(), 3, "{topic}");
+    }
+
+    let tail = TopicTail::start(&bootstrap, TOPIC);
+    let (status, _) = app.post_json("/events", &common::event("emb-1")).await;
+    assert_eq!(status, 202);
+    tail.wait_for(
+        Duration::from_secs(20),
+        "the event in the embedded broker",
+        |m| ids(m).contains("emb-1"),
+    )
+    .await;
+}

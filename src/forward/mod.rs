@@ -160,6 +160,7 @@ pub struct Forwarder {
     spool: Spool,
     kafka: crate::config::KafkaConfig,
     client_config: rdkafka::ClientConfig,
+    create_topics: bool,
 }
 
 impl Forwarder {
@@ -184,7 +185,15 @@ impl Forwarder {
             spool,
             kafka: config.kafka.clone(),
             client_config,
+            create_topics: true,
         })
+    }
+
+    /// The topics exist already (the embedded broker created them): skip CreateTopics, which
+    /// the mock broker does not implement.
+    pub fn topics_precreated(mut self) -> Forwarder {
+        self.create_topics = false;
+        self
     }
 
     /// The `/health` check of the forward role.
@@ -198,8 +207,12 @@ impl Forwarder {
     /// timeout passed).
     pub async fn run(self, token: CancellationToken) {
         let (kafka, cc) = (self.kafka, self.client_config);
-        let topics = tokio::spawn(async move { ensure_topics(&kafka, &cc).await });
+        let topics = self
+            .create_topics
+            .then(|| tokio::spawn(async move { ensure_topics(&kafka, &cc).await }));
         self.runner.run(token).await;
-        topics.abort();
+        if let Some(t) = topics {
+            t.abort();
+        }
     }
 }
