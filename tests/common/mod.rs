@@ -1,6 +1,8 @@
 //! Shared harness for integration tests: in-process servers, child processes, event builders.
 #![allow(dead_code)]
 
+pub mod kafka;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -57,6 +59,36 @@ impl TestApp {
         }
     }
 
+    /// Ingest + forward against the Kafka at `bootstrap`, with short retry timings.
+    pub async fn with_kafka(bootstrap: &str, tweak: impl FnOnce(&mut Config)) -> TestApp {
+        let opts = StartOptions {
+            forward: Some(kafka::fast_settings()),
+            ..StartOptions::default()
+        };
+        TestApp::start_with(
+            |c| {
+                kafka::forwarding(c, bootstrap);
+                tweak(c);
+            },
+            opts,
+        )
+        .await
+    }
+
+    /// `GET /health`'s per-role report (`response.roles.<role>`).
+    pub async fn role_health(&self, role: &str) -> Value {
+        let (_, body) = self.get("/health").await;
+        body["response"]["roles"][role].clone()
+    }
+
+    /// Live events in the spool, from the ingest role's health detail.
+    pub async fn spool_events(&self) -> u64 {
+        let ingest = self.role_health("ingest").await;
+        ingest["spool"]["events"]
+            .as_u64()
+            .expect("ingest health reports spool.events")
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{BASE}{path}", self.addr)
     }
@@ -85,6 +117,13 @@ impl TestApp {
     pub async fn get(&self, path: &str) -> (u16, Value) {
         let resp = self.client.get(self.url(path)).send().await.expect("get");
         read(resp).await
+    }
+
+    /// `GET` returning the raw body (e.g. `/metrics`).
+    pub async fn get_text(&self, path: &str) -> (u16, String) {
+        let resp = self.client.get(self.url(path)).send().await.expect("get");
+        let status = resp.status().as_u16();
+        (status, resp.text().await.expect("body"))
     }
 
     /// Stops the service, draining it.
