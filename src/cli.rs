@@ -31,6 +31,18 @@ pub enum Command {
         #[arg(long, value_delimiter = ',')]
         roles: Option<Vec<Role>>,
     },
+    /// Run an in-memory Kafka-protocol broker for development and tests (NOT durable).
+    ///
+    /// Prints its bootstrap address on stdout (and writes it to --bootstrap-file), creates
+    /// `kafka.topic` and `kafka.dlq_topic`, and runs until SIGTERM or SIGINT.
+    DevKafka {
+        /// Partitions of each topic it creates (default: kafka.topic_partitions).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(1..=10_000))]
+        partitions: Option<i32>,
+        /// Also write the bootstrap address to this file (replaced atomically; removed on stop).
+        #[arg(long, value_name = "FILE")]
+        bootstrap_file: Option<PathBuf>,
+    },
     /// Inspect or repair the spool offline (stop the service first).
     Spool {
         #[command(subcommand)]
@@ -126,6 +138,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             rt.block_on(crate::sink::dlq::replay(&config.kafka, limit, &mut err))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::DevKafka {
+            partitions,
+            bootstrap_file,
+        } => dev_kafka(&config, partitions, bootstrap_file.as_deref()),
     }
 }
 
@@ -198,6 +214,46 @@ async fn partitions_command(
         }
     }
     store.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn dev_kafka(
+    config: &Config,
+    partitions: Option<i32>,
+    bootstrap_file: Option<&Path>,
+) -> anyhow::Result<ExitCode> {
+    use std::io::Write as _;
+    let partitions = partitions.unwrap_or(config.kafka.topic_partitions);
+    let topics = [config.kafka.topic.clone(), config.kafka.dlq_topic.clone()];
+    let kafka = crate::devkafka::EmbeddedKafka::start(partitions, &topics)?;
+    let bootstrap = kafka.bootstrap_servers().to_string();
+    eprintln!("{}", crate::devkafka::NOT_DURABLE);
+    eprintln!(
+        "dev-kafka: topics {} ({partitions} partitions); stop with Ctrl-C or SIGTERM",
+        topics.join(", ")
+    );
+    if let Some(file) = bootstrap_file {
+        // Written next to the target and renamed, so a reader never sees half an address.
+        let tmp = file.with_extension("tmp");
+        std::fs::write(&tmp, format!("{bootstrap}\n"))
+            .and_then(|()| std::fs::rename(&tmp, file))
+            .with_context(|| format!("cannot write --bootstrap-file {}", file.display()))?;
+    }
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{bootstrap}")
+        .and_then(|()| stdout.flush())
+        .context("cannot print the bootstrap address")?;
+    drop(stdout);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(crate::shutdown::wait_for_signal());
+    drop(kafka);
+    if let Some(file) = bootstrap_file {
+        let _ = std::fs::remove_file(file);
+    }
+    eprintln!("dev-kafka: stopped; its data is gone");
     Ok(ExitCode::SUCCESS)
 }
 

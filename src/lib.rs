@@ -5,6 +5,8 @@
 //! - [`event`]: the CloudEvent model — validation, defaults, the Kafka key (pure, no I/O);
 //! - [`api`]: the axum HTTP API — envelope, routes, error → status mapping;
 //! - [`spool`]: the crash-safe redb spool and its group-commit writer (202 only after fsync);
+//! - [`forward`]: spool → Kafka, deleting from the spool only what the broker acknowledged;
+//!   [`devkafka`]: the in-memory development broker (`embedded`, `dev-kafka`);
 //! - [`health`], [`metrics`]: what operators see;
 //! - [`config`]: layered configuration (defaults < YAML < environment);
 //! - [`serve`]: wires the roles of one process together; [`shutdown`]: signals and draining.
@@ -14,7 +16,9 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod devkafka;
 pub mod event;
+pub mod forward;
 pub mod health;
 pub mod logging;
 pub mod maintain;

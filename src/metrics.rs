@@ -15,6 +15,11 @@
 //! | `audit_spool_commit_batch_events` | histogram | events per group commit |
 //! | `audit_spool_commit_duration_seconds` | histogram | write transaction + fsync time |
 //! | `audit_spool_commit_failures_total` | counter | commits that failed (AUD-009) |
+//! | `audit_forward_events_produced_total` | counter | records Kafka acknowledged |
+//! | `audit_forward_delivery_errors_total{kind}` | counter | failed deliveries by librdkafka code |
+//! | `audit_forward_quarantined_total` | counter | records quarantined on permanent rejection |
+//! | `audit_forward_in_flight_events` | gauge | records handed to the producer, no report yet |
+//! | `audit_forward_oldest_event_age_seconds` | gauge | age of the oldest undelivered record |
 
 use std::sync::OnceLock;
 

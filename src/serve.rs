@@ -10,6 +10,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
 use crate::config::{Config, Role};
+use crate::devkafka::EmbeddedKafka;
+use crate::forward::{ForwardSettings, Forwarder};
 use crate::health::{Health, RoleReport, Status};
 use crate::spool::{self, Spool, SpoolOptions, now_ms};
 use crate::store::Store;
@@ -19,7 +21,12 @@ use crate::store::Store;
 pub struct StartOptions {
     /// Opens the spool database instead of the file under `spool.path` (failure injection).
     pub spool_opener: Option<spool::Opener>,
+    /// Forward-loop tuning instead of [`ForwardSettings::default`] (tests shorten timings).
+    pub forward: Option<ForwardSettings>,
 }
+
+/// `kafka.bootstrap_servers` value that starts the in-process development broker.
+pub const EMBEDDED_KAFKA: &str = "embedded";
 
 /// A started service: its bound address and the handle to stop it.
 pub struct Running {
@@ -30,12 +37,22 @@ pub struct Running {
     /// Background roles (sink, maintain, database monitor); they stop on the shutdown token.
     tasks: Vec<JoinHandle<()>>,
     store: Option<Store>,
+    forwarder: Option<JoinHandle<()>>,
+    /// Stopped last, after the forwarder flushed into it.
+    embedded_kafka: Option<EmbeddedKafka>,
 }
 
 impl Running {
     /// Waits until the shutdown token is cancelled and everything has drained.
     pub async fn wait(self) -> anyhow::Result<()> {
         let served = self.server.await;
+        if let Some(f) = self.forwarder {
+            // It stops reading, waits (bounded) for delivery reports and commits their acks
+            // before the spool closes.
+            if let Err(e) = f.await {
+                tracing::error!(error = %e, "forwarder task failed");
+            }
+        }
         for task in self.tasks {
             // Each loop commits what it has stored and returns once the token is cancelled.
             if let Err(e) = task.await {
@@ -49,6 +66,7 @@ impl Running {
             // Every request that was in flight has been answered: their commits are done.
             spool.close().await;
         }
+        drop(self.embedded_kafka);
         tracing::info!("drained; exiting");
         served
             .context("HTTP server task panicked")?
@@ -72,12 +90,24 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
 /// Opens what the configured roles need, binds the listener and starts serving.
 pub async fn start(
-    config: Config,
+    mut config: Config,
     shutdown: CancellationToken,
     opts: StartOptions,
 ) -> anyhow::Result<Running> {
     let metrics = crate::metrics::install();
     crate::metrics::spawn_upkeep(metrics.clone(), shutdown.clone());
+    let uses_kafka = config.has_role(Role::Forward) || config.has_role(Role::Sink);
+    let embedded_kafka = if uses_kafka && config.kafka.bootstrap_servers == EMBEDDED_KAFKA {
+        let topics = [config.kafka.topic.clone(), config.kafka.dlq_topic.clone()];
+        let partitions = config.kafka.topic_partitions;
+        let k = tokio::task::spawn_blocking(move || EmbeddedKafka::start(partitions, &topics))
+            .await??;
+        // Every role of this process talks to it through the ordinary client path.
+        config.kafka.bootstrap_servers = k.bootstrap_servers().to_string();
+        Some(k)
+    } else {
+        None
+    };
     let roles: Vec<String> = config.roles.iter().map(|r| r.to_string()).collect();
     let spool = if config.has_role(Role::Ingest) || config.has_role(Role::Forward) {
         let so = SpoolOptions {
@@ -100,6 +130,18 @@ pub async fn start(
     if let (true, Some(spool)) = (config.has_role(Role::Ingest), &spool) {
         health.register(Role::Ingest, ingest_check(spool.clone()));
     }
+    let forwarder = match (config.has_role(Role::Forward), &spool) {
+        (true, Some(spool)) => {
+            let settings = opts.forward.unwrap_or_default();
+            let mut f = Forwarder::new(&config, spool.clone(), settings)?;
+            if embedded_kafka.is_some() {
+                f = f.topics_precreated();
+            }
+            health.register(Role::Forward, f.health_check());
+            Some(f)
+        }
+        _ => None,
+    };
     let listener = tokio::net::TcpListener::bind(config.http.listen)
         .await
         .with_context(|| {
@@ -146,12 +188,15 @@ pub async fn start(
             .with_graceful_shutdown(token.cancelled_owned())
             .await
     });
+    let forwarder = forwarder.map(|f| tokio::spawn(f.run(shutdown.child_token())));
     tracing::info!(%addr, roles = roles.join(","), "audit-manager listening");
     Ok(Running {
         addr,
         spool,
         shutdown,
         server,
+        forwarder,
+        embedded_kafka,
         tasks,
         store,
     })

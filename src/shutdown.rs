@@ -18,7 +18,8 @@ pub fn cancel_on_signal(token: CancellationToken) {
     });
 }
 
-async fn wait_for_signal() {
+/// Waits for the next SIGTERM or SIGINT.
+pub async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),

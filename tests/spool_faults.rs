@@ -63,6 +63,7 @@ async fn failed_fsync_answers_503_aud009_and_recovers() {
     });
     let opts = StartOptions {
         spool_opener: Some(opener),
+        ..StartOptions::default()
     };
     let mut app = TestApp::start_in(dir, |_| {}, opts).await;
 

@@ -1,6 +1,8 @@
 //! Shared harness for integration tests: in-process servers, child processes, event builders.
 #![allow(dead_code)]
 
+pub mod kafka;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -57,6 +59,36 @@ impl TestApp {
         }
     }
 
+    /// Ingest + forward against the Kafka at `bootstrap`, with short retry timings.
+    pub async fn with_kafka(bootstrap: &str, tweak: impl FnOnce(&mut Config)) -> TestApp {
+        let opts = StartOptions {
+            forward: Some(kafka::fast_settings()),
+            ..StartOptions::default()
+        };
+        TestApp::start_with(
+            |c| {
+                kafka::forwarding(c, bootstrap);
+                tweak(c);
+            },
+            opts,
+        )
+        .await
+    }
+
+    /// `GET /health`'s per-role report (`response.roles.<role>`).
+    pub async fn role_health(&self, role: &str) -> Value {
+        let (_, body) = self.get("/health").await;
+        body["response"]["roles"][role].clone()
+    }
+
+    /// Live events in the spool, from the ingest role's health detail.
+    pub async fn spool_events(&self) -> u64 {
+        let ingest = self.role_health("ingest").await;
+        ingest["spool"]["events"]
+            .as_u64()
+            .expect("ingest health reports spool.events")
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{BASE}{path}", self.addr)
     }
@@ -85,6 +117,13 @@ impl TestApp {
     pub async fn get(&self, path: &str) -> (u16, Value) {
         let resp = self.client.get(self.url(path)).send().await.expect("get");
         read(resp).await
+    }
+
+    /// `GET` returning the raw body (e.g. `/metrics`).
+    pub async fn get_text(&self, path: &str) -> (u16, String) {
+        let resp = self.client.get(self.url(path)).send().await.expect("get");
+        let status = resp.status().as_u16();
+        (status, resp.text().await.expect("body"))
     }
 
     /// Stops the service, draining it.
@@ -314,8 +353,11 @@ pub struct TestKafka {
     pub bootstrap: String,
 }
 
-pub const TOPIC: &str = "openg2p.audit.events";
-pub const DLQ_TOPIC: &str = "openg2p.audit.dlq";
+/// A DLQ record: value and headers (name, value as text).
+pub type DlqRecord = (Vec<u8>, Vec<(String, String)>);
+
+#[allow(unused_imports)] // each test binary uses a different subset
+pub use kafka::{DLQ_TOPIC, TOPIC, eventually};
 
 impl TestKafka {
     pub fn new(partitions: i32) -> TestKafka {
@@ -351,11 +393,7 @@ impl TestKafka {
     }
 
     /// Every record of the DLQ topic (value, headers), read with a fresh consumer.
-    pub fn dlq_records(
-        &self,
-        expect: usize,
-        deadline: Duration,
-    ) -> Vec<(Vec<u8>, Vec<(String, String)>)> {
+    pub fn dlq_records(&self, expect: usize, deadline: Duration) -> Vec<DlqRecord> {
         use rdkafka::Message;
         use rdkafka::consumer::{BaseConsumer, Consumer};
         use rdkafka::message::Headers;
@@ -408,25 +446,6 @@ pub fn sink_config(kafka: &TestKafka, db_url: &str, roles: &[Role]) -> Config {
     c.sink.flush_interval = Duration::from_millis(50);
     c.database.url = db_url.to_owned();
     c
-}
-
-/// Polls `f` until it returns `Some`, or panics with `what` after `deadline`.
-pub async fn eventually<T, F, Fut>(deadline: Duration, what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let until = Instant::now() + deadline;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < until,
-            "timed out after {deadline:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Number of rows in audit_events.

@@ -1,0 +1,218 @@
+//! The forward role: spool → Kafka, deleting a record from the spool only after the broker
+//! acknowledged it.
+//!
+//! - `config.rs`: loop tuning and the librdkafka producer properties (safe ones forced);
+//! - `client.rs`: the producer, delivery reports, [`is_permanent`], topic creation;
+//! - `runner.rs`: the loop.
+//!
+//! # Invariants
+//!
+//! - A record leaves the spool's events table only by an `ack` after a successful delivery
+//!   report (acks=all, idempotent producer), or by `quarantine` after a permanent rejection
+//!   (the reason is kept). A crash anywhere leaves undelivered records in the spool; the next
+//!   start reads from the oldest live record, so delivery is at-least-once.
+//! - Records are handed to the producer in sequence order, so one key's events reach their
+//!   partition in the order they were accepted. After a failed delivery nothing new is sent
+//!   until every outstanding report is in; then the loop re-reads from the oldest live record.
+//! - At most `max_in_flight_events` / `max_in_flight_bytes` are outstanding at any time.
+//!
+//! # Metrics
+//!
+//! | metric | kind | meaning |
+//! |---|---|---|
+//! | `audit_forward_events_produced_total` | counter | records the broker acknowledged |
+//! | `audit_forward_delivery_errors_total{kind}` | counter | failed deliveries by error code |
+//! | `audit_forward_quarantined_total` | counter | records quarantined on permanent rejection |
+//! | `audit_forward_in_flight_events` | gauge | records handed to the producer, no report yet |
+//! | `audit_forward_oldest_event_age_seconds` | gauge | age of the oldest record not yet delivered |
+//!
+//! The backlog is the spool's depth, `audit_spool_events`.
+
+mod client;
+mod config;
+mod runner;
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+pub use client::{CONTENT_TYPE, ensure_topics, error_kind, is_permanent, is_permanent_code};
+pub use config::{ForwardSettings, producer_config, producer_properties};
+
+use crate::config::Config;
+use crate::health::{Check, RoleReport, Status};
+use crate::spool::{Spool, now_ms};
+
+/// Errors that stop the forward role from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error(
+        "cannot create the Kafka producer: {0}. Check kafka.bootstrap_servers and the \
+         kafka.producer properties (names and values must be valid librdkafka settings)"
+    )]
+    Producer(#[source] rdkafka::error::KafkaError),
+}
+
+/// What the forwarder is doing, shared with `/health`.
+#[derive(Debug, Default)]
+pub struct ForwardState {
+    inner: Mutex<StateInner>,
+}
+
+#[derive(Debug, Default)]
+struct StateInner {
+    /// Set while Kafka is unreachable or refusing writes; cleared by the next delivery.
+    problem: Option<Problem>,
+    in_flight: u64,
+    delivered: u64,
+    quarantined: u64,
+    last_delivery_ms: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Problem {
+    reason: String,
+    since_ms: u64,
+}
+
+impl ForwardState {
+    fn lock(&self) -> std::sync::MutexGuard<'_, StateInner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records a problem; the time it started is kept while it lasts.
+    pub fn set_problem(&self, reason: String) {
+        let mut s = self.lock();
+        let since_ms = s.problem.as_ref().map_or_else(now_ms, |p| p.since_ms);
+        s.problem = Some(Problem { reason, since_ms });
+    }
+
+    pub fn clear_problem(&self) {
+        let mut s = self.lock();
+        if let Some(p) = s.problem.take() {
+            tracing::info!(
+                after_secs = now_ms().saturating_sub(p.since_ms) / 1000,
+                "Kafka deliveries succeed again"
+            );
+        }
+    }
+
+    pub fn has_problem(&self) -> bool {
+        self.lock().problem.is_some()
+    }
+
+    fn delivered(&self, n: u64) {
+        let mut s = self.lock();
+        s.delivered += n;
+        s.last_delivery_ms = now_ms();
+    }
+
+    fn quarantined(&self) {
+        self.lock().quarantined += 1;
+    }
+
+    fn set_in_flight(&self, n: usize) {
+        self.lock().in_flight = n as u64;
+    }
+
+    /// The `forward` entry of `/health`: DEGRADED (not DOWN) during an outage, because ingest
+    /// keeps accepting into the spool.
+    pub fn report(&self, spool: &Spool) -> RoleReport {
+        let s = self.lock();
+        let st = spool.stats();
+        let mut detail = serde_json::Map::new();
+        detail.insert(
+            "kafka".into(),
+            json!({
+                "in_flight_events": s.in_flight,
+                "delivered_events": s.delivered,
+                "quarantined_events": s.quarantined,
+                "last_delivery_ms": s.last_delivery_ms,
+            }),
+        );
+        detail.insert(
+            "backlog".into(),
+            json!({
+                "events": st.live_events,
+                "bytes": st.live_bytes,
+                "oldest_event_age_seconds": st.oldest_age_secs(now_ms()),
+            }),
+        );
+        let mut report = RoleReport::up(detail);
+        if let Some(p) = &s.problem {
+            report.status = Status::Degraded;
+            report.reason = Some(format!(
+                "{} (since {}s ago); events stay in the spool and are retried, ingest keeps \
+                 accepting until spool.max_bytes",
+                p.reason,
+                now_ms().saturating_sub(p.since_ms) / 1000
+            ));
+        }
+        report
+    }
+}
+
+/// The forward role, ready to run.
+pub struct Forwarder {
+    runner: runner::Runner,
+    state: Arc<ForwardState>,
+    spool: Spool,
+    kafka: crate::config::KafkaConfig,
+    client_config: rdkafka::ClientConfig,
+    create_topics: bool,
+}
+
+impl Forwarder {
+    /// Builds the producer from `config.kafka` (fails fast on invalid properties).
+    pub fn new(
+        config: &Config,
+        spool: Spool,
+        settings: ForwardSettings,
+    ) -> Result<Forwarder, ForwardError> {
+        let state = Arc::new(ForwardState::default());
+        let client_config = producer_config(config, &settings);
+        let runner = runner::Runner::new(
+            spool.clone(),
+            settings,
+            client_config.clone(),
+            config.kafka.topic.clone(),
+            state.clone(),
+        )?;
+        Ok(Forwarder {
+            runner,
+            state,
+            spool,
+            kafka: config.kafka.clone(),
+            client_config,
+            create_topics: true,
+        })
+    }
+
+    /// The topics exist already (the embedded broker created them): skip CreateTopics, which
+    /// the mock broker does not implement.
+    pub fn topics_precreated(mut self) -> Forwarder {
+        self.create_topics = false;
+        self
+    }
+
+    /// The `/health` check of the forward role.
+    pub fn health_check(&self) -> Check {
+        let (state, spool) = (self.state.clone(), self.spool.clone());
+        Arc::new(move || state.report(&spool))
+    }
+
+    /// Ensures the topics exist (in the background), then forwards until `token` is cancelled;
+    /// returns once outstanding deliveries were reported and acknowledged (or the flush
+    /// timeout passed).
+    pub async fn run(self, token: CancellationToken) {
+        let (kafka, cc) = (self.kafka, self.client_config);
+        let topics = self
+            .create_topics
+            .then(|| tokio::spawn(async move { ensure_topics(&kafka, &cc).await }));
+        self.runner.run(token).await;
+        if let Some(t) = topics {
+            t.abort();
+        }
+    }
+}
