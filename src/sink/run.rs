@@ -234,7 +234,7 @@ impl SinkLoop {
         self.commit(&p.records);
         metrics::counter!("audit_sink_rows_inserted_total").increment(total.rows);
         metrics::counter!("audit_sink_duplicates_total").increment(total.duplicates);
-        metrics::histogram!("audit_sink_batch_records").record(p.records.len() as f64);
+        metrics::histogram!("audit_sink_batch_events").record(p.records.len() as f64);
         metrics::histogram!("audit_sink_batch_duration_seconds")
             .record(started.elapsed().as_secs_f64());
         true
