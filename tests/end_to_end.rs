@@ -80,9 +80,11 @@ async fn sigkill_all_roles_under_load_every_acknowledged_event_stored_once() {
         // Kill only once this agent's sink is storing (it has rejoined the group), at a
         // different point every round.
         let before = common::count_rows(&pool).await.max(0);
-        eventually(Duration::from_secs(60), "this round's sink to store rows", || async {
-            (common::count_rows(&pool).await > before).then_some(())
-        })
+        eventually(
+            Duration::from_secs(60),
+            "this round's sink to store rows",
+            || async { (common::count_rows(&pool).await > before).then_some(()) },
+        )
         .await;
         let delay = Duration::from_millis((round * 173) % 900);
         tokio::time::sleep(delay).await;

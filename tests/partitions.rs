@@ -195,3 +195,21 @@ async fn partitions_cli_ensure_list_drop_expired() {
     assert_eq!(out.trim(), format!("dropped {}", old.table_name()));
     assert_eq!(names(&store).await.len(), 2);
 }
+
+#[tokio::test]
+async fn prepare_creates_a_missing_database() {
+    let db = TestDb::unborn();
+    let store = Store::connect_lazy(&db.url, 1).unwrap();
+    store
+        .prepare()
+        .await
+        .expect("database created, schema applied");
+    let pool = db.pool().await;
+    let indexes: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pg_indexes WHERE tablename = 'audit_events'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(indexes, 6, "primary key and the five indexes");
+    store.close().await;
+}

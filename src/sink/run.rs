@@ -116,9 +116,13 @@ impl SinkLoop {
             }
             let due = deadline.is_some_and(|d| Instant::now() >= d);
             if batch.len() >= self.settings.batch_max_records || (due && !batch.is_empty()) {
+                self.forget_revoked(&mut batch, &mut carry);
                 let records = std::mem::take(&mut batch);
                 deadline = None;
-                if !self.flush(records, &mut carry, &token).await {
+                if !self
+                    .flush(records, &mut carry, &token, CommitMode::Async)
+                    .await
+                {
                     break;
                 }
                 continue;
@@ -146,7 +150,9 @@ impl SinkLoop {
             let records = std::mem::take(&mut batch);
             let stop_now = CancellationToken::new();
             stop_now.cancel();
-            self.flush(records, &mut carry, &stop_now).await;
+            // Synchronous: the commit must reach the broker before the consumer leaves.
+            self.flush(records, &mut carry, &stop_now, CommitMode::Sync)
+                .await;
         }
         self.consumer.unsubscribe();
         Ok(())
@@ -177,6 +183,7 @@ impl SinkLoop {
         records: Vec<Record>,
         carry: &mut VecDeque<Record>,
         token: &CancellationToken,
+        mode: CommitMode,
     ) -> bool {
         let started = std::time::Instant::now();
         let now = Utc::now();
@@ -231,7 +238,7 @@ impl SinkLoop {
         if !finished {
             return false;
         }
-        self.commit(&p.records);
+        self.commit(&p.records, mode);
         metrics::counter!("audit_sink_rows_inserted_total").increment(total.rows);
         metrics::counter!("audit_sink_duplicates_total").increment(total.duplicates);
         metrics::histogram!("audit_sink_batch_events").record(p.records.len() as f64);
@@ -335,7 +342,7 @@ impl SinkLoop {
         }
     }
 
-    fn commit(&self, records: &[Record]) {
+    fn commit(&self, records: &[Record], mode: CommitMode) {
         let mut tpl = TopicPartitionList::new();
         for ((topic, partition), next) in batch::commit_offsets(records) {
             if next <= 0 {
@@ -348,7 +355,7 @@ impl SinkLoop {
         if tpl.count() == 0 {
             return;
         }
-        if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
+        if let Err(e) = self.consumer.commit(&tpl, mode) {
             tracing::warn!(
                 error = %e,
                 "offset commit not sent; the records will be delivered again (no data is lost)"

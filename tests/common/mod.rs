@@ -308,6 +308,15 @@ impl TestDb {
         }
     }
 
+    /// A name and URL for a database that does not exist yet (dropped at the end if created).
+    pub fn unborn() -> TestDb {
+        let name = format!("audit_test_{}", uuid::Uuid::new_v4().simple());
+        TestDb {
+            url: format!("{}/{name}", pg_admin_url()),
+            name,
+        }
+    }
+
     /// The same database reached through `addr` (e.g. a chaos proxy).
     pub fn url_via(&self, addr: SocketAddr) -> String {
         format!("postgres://postgres@{addr}/{}", self.name)
