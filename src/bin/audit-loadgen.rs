@@ -684,6 +684,14 @@ impl Report {
                 v.accepted - v.missing.len() as u64 - v.duplicated.len() as u64,
                 v.accepted
             );
+            if let Some(after) = v.stored_after {
+                println!(
+                    "end to end: all stored {:.3}s after the first request = {:.0} events/s \
+                     HTTP -> PostgreSQL",
+                    after.as_secs_f64(),
+                    v.accepted as f64 / after.as_secs_f64().max(1e-9)
+                );
+            }
         }
     }
 
@@ -724,6 +732,7 @@ impl Report {
                 "accepted": v.accepted,
                 "missing": v.missing.len(),
                 "duplicated": v.duplicated.len(),
+                "stored_after_s": v.stored_after.map(|d| d.as_secs_f64()),
             })),
             "ok": self.failure().is_none(),
             "failure": self.failure(),
@@ -796,7 +805,12 @@ async fn run(args: Args) -> Result<Report> {
     let verified = match &shared.accepted {
         Some(acc) => {
             let ranges = acc.lock().map(|a| a.clone()).unwrap_or_default();
-            Some(verify(&args.database_url, &id_prefix, &ranges, args.verify_timeout).await?)
+            let v = verify(&args.database_url, &id_prefix, &ranges, args.verify_timeout).await?;
+            Some(Verified {
+                // From the first request until the last accepted event was in the table.
+                stored_after: v.stored_after.map(|_| started.elapsed()),
+                ..v
+            })
         }
         None => None,
     };
@@ -820,6 +834,8 @@ struct Verified {
     missing: Vec<String>,
     /// Accepted events stored more than once (impossible with the primary key, but checked).
     duplicated: Vec<String>,
+    /// When everything was found: time since the run started (HTTP → PostgreSQL).
+    stored_after: Option<Duration>,
 }
 
 impl Verified {
@@ -863,6 +879,7 @@ async fn verify(
             accepted: total,
             missing: Vec::new(),
             duplicated: Vec::new(),
+            stored_after: None,
         };
         for seq in accepted.iter().flat_map(|r| r.clone()) {
             let id = format!("{prefix}-{seq}");
@@ -872,7 +889,11 @@ async fn verify(
                 Some(_) => result.duplicated.push(id),
             }
         }
-        if result.ok() || !result.duplicated.is_empty() || Instant::now() >= until {
+        if result.ok() {
+            result.stored_after = Some(Duration::ZERO);
+            return Ok(result);
+        }
+        if !result.duplicated.is_empty() || Instant::now() >= until {
             return Ok(result);
         }
         if last_report.elapsed() >= Duration::from_secs(5) {
