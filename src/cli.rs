@@ -48,6 +48,36 @@ pub enum Command {
         #[command(subcommand)]
         command: SpoolCommand,
     },
+    /// Monthly partitions of audit_events in PostgreSQL (database.*).
+    Partitions {
+        #[command(subcommand)]
+        command: PartitionsCommand,
+    },
+    /// The dead-letter topic (kafka.dlq_topic).
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PartitionsCommand {
+    /// Every partition with its bounds (from the catalog), estimated rows and size.
+    List,
+    /// Create the current month and database.partition_pre_create_months - 1 ahead.
+    Ensure,
+    /// Drop partitions whose upper bound is at or before the retention cutoff.
+    DropExpired,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// Re-produce dead letters to kafka.topic (after fixing the emitter), oldest first.
+    Replay {
+        /// Replay at most N dead letters (default: all present when the replay starts).
+        #[arg(long, value_name = "N")]
+        limit: Option<u64>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -96,11 +126,95 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Spool { command } => spool_command(&config, command),
+        Command::Partitions { command } => {
+            let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            rt.block_on(partitions_command(&config, command))
+        }
+        Command::Dlq {
+            command: DlqCommand::Replay { limit },
+        } => {
+            let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            let mut err = std::io::stderr();
+            rt.block_on(crate::sink::dlq::replay(&config.kafka, limit, &mut err))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::DevKafka {
             partitions,
             bootstrap_file,
         } => dev_kafka(&config, partitions, bootstrap_file.as_deref()),
     }
+}
+
+async fn partitions_command(
+    config: &Config,
+    command: PartitionsCommand,
+) -> anyhow::Result<ExitCode> {
+    use std::io::Write as _;
+    let db = &config.database;
+    let store = crate::store::Store::connect_lazy(&db.url, 1)?;
+    store.prepare().await?;
+    let mut out = std::io::stdout().lock();
+    match command {
+        PartitionsCommand::List => {
+            let fmt = |t: Option<chrono::DateTime<chrono::Utc>>| {
+                t.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                    .unwrap_or_else(|| "-".into())
+            };
+            writeln!(
+                out,
+                "{:<28} {:<22} {:<22} {:>12} {:>12}",
+                "partition", "from", "to", "rows~", "bytes"
+            )?;
+            for p in store.list_partitions().await? {
+                writeln!(
+                    out,
+                    "{:<28} {:<22} {:<22} {:>12} {:>12}",
+                    p.name,
+                    fmt(p.lower),
+                    fmt(p.upper),
+                    p.rows_estimate.max(0),
+                    p.bytes
+                )?;
+            }
+        }
+        PartitionsCommand::Ensure | PartitionsCommand::DropExpired => {
+            let ensure = matches!(command, PartitionsCommand::Ensure);
+            let now = chrono::Utc::now();
+            let report = store
+                .maintain(
+                    now,
+                    db.partition_pre_create_months,
+                    db.partition_retention_months,
+                    ensure,
+                    !ensure,
+                )
+                .await?;
+            let Some(report) = report else {
+                eprintln!(
+                    "another maintainer is working right now (advisory lock held); try again"
+                );
+                return Ok(ExitCode::from(1));
+            };
+            for name in &report.created {
+                writeln!(out, "created {name}")?;
+            }
+            for name in &report.dropped {
+                writeln!(out, "dropped {name}")?;
+            }
+            if report.created.is_empty() && report.dropped.is_empty() {
+                if !ensure && db.partition_retention_months == 0 {
+                    writeln!(
+                        out,
+                        "nothing to do: database.partition_retention_months is 0 (keep forever)"
+                    )?;
+                } else {
+                    writeln!(out, "nothing to do")?;
+                }
+            }
+        }
+    }
+    store.close().await;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn dev_kafka(

@@ -20,6 +20,15 @@
 //! | `audit_forward_quarantined_total` | counter | records quarantined on permanent rejection |
 //! | `audit_forward_in_flight_events` | gauge | records handed to the producer, no report yet |
 //! | `audit_forward_oldest_event_age_seconds` | gauge | age of the oldest undelivered record |
+//! | `audit_sink_rows_inserted_total` | counter | new rows written to `audit_events` |
+//! | `audit_sink_duplicates_total` | counter | redelivered events collapsed on the primary key |
+//! | `audit_sink_batch_events` | histogram | records per sink batch |
+//! | `audit_sink_batch_duration_seconds` | histogram | decode + DLQ + insert time of a batch |
+//! | `audit_sink_batch_failures_total` | counter | batch attempts that failed and were retried |
+//! | `audit_sink_dead_letters_total{reason}` | counter | records sent to the DLQ, by reason kind |
+//! | `audit_sink_consumer_lag{topic,partition}` | gauge | records behind the high watermark |
+//! | `audit_partitions_created_total` | counter | monthly partitions created |
+//! | `audit_partitions_dropped_total` | counter | partitions dropped past retention |
 
 use std::sync::OnceLock;
 

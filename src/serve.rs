@@ -14,6 +14,7 @@ use crate::devkafka::EmbeddedKafka;
 use crate::forward::{ForwardSettings, Forwarder};
 use crate::health::{Health, RoleReport, Status};
 use crate::spool::{self, Spool, SpoolOptions, now_ms};
+use crate::store::Store;
 
 /// Seams for tests; production uses [`StartOptions::default`].
 #[derive(Default)]
@@ -33,6 +34,9 @@ pub struct Running {
     pub spool: Option<Spool>,
     shutdown: CancellationToken,
     server: JoinHandle<std::io::Result<()>>,
+    /// Background roles (sink, maintain, database monitor); they stop on the shutdown token.
+    tasks: Vec<JoinHandle<()>>,
+    store: Option<Store>,
     forwarder: Option<JoinHandle<()>>,
     /// Stopped last, after the forwarder flushed into it.
     embedded_kafka: Option<EmbeddedKafka>,
@@ -48,6 +52,15 @@ impl Running {
             if let Err(e) = f.await {
                 tracing::error!(error = %e, "forwarder task failed");
             }
+        }
+        for task in self.tasks {
+            // Each loop commits what it has stored and returns once the token is cancelled.
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, "a background role panicked");
+            }
+        }
+        if let Some(store) = &self.store {
+            store.close().await;
         }
         if let Some(spool) = &self.spool {
             // Every request that was in flight has been answered: their commits are done.
@@ -138,6 +151,29 @@ pub async fn start(
             )
         })?;
     let addr = listener.local_addr()?;
+    let mut tasks = Vec::new();
+    let store = if config.has_role(Role::Sink) || config.has_role(Role::Maintain) {
+        let store = Store::connect_lazy(&config.database.url, DB_POOL_SIZE)
+            .context("invalid database.url")?;
+        tasks.push(store.spawn_monitor(shutdown.child_token()));
+        if config.has_role(Role::Sink) {
+            health.register(Role::Sink, database_check(store.clone()));
+            let handle = crate::sink::spawn(&config, store.clone(), shutdown.child_token())
+                .context("cannot start the sink role")?;
+            tasks.push(handle);
+        }
+        if config.has_role(Role::Maintain) {
+            health.register(Role::Maintain, database_check(store.clone()));
+            tasks.push(crate::maintain::spawn(
+                store.clone(),
+                config.database.clone(),
+                shutdown.child_token(),
+            ));
+        }
+        Some(store)
+    } else {
+        None
+    };
     let state = AppState::new(
         Arc::new(config),
         spool.clone(),
@@ -161,6 +197,31 @@ pub async fn start(
         server,
         forwarder,
         embedded_kafka,
+        tasks,
+        store,
+    })
+}
+
+/// Connections for the sink (one insert at a time, plus partition creation) and maintain.
+const DB_POOL_SIZE: u32 = 4;
+
+/// Sink and maintain are down (AUD-006) while the database is unreachable; ingest is not
+/// affected.
+fn database_check(store: Store) -> crate::health::Check {
+    Arc::new(move || {
+        let state = store.state();
+        let mut detail = serde_json::Map::new();
+        detail.insert(
+            "database".into(),
+            json!(if state.error.is_none() { "UP" } else { "DOWN" }),
+        );
+        let mut report = RoleReport::up(detail);
+        if let Some(error) = state.error {
+            report.status = Status::Down;
+            report.code = Some("AUD-006");
+            report.reason = Some(format!("database unreachable: {error}"));
+        }
+        report
     })
 }
 

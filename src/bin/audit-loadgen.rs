@@ -17,6 +17,9 @@
 //! Event ids are `PREFIX-<counter>`, with a fresh UUID v4 prefix per run unless `--id-prefix` is
 //! given, so they are unique across runs; `--accepted-ids FILE` appends every id that got a 202
 //! (one per line, unordered), e.g. to check afterwards that each of them reached the store.
+//! `--verify` does that check itself: after the run it waits (up to `--verify-timeout`) until
+//! every id that got a 202 in this run is in `audit_events` (`--database-url`, else
+//! `$DATABASE_URL`) and fails unless each is there exactly once.
 //!
 //! Example (server on the default port, 200k events in batches of 50 over 32 connections):
 //!
@@ -117,6 +120,24 @@ struct Args {
     /// Also print the summary as one JSON object on a line of its own (after the text).
     #[arg(long)]
     json: bool,
+
+    /// After the run, check that every event that got a 202 is in `audit_events` exactly once
+    /// (waiting up to --verify-timeout for the pipeline to deliver); exit 1 if not.
+    #[arg(long)]
+    verify: bool,
+
+    /// PostgreSQL holding `audit_events`, for --verify.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@localhost:5432/auditmanager",
+        value_name = "URL"
+    )]
+    database_url: String,
+
+    /// How long --verify waits for the accepted events to reach the database.
+    #[arg(long, value_name = "SECS", default_value = "120", value_parser = parse_duration_secs)]
+    verify_timeout: Duration,
 }
 
 fn parse_duration_secs(s: &str) -> Result<Duration, String> {
@@ -143,6 +164,8 @@ struct Shared {
     deadline: Option<Instant>,
     /// Next event number not yet claimed by a worker.
     next_event: AtomicU64,
+    /// Accepted event numbers, kept for --verify.
+    accepted: Option<std::sync::Mutex<Vec<Range<u64>>>>,
 }
 
 impl Shared {
@@ -357,6 +380,11 @@ async fn worker(shared: Arc<Shared>, ids_tx: Option<UnboundedSender<Range<u64>>>
         let request = shared.request(range.clone(), &mut rng);
         if send_with_retry(&shared, request, &mut stats).await {
             stats.accepted += n;
+            if let Some(acc) = &shared.accepted
+                && let Ok(mut acc) = acc.lock()
+            {
+                acc.push(range.clone());
+            }
             if let Some(tx) = &ids_tx {
                 // The collector only stops after all senders are gone.
                 let _ = tx.send(range);
@@ -545,6 +573,7 @@ struct Report {
     endpoint: String,
     id_prefix: String,
     ids_written: Option<u64>,
+    verified: Option<Verified>,
 }
 
 impl Report {
@@ -561,6 +590,17 @@ impl Report {
         let s = &self.stats;
         if s.events == 0 {
             return Some("no event was sent".into());
+        }
+        if let Some(v) = self.verified.as_ref().filter(|v| !v.ok()) {
+            return Some(format!(
+                "verify: {} of {} accepted events missing from audit_events, {} stored more than \
+                 once (first missing: {:?}, first duplicated: {:?})",
+                v.missing.len(),
+                v.accepted,
+                v.duplicated.len(),
+                v.missing.first(),
+                v.duplicated.first()
+            ));
         }
         if s.accepted == s.events {
             return None;
@@ -638,6 +678,21 @@ impl Report {
         if let Some(n) = self.ids_written {
             println!("accepted ids written: {n}");
         }
+        if let Some(v) = &self.verified {
+            println!(
+                "verify: {} of {} accepted events in audit_events exactly once",
+                v.accepted - v.missing.len() as u64 - v.duplicated.len() as u64,
+                v.accepted
+            );
+            if let Some(after) = v.stored_after {
+                println!(
+                    "end to end: all stored {:.3}s after the first request = {:.0} events/s \
+                     HTTP -> PostgreSQL",
+                    after.as_secs_f64(),
+                    v.accepted as f64 / after.as_secs_f64().max(1e-9)
+                );
+            }
+        }
     }
 
     fn to_json(&self) -> serde_json::Value {
@@ -673,6 +728,12 @@ impl Report {
             "transport_errors": s.transport_errors,
             "retried_503": s.retried_503,
             "accepted_ids_written": self.ids_written,
+            "verified": self.verified.as_ref().map(|v| serde_json::json!({
+                "accepted": v.accepted,
+                "missing": v.missing.len(),
+                "duplicated": v.duplicated.len(),
+                "stored_after_s": v.stored_after.map(|d| d.as_secs_f64()),
+            })),
             "ok": self.failure().is_none(),
             "failure": self.failure(),
         })
@@ -725,6 +786,7 @@ async fn run(args: Args) -> Result<Report> {
         retry_503: args.retry_503,
         deadline: args.duration.map(|d| started + d),
         next_event: AtomicU64::new(0),
+        accepted: args.verify.then(Default::default),
     });
     let workers: Vec<_> = (0..concurrency)
         .map(|_| tokio::spawn(worker(Arc::clone(&shared), ids_tx.clone())))
@@ -740,6 +802,18 @@ async fn run(args: Args) -> Result<Report> {
         Some(handle) => Some(handle.await?.context("writing --accepted-ids")?),
         None => None,
     };
+    let verified = match &shared.accepted {
+        Some(acc) => {
+            let ranges = acc.lock().map(|a| a.clone()).unwrap_or_default();
+            let v = verify(&args.database_url, &id_prefix, &ranges, args.verify_timeout).await?;
+            Some(Verified {
+                // From the first request until the last accepted event was in the table.
+                stored_after: v.stored_after.map(|_| started.elapsed()),
+                ..v
+            })
+        }
+        None => None,
+    };
     Ok(Report {
         stats,
         elapsed,
@@ -748,7 +822,100 @@ async fn run(args: Args) -> Result<Report> {
         endpoint: endpoint.to_string(),
         id_prefix,
         ids_written,
+        verified,
     })
+}
+
+/// What --verify found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Verified {
+    accepted: u64,
+    /// Accepted events not (yet) in the table when the wait ended.
+    missing: Vec<String>,
+    /// Accepted events stored more than once (impossible with the primary key, but checked).
+    duplicated: Vec<String>,
+    /// When everything was found: time since the run started (HTTP → PostgreSQL).
+    stored_after: Option<Duration>,
+}
+
+impl Verified {
+    fn ok(&self) -> bool {
+        self.missing.is_empty() && self.duplicated.is_empty()
+    }
+}
+
+/// Waits (up to `timeout`) until every accepted id `PREFIX-<n>` is in `audit_events`, then
+/// reports what is missing or duplicated.
+async fn verify(
+    url: &str,
+    prefix: &str,
+    accepted: &[Range<u64>],
+    timeout: Duration,
+) -> Result<Verified> {
+    use sqlx::Connection as _;
+    let mut conn = sqlx::PgConnection::connect(url)
+        .await
+        .with_context(|| format!("--verify: cannot connect to {}", redact(url)))?;
+    let pattern = format!(
+        "{}-%",
+        prefix
+            .replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_")
+    );
+    let total: u64 = accepted.iter().map(|r| r.end - r.start).sum();
+    let until = Instant::now() + timeout;
+    let mut last_report = Instant::now();
+    loop {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT id, count(*)::int8 FROM audit_events WHERE id LIKE $1 GROUP BY id",
+        )
+        .bind(&pattern)
+        .fetch_all(&mut conn)
+        .await
+        .context("--verify: querying audit_events")?;
+        let stored: std::collections::HashMap<String, i64> = rows.into_iter().collect();
+        let mut result = Verified {
+            accepted: total,
+            missing: Vec::new(),
+            duplicated: Vec::new(),
+            stored_after: None,
+        };
+        for seq in accepted.iter().flat_map(|r| r.clone()) {
+            let id = format!("{prefix}-{seq}");
+            match stored.get(&id) {
+                None => result.missing.push(id),
+                Some(1) => {}
+                Some(_) => result.duplicated.push(id),
+            }
+        }
+        if result.ok() {
+            result.stored_after = Some(Duration::ZERO);
+            return Ok(result);
+        }
+        if !result.duplicated.is_empty() || Instant::now() >= until {
+            return Ok(result);
+        }
+        if last_report.elapsed() >= Duration::from_secs(5) {
+            eprintln!(
+                "audit-loadgen: verify: {} of {total} accepted events stored, waiting",
+                total - result.missing.len() as u64
+            );
+            last_report = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// `url` without its password.
+fn redact(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
 }
 
 // One thread on purpose: the generator shares two cores with the server, so it must not take
@@ -865,6 +1032,7 @@ mod tests {
             retry_503: false,
             deadline: None,
             next_event: AtomicU64::new(0),
+            accepted: None,
         };
         let claims: Vec<_> = std::iter::from_fn(|| shared.claim()).collect();
         assert_eq!(claims, vec![0..3, 3..6, 6..9, 9..10]);

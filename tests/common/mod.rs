@@ -274,3 +274,254 @@ impl Drop for ChildServer {
         let _ = self.child.wait();
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// PostgreSQL, Kafka (mock broker) and a chaos proxy
+// ---------------------------------------------------------------------------------------------
+
+/// The test server's admin URL (trust auth on 127.0.0.1:5432 unless $TEST_PG_URL says else).
+pub fn pg_admin_url() -> String {
+    std::env::var("TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+/// A fresh database `audit_test_<random>`, dropped (with its connections) when this is dropped.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDb {
+    pub async fn new() -> TestDb {
+        use sqlx::{Connection, Executor};
+        let name = format!("audit_test_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = sqlx::PgConnection::connect(&format!("{}/postgres", pg_admin_url()))
+            .await
+            .expect("PostgreSQL at 127.0.0.1:5432 (start it: pg_ctlcluster ... main start)");
+        admin
+            .execute(format!("CREATE DATABASE {name}").as_str())
+            .await
+            .expect("create test database");
+        let _ = admin.close().await;
+        TestDb {
+            url: format!("{}/{name}", pg_admin_url()),
+            name,
+        }
+    }
+
+    /// A name and URL for a database that does not exist yet (dropped at the end if created).
+    pub fn unborn() -> TestDb {
+        let name = format!("audit_test_{}", uuid::Uuid::new_v4().simple());
+        TestDb {
+            url: format!("{}/{name}", pg_admin_url()),
+            name,
+        }
+    }
+
+    /// The same database reached through `addr` (e.g. a chaos proxy).
+    pub fn url_via(&self, addr: SocketAddr) -> String {
+        format!("postgres://postgres@{addr}/{}", self.name)
+    }
+
+    pub async fn pool(&self) -> sqlx::PgPool {
+        sqlx::PgPool::connect(&self.url)
+            .await
+            .expect("connect test db")
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs inside the test's runtime: use a thread with its own runtime.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                use sqlx::{Connection, Executor};
+                if let Ok(mut admin) =
+                    sqlx::PgConnection::connect(&format!("{}/postgres", pg_admin_url())).await
+                {
+                    let _ = admin
+                        .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
+                        .await;
+                    let _ = admin.close().await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// An in-memory Kafka broker (librdkafka's mock cluster) with the two topics created.
+pub struct TestKafka {
+    pub cluster: rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    pub bootstrap: String,
+}
+
+/// A DLQ record: value and headers (name, value as text).
+pub type DlqRecord = (Vec<u8>, Vec<(String, String)>);
+
+#[allow(unused_imports)] // each test binary uses a different subset
+pub use kafka::{DLQ_TOPIC, TOPIC, eventually};
+
+impl TestKafka {
+    pub fn new(partitions: i32) -> TestKafka {
+        let cluster = rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
+        cluster
+            .create_topic(TOPIC, partitions, 1)
+            .expect("create topic");
+        cluster.create_topic(DLQ_TOPIC, 1, 1).expect("create dlq");
+        let bootstrap = cluster.bootstrap_servers();
+        TestKafka { cluster, bootstrap }
+    }
+
+    pub fn producer(&self) -> rdkafka::producer::FutureProducer {
+        rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .set("enable.idempotence", "true")
+            .create()
+            .expect("producer")
+    }
+
+    /// Produces `value` with `key` to `topic` and waits for the acknowledgement.
+    pub async fn produce(
+        &self,
+        p: &rdkafka::producer::FutureProducer,
+        topic: &str,
+        key: &str,
+        value: &[u8],
+    ) {
+        let rec = rdkafka::producer::FutureRecord::to(topic)
+            .key(key)
+            .payload(value);
+        p.send(rec, Duration::from_secs(10)).await.expect("produce");
+    }
+
+    /// Every record of the DLQ topic (value, headers), read with a fresh consumer.
+    pub fn dlq_records(&self, expect: usize, deadline: Duration) -> Vec<DlqRecord> {
+        use rdkafka::Message;
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        use rdkafka::message::Headers;
+        let c: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .set("group.id", format!("dlq-reader-{}", uuid::Uuid::new_v4()))
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .expect("dlq consumer");
+        c.subscribe(&[DLQ_TOPIC]).expect("subscribe dlq");
+        let until = Instant::now() + deadline;
+        let mut out = Vec::new();
+        while out.len() < expect && Instant::now() < until {
+            if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
+                let headers = m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| {
+                                (
+                                    h.key.to_owned(),
+                                    String::from_utf8_lossy(h.value.unwrap_or_default())
+                                        .into_owned(),
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                out.push((m.payload().unwrap_or_default().to_vec(), headers));
+            }
+        }
+        out
+    }
+}
+
+/// Config for sink/maintain roles against `kafka` and `db_url`, fast batching for tests.
+pub fn sink_config(kafka: &TestKafka, db_url: &str, roles: &[Role]) -> Config {
+    let mut c = Config {
+        roles: roles.to_vec(),
+        ..Config::default()
+    };
+    c.http.listen = "127.0.0.1:0".parse().expect("addr");
+    c.kafka.bootstrap_servers = kafka.bootstrap.clone();
+    c.kafka
+        .consumer
+        .insert("session.timeout.ms".into(), "6000".into());
+    c.kafka
+        .consumer
+        .insert("heartbeat.interval.ms".into(), "500".into());
+    c.sink.flush_interval = Duration::from_millis(50);
+    c.database.url = db_url.to_owned();
+    c
+}
+
+/// Number of rows in audit_events.
+pub async fn count_rows(pool: &sqlx::PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM audit_events")
+        .fetch_one(pool)
+        .await
+        .unwrap_or(-1)
+}
+
+/// A TCP forwarder that can cut every connection and refuse new ones, then restore service.
+pub struct ChaosProxy {
+    pub addr: SocketAddr,
+    cut: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ChaosProxy {
+    pub async fn start(target: SocketAddr) -> ChaosProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy addr");
+        let (cut, watch) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    continue;
+                };
+                if *watch.borrow() {
+                    drop(client); // refused while cut
+                    continue;
+                }
+                let mut watch = watch.clone();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = watch.wait_for(|cut| *cut) => {}
+                    }
+                });
+            }
+        });
+        ChaosProxy { addr, cut, task }
+    }
+
+    /// Closes every proxied connection and refuses new ones.
+    pub fn cut(&self) {
+        let _ = self.cut.send(true);
+    }
+
+    pub fn restore(&self) {
+        let _ = self.cut.send(false);
+    }
+}
+
+impl Drop for ChaosProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A valid event with the given id and time (RFC 3339).
+pub fn event_at(id: &str, time: &str) -> Value {
+    let mut e = event(id);
+    e["time"] = json!(time);
+    e
+}

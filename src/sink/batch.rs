@@ -1,0 +1,217 @@
+//! One batch of consumed records and what becomes of each (pure: no I/O).
+
+use std::collections::{BTreeMap, HashSet};
+
+use chrono::{DateTime, Utc};
+
+use crate::event::{Row, row_from_record};
+
+/// A consumed Kafka record, owned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+}
+
+impl Record {
+    pub fn from_message<M: rdkafka::Message>(m: &M) -> Record {
+        Record {
+            topic: m.topic().to_owned(),
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().map(<[u8]>::to_vec),
+            value: m.payload().map(<[u8]>::to_vec),
+        }
+    }
+}
+
+/// Why a record goes to the DLQ: a stable `kind` (metric label, header prefix) and a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadReason {
+    pub kind: &'static str,
+    pub message: String,
+}
+
+impl DeadReason {
+    /// The `x-audit-error` header value: `kind: message`.
+    pub fn header(&self) -> String {
+        format!("{}: {}", self.kind, self.message)
+    }
+}
+
+/// The batch split into rows to store and records to dead-letter, by index into `records`.
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub rows: Vec<Row>,
+    /// `records[row_src[i]]` produced `rows[i]`.
+    pub row_src: Vec<usize>,
+    pub dead: Vec<(usize, DeadReason)>,
+}
+
+/// Decodes every record with the ingest's validation; events older than `cutoff` (the start of
+/// the oldest retained month) are dead-lettered, not stored.
+pub fn plan(records: &[Record], now: DateTime<Utc>, cutoff: Option<DateTime<Utc>>) -> Plan {
+    let mut p = Plan::default();
+    for (i, r) in records.iter().enumerate() {
+        let Some(value) = r.value.as_deref() else {
+            p.dead.push((
+                i,
+                DeadReason {
+                    kind: "undecodable",
+                    message: "record has no value (tombstone)".into(),
+                },
+            ));
+            continue;
+        };
+        match row_from_record(value, now) {
+            Ok(row) => match cutoff {
+                Some(c) if row.occurred_at < c => p.dead.push((
+                    i,
+                    DeadReason {
+                        kind: "retention-expired",
+                        message: format!(
+                            "occurred_at {} is before the retention cutoff {} \
+                             (database.partition_retention_months)",
+                            row.occurred_at.to_rfc3339(),
+                            c.to_rfc3339()
+                        ),
+                    },
+                )),
+                _ => {
+                    p.rows.push(row);
+                    p.row_src.push(i);
+                }
+            },
+            Err(e) => {
+                let message = e.to_string();
+                let message = message
+                    .strip_prefix(&format!("{}: ", e.kind()))
+                    .unwrap_or(&message)
+                    .to_owned();
+                p.dead.push((
+                    i,
+                    DeadReason {
+                        kind: e.kind(),
+                        message,
+                    },
+                ));
+            }
+        }
+    }
+    p
+}
+
+/// The offsets to commit: per partition, one past the highest offset in the batch.
+pub fn commit_offsets(records: &[Record]) -> BTreeMap<(String, i32), i64> {
+    let mut out: BTreeMap<(String, i32), i64> = BTreeMap::new();
+    for r in records {
+        let next = r.offset + 1;
+        out.entry((r.topic.clone(), r.partition))
+            .and_modify(|o| *o = (*o).max(next))
+            .or_insert(next);
+    }
+    out
+}
+
+/// Drops the records of revoked partitions; returns how many were dropped.
+pub fn drop_revoked(records: &mut Vec<Record>, revoked: &HashSet<(String, i32)>) -> usize {
+    if revoked.is_empty() {
+        return 0;
+    }
+    let before = records.len();
+    records.retain(|r| !revoked.contains(&(r.topic.clone(), r.partition)));
+    before - records.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+    use serde_json::json;
+
+    fn rec(partition: i32, offset: i64, value: &[u8]) -> Record {
+        Record {
+            topic: "t".into(),
+            partition,
+            offset,
+            key: None,
+            value: Some(value.to_vec()),
+        }
+    }
+
+    fn event(id: &str, time: &str) -> Vec<u8> {
+        json!({"specversion": "1.0", "id": id, "source": "s", "type": "t", "time": time,
+               "data": {"actor": {"id": "u"}, "action": "a", "outcome": "success"}})
+        .to_string()
+        .into_bytes()
+    }
+
+    #[test]
+    fn plan_sorts_rows_from_dead_letters() {
+        let now = Utc.with_ymd_and_hms(2026, 11, 22, 0, 0, 0).unwrap();
+        let cutoff = crate::store::retention_cutoff(now, 12);
+        let records = vec![
+            rec(0, 0, &event("a", "2026-11-01T00:00:00Z")),
+            rec(0, 1, b"nope"),
+            rec(1, 0, &event("b", "2025-10-31T23:59:59Z")),
+            Record {
+                value: None,
+                ..rec(1, 1, b"")
+            },
+            rec(1, 2, &event("c", "2025-11-01T00:00:00Z")),
+        ];
+        let p = plan(&records, now, cutoff);
+        assert_eq!(p.row_src, vec![0, 4]);
+        assert_eq!(p.rows[1].id, "c", "the first retained month is kept");
+        let kinds: Vec<_> = p.dead.iter().map(|(i, d)| (*i, d.kind)).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (1, "undecodable"),
+                (2, "retention-expired"),
+                (3, "undecodable")
+            ]
+        );
+        assert!(
+            p.dead[1]
+                .1
+                .header()
+                .starts_with("retention-expired: occurred_at 2025-10-31")
+        );
+    }
+
+    #[test]
+    fn retention_zero_keeps_everything() {
+        let now = Utc.with_ymd_and_hms(2026, 11, 22, 0, 0, 0).unwrap();
+        let p = plan(
+            &[rec(0, 0, &event("old", "1990-01-01T00:00:00Z"))],
+            now,
+            None,
+        );
+        assert_eq!(p.rows.len(), 1);
+    }
+
+    #[test]
+    fn commit_offsets_are_one_past_the_highest_per_partition() {
+        let records = vec![
+            rec(0, 5, b""),
+            rec(1, 9, b""),
+            rec(0, 7, b""),
+            rec(0, 6, b""),
+        ];
+        let offsets = commit_offsets(&records);
+        assert_eq!(offsets.get(&("t".into(), 0)), Some(&8));
+        assert_eq!(offsets.get(&("t".into(), 1)), Some(&10));
+    }
+
+    #[test]
+    fn revoked_partitions_leave_the_batch() {
+        let mut records = vec![rec(0, 1, b""), rec(1, 1, b""), rec(0, 2, b"")];
+        let revoked: HashSet<_> = [("t".to_string(), 0)].into_iter().collect();
+        assert_eq!(drop_revoked(&mut records, &revoked), 2);
+        assert_eq!(records, vec![rec(1, 1, b"")]);
+    }
+}

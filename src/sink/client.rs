@@ -1,0 +1,136 @@
+//! Kafka clients of the sink: the group consumer (manual offset commits, rebalance tracking,
+//! lag statistics) and the dead-letter producer.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+use rdkafka::ClientConfig;
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaResult;
+use rdkafka::statistics::Statistics;
+use rdkafka::topic_partition_list::TopicPartitionList;
+
+use crate::config::KafkaConfig;
+
+/// Consumer properties the sink's guarantees rest on; `kafka.consumer` cannot override them.
+const FIXED_CONSUMER: &[(&str, &str)] = &[
+    // Offsets move only when the sink commits them, after the database commit.
+    ("enable.auto.commit", "false"),
+    ("enable.auto.offset.store", "false"),
+];
+
+/// Consumer properties with defaults that `kafka.consumer` may override.
+const DEFAULT_CONSUMER: &[(&str, &str)] = &[
+    // A new group starts at the oldest record: an audit event is never skipped by default.
+    ("auto.offset.reset", "earliest"),
+    // Feeds the consumer-lag gauge.
+    ("statistics.interval.ms", "5000"),
+];
+
+/// The sink's group consumer configuration.
+pub fn consumer_config(kafka: &KafkaConfig, group: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &kafka.bootstrap_servers)
+        .set("client.id", &kafka.client_id)
+        .set("group.id", group);
+    for (k, v) in DEFAULT_CONSUMER {
+        c.set(*k, *v);
+    }
+    for (k, v) in &kafka.consumer {
+        c.set(k, v);
+    }
+    for (k, v) in FIXED_CONSUMER {
+        if kafka.consumer.get(*k).is_some_and(|set| set != v) {
+            tracing::warn!(
+                property = k,
+                "kafka.consumer.{k} is ignored: the sink needs {v}"
+            );
+        }
+        c.set(*k, *v);
+    }
+    c
+}
+
+/// The dead-letter producer configuration: idempotent, acknowledged by all replicas.
+pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &kafka.bootstrap_servers)
+        .set("client.id", &kafka.client_id)
+        .set("enable.idempotence", "true")
+        .set("acks", "all");
+    for (k, v) in &kafka.producer {
+        c.set(k, v);
+    }
+    c
+}
+
+/// Records partitions revoked by rebalances, so the loop can drop their uncommitted records:
+/// the new owner starts from the last committed offset and delivers them again.
+#[derive(Default)]
+pub struct SinkContext {
+    revoked: Mutex<HashSet<(String, i32)>>,
+}
+
+impl SinkContext {
+    /// Partitions revoked since the last call.
+    pub fn take_revoked(&self) -> HashSet<(String, i32)> {
+        self.revoked
+            .lock()
+            .map(|mut r| std::mem::take(&mut *r))
+            .unwrap_or_default()
+    }
+}
+
+impl ClientContext for SinkContext {
+    fn stats(&self, statistics: Statistics) {
+        for (topic, t) in &statistics.topics {
+            for (partition, p) in &t.partitions {
+                // -1 = unknown (not assigned here); the internal partition is -1 too.
+                if *partition >= 0 && p.consumer_lag >= 0 {
+                    metrics::gauge!(
+                        "audit_sink_consumer_lag",
+                        "topic" => topic.clone(),
+                        "partition" => partition.to_string()
+                    )
+                    .set(p.consumer_lag as f64);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for SinkContext {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(tpl) => {
+                let parts = partitions(tpl);
+                tracing::info!(partitions = ?parts, "partitions revoked");
+                if let Ok(mut r) = self.revoked.lock() {
+                    r.extend(parts);
+                }
+            }
+            Rebalance::Assign(tpl) => {
+                tracing::info!(partitions = ?partitions(tpl), "partitions assigned");
+            }
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        if let Err(e) = result {
+            // The rows are stored; the records will be redelivered and collapse as duplicates.
+            tracing::warn!(
+                error = %e, offsets = ?partitions(offsets),
+                "offset commit failed; the records will be delivered again (no data is lost)"
+            );
+        }
+    }
+}
+
+fn partitions(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
+    tpl.elements()
+        .iter()
+        .map(|e| (e.topic().to_owned(), e.partition()))
+        .collect()
+}

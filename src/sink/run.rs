@@ -1,0 +1,415 @@
+//! The sink loop: consume → batch → dead-letter / insert → commit offsets.
+//!
+//! Invariants:
+//! - an offset is committed only after every record below it is either in `audit_events`
+//!   (database commit done) or acknowledged by the DLQ broker;
+//! - a failed batch is retried as is, with backoff, while its partitions are paused; it is
+//!   never skipped. Only a rebalance that revokes its partitions drops (part of) it, because
+//!   the new owner starts again from the last committed offset;
+//! - the consumer keeps being polled while retrying, so the group does not evict it and
+//!   rebalances are served.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::batch::{self, DeadReason, Record};
+use super::client::SinkContext;
+use super::dlq::DeadLetters;
+use crate::config::Config;
+use crate::event::Row;
+use crate::store::{Inserted, Store, StoreError, retention_cutoff};
+
+/// First and longest wait between two attempts at a failed batch.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Doubling backoff, capped.
+pub fn backoff(attempt: u32) -> Duration {
+    BACKOFF_MIN
+        .saturating_mul(1u32 << attempt.min(16))
+        .min(BACKOFF_MAX)
+}
+
+/// Settings of the loop, from the configuration.
+#[derive(Debug, Clone)]
+pub struct SinkSettings {
+    pub topic: String,
+    pub batch_max_records: usize,
+    pub flush_interval: Duration,
+    pub retention_months: u32,
+}
+
+impl SinkSettings {
+    pub fn from_config(c: &Config) -> SinkSettings {
+        SinkSettings {
+            topic: c.kafka.topic.clone(),
+            batch_max_records: c.sink.batch_max_records,
+            flush_interval: c.sink.flush_interval,
+            retention_months: c.database.partition_retention_months,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AttemptError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Dlq(#[from] super::dlq::DlqError),
+}
+
+pub struct SinkLoop {
+    pub consumer: Arc<StreamConsumer<SinkContext>>,
+    pub dead_letters: DeadLetters,
+    pub store: Store,
+    pub settings: SinkSettings,
+}
+
+/// Work left on a batch between attempts.
+struct Pending {
+    records: Vec<Record>,
+    rows: Vec<Row>,
+    row_src: Vec<usize>,
+    /// Dead letters not yet acknowledged.
+    dead: Vec<(usize, DeadReason)>,
+}
+
+impl SinkLoop {
+    /// Runs until `token` is cancelled. Returns only then (or if the consumer cannot
+    /// subscribe at all).
+    pub async fn run(self, token: CancellationToken) -> Result<(), rdkafka::error::KafkaError> {
+        // The schema must exist before the first insert; the database may still be starting.
+        let mut attempt = 0;
+        loop {
+            match self.store.prepare().await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "sink waiting for the database");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff(attempt)) => {}
+                        _ = token.cancelled() => return Ok(()),
+                    }
+                    attempt += 1;
+                }
+            }
+        }
+        self.consumer.subscribe(&[&self.settings.topic])?;
+        tracing::info!(topic = %self.settings.topic, "sink consuming");
+        let mut batch: Vec<Record> = Vec::new();
+        let mut carry: VecDeque<Record> = VecDeque::new();
+        let mut deadline: Option<Instant> = None;
+        loop {
+            while batch.len() < self.settings.batch_max_records
+                && let Some(r) = carry.pop_front()
+            {
+                batch.push(r);
+            }
+            if !batch.is_empty() && deadline.is_none() {
+                deadline = Some(Instant::now() + self.settings.flush_interval);
+            }
+            let due = deadline.is_some_and(|d| Instant::now() >= d);
+            if batch.len() >= self.settings.batch_max_records || (due && !batch.is_empty()) {
+                self.forget_revoked(&mut batch, &mut carry);
+                let records = std::mem::take(&mut batch);
+                deadline = None;
+                if !self
+                    .flush(records, &mut carry, &token, CommitMode::Async)
+                    .await
+                {
+                    break;
+                }
+                continue;
+            }
+            tokio::select! {
+                biased;
+                _ = token.cancelled() => break,
+                m = self.consumer.recv() => match m {
+                    Ok(m) => {
+                        let r = Record::from_message(&m);
+                        drop(m);
+                        self.forget_revoked(&mut batch, &mut carry);
+                        batch.push(r);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "Kafka consumer error (retrying)");
+                        tokio::time::sleep(BACKOFF_MIN).await;
+                    }
+                },
+                _ = sleep_until_opt(deadline) => {}
+            }
+        }
+        // Shutdown: store what we hold if the database answers at once, commit, and leave.
+        if !batch.is_empty() {
+            let records = std::mem::take(&mut batch);
+            let stop_now = CancellationToken::new();
+            stop_now.cancel();
+            // Synchronous: the commit must reach the broker before the consumer leaves.
+            self.flush(records, &mut carry, &stop_now, CommitMode::Sync)
+                .await;
+        }
+        self.consumer.unsubscribe();
+        Ok(())
+    }
+
+    fn forget_revoked(&self, batch: &mut Vec<Record>, carry: &mut VecDeque<Record>) {
+        let revoked = self.consumer.context().take_revoked();
+        if revoked.is_empty() {
+            return;
+        }
+        let mut dropped = batch::drop_revoked(batch, &revoked);
+        let before = carry.len();
+        carry.retain(|r| !revoked.contains(&(r.topic.clone(), r.partition)));
+        dropped += before - carry.len();
+        if dropped > 0 {
+            tracing::info!(
+                dropped,
+                "dropped uncommitted records of revoked partitions; their new owner re-reads them"
+            );
+        }
+    }
+
+    /// Stores or dead-letters `records` and commits their offsets. Retries (pausing the
+    /// partitions) until done, the partitions are revoked, or `token` is cancelled. Returns
+    /// false when cancelled with the batch unfinished (nothing committed).
+    async fn flush(
+        &self,
+        records: Vec<Record>,
+        carry: &mut VecDeque<Record>,
+        token: &CancellationToken,
+        mode: CommitMode,
+    ) -> bool {
+        let started = std::time::Instant::now();
+        let now = Utc::now();
+        let plan = batch::plan(
+            &records,
+            now,
+            retention_cutoff(now, self.settings.retention_months),
+        );
+        let mut p = Pending {
+            records,
+            rows: plan.rows,
+            row_src: plan.row_src,
+            dead: plan.dead,
+        };
+        let mut attempt: u32 = 0;
+        let mut paused: Option<TopicPartitionList> = None;
+        let mut total = Inserted::default();
+        let finished = loop {
+            match self.attempt(&mut p, &mut total).await {
+                Ok(()) => break true,
+                Err(e) => {
+                    tracing::warn!(
+                        error = %e, attempt, records = p.records.len(),
+                        "batch not stored; retrying the same records (offsets not committed)"
+                    );
+                    metrics::counter!("audit_sink_batch_failures_total").increment(1);
+                }
+            }
+            if token.is_cancelled() {
+                break false;
+            }
+            if paused.is_none()
+                && let Ok(assignment) = self.consumer.assignment()
+                && self.consumer.pause(&assignment).is_ok()
+            {
+                paused = Some(assignment);
+            }
+            if !self.wait_polling(backoff(attempt), carry, token).await {
+                break false;
+            }
+            attempt += 1;
+            let revoked = self.consumer.context().take_revoked();
+            if !revoked.is_empty() {
+                self.drop_revoked_from_pending(&mut p, &revoked);
+                carry.retain(|r| !revoked.contains(&(r.topic.clone(), r.partition)));
+            }
+        };
+        if let Some(tpl) = paused {
+            // Partitions revoked meanwhile are not ours to resume; that error is expected.
+            let _ = self.consumer.resume(&tpl);
+        }
+        if !finished {
+            return false;
+        }
+        self.commit(&p.records, mode);
+        metrics::counter!("audit_sink_rows_inserted_total").increment(total.rows);
+        metrics::counter!("audit_sink_duplicates_total").increment(total.duplicates);
+        metrics::histogram!("audit_sink_batch_events").record(p.records.len() as f64);
+        metrics::histogram!("audit_sink_batch_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+        true
+    }
+
+    /// One try at the whole batch: unacknowledged dead letters, then the rows. Idempotent.
+    async fn attempt(&self, p: &mut Pending, total: &mut Inserted) -> Result<(), AttemptError> {
+        self.send_dead(p).await?;
+        if !p.rows.is_empty() {
+            let (inserted, unstorable) = insert_bisecting(&self.store, &p.rows).await?;
+            *total = inserted;
+            if !unstorable.is_empty() {
+                // Keep these out of the rows for any further attempt, and dead-letter them.
+                let mut keep = vec![true; p.rows.len()];
+                for (i, e) in unstorable {
+                    keep[i] = false;
+                    p.dead.push((
+                        p.row_src[i],
+                        DeadReason {
+                            kind: "unstorable",
+                            message: e.to_string(),
+                        },
+                    ));
+                }
+                let mut k = keep.iter();
+                p.rows.retain(|_| k.next().copied().unwrap_or(true));
+                let mut k = keep.iter();
+                p.row_src.retain(|_| k.next().copied().unwrap_or(true));
+                self.send_dead(p).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn send_dead(&self, p: &mut Pending) -> Result<(), AttemptError> {
+        if p.dead.is_empty() {
+            return Ok(());
+        }
+        let letters: Vec<_> = p
+            .dead
+            .iter()
+            .map(|(i, reason)| (&p.records[*i], reason))
+            .collect();
+        self.dead_letters.send_all(&letters).await?;
+        p.dead.clear();
+        Ok(())
+    }
+
+    fn drop_revoked_from_pending(&self, p: &mut Pending, revoked: &HashSet<(String, i32)>) {
+        let is_revoked = |r: &Record| revoked.contains(&(r.topic.clone(), r.partition));
+        let keep_row: Vec<bool> = p
+            .row_src
+            .iter()
+            .map(|&i| !is_revoked(&p.records[i]))
+            .collect();
+        let mut k = keep_row.iter();
+        p.rows.retain(|_| k.next().copied().unwrap_or(true));
+        let mut k = keep_row.iter();
+        p.row_src.retain(|_| k.next().copied().unwrap_or(true));
+        p.dead.retain(|(i, _)| !is_revoked(&p.records[*i]));
+        // Indices stay valid: records are only marked, then dropped from the commit below.
+        let before = p.records.len();
+        let remaining = p.records.iter().filter(|r| !is_revoked(r)).count();
+        tracing::info!(
+            dropped = before - remaining,
+            "partitions revoked during retry: their records are left to the new owner"
+        );
+        // Replace revoked records by offset-less markers so they are not committed.
+        for r in p.records.iter_mut().filter(|r| is_revoked(r)) {
+            r.offset = -1;
+        }
+    }
+
+    /// Sleeps `d` while polling the consumer (group liveness, rebalances). Records that still
+    /// arrive go to `carry`. False if cancelled.
+    async fn wait_polling(
+        &self,
+        d: Duration,
+        carry: &mut VecDeque<Record>,
+        token: &CancellationToken,
+    ) -> bool {
+        let until = Instant::now() + d;
+        loop {
+            tokio::select! {
+                biased;
+                _ = token.cancelled() => return false,
+                _ = tokio::time::sleep_until(until) => return true,
+                m = self.consumer.recv() => {
+                    if let Ok(m) = m {
+                        carry.push_back(Record::from_message(&m));
+                    }
+                    // Newly assigned partitions start unpaused; keep everything paused.
+                    if let Ok(a) = self.consumer.assignment() {
+                        let _ = self.consumer.pause(&a);
+                    }
+                }
+            }
+        }
+    }
+
+    fn commit(&self, records: &[Record], mode: CommitMode) {
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), next) in batch::commit_offsets(records) {
+            if next <= 0 {
+                continue; // only revoked markers
+            }
+            if let Err(e) = tpl.add_partition_offset(&topic, partition, Offset::Offset(next)) {
+                tracing::warn!(error = %e, "cannot build the offset commit");
+            }
+        }
+        if tpl.count() == 0 {
+            return;
+        }
+        if let Err(e) = self.consumer.commit(&tpl, mode) {
+            tracing::warn!(
+                error = %e,
+                "offset commit not sent; the records will be delivered again (no data is lost)"
+            );
+        }
+    }
+}
+
+/// Inserts `rows`; a batch failing with a permanent (data) error is split in halves until the
+/// offending rows are isolated. Returns what was inserted and the rows that can never be
+/// stored, by index. A retriable error aborts with `Err` (the caller retries everything).
+pub async fn insert_bisecting(
+    store: &Store,
+    rows: &[Row],
+) -> Result<(Inserted, Vec<(usize, StoreError)>), StoreError> {
+    let mut total = Inserted::default();
+    let mut bad = Vec::new();
+    let mut stack = Vec::with_capacity(8);
+    stack.push(0..rows.len());
+    while let Some(range) = stack.pop() {
+        match store.insert(&rows[range.clone()]).await {
+            Ok(n) => {
+                total.rows += n.rows;
+                total.duplicates += n.duplicates;
+            }
+            Err(e) if e.is_retriable() => return Err(e),
+            Err(e) if range.len() == 1 => bad.push((range.start, e)),
+            Err(_) => {
+                let mid = range.start + range.len() / 2;
+                stack.push(mid..range.end);
+                stack.push(range.start..mid);
+            }
+        }
+    }
+    Ok((total, bad))
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        assert_eq!(backoff(0), Duration::from_millis(100));
+        assert_eq!(backoff(1), Duration::from_millis(200));
+        assert_eq!(backoff(5), Duration::from_millis(3200));
+        assert_eq!(backoff(6), BACKOFF_MAX);
+        assert_eq!(backoff(40), BACKOFF_MAX);
+    }
+}

@@ -1,0 +1,233 @@
+//! Batched, idempotent inserts: `ON CONFLICT DO NOTHING` on the key `(id, occurred_at)`, so a
+//! redelivered event (a Kafka replay, a retry after a lost commit acknowledgement, the same
+//! event POSTed twice) never becomes a second row. Duplicates inside one batch collapse too.
+//!
+//! Two ways to ship the batch, both one round trip of data and one statement to commit:
+//! - [`InsertMethod::Unnest`]: one `INSERT … SELECT FROM UNNEST($1::text[], …)` with 14 array
+//!   parameters;
+//! - [`InsertMethod::Copy`]: `COPY` (text format) into a per-session temporary table, then
+//!   `INSERT … SELECT` from it, in one transaction.
+//!
+//! `BENCHMARKS.md` has the measurements that chose the default.
+
+use std::fmt::Write as _;
+
+use chrono::{DateTime, Utc};
+use sqlx::Connection as _;
+
+use super::{Month, Store, StoreError};
+use crate::event::Row;
+
+/// How a batch is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum InsertMethod {
+    #[default]
+    Unnest,
+    Copy,
+}
+
+/// What one batch insert did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Inserted {
+    /// New rows.
+    pub rows: u64,
+    /// Rows whose key already existed (or repeated within the batch).
+    pub duplicates: u64,
+}
+
+const COLUMNS: &str = "id, occurred_at, source, type, subject, actor_type, actor_id, \
+     resource_type, resource_id, action, outcome, reason, trace_id, details";
+
+const UNNEST_SQL: &str = "
+    INSERT INTO audit_events (id, occurred_at, source, type, subject, actor_type, actor_id,
+        resource_type, resource_id, action, outcome, reason, trace_id, details)
+    SELECT id, occurred_at, source, type, subject, actor_type, actor_id,
+        resource_type, resource_id, action, outcome, reason, trace_id, details::jsonb
+    FROM UNNEST($1::text[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[],
+        $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[],
+        $14::text[])
+        AS t(id, occurred_at, source, type, subject, actor_type, actor_id,
+             resource_type, resource_id, action, outcome, reason, trace_id, details)
+    ON CONFLICT DO NOTHING";
+
+const TEMP_TABLE_SQL: &str = "
+    CREATE TEMP TABLE IF NOT EXISTS audit_events_load (
+        id text, occurred_at timestamptz, source text, type text, subject text,
+        actor_type text, actor_id text, resource_type text, resource_id text, action text,
+        outcome text, reason text, trace_id text, details text
+    ) ON COMMIT DELETE ROWS";
+
+impl Store {
+    /// Makes sure the partitions of the rows' months exist, then inserts the rows in one
+    /// statement. All or nothing: on error no row of the batch was written.
+    pub async fn insert(&self, rows: &[Row]) -> Result<Inserted, StoreError> {
+        if rows.is_empty() {
+            return Ok(Inserted::default());
+        }
+        let months: std::collections::BTreeSet<Month> =
+            rows.iter().map(|r| Month::of(r.occurred_at)).collect();
+        let r = match self.ensure_months(months).await {
+            Ok(_) => match self.method {
+                InsertMethod::Unnest => self.insert_unnest(rows).await,
+                InsertMethod::Copy => self.insert_copy(rows).await,
+            },
+            Err(e) => Err(e),
+        };
+        if let Err(e) = &r
+            && matches!(e.code().as_deref(), Some("23514" | "42P01"))
+        {
+            // A partition was dropped (or never existed) behind the cache's back.
+            self.forget_partitions();
+        }
+        self.observe(&r);
+        r
+    }
+
+    async fn insert_unnest(&self, rows: &[Row]) -> Result<Inserted, StoreError> {
+        fn col<'a, T>(rows: &'a [Row], f: impl Fn(&'a Row) -> T) -> Vec<T> {
+            rows.iter().map(f).collect()
+        }
+        let result = sqlx::query(UNNEST_SQL)
+            .bind(col(rows, |r| r.id.as_str()))
+            .bind(col(rows, |r| r.occurred_at))
+            .bind(col(rows, |r| r.source.as_str()))
+            .bind(col(rows, |r| r.r#type.as_str()))
+            .bind(col(rows, |r| r.subject.as_deref()))
+            .bind(col(rows, |r| r.actor_type.as_str()))
+            .bind(col(rows, |r| r.actor_id.as_str()))
+            .bind(col(rows, |r| r.resource_type.as_deref()))
+            .bind(col(rows, |r| r.resource_id.as_deref()))
+            .bind(col(rows, |r| r.action.as_str()))
+            .bind(col(rows, |r| r.outcome.as_str()))
+            .bind(col(rows, |r| r.reason.as_deref()))
+            .bind(col(rows, |r| r.trace_id.as_deref()))
+            .bind(col(rows, |r| r.details.as_deref()))
+            .execute(&self.pool)
+            .await
+            .map_err(|e| StoreError::new(format!("inserting {} rows", rows.len()), e))?;
+        Ok(counted(rows.len(), result.rows_affected()))
+    }
+
+    async fn insert_copy(&self, rows: &[Row]) -> Result<Inserted, StoreError> {
+        let what = || format!("copying {} rows", rows.len());
+        let err = |e| StoreError::new(what(), e);
+        let mut conn = self.pool.acquire().await.map_err(err)?;
+        let mut tx = conn.begin().await.map_err(err)?;
+        sqlx::query(TEMP_TABLE_SQL)
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?;
+        let mut copy = tx
+            .copy_in_raw(&format!("COPY audit_events_load ({COLUMNS}) FROM STDIN"))
+            .await
+            .map_err(err)?;
+        copy.send(copy_text(rows).into_bytes()).await.map_err(err)?;
+        copy.finish().await.map_err(err)?;
+        let result = sqlx::query(&format!(
+            "INSERT INTO audit_events ({COLUMNS})
+             SELECT id, occurred_at, source, type, subject, actor_type, actor_id, resource_type,
+                    resource_id, action, outcome, reason, trace_id, details::jsonb
+             FROM audit_events_load ON CONFLICT DO NOTHING"
+        ))
+        .execute(&mut *tx)
+        .await
+        .map_err(err)?;
+        tx.commit().await.map_err(err)?;
+        Ok(counted(rows.len(), result.rows_affected()))
+    }
+}
+
+fn counted(batch: usize, inserted: u64) -> Inserted {
+    Inserted {
+        rows: inserted,
+        duplicates: (batch as u64).saturating_sub(inserted),
+    }
+}
+
+/// The rows in `COPY … FROM STDIN` text format: tab-separated, `\N` for NULL, backslash
+/// escapes for backslash, tab, newline and carriage return.
+pub fn copy_text(rows: &[Row]) -> String {
+    let mut out = String::with_capacity(rows.len() * 512);
+    for r in rows {
+        let fields: [Option<&str>; 14] = [
+            Some(&r.id),
+            None, // occurred_at, written below
+            Some(&r.source),
+            Some(&r.r#type),
+            r.subject.as_deref(),
+            Some(&r.actor_type),
+            Some(&r.actor_id),
+            r.resource_type.as_deref(),
+            r.resource_id.as_deref(),
+            Some(&r.action),
+            Some(&r.outcome),
+            r.reason.as_deref(),
+            r.trace_id.as_deref(),
+            r.details.as_deref(),
+        ];
+        for (i, f) in fields.iter().enumerate() {
+            if i > 0 {
+                out.push('\t');
+            }
+            if i == 1 {
+                write_time(&mut out, r.occurred_at);
+                continue;
+            }
+            match f {
+                None => out.push_str("\\N"),
+                Some(s) => escape_into(&mut out, s),
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+fn write_time(out: &mut String, t: DateTime<Utc>) {
+    // Writing to a String cannot fail.
+    let _ = write!(out, "{}", t.format("%Y-%m-%d %H:%M:%S%.6f+00"));
+}
+
+fn escape_into(out: &mut String, s: &str) {
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\t' => out.push_str("\\t"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c => out.push(c),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn copy_text_escapes_and_marks_nulls() {
+        let row = Row {
+            id: "a\tb".into(),
+            occurred_at: Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap(),
+            source: "s\\x".into(),
+            r#type: "t".into(),
+            subject: None,
+            actor_type: "user".into(),
+            actor_id: "u\n1".into(),
+            resource_type: None,
+            resource_id: None,
+            action: "a".into(),
+            outcome: "success".into(),
+            reason: Some("r\r".into()),
+            trace_id: None,
+            details: Some(r#"{"k":"v\\n"}"#.into()),
+        };
+        assert_eq!(
+            copy_text(&[row]),
+            "a\\tb\t2026-01-02 03:04:05.000000+00\ts\\\\x\tt\t\\N\tuser\tu\\n1\t\\N\t\\N\ta\t\
+             success\tr\\r\t\\N\t{\"k\":\"v\\\\\\\\n\"}\n",
+            "JSON's own backslash is doubled again for COPY"
+        );
+    }
+}
