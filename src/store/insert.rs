@@ -57,9 +57,36 @@ const TEMP_TABLE_SQL: &str = "
         outcome text, reason text, trace_id text, details text
     ) ON COMMIT DELETE ROWS";
 
+/// Batches smaller than this are written by one statement even when parallelism allows more.
+const MIN_PARALLEL_CHUNK: usize = 500;
+
+/// Splits `rows` into `n` groups by a hash of `id`: every copy of one event lands in the same
+/// group, so concurrent statements never wait on each other's keys (no deadlock).
+fn split_by_id(rows: &[Row], n: usize) -> Vec<Vec<&Row>> {
+    use std::hash::{Hash, Hasher};
+    let mut groups: Vec<Vec<&Row>> = (0..n)
+        .map(|_| Vec::with_capacity(rows.len() / n + 1))
+        .collect();
+    for r in rows {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        r.id.hash(&mut h);
+        let i = usize::try_from(h.finish() % n as u64).unwrap_or(0);
+        groups[i].push(r);
+    }
+    groups.retain(|g| !g.is_empty());
+    // Key order: consecutive rows touch neighbouring primary-key pages.
+    for g in &mut groups {
+        g.sort_unstable_by(|a, b| (&a.id, a.occurred_at).cmp(&(&b.id, b.occurred_at)));
+    }
+    groups
+}
+
 impl Store {
-    /// Makes sure the partitions of the rows' months exist, then inserts the rows in one
-    /// statement. All or nothing: on error no row of the batch was written.
+    /// Makes sure the partitions of the rows' months exist, then inserts the rows: one
+    /// statement per group of [`split_by_id`], the groups concurrently on separate connections
+    /// (PostgreSQL spends one core per statement; index maintenance is the bottleneck). Each
+    /// statement is atomic; on error some groups may be stored and others not, which a retry of
+    /// the whole batch makes good (inserts are idempotent).
     pub async fn insert(&self, rows: &[Row]) -> Result<Inserted, StoreError> {
         if rows.is_empty() {
             return Ok(Inserted::default());
@@ -67,10 +94,24 @@ impl Store {
         let months: std::collections::BTreeSet<Month> =
             rows.iter().map(|r| Month::of(r.occurred_at)).collect();
         let r = match self.ensure_months(months).await {
-            Ok(_) => match self.method {
-                InsertMethod::Unnest => self.insert_unnest(rows).await,
-                InsertMethod::Copy => self.insert_copy(rows).await,
-            },
+            Ok(_) => {
+                let n = self.parallelism.min(rows.len() / MIN_PARALLEL_CHUNK).max(1);
+                let groups = split_by_id(rows, n);
+                let writes = groups.iter().map(|g| async move {
+                    match self.method {
+                        InsertMethod::Unnest => self.insert_unnest(g).await,
+                        InsertMethod::Copy => self.insert_copy(g).await,
+                    }
+                });
+                futures_util::future::try_join_all(writes)
+                    .await
+                    .map(|done| {
+                        done.into_iter().fold(Inserted::default(), |a, b| Inserted {
+                            rows: a.rows + b.rows,
+                            duplicates: a.duplicates + b.duplicates,
+                        })
+                    })
+            }
             Err(e) => Err(e),
         };
         if let Err(e) = &r
@@ -83,9 +124,9 @@ impl Store {
         r
     }
 
-    async fn insert_unnest(&self, rows: &[Row]) -> Result<Inserted, StoreError> {
-        fn col<'a, T>(rows: &'a [Row], f: impl Fn(&'a Row) -> T) -> Vec<T> {
-            rows.iter().map(f).collect()
+    async fn insert_unnest(&self, rows: &[&Row]) -> Result<Inserted, StoreError> {
+        fn col<'a, T>(rows: &[&'a Row], f: impl Fn(&'a Row) -> T) -> Vec<T> {
+            rows.iter().map(|r| f(r)).collect()
         }
         let result = sqlx::query(UNNEST_SQL)
             .bind(col(rows, |r| r.id.as_str()))
@@ -108,7 +149,7 @@ impl Store {
         Ok(counted(rows.len(), result.rows_affected()))
     }
 
-    async fn insert_copy(&self, rows: &[Row]) -> Result<Inserted, StoreError> {
+    async fn insert_copy(&self, rows: &[&Row]) -> Result<Inserted, StoreError> {
         let what = || format!("copying {} rows", rows.len());
         let err = |e| StoreError::new(what(), e);
         let mut conn = self.pool.acquire().await.map_err(err)?;
@@ -146,7 +187,7 @@ fn counted(batch: usize, inserted: u64) -> Inserted {
 
 /// The rows in `COPY … FROM STDIN` text format: tab-separated, `\N` for NULL, backslash
 /// escapes for backslash, tab, newline and carriage return.
-pub fn copy_text(rows: &[Row]) -> String {
+pub fn copy_text(rows: &[&Row]) -> String {
     let mut out = String::with_capacity(rows.len() * 512);
     for r in rows {
         let fields: [Option<&str>; 14] = [
@@ -224,7 +265,7 @@ mod tests {
             details: Some(r#"{"k":"v\\n"}"#.into()),
         };
         assert_eq!(
-            copy_text(&[row]),
+            copy_text(&[&row]),
             "a\\tb\t2026-01-02 03:04:05.000000+00\ts\\\\x\tt\t\\N\tuser\tu\\n1\t\\N\t\\N\ta\t\
              success\tr\\r\t\\N\t{\"k\":\"v\\\\\\\\n\"}\n",
             "JSON's own backslash is doubled again for COPY"

@@ -33,6 +33,9 @@ pub use partitions::{MaintainReport, PartitionInfo};
 
 /// How long a caller waits for a pooled connection before the attempt counts as failed.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Concurrent insert statements per batch: two keep two server cores busy, which measured
+/// ~1.6x one statement on the 2-core reference machine (see `BENCHMARKS.md`).
+pub const DEFAULT_INSERT_PARALLELISM: usize = 2;
 /// How often the health monitor pings the database.
 const PING_INTERVAL: Duration = Duration::from_secs(2);
 
@@ -52,6 +55,8 @@ pub struct Store {
     covered: Arc<Mutex<HashSet<Month>>>,
     state: Arc<Mutex<DbState>>,
     method: InsertMethod,
+    /// Concurrent insert statements per batch.
+    parallelism: usize,
 }
 
 impl Store {
@@ -74,12 +79,20 @@ impl Store {
                 error: Some("not connected yet".into()),
             })),
             method: InsertMethod::default(),
+            parallelism: DEFAULT_INSERT_PARALLELISM,
         })
     }
 
     /// Chooses how batches are written (both are idempotent; see `BENCHMARKS.md`).
     pub fn with_insert_method(mut self, method: InsertMethod) -> Store {
         self.method = method;
+        self
+    }
+
+    /// How many insert statements one batch may run at once (at least 1). Each takes a pooled
+    /// connection, so keep it below the pool size.
+    pub fn with_insert_parallelism(mut self, n: usize) -> Store {
+        self.parallelism = n.max(1);
         self
     }
 
