@@ -11,8 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::kafka::DevKafka;
-use common::{ChildServer, TestDb, event, eventually};
-use serde_json::json;
+use common::{ChildServer, TestDb, eventually};
 
 const ROUNDS: u64 = 10;
 const CLIENTS: usize = 3;
@@ -51,32 +50,7 @@ async fn sigkill_all_roles_under_load_every_acknowledged_event_stored_once() {
         server.wait_ready(Duration::from_secs(30)).await;
         let url = format!("http://{}{}", server.addr, common::BASE);
         let stop = Arc::new(AtomicBool::new(false));
-        let mut tasks = Vec::new();
-        for c in 0..CLIENTS {
-            let (url, acked, stop) = (url.clone(), acked.clone(), stop.clone());
-            tasks.push(tokio::spawn(async move {
-                let client = reqwest::Client::new();
-                for n in 0.. {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    let ids: Vec<String> =
-                        (0..10).map(|k| format!("r{round}-c{c}-n{n}-{k}")).collect();
-                    let events: Vec<_> = ids.iter().map(|i| event(i)).collect();
-                    let resp = client
-                        .post(format!("{url}/events/batch"))
-                        .json(&json!({ "events": events }))
-                        .send()
-                        .await;
-                    match resp {
-                        Ok(r) if r.status().as_u16() == 202 => acked.lock().unwrap().extend(ids),
-                        Ok(r) => assert_eq!(r.status().as_u16(), 503, "unexpected status"),
-                        // Killed mid-request: outcome unknown, not acknowledged.
-                        Err(_) => break,
-                    }
-                }
-            }));
-        }
+        let tasks = common::spawn_batch_clients(&url, round, CLIENTS, &acked, &stop);
         // Kill only once this agent's sink is storing (it has rejoined the group), at a
         // different point every round.
         let before = common::count_rows(&pool).await.max(0);

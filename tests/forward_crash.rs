@@ -9,9 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::ChildServer;
 use common::kafka::{DevKafka, TOPIC, TopicTail};
-use common::{ChildServer, event};
-use serde_json::json;
 
 const ROUNDS: u64 = 10;
 const CLIENTS: usize = 8;
@@ -46,32 +45,7 @@ async fn sigkill_mid_forwarding_loses_no_acknowledged_event() {
         server.wait_ready(Duration::from_secs(30)).await;
         let url = format!("http://{}{}", server.addr, common::BASE);
         let stop = Arc::new(AtomicBool::new(false));
-        let mut tasks = Vec::new();
-        for c in 0..CLIENTS {
-            let (url, acked, stop) = (url.clone(), acked.clone(), stop.clone());
-            tasks.push(tokio::spawn(async move {
-                let client = reqwest::Client::new();
-                for n in 0.. {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    let ids: Vec<String> =
-                        (0..10).map(|k| format!("r{round}-c{c}-n{n}-{k}")).collect();
-                    let events: Vec<_> = ids.iter().map(|i| event(i)).collect();
-                    let resp = client
-                        .post(format!("{url}/events/batch"))
-                        .json(&json!({ "events": events }))
-                        .send()
-                        .await;
-                    match resp {
-                        Ok(r) if r.status().as_u16() == 202 => acked.lock().unwrap().extend(ids),
-                        Ok(r) => assert_eq!(r.status().as_u16(), 503, "unexpected status"),
-                        // Killed mid-request: outcome unknown, not acknowledged.
-                        Err(_) => break,
-                    }
-                }
-            }));
-        }
+        let tasks = common::spawn_batch_clients(&url, round, CLIENTS, &acked, &stop);
         // Kill only once this agent is forwarding, at a different point every round.
         let seen = tail.snapshot().len();
         tail.wait_for(

@@ -525,3 +525,42 @@ pub fn event_at(id: &str, time: &str) -> Value {
     e["time"] = json!(time);
     e
 }
+
+/// Starts `clients` tasks that post 10-event batches (ids `r{round}-c{c}-n{n}-{k}`) to the
+/// service at `url` until `stop` is set or the connection dies (the process was killed: that
+/// request's outcome is unknown, so it is not counted). Every id answered 202 goes to `acked`;
+/// any status other than 202 or 503 fails the test.
+pub fn spawn_batch_clients(
+    url: &str,
+    round: u64,
+    clients: usize,
+    acked: &std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..clients)
+        .map(|c| {
+            let (url, acked, stop) = (url.to_owned(), acked.clone(), stop.clone());
+            tokio::spawn(async move {
+                let client = reqwest::Client::new();
+                for n in 0.. {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    let ids: Vec<String> =
+                        (0..10).map(|k| format!("r{round}-c{c}-n{n}-{k}")).collect();
+                    let events: Vec<_> = ids.iter().map(|i| event(i)).collect();
+                    let resp = client
+                        .post(format!("{url}/events/batch"))
+                        .json(&json!({ "events": events }))
+                        .send()
+                        .await;
+                    match resp {
+                        Ok(r) if r.status().as_u16() == 202 => acked.lock().unwrap().extend(ids),
+                        Ok(r) => assert_eq!(r.status().as_u16(), 503, "unexpected status"),
+                        Err(_) => break,
+                    }
+                }
+            })
+        })
+        .collect()
+}
