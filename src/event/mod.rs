@@ -35,5 +35,5 @@ pub use row::{Row, RowError, row_from_record, to_row};
 pub use validate::{
     ACTOR_TYPES, DEFAULT_ACTOR_TYPE, DEFAULT_CONTENT_TYPE, FieldError, Limits, NormalizedEvent,
     OUTCOMES, Rejection, event_time, is_json_content_type, is_valid_traceparent, kafka_key,
-    new_event_id, normalize, parse_normalized, parse_time, str_at,
+    new_event_id, normalize, parse_normalized, parse_time, str_at, validate_map,
 };

@@ -14,7 +14,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
-use super::validate::{Limits, normalize, str_at};
+use super::validate::{Limits, str_at, validate_map};
 
 /// One `audit_events` row.
 #[derive(Debug, Clone, PartialEq)]
@@ -86,18 +86,18 @@ pub fn row_from_record(value: &[u8], now: DateTime<Utc>) -> Result<Row, RowError
             ));
         }
     }
-    let normalized = normalize(Value::Object(map), now, &SINK_LIMITS);
-    let event = match normalized {
+    // The same validation as ingest, working on the parsed object itself: no re-serialization
+    // and re-parse per row on the sink's hot path.
+    let event = match validate_map(Value::Object(map), now, &SINK_LIMITS) {
         Err(rejection) => {
             let mut all = missing;
             all.push(rejection.to_string());
             return Err(RowError::Invalid(all.join("; ")));
         }
         Ok(_) if !missing.is_empty() => return Err(RowError::Invalid(missing.join("; "))),
-        Ok(ev) => super::parse_normalized(&ev.json)
-            .map_err(|e| RowError::Invalid(format!("normalized event unreadable: {e}")))?,
+        Ok(ev) => ev,
     };
-    if let Some(path) = find_nul(&Value::Object(event.clone()), &mut String::new()) {
+    if let Some(path) = find_nul_in_map(&event, &mut String::new()) {
         return Err(RowError::Unstorable(format!(
             "{path} contains a NUL character (\\u0000), which PostgreSQL text and jsonb cannot \
              store"
@@ -192,22 +192,26 @@ fn find_nul(v: &Value, path: &mut String) -> Option<String> {
             path.truncate(len);
             found
         }),
-        Value::Object(map) => map.iter().find_map(|(k, item)| {
-            let len = path.len();
-            if !path.is_empty() {
-                path.push('.');
-            }
-            path.push_str(k);
-            let found = if k.contains('\0') {
-                Some(display_path(path))
-            } else {
-                find_nul(item, path)
-            };
-            path.truncate(len);
-            found
-        }),
+        Value::Object(map) => find_nul_in_map(map, path),
         _ => None,
     }
+}
+
+fn find_nul_in_map(map: &Map<String, Value>, path: &mut String) -> Option<String> {
+    map.iter().find_map(|(k, item)| {
+        let len = path.len();
+        if !path.is_empty() {
+            path.push('.');
+        }
+        path.push_str(k);
+        let found = if k.contains('\0') {
+            Some(display_path(path))
+        } else {
+            find_nul(item, path)
+        };
+        path.truncate(len);
+        found
+    })
 }
 
 fn display_path(path: &str) -> String {

@@ -177,6 +177,40 @@ pub fn normalize(
     now: DateTime<Utc>,
     limits: &Limits,
 ) -> Result<NormalizedEvent, Rejection> {
+    let ev = validate_map(value, now, limits)?;
+    let id = str_field(&ev, "id").unwrap_or_default().to_owned();
+    let time = str_field(&ev, "time").unwrap_or_default().to_owned();
+    let key = kafka_key(&ev);
+    // 1 KiB fits typical audit events without regrowth (and stays below glibc large-bin sizes).
+    let mut json = Vec::with_capacity(1024);
+    if let Err(e) = serde_json::to_writer(&mut json, &ev) {
+        // Unreachable for a Value written to memory; reported rather than panicking.
+        let msg = format!("cannot be serialized: {e}");
+        return Err(Rejection::Invalid(vec![FieldError::new("", msg)]));
+    }
+    if json.len() > limits.max_event_bytes {
+        return Err(Rejection::TooLarge {
+            index: None,
+            size: json.len(),
+            limit: limits.max_event_bytes,
+        });
+    }
+    Ok(NormalizedEvent {
+        id,
+        time,
+        key,
+        json,
+    })
+}
+
+/// The validation and defaults of [`normalize`], returning the event object itself instead of
+/// its serialization: for callers that go on working with the fields (the sink's row mapping).
+/// `limits.max_event_bytes` is not checked here (it applies to the serialized form).
+pub fn validate_map(
+    value: Value,
+    now: DateTime<Utc>,
+    limits: &Limits,
+) -> Result<Map<String, Value>, Rejection> {
     let mut ev = match value {
         Value::Object(map) => map,
         other => {
@@ -303,30 +337,7 @@ pub fn normalize(
         }
         return Err(Rejection::Invalid(errs));
     }
-
-    let id = str_field(&ev, "id").unwrap_or_default().to_owned();
-    let time = str_field(&ev, "time").unwrap_or_default().to_owned();
-    let key = kafka_key(&ev);
-    // 1 KiB fits typical audit events without regrowth (and stays below glibc large-bin sizes).
-    let mut json = Vec::with_capacity(1024);
-    if let Err(e) = serde_json::to_writer(&mut json, &ev) {
-        // Unreachable for a Value written to memory; reported rather than panicking.
-        let msg = format!("cannot be serialized: {e}");
-        return Err(Rejection::Invalid(vec![FieldError::new("", msg)]));
-    }
-    if json.len() > limits.max_event_bytes {
-        return Err(Rejection::TooLarge {
-            index: None,
-            size: json.len(),
-            limit: limits.max_event_bytes,
-        });
-    }
-    Ok(NormalizedEvent {
-        id,
-        time,
-        key,
-        json,
-    })
+    Ok(ev)
 }
 
 /// A fresh UUIDv7 (hyphenated, lowercase) whose timestamp is `now`.
