@@ -12,7 +12,7 @@ use redb::{
     TableDefinition,
 };
 
-use super::record::{FrameError, QuarantineEntry, Record, check_frame};
+use super::record::{FrameError, QuarantineEntry, Record};
 use super::{SpoolError, now_ms};
 
 /// Live events: sequence number → framed [`Record`].
@@ -124,7 +124,7 @@ pub fn recover(db: &Database, file: &Path, on_damage: OnDamage) -> Result<Recove
         for entry in events.iter()? {
             let (seq, frame) = entry?;
             let (seq, frame) = (seq.value(), frame.value());
-            match check_frame(frame).and_then(|_| Record::decode(frame)) {
+            match Record::decode(frame) {
                 Ok(record) => {
                     if out.live_events == 0 {
                         out.oldest_accepted_ms = record.accepted_at_ms;
