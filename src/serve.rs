@@ -202,8 +202,9 @@ pub async fn start(
     })
 }
 
-/// Connections for the sink (one insert at a time, plus partition creation) and maintain.
-const DB_POOL_SIZE: u32 = 4;
+/// Connections for the sink (`DEFAULT_INSERT_PARALLELISM` statements per batch, plus partition
+/// creation), maintain and the health pings, which must not wait behind the inserts.
+const DB_POOL_SIZE: u32 = crate::store::DEFAULT_INSERT_PARALLELISM as u32 + 2;
 
 /// Sink and maintain are down (AUD-006) while the database is unreachable; ingest is not
 /// affected.

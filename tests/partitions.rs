@@ -125,11 +125,19 @@ async fn only_one_maintainer_works_at_a_time() {
 
 #[tokio::test]
 async fn copy_and_unnest_write_identical_rows_and_collapse_duplicates() {
+    for method in [InsertMethod::Copy, InsertMethod::CopyFirst] {
+        copy_method_writes_what_unnest_writes(method).await;
+    }
+}
+
+async fn copy_method_writes_what_unnest_writes(method: InsertMethod) {
     let db = TestDb::new().await;
-    let unnest = Store::connect_lazy(&db.url, 2).unwrap();
+    let unnest = Store::connect_lazy(&db.url, 2)
+        .unwrap()
+        .with_insert_method(InsertMethod::Unnest);
     let copy = Store::connect_lazy(&db.url, 2)
         .unwrap()
-        .with_insert_method(InsertMethod::Copy);
+        .with_insert_method(method);
     unnest.prepare().await.unwrap();
     let mut tricky = event_at("tricky", "2026-11-01T10:00:00.123456Z");
     tricky["data"]["reason"] = serde_json::json!("tab\there, newline\nthere, back\\slash, ünïcødé");
@@ -164,6 +172,62 @@ async fn copy_and_unnest_write_identical_rows_and_collapse_duplicates() {
     .await
     .unwrap();
     assert_eq!(micros, 123_456, "COPY keeps microseconds");
+}
+
+/// `CopyFirst` (the default): a batch mixing stored and new keys cannot be copied, so it is
+/// written again by the conflict-skipping statement — new rows stored, stored ones counted as
+/// duplicates, across several concurrent statements.
+#[tokio::test]
+async fn copy_first_falls_back_when_a_batch_holds_stored_keys() {
+    let db = TestDb::new().await;
+    let store = Store::connect_lazy(&db.url, 6)
+        .unwrap()
+        .with_insert_parallelism(4);
+    store.prepare().await.unwrap();
+    let row = |i: usize| {
+        let e = event_at(&format!("e{i}"), "2026-11-03T08:00:00Z");
+        row_from_record(e.to_string().as_bytes(), now()).unwrap()
+    };
+    let first: Vec<_> = (0..1000).map(row).collect();
+    let done = store.insert(&first).await.unwrap();
+    assert_eq!((done.rows, done.duplicates), (1000, 0));
+    // Half of the rows already stored; split by id hash, every statement gets some of both.
+    let mixed: Vec<_> = (0..2000).map(row).collect();
+    let done = store.insert(&mixed).await.unwrap();
+    assert_eq!((done.rows, done.duplicates), (1000, 1000));
+    assert_eq!(common::count_rows(&db.pool().await).await, 2000);
+}
+
+/// A row PostgreSQL rejects (here: `details` that is not JSON) fails its statement; the sink's
+/// bisection isolates it and stores every other row of the batch, with each insert method.
+#[tokio::test]
+async fn a_row_the_database_rejects_is_isolated_and_the_rest_stored() {
+    for method in [
+        InsertMethod::Unnest,
+        InsertMethod::Copy,
+        InsertMethod::CopyFirst,
+    ] {
+        let db = TestDb::new().await;
+        let store = Store::connect_lazy(&db.url, 2)
+            .unwrap()
+            .with_insert_method(method);
+        store.prepare().await.unwrap();
+        let mut rows: Vec<_> = (0..9)
+            .map(|i| {
+                let e = event_at(&format!("r{i}"), "2026-11-03T08:00:00Z");
+                row_from_record(e.to_string().as_bytes(), now()).unwrap()
+            })
+            .collect();
+        rows[5].details = Some("{not json".into());
+        let (done, bad) = audit_manager::sink::run::insert_bisecting(&store, &rows)
+            .await
+            .unwrap();
+        assert_eq!(done.rows, 8, "{method:?}");
+        assert_eq!(bad.len(), 1, "{method:?}");
+        assert_eq!(bad[0].0, 5, "{method:?}");
+        assert_eq!(bad[0].1.code().as_deref(), Some("22P02"), "{method:?}");
+        assert_eq!(common::count_rows(&db.pool().await).await, 8);
+    }
 }
 
 #[tokio::test]

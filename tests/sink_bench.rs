@@ -68,7 +68,15 @@ async fn bench_insert_methods_into_indexed_table() {
     let rows: Vec<Row> = (0..n)
         .map(|i| row_from_record(&payload(i), now).unwrap())
         .collect();
-    for method in [InsertMethod::Unnest, InsertMethod::Copy] {
+    let methods = std::env::var("BENCH_METHODS").unwrap_or_else(|_| "Unnest,Copy,CopyFirst".into());
+    for method in [
+        InsertMethod::Unnest,
+        InsertMethod::Copy,
+        InsertMethod::CopyFirst,
+    ] {
+        if !methods.split(',').any(|m| m == format!("{method:?}")) {
+            continue;
+        }
         for parallelism in [1, 2] {
             let rate = store_only(method, parallelism, &rows).await;
             println!(
@@ -154,4 +162,145 @@ async fn bench_sink_kafka_to_postgres() {
          events in {secs:.1}s = {:.0} rows/s",
         n as f64 / secs.max(1e-9)
     );
+}
+
+/// The sink alone: the whole topic is produced first (the producer is done before the sink
+/// starts), then the sink drains it. Measures consume → decode → insert → commit, with only the
+/// in-process mock broker serving fetches beside it.
+///
+/// The mock broker keeps at most 5 MB per partition, so the topic gets enough partitions
+/// (`BENCH_PARTITIONS`, default 64) and the producer compresses; the benchmark checks that no
+/// record was evicted before the sink started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: run explicitly with --ignored --nocapture"]
+async fn bench_sink_drains_a_preloaded_topic() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let n = events();
+    let partitions: i32 = std::env::var("BENCH_PARTITIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64);
+    let kafka = TestKafka::new(partitions);
+    let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &kafka.bootstrap)
+        .set("enable.idempotence", "true")
+        .set("compression.type", "lz4")
+        .set("linger.ms", "20")
+        .create()
+        .expect("producer");
+    let started = Instant::now();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(20_000) {
+        let sends = chunk.iter().map(|&i| {
+            let value = payload(i);
+            let key = format!("beneficiary/{}", i % 1000);
+            let p = producer.clone();
+            async move {
+                let rec = rdkafka::producer::FutureRecord::to(TOPIC)
+                    .key(&key)
+                    .payload(&value);
+                p.send(rec, Duration::from_secs(60)).await.map(|_| ())
+            }
+        });
+        for r in futures_util::future::join_all(sends).await {
+            r.map_err(|(e, _)| e).unwrap();
+        }
+    }
+    println!(
+        "preloaded {n} events into {partitions} partitions in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    let probe: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &kafka.bootstrap)
+        .create()
+        .expect("probe consumer");
+    let mut held = 0i64;
+    for p in 0..partitions {
+        let (low, high) = probe
+            .fetch_watermarks(TOPIC, p, Duration::from_secs(10))
+            .expect("watermarks");
+        assert_eq!(
+            low, 0,
+            "the mock broker evicted records of partition {p}: raise BENCH_PARTITIONS"
+        );
+        held += high;
+    }
+    assert_eq!(held, n as i64);
+    drop(producer);
+
+    // The consumer alone (same settings as the sink's, nothing stored): the sink's ceiling.
+    {
+        use rdkafka::consumer::StreamConsumer;
+        let mut kcfg = sink_config(&kafka, "postgres://unused", &[Role::Sink]).kafka;
+        kcfg.consumer_group = format!("bench-read-{}", uuid::Uuid::new_v4());
+        let c: StreamConsumer =
+            audit_manager::sink::client::consumer_config(&kcfg, &kcfg.consumer_group)
+                .create()
+                .expect("consumer");
+        c.subscribe(&[TOPIC]).unwrap();
+        let started = Instant::now();
+        let mut got = 0usize;
+        while got < n {
+            c.recv().await.expect("consume");
+            got += 1;
+        }
+        println!(
+            "consumer alone (sink's settings): {n} records in {:.1}s = {:.0} records/s",
+            started.elapsed().as_secs_f64(),
+            n as f64 / started.elapsed().as_secs_f64()
+        );
+    }
+
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    let started = Instant::now();
+    let app = TestApp::start_with(
+        |c| *c = sink_config(&kafka, &db.url, &[Role::Sink]),
+        StartOptions::default(),
+    )
+    .await;
+    // Progress from the sink's own counter: a `count(*)` every 100 ms would cost PostgreSQL
+    // a large share of a core on a table this size.
+    // Measured from the first stored batch (so consumer-group start-up is not counted).
+    let mut first: Option<(Instant, u64)> = None;
+    let until = Instant::now() + Duration::from_secs(3600);
+    loop {
+        let c = rows_inserted(&app).await;
+        if c > 0 && first.is_none() {
+            first = Some((Instant::now(), c));
+        }
+        if c >= n as u64 {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "sink did not finish: {c} of {n} rows"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let wall = started.elapsed().as_secs_f64();
+    let (t0, c0) = first.expect("rows were stored");
+    let secs = t0.elapsed().as_secs_f64();
+    assert_eq!(count_rows(&pool).await, n as i64, "every event stored once");
+    if std::env::var_os("BENCH_SHOW_METRICS").is_some() {
+        let (_, text) = app.get_text("/metrics").await;
+        for l in text.lines().filter(|l| l.starts_with("audit_sink_batch")) {
+            println!("{l}");
+        }
+    }
+    println!(
+        "sink draining a preloaded topic (mock broker -> PostgreSQL, batch 5000, default insert \
+         method, 2 statements per batch): {n} events; {wall:.1}s from sink start; after the \
+         first batch {} rows in {secs:.1}s = {:.0} rows/s",
+        n as u64 - c0,
+        (n as u64 - c0) as f64 / secs
+    );
+}
+
+/// `audit_sink_rows_inserted_total` from the app's `/metrics`.
+async fn rows_inserted(app: &TestApp) -> u64 {
+    let (_, text) = app.get_text("/metrics").await;
+    text.lines()
+        .find_map(|l| l.strip_prefix("audit_sink_rows_inserted_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
 }

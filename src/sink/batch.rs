@@ -56,52 +56,94 @@ pub struct Plan {
 pub fn plan(records: &[Record], now: DateTime<Utc>, cutoff: Option<DateTime<Utc>>) -> Plan {
     let mut p = Plan::default();
     for (i, r) in records.iter().enumerate() {
-        let Some(value) = r.value.as_deref() else {
-            p.dead.push((
-                i,
-                DeadReason {
-                    kind: "undecodable",
-                    message: "record has no value (tombstone)".into(),
-                },
-            ));
-            continue;
-        };
-        match row_from_record(value, now) {
-            Ok(row) => match cutoff {
-                Some(c) if row.occurred_at < c => p.dead.push((
-                    i,
-                    DeadReason {
-                        kind: "retention-expired",
-                        message: format!(
-                            "occurred_at {} is before the retention cutoff {} \
-                             (database.partition_retention_months)",
-                            row.occurred_at.to_rfc3339(),
-                            c.to_rfc3339()
-                        ),
-                    },
-                )),
-                _ => {
-                    p.rows.push(row);
-                    p.row_src.push(i);
-                }
-            },
-            Err(e) => {
-                let message = e.to_string();
-                let message = message
-                    .strip_prefix(&format!("{}: ", e.kind()))
-                    .unwrap_or(&message)
-                    .to_owned();
-                p.dead.push((
-                    i,
-                    DeadReason {
-                        kind: e.kind(),
-                        message,
-                    },
-                ));
-            }
-        }
+        p.push(i, decode(r, now, cutoff));
     }
     p
+}
+
+impl Plan {
+    fn push(&mut self, i: usize, outcome: Result<Row, DeadReason>) {
+        match outcome {
+            Ok(row) => {
+                self.rows.push(row);
+                self.row_src.push(i);
+            }
+            Err(reason) => self.dead.push((i, reason)),
+        }
+    }
+}
+
+/// A consumed record with what decoding made of it. The sink decodes each record as it
+/// arrives, so that decoding overlaps the previous batch's database write.
+#[derive(Debug)]
+pub struct Consumed {
+    pub record: Record,
+    pub outcome: Result<Row, DeadReason>,
+}
+
+impl Consumed {
+    pub fn new(record: Record, now: DateTime<Utc>, cutoff: Option<DateTime<Utc>>) -> Consumed {
+        let outcome = decode(&record, now, cutoff);
+        Consumed { record, outcome }
+    }
+
+    pub fn partition_key(&self) -> (&str, i32) {
+        (&self.record.topic, self.record.partition)
+    }
+}
+
+/// The same split as [`plan`], from records decoded on arrival.
+pub fn assemble(batch: Vec<Consumed>) -> (Vec<Record>, Plan) {
+    let mut records = Vec::with_capacity(batch.len());
+    let mut p = Plan {
+        rows: Vec::with_capacity(batch.len()),
+        row_src: Vec::with_capacity(batch.len()),
+        dead: Vec::new(),
+    };
+    for (i, c) in batch.into_iter().enumerate() {
+        records.push(c.record);
+        p.push(i, c.outcome);
+    }
+    (records, p)
+}
+
+/// One record's fate: its row, or why it goes to the DLQ.
+pub fn decode(
+    r: &Record,
+    now: DateTime<Utc>,
+    cutoff: Option<DateTime<Utc>>,
+) -> Result<Row, DeadReason> {
+    let Some(value) = r.value.as_deref() else {
+        return Err(DeadReason {
+            kind: "undecodable",
+            message: "record has no value (tombstone)".into(),
+        });
+    };
+    match row_from_record(value, now) {
+        Ok(row) => match cutoff {
+            Some(c) if row.occurred_at < c => Err(DeadReason {
+                kind: "retention-expired",
+                message: format!(
+                    "occurred_at {} is before the retention cutoff {} \
+                     (database.partition_retention_months)",
+                    row.occurred_at.to_rfc3339(),
+                    c.to_rfc3339()
+                ),
+            }),
+            _ => Ok(row),
+        },
+        Err(e) => {
+            let message = e.to_string();
+            let message = message
+                .strip_prefix(&format!("{}: ", e.kind()))
+                .unwrap_or(&message)
+                .to_owned();
+            Err(DeadReason {
+                kind: e.kind(),
+                message,
+            })
+        }
+    }
 }
 
 /// The offsets to commit: per partition, one past the highest offset in the batch.
@@ -117,13 +159,20 @@ pub fn commit_offsets(records: &[Record]) -> BTreeMap<(String, i32), i64> {
 }
 
 /// Drops the records of revoked partitions; returns how many were dropped.
-pub fn drop_revoked(records: &mut Vec<Record>, revoked: &HashSet<(String, i32)>) -> usize {
+pub fn drop_revoked(records: &mut Vec<Consumed>, revoked: &HashSet<(String, i32)>) -> usize {
     if revoked.is_empty() {
         return 0;
     }
     let before = records.len();
-    records.retain(|r| !revoked.contains(&(r.topic.clone(), r.partition)));
+    records.retain(|c| !is_revoked(&c.record, revoked));
     before - records.len()
+}
+
+/// Whether `r` belongs to one of the `revoked` partitions.
+pub fn is_revoked(r: &Record, revoked: &HashSet<(String, i32)>) -> bool {
+    revoked
+        .iter()
+        .any(|(t, p)| *p == r.partition && *t == r.topic)
 }
 
 #[cfg(test)]
@@ -209,9 +258,37 @@ mod tests {
 
     #[test]
     fn revoked_partitions_leave_the_batch() {
-        let mut records = vec![rec(0, 1, b""), rec(1, 1, b""), rec(0, 2, b"")];
+        let now = Utc::now();
+        let mut records: Vec<Consumed> = [rec(0, 1, b""), rec(1, 1, b""), rec(0, 2, b"")]
+            .into_iter()
+            .map(|r| Consumed::new(r, now, None))
+            .collect();
         let revoked: HashSet<_> = [("t".to_string(), 0)].into_iter().collect();
         assert_eq!(drop_revoked(&mut records, &revoked), 2);
-        assert_eq!(records, vec![rec(1, 1, b"")]);
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].record, rec(1, 1, b""));
+    }
+
+    #[test]
+    fn decoding_on_arrival_plans_like_decoding_the_batch() {
+        let now = Utc.with_ymd_and_hms(2026, 11, 22, 0, 0, 0).unwrap();
+        let cutoff = crate::store::retention_cutoff(now, 12);
+        let records = vec![
+            rec(0, 0, &event("a", "2026-11-01T00:00:00Z")),
+            rec(0, 1, b"nope"),
+            rec(1, 0, &event("b", "2025-10-31T23:59:59Z")),
+            rec(1, 2, &event("c", "2025-11-01T00:00:00Z")),
+        ];
+        let whole = plan(&records, now, cutoff);
+        let (back, arrived) = assemble(
+            records
+                .iter()
+                .map(|r| Consumed::new(r.clone(), now, cutoff))
+                .collect(),
+        );
+        assert_eq!(back, records);
+        assert_eq!(arrived.rows, whole.rows);
+        assert_eq!(arrived.row_src, whole.row_src);
+        assert_eq!(arrived.dead, whole.dead);
     }
 }

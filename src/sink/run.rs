@@ -19,7 +19,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::batch::{self, DeadReason, Record};
+use super::batch::{self, Consumed, DeadReason, Record};
 use super::client::SinkContext;
 use super::dlq::DeadLetters;
 use crate::config::Config;
@@ -102,8 +102,8 @@ impl SinkLoop {
         }
         self.consumer.subscribe(&[&self.settings.topic])?;
         tracing::info!(topic = %self.settings.topic, "sink consuming");
-        let mut batch: Vec<Record> = Vec::new();
-        let mut carry: VecDeque<Record> = VecDeque::new();
+        let mut batch: Vec<Consumed> = Vec::new();
+        let mut carry: VecDeque<Consumed> = VecDeque::new();
         let mut deadline: Option<Instant> = None;
         loop {
             while batch.len() < self.settings.batch_max_records
@@ -132,10 +132,10 @@ impl SinkLoop {
                 _ = token.cancelled() => break,
                 m = self.consumer.recv() => match m {
                     Ok(m) => {
-                        let r = Record::from_message(&m);
+                        let c = self.decode(&m);
                         drop(m);
                         self.forget_revoked(&mut batch, &mut carry);
-                        batch.push(r);
+                        batch.push(c);
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "Kafka consumer error (retrying)");
@@ -158,14 +158,24 @@ impl SinkLoop {
         Ok(())
     }
 
-    fn forget_revoked(&self, batch: &mut Vec<Record>, carry: &mut VecDeque<Record>) {
+    /// Copies a consumed message out of librdkafka and decodes it (see [`Consumed`]).
+    fn decode<M: rdkafka::Message>(&self, m: &M) -> Consumed {
+        let now = Utc::now();
+        Consumed::new(
+            Record::from_message(m),
+            now,
+            retention_cutoff(now, self.settings.retention_months),
+        )
+    }
+
+    fn forget_revoked(&self, batch: &mut Vec<Consumed>, carry: &mut VecDeque<Consumed>) {
         let revoked = self.consumer.context().take_revoked();
         if revoked.is_empty() {
             return;
         }
         let mut dropped = batch::drop_revoked(batch, &revoked);
         let before = carry.len();
-        carry.retain(|r| !revoked.contains(&(r.topic.clone(), r.partition)));
+        carry.retain(|c| !batch::is_revoked(&c.record, &revoked));
         dropped += before - carry.len();
         if dropped > 0 {
             tracing::info!(
@@ -180,18 +190,13 @@ impl SinkLoop {
     /// false when cancelled with the batch unfinished (nothing committed).
     async fn flush(
         &self,
-        records: Vec<Record>,
-        carry: &mut VecDeque<Record>,
+        batch: Vec<Consumed>,
+        carry: &mut VecDeque<Consumed>,
         token: &CancellationToken,
         mode: CommitMode,
     ) -> bool {
         let started = std::time::Instant::now();
-        let now = Utc::now();
-        let plan = batch::plan(
-            &records,
-            now,
-            retention_cutoff(now, self.settings.retention_months),
-        );
+        let (records, plan) = batch::assemble(batch);
         let mut p = Pending {
             records,
             rows: plan.rows,
@@ -202,7 +207,14 @@ impl SinkLoop {
         let mut paused: Option<TopicPartitionList> = None;
         let mut total = Inserted::default();
         let finished = loop {
-            match self.attempt(&mut p, &mut total).await {
+            let mut revoked = HashSet::new();
+            let r = self
+                .attempt_while_consuming(&mut p, &mut total, carry, &mut revoked)
+                .await;
+            if !revoked.is_empty() {
+                self.drop_revoked_from_pending(&mut p, &revoked);
+            }
+            match r {
                 Ok(()) => break true,
                 Err(e) => {
                     tracing::warn!(
@@ -221,15 +233,21 @@ impl SinkLoop {
             {
                 paused = Some(assignment);
             }
-            if !self.wait_polling(backoff(attempt), carry, token).await {
+            let mut revoked = HashSet::new();
+            let waited = self
+                .wait_polling(backoff(attempt), carry, &mut revoked, token)
+                .await;
+            // Revoked after the last carried record: those records are theirs too.
+            let late = self.consumer.context().take_revoked();
+            carry.retain(|c| !batch::is_revoked(&c.record, &late));
+            revoked.extend(late);
+            if !revoked.is_empty() {
+                self.drop_revoked_from_pending(&mut p, &revoked);
+            }
+            if !waited {
                 break false;
             }
             attempt += 1;
-            let revoked = self.consumer.context().take_revoked();
-            if !revoked.is_empty() {
-                self.drop_revoked_from_pending(&mut p, &revoked);
-                carry.retain(|r| !revoked.contains(&(r.topic.clone(), r.partition)));
-            }
         };
         if let Some(tpl) = paused {
             // Partitions revoked meanwhile are not ours to resume; that error is expected.
@@ -245,6 +263,50 @@ impl SinkLoop {
         metrics::histogram!("audit_sink_batch_duration_seconds")
             .record(started.elapsed().as_secs_f64());
         true
+    }
+
+    /// [`Self::attempt`], while the next records are consumed and decoded into `carry` (up to one
+    /// batch of them): the sink's own work overlaps the database's.
+    /// Partitions revoked meanwhile are added to `revoked`, for the caller to drop from the
+    /// batch in flight.
+    async fn attempt_while_consuming(
+        &self,
+        p: &mut Pending,
+        total: &mut Inserted,
+        carry: &mut VecDeque<Consumed>,
+        revoked: &mut HashSet<(String, i32)>,
+    ) -> Result<(), AttemptError> {
+        let attempt = self.attempt(p, total);
+        tokio::pin!(attempt);
+        loop {
+            tokio::select! {
+                biased;
+                r = &mut attempt => return r,
+                m = self.consumer.recv(), if carry.len() < self.settings.batch_max_records => {
+                    match m {
+                        Ok(m) => self.carry_message(&m, carry, revoked),
+                        Err(e) => tracing::debug!(error = %e, "Kafka consumer error (retrying)"),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Appends `m` to `carry`. Partitions revoked before `m` arrived are first dropped from
+    /// `carry` and noted in `revoked`: in this order, a partition revoked and assigned again
+    /// keeps the records its new assignment delivers.
+    fn carry_message<M: rdkafka::Message>(
+        &self,
+        m: &M,
+        carry: &mut VecDeque<Consumed>,
+        revoked: &mut HashSet<(String, i32)>,
+    ) {
+        let now_revoked = self.consumer.context().take_revoked();
+        if !now_revoked.is_empty() {
+            carry.retain(|c| !batch::is_revoked(&c.record, &now_revoked));
+            revoked.extend(now_revoked);
+        }
+        carry.push_back(self.decode(m));
     }
 
     /// One try at the whole batch: unacknowledged dead letters, then the rows. Idempotent.
@@ -291,7 +353,7 @@ impl SinkLoop {
     }
 
     fn drop_revoked_from_pending(&self, p: &mut Pending, revoked: &HashSet<(String, i32)>) {
-        let is_revoked = |r: &Record| revoked.contains(&(r.topic.clone(), r.partition));
+        let is_revoked = |r: &Record| batch::is_revoked(r, revoked);
         let keep_row: Vec<bool> = p
             .row_src
             .iter()
@@ -307,7 +369,7 @@ impl SinkLoop {
         let remaining = p.records.iter().filter(|r| !is_revoked(r)).count();
         tracing::info!(
             dropped = before - remaining,
-            "partitions revoked during retry: their records are left to the new owner"
+            "partitions revoked while their batch was in flight: their records are left to the new owner"
         );
         // Replace revoked records by offset-less markers so they are not committed.
         for r in p.records.iter_mut().filter(|r| is_revoked(r)) {
@@ -320,7 +382,8 @@ impl SinkLoop {
     async fn wait_polling(
         &self,
         d: Duration,
-        carry: &mut VecDeque<Record>,
+        carry: &mut VecDeque<Consumed>,
+        revoked: &mut HashSet<(String, i32)>,
         token: &CancellationToken,
     ) -> bool {
         let until = Instant::now() + d;
@@ -331,7 +394,7 @@ impl SinkLoop {
                 _ = tokio::time::sleep_until(until) => return true,
                 m = self.consumer.recv() => {
                     if let Ok(m) = m {
-                        carry.push_back(Record::from_message(&m));
+                        self.carry_message(&m, carry, revoked);
                     }
                     // Newly assigned partitions start unpaused; keep everything paused.
                     if let Ok(a) = self.consumer.assignment() {

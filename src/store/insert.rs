@@ -1,12 +1,16 @@
-//! Batched, idempotent inserts: `ON CONFLICT DO NOTHING` on the key `(id, occurred_at)`, so a
-//! redelivered event (a Kafka replay, a retry after a lost commit acknowledgement, the same
-//! event POSTed twice) never becomes a second row. Duplicates inside one batch collapse too.
+//! Batched, idempotent inserts: no event ever becomes a second row for its key
+//! `(id, occurred_at)`, whether it is redelivered (a Kafka replay, a retry after a lost commit
+//! acknowledgement) or POSTed twice. Duplicates inside one batch collapse too.
 //!
-//! Two ways to ship the batch, both one round trip of data and one statement to commit:
-//! - [`InsertMethod::Unnest`]: one `INSERT … SELECT FROM UNNEST($1::text[], …)` with 14 array
-//!   parameters;
-//! - [`InsertMethod::Copy`]: `COPY` (text format) into a per-session temporary table, then
-//!   `INSERT … SELECT` from it, in one transaction.
+//! Three ways to ship a batch, each one round trip of data and atomic:
+//! - [`InsertMethod::CopyFirst`] (the default): `COPY` (text format) straight into
+//!   `audit_events`, PostgreSQL's bulk path. `COPY` cannot skip conflicts: a batch holding a
+//!   stored key fails as a whole (`23505`, nothing written) and is written again with `UNNEST`.
+//!   Redeliveries are rare, so nearly every batch takes the fast path;
+//! - [`InsertMethod::Unnest`]: one `INSERT … SELECT FROM UNNEST($1::text[], …) ON CONFLICT DO
+//!   NOTHING` with 14 array parameters;
+//! - [`InsertMethod::Copy`]: `COPY` into a per-session temporary table, then `INSERT … SELECT
+//!   … ON CONFLICT DO NOTHING` from it, in one transaction.
 //!
 //! `BENCHMARKS.md` has the measurements that chose the default.
 
@@ -21,9 +25,14 @@ use crate::event::Row;
 /// How a batch is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum InsertMethod {
-    #[default]
     Unnest,
     Copy,
+    /// `COPY` straight into `audit_events` (PostgreSQL's bulk path: no executor per row,
+    /// buffered heap inserts). `COPY` cannot skip conflicts, so a group holding an already
+    /// stored key (a redelivery) fails as a whole with `23505` and is written again with
+    /// [`InsertMethod::Unnest`], which skips it.
+    #[default]
+    CopyFirst,
 }
 
 /// What one batch insert did.
@@ -101,6 +110,12 @@ impl Store {
                     match self.method {
                         InsertMethod::Unnest => self.insert_unnest(g).await,
                         InsertMethod::Copy => self.insert_copy(g).await,
+                        InsertMethod::CopyFirst => match self.insert_copy_direct(g).await {
+                            Err(e) if e.code().as_deref() == Some("23505") => {
+                                self.insert_unnest(g).await
+                            }
+                            r => r,
+                        },
                     }
                 });
                 futures_util::future::try_join_all(writes)
@@ -175,6 +190,21 @@ impl Store {
         .map_err(err)?;
         tx.commit().await.map_err(err)?;
         Ok(counted(rows.len(), result.rows_affected()))
+    }
+}
+
+impl Store {
+    async fn insert_copy_direct(&self, rows: &[&Row]) -> Result<Inserted, StoreError> {
+        let what = || format!("copying {} rows", rows.len());
+        let err = |e| StoreError::new(what(), e);
+        let mut conn = self.pool.acquire().await.map_err(err)?;
+        let mut copy = conn
+            .copy_in_raw(&format!("COPY audit_events ({COLUMNS}) FROM STDIN"))
+            .await
+            .map_err(err)?;
+        copy.send(copy_text(rows).into_bytes()).await.map_err(err)?;
+        let n = copy.finish().await.map_err(err)?;
+        Ok(counted(rows.len(), n))
     }
 }
 
