@@ -46,7 +46,7 @@ fn payload(i: usize) -> Vec<u8> {
 
 async fn store_only(method: InsertMethod, parallelism: usize, rows: &[Row]) -> f64 {
     let db = TestDb::new().await;
-    let store = Store::connect_lazy(&db.url, 4)
+    let store = Store::connect_lazy(&db.url, 6)
         .unwrap()
         .with_insert_method(method)
         .with_insert_parallelism(parallelism);
@@ -77,7 +77,7 @@ async fn bench_insert_methods_into_indexed_table() {
         if !methods.split(',').any(|m| m == format!("{method:?}")) {
             continue;
         }
-        for parallelism in [1, 2] {
+        for parallelism in [1, 2, 4] {
             let rate = store_only(method, parallelism, &rows).await;
             println!(
                 "store-only {method:?}, {parallelism} statement(s) per batch: {n} rows in \
@@ -158,7 +158,7 @@ async fn bench_sink_kafka_to_postgres() {
     feeder.await.unwrap();
     let secs = first.map_or(0.0, |f| f.elapsed().as_secs_f64());
     println!(
-        "sink (mock broker -> PostgreSQL, batch 5000, UNNEST, 2 statements per batch): {n} \
+        "sink (mock broker -> PostgreSQL, batch 5000, default insert method): {n} \
          events in {secs:.1}s = {:.0} rows/s",
         n as f64 / secs.max(1e-9)
     );
