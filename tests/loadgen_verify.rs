@@ -48,11 +48,19 @@ async fn verify_passes_through_the_whole_pipeline_and_fails_without_a_sink() {
         StartOptions::default(),
     )
     .await;
-    let (code, out, err) = loadgen(app.addr, &db.url, &["--verify-timeout", "90"]);
+    let (code, out, err) = loadgen(
+        app.addr,
+        &db.url,
+        &["--verify-timeout", "90", "--rate", "4000"],
+    );
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(
         out.contains("verify: 2000 of 2000 accepted events in audit_events exactly once"),
         "{out}"
+    );
+    assert!(
+        out.contains("end to end: all stored") && out.contains("after the last answer"),
+        "the end-to-end time is read from the rows' ingested_at: {out}"
     );
     app.stop().await;
 

@@ -289,7 +289,7 @@ async fn bench_sink_drains_a_preloaded_topic() {
     }
     println!(
         "sink draining a preloaded topic (mock broker -> PostgreSQL, batch 5000, default insert \
-         method, 2 statements per batch): {n} events; {wall:.1}s from sink start; after the \
+         method, 4 statements per batch): {n} events; {wall:.1}s from sink start; after the \
          first batch {} rows in {secs:.1}s = {:.0} rows/s",
         n as u64 - c0,
         (n as u64 - c0) as f64 / secs

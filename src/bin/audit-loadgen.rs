@@ -105,6 +105,11 @@ struct Args {
     #[arg(long, value_name = "SECS", value_parser = parse_duration_secs)]
     duration: Option<Duration>,
 
+    /// Offer at most this many events per second (an open-loop schedule: event n is sent no
+    /// earlier than n / RATE seconds after the start). Default: as fast as the server answers.
+    #[arg(long, value_name = "EVENTS_PER_SEC", value_parser = clap::value_parser!(u64).range(1..))]
+    rate: Option<u64>,
+
     /// Append the id of every event that got a 202 to FILE, one per line (unordered).
     #[arg(long, value_name = "FILE")]
     accepted_ids: Option<PathBuf>,
@@ -162,6 +167,8 @@ struct Shared {
     id_prefix_json: String,
     retry_503: bool,
     deadline: Option<Instant>,
+    /// `--rate`: when the run started, and events per second.
+    pace: Option<(Instant, u64)>,
     /// Next event number not yet claimed by a worker.
     next_event: AtomicU64,
     /// Accepted event numbers, kept for --verify.
@@ -179,6 +186,12 @@ impl Shared {
             .fetch_add(self.batch_size, Ordering::Relaxed);
         (start < self.total_events)
             .then(|| start..start.saturating_add(self.batch_size).min(self.total_events))
+    }
+
+    /// When the request starting at event `start` is due under `--rate` (`None`: now).
+    fn due(&self, start: u64) -> Option<Instant> {
+        let (t0, rate) = self.pace?;
+        Some(t0 + Duration::from_secs_f64(start as f64 / rate as f64))
     }
 
     fn deadline_passed(&self) -> bool {
@@ -375,6 +388,9 @@ async fn worker(shared: Arc<Shared>, ids_tx: Option<UnboundedSender<Range<u64>>>
     let mut stats = Stats::new()?;
     let mut rng = StdRng::from_os_rng();
     while let Some(range) = shared.claim() {
+        if let Some(due) = shared.due(range.start) {
+            tokio::time::sleep_until(due.into()).await;
+        }
         let n = range.end - range.start;
         stats.events += n;
         let request = shared.request(range.clone(), &mut rng);
@@ -687,9 +703,10 @@ impl Report {
             if let Some(after) = v.stored_after {
                 println!(
                     "end to end: all stored {:.3}s after the first request = {:.0} events/s \
-                     HTTP -> PostgreSQL",
+                     HTTP -> PostgreSQL ({:.3}s after the last answer)",
                     after.as_secs_f64(),
-                    v.accepted as f64 / after.as_secs_f64().max(1e-9)
+                    v.accepted as f64 / after.as_secs_f64().max(1e-9),
+                    after.saturating_sub(self.elapsed).as_secs_f64()
                 );
             }
         }
@@ -761,6 +778,14 @@ async fn run(args: Args) -> Result<Report> {
         .to_owned();
     let ids_file = args.accepted_ids.as_ref().map(open_ids_file).transpose()?;
 
+    // --verify: connect first (fail before sending anything) and note the database's clock at
+    // the start, against which the rows' `ingested_at` is measured.
+    let verifier = if args.verify {
+        Some(Verifier::connect(&args.database_url).await?)
+    } else {
+        None
+    };
+
     let (ids_tx, collector) = match ids_file {
         Some(file) => {
             let (tx, rx) = unbounded_channel();
@@ -785,6 +810,7 @@ async fn run(args: Args) -> Result<Report> {
         id_prefix_json,
         retry_503: args.retry_503,
         deadline: args.duration.map(|d| started + d),
+        pace: args.rate.map(|r| (started, r)),
         next_event: AtomicU64::new(0),
         accepted: args.verify.then(Default::default),
     });
@@ -802,21 +828,16 @@ async fn run(args: Args) -> Result<Report> {
         Some(handle) => Some(handle.await?.context("writing --accepted-ids")?),
         None => None,
     };
-    let verified = match &shared.accepted {
-        Some(acc) => {
+    let verified = match (&shared.accepted, verifier) {
+        (Some(acc), Some(verifier)) => {
             let ranges = acc.lock().map(|a| a.clone()).unwrap_or_default();
             Some(
-                verify(
-                    &args.database_url,
-                    &id_prefix,
-                    &ranges,
-                    args.verify_timeout,
-                    started,
-                )
-                .await?,
+                verifier
+                    .verify(&id_prefix, &ranges, args.verify_timeout)
+                    .await?,
             )
         }
-        None => None,
+        _ => None,
     };
     Ok(Report {
         stats,
@@ -838,7 +859,8 @@ struct Verified {
     missing: Vec<String>,
     /// Accepted events stored more than once (impossible with the primary key, but checked).
     duplicated: Vec<String>,
-    /// When everything was found: time since the run started (HTTP → PostgreSQL).
+    /// When everything was found: from the start of the run until the newest of its rows was
+    /// written, by the database's clock (HTTP → PostgreSQL).
     stored_after: Option<Duration>,
 }
 
@@ -849,96 +871,115 @@ impl Verified {
 }
 
 /// Accepted ids looked up per query while waiting.
-const VERIFY_CHUNK: usize = 10_000;
+const VERIFY_CHUNK: usize = 50_000;
 
-/// Waits (up to `timeout`) until every accepted id `PREFIX-<n>` is in `audit_events`, then
-/// reports what is missing or duplicated.
-///
-/// Cheap enough to run beside the pipeline it measures: it looks up the oldest accepted ids not
-/// yet seen, at most [`VERIFY_CHUNK`] per query by primary key, and moves on at once while they
-/// are all there (events arrive roughly in acceptance order). Duplicates are checked once, at
-/// the end.
-async fn verify(
-    url: &str,
-    prefix: &str,
-    accepted: &[Range<u64>],
-    timeout: Duration,
-    started: Instant,
-) -> Result<Verified> {
-    use sqlx::Connection as _;
-    let mut conn = sqlx::PgConnection::connect(url)
+/// `--verify`: a connection made before the run, and the database's clock at the run's start.
+struct Verifier {
+    conn: sqlx::PgConnection,
+    db_started: chrono::DateTime<chrono::Utc>,
+}
+
+impl Verifier {
+    async fn connect(url: &str) -> Result<Verifier> {
+        use sqlx::Connection as _;
+        let mut conn = sqlx::PgConnection::connect(url)
+            .await
+            .with_context(|| format!("--verify: cannot connect to {}", redact(url)))?;
+        let db_started = sqlx::query_scalar("SELECT clock_timestamp()")
+            .fetch_one(&mut conn)
+            .await
+            .context("--verify: reading the database clock")?;
+        Ok(Verifier { conn, db_started })
+    }
+
+    /// Waits (up to `timeout`) until every accepted id `PREFIX-<n>` is in `audit_events`, then
+    /// reports what is missing or duplicated.
+    ///
+    /// It looks up the oldest accepted ids not yet seen, at most [`VERIFY_CHUNK`] per query by
+    /// primary key, and moves on at once while they are all there. The end-to-end time does not
+    /// depend on how fast this check is: it is the newest `ingested_at` of the run's rows (set
+    /// by the database when the row was written) minus the database's clock at the start.
+    async fn verify(
+        mut self,
+        prefix: &str,
+        accepted: &[Range<u64>],
+        timeout: Duration,
+    ) -> Result<Verified> {
+        let conn = &mut self.conn;
+        let id = |seq: u64| format!("{prefix}-{seq}");
+        let total: u64 = accepted.iter().map(|r| r.end - r.start).sum();
+        let mut missing: VecDeque<u64> = accepted.iter().flat_map(|r| r.clone()).collect();
+        let until = Instant::now() + timeout;
+        let mut last_report = Instant::now();
+        while !missing.is_empty() {
+            let n = missing.len().min(VERIFY_CHUNK);
+            let ids: Vec<String> = missing.iter().take(n).map(|&s| id(s)).collect();
+            let found: std::collections::HashSet<String> =
+                sqlx::query_scalar("SELECT id FROM audit_events WHERE id = ANY($1)")
+                    .bind(&ids)
+                    .fetch_all(&mut *conn)
+                    .await
+                    .context("--verify: querying audit_events")?
+                    .into_iter()
+                    .collect();
+            let rest = missing.split_off(n);
+            let complete = found.len() >= n;
+            missing.retain(|&s| !found.contains(&id(s)));
+            missing.extend(rest);
+            if complete {
+                continue;
+            }
+            if Instant::now() >= until {
+                break;
+            }
+            if last_report.elapsed() >= Duration::from_secs(5) {
+                eprintln!(
+                    "audit-loadgen: verify: {} of {total} accepted events stored, waiting",
+                    total - missing.len() as u64
+                );
+                last_report = Instant::now();
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let mut result = Verified {
+            accepted: total,
+            missing: missing.into_iter().map(id).collect(),
+            duplicated: Vec::new(),
+            stored_after: None,
+        };
+        let pattern = format!(
+            "{}-%",
+            prefix
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_")
+        );
+        let duplicated: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM audit_events WHERE id LIKE $1 GROUP BY id HAVING count(*) > 1",
+        )
+        .bind(&pattern)
+        .fetch_all(&mut *conn)
         .await
-        .with_context(|| format!("--verify: cannot connect to {}", redact(url)))?;
-    let id = |seq: u64| format!("{prefix}-{seq}");
-    let total: u64 = accepted.iter().map(|r| r.end - r.start).sum();
-    let mut missing: VecDeque<u64> = accepted.iter().flat_map(|r| r.clone()).collect();
-    let until = Instant::now() + timeout;
-    let mut last_report = Instant::now();
-    while !missing.is_empty() {
-        let n = missing.len().min(VERIFY_CHUNK);
-        let ids: Vec<String> = missing.iter().take(n).map(|&s| id(s)).collect();
-        let found: std::collections::HashSet<String> =
-            sqlx::query_scalar("SELECT id FROM audit_events WHERE id = ANY($1)")
-                .bind(&ids)
-                .fetch_all(&mut conn)
-                .await
-                .context("--verify: querying audit_events")?
-                .into_iter()
-                .collect();
-        let rest = missing.split_off(n);
-        let complete = found.len() >= n;
-        missing.retain(|&s| !found.contains(&id(s)));
-        missing.extend(rest);
-        if complete {
-            continue;
+        .context("--verify: querying audit_events")?;
+        let accepted_ids: std::collections::HashSet<String> =
+            accepted.iter().flat_map(|r| r.clone()).map(id).collect();
+        result.duplicated = duplicated
+            .into_iter()
+            .filter(|d| accepted_ids.contains(d))
+            .collect();
+        if result.ok() && total > 0 {
+            let newest: Option<chrono::DateTime<chrono::Utc>> =
+                sqlx::query_scalar("SELECT max(ingested_at) FROM audit_events WHERE id LIKE $1")
+                    .bind(&pattern)
+                    .fetch_one(&mut *conn)
+                    .await
+                    .context("--verify: querying audit_events")?;
+            result.stored_after = newest
+                .and_then(|t| (t - self.db_started).to_std().ok())
+                .or(Some(Duration::ZERO));
         }
-        if Instant::now() >= until {
-            break;
-        }
-        if last_report.elapsed() >= Duration::from_secs(5) {
-            eprintln!(
-                "audit-loadgen: verify: {} of {total} accepted events stored, waiting",
-                total - missing.len() as u64
-            );
-            last_report = Instant::now();
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        Ok(result)
     }
-    let mut result = Verified {
-        accepted: total,
-        missing: missing.into_iter().map(id).collect(),
-        duplicated: Vec::new(),
-        stored_after: None,
-    };
-    if result.missing.is_empty() {
-        // From the first request until the last accepted event was in the table (before the
-        // duplicate scan, whose time is not the pipeline's).
-        result.stored_after = Some(started.elapsed());
-    }
-    let pattern = format!(
-        "{}-%",
-        prefix
-            .replace('\\', "\\\\")
-            .replace('%', "\\%")
-            .replace('_', "\\_")
-    );
-    let duplicated: Vec<String> = sqlx::query_scalar(
-        "SELECT id FROM audit_events WHERE id LIKE $1 GROUP BY id HAVING count(*) > 1",
-    )
-    .bind(&pattern)
-    .fetch_all(&mut conn)
-    .await
-    .context("--verify: querying audit_events")?;
-    let accepted_ids: std::collections::HashSet<String> =
-        accepted.iter().flat_map(|r| r.clone()).map(id).collect();
-    result.duplicated = duplicated
-        .into_iter()
-        .filter(|d| accepted_ids.contains(d))
-        .collect();
-    if !result.duplicated.is_empty() {
-        result.stored_after = None;
-    }
-    Ok(result)
 }
 
 /// `url` without its password.
@@ -1065,11 +1106,34 @@ mod tests {
             id_prefix_json: String::new(),
             retry_503: false,
             deadline: None,
+            pace: None,
             next_event: AtomicU64::new(0),
             accepted: None,
         };
         let claims: Vec<_> = std::iter::from_fn(|| shared.claim()).collect();
         assert_eq!(claims, vec![0..3, 3..6, 6..9, 9..10]);
+        assert_eq!(shared.due(6), None, "no --rate: no pacing");
+    }
+
+    #[test]
+    fn rate_schedules_event_n_at_n_over_rate() {
+        let t0 = Instant::now();
+        let shared = Shared {
+            client: reqwest::Client::new(),
+            endpoint: reqwest::Url::parse("http://127.0.0.1:1/").unwrap(),
+            batch_size: 50,
+            total_events: 1000,
+            subjects: 1,
+            id_prefix_json: String::new(),
+            retry_503: false,
+            deadline: None,
+            pace: Some((t0, 20_000)),
+            next_event: AtomicU64::new(0),
+            accepted: None,
+        };
+        assert_eq!(shared.due(0), Some(t0));
+        assert_eq!(shared.due(500), Some(t0 + Duration::from_millis(25)));
+        assert_eq!(shared.due(20_000), Some(t0 + Duration::from_secs(1)));
     }
 
     #[test]

@@ -26,6 +26,9 @@ const DEFAULT_CONSUMER: &[(&str, &str)] = &[
     ("auto.offset.reset", "earliest"),
     // Feeds the consumer-lag gauge.
     ("statistics.interval.ms", "5000"),
+    // Prefetch at most 16 MiB (librdkafka's default is 64 MiB): several batches ahead of the
+    // database is plenty, and it keeps the sink's memory small.
+    ("queued.max.messages.kbytes", "16384"),
 ];
 
 /// The sink's group consumer configuration.
