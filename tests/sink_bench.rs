@@ -44,6 +44,27 @@ fn payload(i: usize) -> Vec<u8> {
     .into_bytes()
 }
 
+/// Produces events `range` (keyed by subject) and waits for every acknowledgement.
+async fn produce_events(
+    producer: &rdkafka::producer::FutureProducer,
+    range: std::ops::Range<usize>,
+) {
+    let sends = range.map(|i| {
+        let value = payload(i);
+        let key = format!("beneficiary/{}", i % 1000);
+        let p = producer.clone();
+        async move {
+            let rec = rdkafka::producer::FutureRecord::to(TOPIC)
+                .key(&key)
+                .payload(&value);
+            p.send(rec, Duration::from_secs(60)).await.map(|_| ())
+        }
+    });
+    for r in futures_util::future::join_all(sends).await {
+        r.map_err(|(e, _)| e).unwrap();
+    }
+}
+
 async fn store_only(method: InsertMethod, parallelism: usize, rows: &[Row]) -> f64 {
     let db = TestDb::new().await;
     let store = Store::connect_lazy(&db.url, 6)
@@ -118,23 +139,9 @@ async fn bench_sink_kafka_to_postgres() {
                     tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 }
-                let chunk: Vec<_> = (sent..(sent + 5_000).min(n))
-                    .map(|i| {
-                        let value = payload(i);
-                        let key = format!("beneficiary/{}", i % 1000);
-                        let p = producer.clone();
-                        async move {
-                            let rec = rdkafka::producer::FutureRecord::to(TOPIC)
-                                .key(&key)
-                                .payload(&value);
-                            p.send(rec, Duration::from_secs(60)).await.map(|_| ())
-                        }
-                    })
-                    .collect();
-                sent += chunk.len();
-                for r in futures_util::future::join_all(chunk).await {
-                    r.map_err(|(e, _)| e).unwrap();
-                }
+                let end = (sent + 5_000).min(n);
+                produce_events(&producer, sent..end).await;
+                sent = end;
             }
         })
     };
@@ -189,21 +196,8 @@ async fn bench_sink_drains_a_preloaded_topic() {
         .create()
         .expect("producer");
     let started = Instant::now();
-    for chunk in (0..n).collect::<Vec<_>>().chunks(20_000) {
-        let sends = chunk.iter().map(|&i| {
-            let value = payload(i);
-            let key = format!("beneficiary/{}", i % 1000);
-            let p = producer.clone();
-            async move {
-                let rec = rdkafka::producer::FutureRecord::to(TOPIC)
-                    .key(&key)
-                    .payload(&value);
-                p.send(rec, Duration::from_secs(60)).await.map(|_| ())
-            }
-        });
-        for r in futures_util::future::join_all(sends).await {
-            r.map_err(|(e, _)| e).unwrap();
-        }
+    for start in (0..n).step_by(20_000) {
+        produce_events(&producer, start..(start + 20_000).min(n)).await;
     }
     println!(
         "preloaded {n} events into {partitions} partitions in {:.1}s",

@@ -1095,21 +1095,25 @@ mod tests {
         assert_eq!(retry_after(&h), DEFAULT_RETRY_AFTER);
     }
 
-    #[test]
-    fn claims_cover_all_events_once() {
-        let shared = Shared {
+    fn shared(batch_size: u64, total_events: u64, pace: Option<(Instant, u64)>) -> Shared {
+        Shared {
             client: reqwest::Client::new(),
             endpoint: reqwest::Url::parse("http://127.0.0.1:1/").unwrap(),
-            batch_size: 3,
-            total_events: 10,
+            batch_size,
+            total_events,
             subjects: 1,
             id_prefix_json: String::new(),
             retry_503: false,
             deadline: None,
-            pace: None,
+            pace,
             next_event: AtomicU64::new(0),
             accepted: None,
-        };
+        }
+    }
+
+    #[test]
+    fn claims_cover_all_events_once() {
+        let shared = shared(3, 10, None);
         let claims: Vec<_> = std::iter::from_fn(|| shared.claim()).collect();
         assert_eq!(claims, vec![0..3, 3..6, 6..9, 9..10]);
         assert_eq!(shared.due(6), None, "no --rate: no pacing");
@@ -1118,19 +1122,7 @@ mod tests {
     #[test]
     fn rate_schedules_event_n_at_n_over_rate() {
         let t0 = Instant::now();
-        let shared = Shared {
-            client: reqwest::Client::new(),
-            endpoint: reqwest::Url::parse("http://127.0.0.1:1/").unwrap(),
-            batch_size: 50,
-            total_events: 1000,
-            subjects: 1,
-            id_prefix_json: String::new(),
-            retry_503: false,
-            deadline: None,
-            pace: Some((t0, 20_000)),
-            next_event: AtomicU64::new(0),
-            accepted: None,
-        };
+        let shared = shared(50, 1000, Some((t0, 20_000)));
         assert_eq!(shared.due(0), Some(t0));
         assert_eq!(shared.due(500), Some(t0 + Duration::from_millis(25)));
         assert_eq!(shared.due(20_000), Some(t0 + Duration::from_secs(1)));

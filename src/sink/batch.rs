@@ -198,11 +198,10 @@ mod tests {
         .into_bytes()
     }
 
-    #[test]
-    fn plan_sorts_rows_from_dead_letters() {
-        let now = Utc.with_ymd_and_hms(2026, 11, 22, 0, 0, 0).unwrap();
-        let cutoff = crate::store::retention_cutoff(now, 12);
-        let records = vec![
+    /// A stored event, undecodable bytes, an expired event, a tombstone, the oldest retained
+    /// month.
+    fn mixed_records() -> Vec<Record> {
+        vec![
             rec(0, 0, &event("a", "2026-11-01T00:00:00Z")),
             rec(0, 1, b"nope"),
             rec(1, 0, &event("b", "2025-10-31T23:59:59Z")),
@@ -211,7 +210,14 @@ mod tests {
                 ..rec(1, 1, b"")
             },
             rec(1, 2, &event("c", "2025-11-01T00:00:00Z")),
-        ];
+        ]
+    }
+
+    #[test]
+    fn plan_sorts_rows_from_dead_letters() {
+        let now = Utc.with_ymd_and_hms(2026, 11, 22, 0, 0, 0).unwrap();
+        let cutoff = crate::store::retention_cutoff(now, 12);
+        let records = mixed_records();
         let p = plan(&records, now, cutoff);
         assert_eq!(p.row_src, vec![0, 4]);
         assert_eq!(p.rows[1].id, "c", "the first retained month is kept");
@@ -273,12 +279,7 @@ mod tests {
     fn decoding_on_arrival_plans_like_decoding_the_batch() {
         let now = Utc.with_ymd_and_hms(2026, 11, 22, 0, 0, 0).unwrap();
         let cutoff = crate::store::retention_cutoff(now, 12);
-        let records = vec![
-            rec(0, 0, &event("a", "2026-11-01T00:00:00Z")),
-            rec(0, 1, b"nope"),
-            rec(1, 0, &event("b", "2025-10-31T23:59:59Z")),
-            rec(1, 2, &event("c", "2025-11-01T00:00:00Z")),
-        ];
+        let records = mixed_records();
         let whole = plan(&records, now, cutoff);
         let (back, arrived) = assemble(
             records
