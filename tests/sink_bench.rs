@@ -145,26 +145,12 @@ async fn bench_sink_kafka_to_postgres() {
             }
         })
     };
-    let mut first: Option<Instant> = None;
-    let until = Instant::now() + Duration::from_secs(3600);
-    loop {
-        // The sink's own counter: a `count(*)` this often would load PostgreSQL.
-        let c = rows_inserted(&app).await as i64;
-        stored.store(c, std::sync::atomic::Ordering::Relaxed);
-        if c > 0 && first.is_none() {
-            first = Some(Instant::now());
-        }
-        if c >= n as i64 {
-            break;
-        }
-        assert!(
-            Instant::now() < until,
-            "sink did not finish: {c} of {n} rows"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let (first, _) = wait_until_stored(&app, n, |c| {
+        stored.store(c as i64, std::sync::atomic::Ordering::Relaxed);
+    })
+    .await;
     feeder.await.unwrap();
-    let secs = first.map_or(0.0, |f| f.elapsed().as_secs_f64());
+    let secs = first.elapsed().as_secs_f64();
     assert_eq!(count_rows(&pool).await, n as i64, "every event stored once");
     println!(
         "sink (mock broker -> PostgreSQL, batch 5000, default insert method): {n} \
@@ -254,27 +240,9 @@ async fn bench_sink_drains_a_preloaded_topic() {
         StartOptions::default(),
     )
     .await;
-    // Progress from the sink's own counter: a `count(*)` every 100 ms would cost PostgreSQL
-    // a large share of a core on a table this size.
     // Measured from the first stored batch (so consumer-group start-up is not counted).
-    let mut first: Option<(Instant, u64)> = None;
-    let until = Instant::now() + Duration::from_secs(3600);
-    loop {
-        let c = rows_inserted(&app).await;
-        if c > 0 && first.is_none() {
-            first = Some((Instant::now(), c));
-        }
-        if c >= n as u64 {
-            break;
-        }
-        assert!(
-            Instant::now() < until,
-            "sink did not finish: {c} of {n} rows"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let (t0, c0) = wait_until_stored(&app, n, |_| {}).await;
     let wall = started.elapsed().as_secs_f64();
-    let (t0, c0) = first.expect("rows were stored");
     let secs = t0.elapsed().as_secs_f64();
     assert_eq!(count_rows(&pool).await, n as i64, "every event stored once");
     if std::env::var_os("BENCH_SHOW_METRICS").is_some() {
@@ -290,6 +258,33 @@ async fn bench_sink_drains_a_preloaded_topic() {
         n as u64 - c0,
         (n as u64 - c0) as f64 / secs
     );
+}
+
+/// Polls the sink's own counter every 100 ms (a `count(*)` this often would cost PostgreSQL a
+/// large share of a core on a table this size), handing each reading to `progress`, until `n`
+/// rows are stored. Returns when, and at what count, the first rows were seen.
+async fn wait_until_stored(
+    app: &TestApp,
+    n: usize,
+    mut progress: impl FnMut(u64),
+) -> (Instant, u64) {
+    let mut first: Option<(Instant, u64)> = None;
+    let until = Instant::now() + Duration::from_secs(3600);
+    loop {
+        let c = rows_inserted(app).await;
+        progress(c);
+        if c > 0 && first.is_none() {
+            first = Some((Instant::now(), c));
+        }
+        if c >= n as u64 {
+            return first.expect("rows were stored");
+        }
+        assert!(
+            Instant::now() < until,
+            "sink did not finish: {c} of {n} rows"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// `audit_sink_rows_inserted_total` from the app's `/metrics`.

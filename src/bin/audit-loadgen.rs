@@ -924,7 +924,8 @@ impl Verifier {
                     .collect();
             let rest = missing.split_off(n);
             let complete = found.len() >= n;
-            missing.retain(|&s| !found.contains(&id(s)));
+            let mut looked_up = ids.iter();
+            missing.retain(|_| looked_up.next().is_some_and(|i| !found.contains(i)));
             missing.extend(rest);
             if complete {
                 continue;

@@ -51,16 +51,6 @@ pub struct Plan {
     pub dead: Vec<(usize, DeadReason)>,
 }
 
-/// Decodes every record with the ingest's validation; events older than `cutoff` (the start of
-/// the oldest retained month) are dead-lettered, not stored.
-pub fn plan(records: &[Record], now: DateTime<Utc>, cutoff: Option<DateTime<Utc>>) -> Plan {
-    let mut p = Plan::default();
-    for (i, r) in records.iter().enumerate() {
-        p.push(i, decode(r, now, cutoff));
-    }
-    p
-}
-
 impl Plan {
     fn push(&mut self, i: usize, outcome: Result<Row, DeadReason>) {
         match outcome {
@@ -86,13 +76,10 @@ impl Consumed {
         let outcome = decode(&record, now, cutoff);
         Consumed { record, outcome }
     }
-
-    pub fn partition_key(&self) -> (&str, i32) {
-        (&self.record.topic, self.record.partition)
-    }
 }
 
-/// The same split as [`plan`], from records decoded on arrival.
+/// Splits a batch of decoded records into the records (for their offsets and dead letters) and
+/// the [`Plan`].
 pub fn assemble(batch: Vec<Consumed>) -> (Vec<Record>, Plan) {
     let mut records = Vec::with_capacity(batch.len());
     let mut p = Plan {
@@ -107,7 +94,9 @@ pub fn assemble(batch: Vec<Consumed>) -> (Vec<Record>, Plan) {
     (records, p)
 }
 
-/// One record's fate: its row, or why it goes to the DLQ.
+/// One record's fate: its row (decoded with the ingest's validation), or why it goes to the DLQ.
+/// Events older than `cutoff` (the start of the oldest retained month) are dead-lettered, not
+/// stored.
 pub fn decode(
     r: &Record,
     now: DateTime<Utc>,
@@ -198,6 +187,17 @@ mod tests {
         .into_bytes()
     }
 
+    /// The batch `records` makes, each decoded on arrival.
+    fn plan(records: &[Record], now: DateTime<Utc>, cutoff: Option<DateTime<Utc>>) -> Plan {
+        let batch = records
+            .iter()
+            .map(|r| Consumed::new(r.clone(), now, cutoff))
+            .collect();
+        let (back, p) = assemble(batch);
+        assert_eq!(back, records, "records keep their order");
+        p
+    }
+
     /// A stored event, undecodable bytes, an expired event, a tombstone, the oldest retained
     /// month.
     fn mixed_records() -> Vec<Record> {
@@ -273,23 +273,5 @@ mod tests {
         assert_eq!(drop_revoked(&mut records, &revoked), 2);
         assert_eq!(records.len(), 1);
         assert_eq!(records[0].record, rec(1, 1, b""));
-    }
-
-    #[test]
-    fn decoding_on_arrival_plans_like_decoding_the_batch() {
-        let now = Utc.with_ymd_and_hms(2026, 11, 22, 0, 0, 0).unwrap();
-        let cutoff = crate::store::retention_cutoff(now, 12);
-        let records = mixed_records();
-        let whole = plan(&records, now, cutoff);
-        let (back, arrived) = assemble(
-            records
-                .iter()
-                .map(|r| Consumed::new(r.clone(), now, cutoff))
-                .collect(),
-        );
-        assert_eq!(back, records);
-        assert_eq!(arrived.rows, whole.rows);
-        assert_eq!(arrived.row_src, whole.row_src);
-        assert_eq!(arrived.dead, whole.dead);
     }
 }

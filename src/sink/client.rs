@@ -27,7 +27,7 @@ const DEFAULT_CONSUMER: &[(&str, &str)] = &[
     // Feeds the consumer-lag gauge.
     ("statistics.interval.ms", "5000"),
     // Prefetch at most 16 MiB (librdkafka's default is 64 MiB): several batches ahead of the
-    // database is plenty, and it keeps the sink's memory small (~115 MiB RSS instead of ~185
+    // database is plenty, and it keeps the sink's memory small (~105 MiB RSS instead of ~180
     // under load). A full prefetch queue pauses fetching for `fetch.queue.backoff.ms`; the
     // default 1 s then starves the sink (measured: -15% rows/s), 100 ms does not.
     ("queued.max.messages.kbytes", "16384"),

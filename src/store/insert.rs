@@ -110,12 +110,7 @@ impl Store {
                     match self.method {
                         InsertMethod::Unnest => self.insert_unnest(g).await,
                         InsertMethod::Copy => self.insert_copy(g).await,
-                        InsertMethod::CopyFirst => match self.insert_copy_direct(g).await {
-                            Err(e) if e.code().as_deref() == Some("23505") => {
-                                self.insert_unnest(g).await
-                            }
-                            r => r,
-                        },
+                        InsertMethod::CopyFirst => self.insert_copy_first(g).await,
                     }
                 });
                 futures_util::future::try_join_all(writes)
@@ -173,12 +168,9 @@ impl Store {
             .execute(&mut *tx)
             .await
             .map_err(err)?;
-        let mut copy = tx
-            .copy_in_raw(&format!("COPY audit_events_load ({COLUMNS}) FROM STDIN"))
+        copy_in(&mut tx, "audit_events_load", rows)
             .await
             .map_err(err)?;
-        copy.send(copy_text(rows).into_bytes()).await.map_err(err)?;
-        copy.finish().await.map_err(err)?;
         let result = sqlx::query(&format!(
             "INSERT INTO audit_events ({COLUMNS})
              SELECT id, occurred_at, source, type, subject, actor_type, actor_id, resource_type,
@@ -191,21 +183,35 @@ impl Store {
         tx.commit().await.map_err(err)?;
         Ok(counted(rows.len(), result.rows_affected()))
     }
+
+    /// `COPY` into `audit_events` itself; a group holding a stored key (`23505`, nothing
+    /// written) goes again through [`Self::insert_unnest`], which skips that key.
+    async fn insert_copy_first(&self, rows: &[&Row]) -> Result<Inserted, StoreError> {
+        let copied = async {
+            let mut conn = self.pool.acquire().await?;
+            copy_in(&mut conn, "audit_events", rows).await
+        }
+        .await
+        .map_err(|e| StoreError::new(format!("copying {} rows", rows.len()), e));
+        match copied {
+            Ok(n) => Ok(counted(rows.len(), n)),
+            Err(e) if e.code().as_deref() == Some("23505") => self.insert_unnest(rows).await,
+            Err(e) => Err(e),
+        }
+    }
 }
 
-impl Store {
-    async fn insert_copy_direct(&self, rows: &[&Row]) -> Result<Inserted, StoreError> {
-        let what = || format!("copying {} rows", rows.len());
-        let err = |e| StoreError::new(what(), e);
-        let mut conn = self.pool.acquire().await.map_err(err)?;
-        let mut copy = conn
-            .copy_in_raw(&format!("COPY audit_events ({COLUMNS}) FROM STDIN"))
-            .await
-            .map_err(err)?;
-        copy.send(copy_text(rows).into_bytes()).await.map_err(err)?;
-        let n = copy.finish().await.map_err(err)?;
-        Ok(counted(rows.len(), n))
-    }
+/// Streams `rows` into `table` with `COPY … FROM STDIN` (text format); returns the row count.
+async fn copy_in(
+    conn: &mut sqlx::PgConnection,
+    table: &str,
+    rows: &[&Row],
+) -> Result<u64, sqlx::Error> {
+    let mut copy = conn
+        .copy_in_raw(&format!("COPY {table} ({COLUMNS}) FROM STDIN"))
+        .await?;
+    copy.send(copy_text(rows).into_bytes()).await?;
+    copy.finish().await
 }
 
 fn counted(batch: usize, inserted: u64) -> Inserted {
