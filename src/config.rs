@@ -246,6 +246,10 @@ pub struct IngestConfig {
     /// get 413. Keeps events under Kafka's default message size. Default `1MiB`.
     #[serde(deserialize_with = "de_byte_size")]
     pub max_event_bytes: u64,
+    /// Rule set for events, at ingest and in the sink: `compatible` accepts what the reference
+    /// service accepts and normalizes it; `strict` applies CloudEvents-strict rules. Default
+    /// `compatible`.
+    pub validation: crate::event::ValidationMode,
 }
 
 /// Local durable spool settings (`audit_manager.spool`).
@@ -360,6 +364,7 @@ impl Default for IngestConfig {
             max_batch_size: 500,
             max_future_skew: Duration::from_secs(3600),
             max_event_bytes: 1024 * 1024,
+            validation: crate::event::ValidationMode::Compatible,
         }
     }
 }
@@ -519,6 +524,7 @@ impl Config {
                 "max_batch_size": self.ingest.max_batch_size,
                 "max_future_skew": dur(self.ingest.max_future_skew),
                 "max_event_bytes": self.ingest.max_event_bytes,
+                "validation": self.ingest.validation.as_str(),
             },
             "spool": {
                 "path": self.spool.path.display().to_string(),

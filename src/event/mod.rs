@@ -27,10 +27,12 @@
 //! batches. [`BinaryError::NotJson`] (→ 400) is for a binary-mode body that is not JSON.
 
 mod binary;
+mod mode;
 mod row;
 mod validate;
 
 pub use binary::{BinaryError, from_binary, is_binary_mode, percent_decode};
+pub use mode::ValidationMode;
 pub use row::{Row, RowError, row_from_record, to_row};
 pub use validate::{
     ACTOR_TYPES, DEFAULT_ACTOR_TYPE, DEFAULT_CONTENT_TYPE, FieldError, Limits, NormalizedEvent,
