@@ -105,7 +105,8 @@ async fn rows_match_the_design_mapping() {
     let base = |id: &str| {
         json!({"id": id, "occurred_at": "2026-11-01T10:00:00+00:00", "source": "urn:openg2p:test",
                "type": "t.e", "subject": null, "resource_type": null, "resource_id": null,
-               "reason": null, "trace_id": null, "details": null})
+               "reason": null, "trace_id": null, "details": null, "auth_type": null,
+               "auth_id": null})
     };
     let with = |mut v: Value, extra: Value| {
         for (k, x) in extra.as_object().unwrap() {
