@@ -12,10 +12,13 @@ use serde::Serialize;
 pub const SERVICE_ID: &str = "openg2p.auditmanager";
 pub const VERSION: &str = "1.0";
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+/// One problem: a stable code and a message that says what to do.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct ErrorItem {
     #[serde(rename = "errorCode")]
+    #[schema(value_type = super::openapi::ErrorCode)]
     pub error_code: &'static str,
+    /// What was wrong and what to do about it; for AUD-002, `field.path: problem`.
     pub message: String,
 }
 

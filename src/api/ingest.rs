@@ -152,6 +152,31 @@ async fn spool(state: &AppState, records: &[Record]) -> Result<(), ApiError> {
 
 /// `POST /v1/auditmanager/events`: one event, structured (`application/json`,
 /// `application/cloudevents+json`) or binary mode (`ce-*` headers, body = `data`).
+#[utoipa::path(
+    post,
+    path = "/v1/auditmanager/events",
+    tag = "ingest",
+    summary = "Send one audit event",
+    description = "One CloudEvent in structured mode (`application/json` or \
+                   `application/cloudevents+json`), or in HTTP binary mode: the attributes as \
+                   `ce-*` headers (`ce-specversion`, `ce-id`, `ce-source`, `ce-type`, `ce-time`, \
+                   …, percent-encoded) and the body = `data` with its `Content-Type`. Answered \
+                   202 only after the event is in the spool and fsynced.",
+    request_body(content(
+        (super::openapi::CloudEvent = "application/json"),
+        (super::openapi::CloudEvent = "application/cloudevents+json"),
+    )),
+    responses(
+        (status = 202, description = "Spooled durably", body = super::openapi::Envelope<super::openapi::Accepted>),
+        (status = 400, description = "AUD-001: not JSON", body = super::openapi::ErrorEnvelope),
+        (status = 413, description = "AUD-003: too large", body = super::openapi::ErrorEnvelope),
+        (status = 415, description = "AUD-008: unsupported Content-Type", body = super::openapi::ErrorEnvelope),
+        (status = 422, description = "AUD-002: invalid event, one error per field", body = super::openapi::ErrorEnvelope),
+        (status = 503, description = "AUD-004 backpressure, AUD-005 not ready, AUD-009 spool write failed; nothing stored",
+         body = super::openapi::ErrorEnvelope,
+         headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+    ),
+)]
 pub async fn post_event(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -202,6 +227,31 @@ fn binary_error(e: event::BinaryError) -> ApiError {
 
 /// `POST /v1/auditmanager/events/batch`: `{"events":[...]}` (`application/json`) or a JSON
 /// array (`application/cloudevents-batch+json`). All or nothing.
+#[utoipa::path(
+    post,
+    path = "/v1/auditmanager/events/batch",
+    tag = "ingest",
+    summary = "Send a batch of audit events, all or nothing",
+    description = "`{\"events\": [...]}` (`application/json`) or a JSON array \
+                   (`application/cloudevents-batch+json`), at most `ingest.max_batch_size` \
+                   events. Every event valid and spooled in one fsynced commit, or none: one \
+                   invalid event refuses the batch, and the errors name it (`events[3].time`).",
+    request_body(content(
+        (super::openapi::BatchRequest = "application/json"),
+        (Vec<super::openapi::CloudEvent> = "application/cloudevents-batch+json"),
+    )),
+    responses(
+        (status = 202, description = "Every event spooled durably, ids in request order",
+         body = super::openapi::Envelope<super::openapi::BatchAccepted>),
+        (status = 400, description = "AUD-001: not JSON; AUD-007: more than ingest.max_batch_size events", body = super::openapi::ErrorEnvelope),
+        (status = 413, description = "AUD-003: too large", body = super::openapi::ErrorEnvelope),
+        (status = 415, description = "AUD-008: unsupported Content-Type", body = super::openapi::ErrorEnvelope),
+        (status = 422, description = "AUD-002: an invalid event; nothing stored", body = super::openapi::ErrorEnvelope),
+        (status = 503, description = "AUD-004 backpressure, AUD-005 not ready, AUD-009 spool write failed; nothing stored",
+         body = super::openapi::ErrorEnvelope,
+         headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+    ),
+)]
 pub async fn post_batch(
     State(state): State<AppState>,
     headers: HeaderMap,

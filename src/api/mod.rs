@@ -1,9 +1,13 @@
 //! The HTTP API under `/v1/auditmanager`: ingest routes (`ingest.rs`), operational routes
-//! (`ops.rs`), the envelope (`envelope.rs`) and the one error → status mapping (`error.rs`).
+//! (`ops.rs`), the envelope (`envelope.rs`), the one error → status mapping (`error.rs`), the
+//! OpenAPI document generated from the handlers (`openapi.rs`) and the pages rendering it
+//! (`docs.rs`).
 
+mod docs;
 pub mod envelope;
 pub mod error;
 mod ingest;
+pub mod openapi;
 mod ops;
 
 use std::sync::Arc;
@@ -77,7 +81,10 @@ pub fn router(state: AppState) -> Router {
         .route("/version", get(ops::version))
         .route("/config", get(ops::config))
         .route("/metrics", get(ops::metrics))
-        .route("/openapi.json", get(ops::openapi));
+        .route("/openapi.json", get(openapi::serve))
+        .route("/docs", get(docs::swagger_ui))
+        .route("/redoc", get(docs::redoc))
+        .route("/docs/assets/{file}", get(docs::asset));
     Router::new()
         .nest(BASE, api)
         .fallback(ops::not_found)

@@ -1,4 +1,4 @@
-//! Operational routes: health, version, effective config, metrics, OpenAPI document.
+//! Operational routes: health, version, effective config, metrics.
 
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -11,6 +11,20 @@ use crate::health::Status;
 use crate::spool::now_ms;
 
 /// `GET /health`: 200 while every running role is UP or DEGRADED, 503 when one is DOWN.
+#[utoipa::path(
+    get,
+    path = "/v1/auditmanager/health",
+    tag = "operations",
+    summary = "Health of the roles running in this process",
+    responses(
+        (status = 200, description = "Every running role is UP or DEGRADED",
+         body = super::openapi::Envelope<super::openapi::HealthReport>),
+        (status = 503, description = "A running role is DOWN, or the process is shutting down; \
+                                      the same report, and one error per DOWN role \
+                                      (AUD-005, AUD-006, AUD-009)",
+         body = super::openapi::Envelope<super::openapi::HealthReport>),
+    ),
+)]
 pub async fn health(State(state): State<AppState>) -> Response {
     let (mut status, roles) = state.health.report();
     let mut errors: Vec<ErrorItem> = roles
@@ -41,6 +55,14 @@ pub async fn health(State(state): State<AppState>) -> Response {
 }
 
 /// `GET /version`.
+#[utoipa::path(
+    get,
+    path = "/v1/auditmanager/version",
+    tag = "operations",
+    summary = "Version and build of this service",
+    responses((status = 200, description = "Version and build",
+               body = super::openapi::Envelope<super::openapi::VersionInfo>)),
+)]
 pub async fn version() -> Response {
     let body = json!({
         "service_version": env!("CARGO_PKG_VERSION"),
@@ -51,11 +73,29 @@ pub async fn version() -> Response {
 }
 
 /// `GET /config`: the effective configuration without secrets.
+#[utoipa::path(
+    get,
+    path = "/v1/auditmanager/config",
+    tag = "operations",
+    summary = "Effective configuration, without secrets",
+    description = "Every key with its effective value, the reference service's keys included; \
+                   passwords and credentials in URLs are redacted.",
+    responses((status = 200, description = "The effective configuration",
+               body = super::openapi::Envelope<Object>)),
+)]
 pub async fn config(State(state): State<AppState>) -> Response {
     respond(StatusCode::OK, Some(&state.config.redacted_json()), &[])
 }
 
 /// `GET /metrics`: Prometheus text format.
+#[utoipa::path(
+    get,
+    path = "/v1/auditmanager/metrics",
+    tag = "operations",
+    summary = "Prometheus metrics",
+    responses((status = 200, description = "Prometheus text exposition format",
+               content_type = "text/plain; version=0.0.4", body = String)),
+)]
 pub async fn metrics(State(state): State<AppState>) -> Response {
     if let Some(spool) = &state.spool {
         let stats = spool.stats();
@@ -68,18 +108,6 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
             HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
         )],
         state.metrics.render(),
-    )
-        .into_response()
-}
-
-/// `GET /openapi.json`: the OpenAPI 3.1 document of this API.
-pub async fn openapi() -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        include_str!("openapi.json"),
     )
         .into_response()
 }

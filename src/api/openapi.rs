@@ -1,0 +1,533 @@
+//! The OpenAPI 3.1 document of the HTTP API (`GET /openapi.json`), generated from the code:
+//! every handler carries a `#[utoipa::path]` attribute next to its routing, and the request and
+//! response shapes are the types below (`ToSchema`).
+//!
+//! The ingest handlers validate `serde_json::Value`s (the event module is a rule set, not a
+//! serde type), so [`CloudEvent`] and its parts describe what that rule set accepts in the
+//! default `compatible` mode. `tests/openapi_drift.rs` keeps the two in step: it runs accepted
+//! and rejected fixture events through these schemas and through the service and demands the
+//! same verdicts, checks the live response bodies against the documented ones, and checks that
+//! the routes served and the routes documented, and the `AUD-xxx` codes produced and
+//! documented, are the same sets.
+
+use std::borrow::Cow;
+use std::sync::OnceLock;
+
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::openapi::path::{HttpMethod, OperationBuilder};
+use utoipa::openapi::response::ResponseBuilder;
+use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
+use utoipa::openapi::{ContentBuilder, RefOr};
+use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
+
+use super::envelope::ErrorItem;
+
+/// The document, generated once.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "audit-manager",
+        description = "Durable audit events as CloudEvents 1.0 over HTTP. A 202 means the \
+                       event is in the spool and fsynced; every response body is the envelope \
+                       `{id, version, responsetime, response, errors}`.",
+        license(name = "MPL-2.0"),
+    ),
+    paths(
+        super::ingest::post_event,
+        super::ingest::post_batch,
+        super::ops::health,
+        super::ops::version,
+        super::ops::config,
+        super::ops::metrics,
+        serve,
+        super::docs::swagger_ui,
+        super::docs::redoc,
+        super::docs::asset,
+    ),
+    components(schemas(
+        CloudEvent,
+        BatchRequest,
+        ErrorItem,
+        ErrorCode,
+        ErrorEnvelope,
+        HealthStatus,
+    )),
+    modifiers(&ReadyPath),
+    tags(
+        (name = "ingest", description = "Send audit events"),
+        (name = "operations", description = "Health, readiness, version, configuration, metrics"),
+        (name = "documentation", description = "This document and the pages that render it"),
+    ),
+)]
+pub struct ApiDoc;
+
+/// The document as JSON, rendered on first use.
+pub fn document_json() -> &'static str {
+    static DOC: OnceLock<String> = OnceLock::new();
+    DOC.get_or_init(|| {
+        // Serializing a tree of strings and maps cannot fail; an empty document would show it.
+        ApiDoc::openapi().to_pretty_json().unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot serialize the OpenAPI document");
+            String::from("{}")
+        })
+    })
+}
+
+/// `GET /openapi.json`: this document.
+#[utoipa::path(
+    get,
+    path = "/v1/auditmanager/openapi.json",
+    tag = "documentation",
+    responses((status = 200, description = "The OpenAPI 3.1 document of this API",
+               content_type = "application/json", body = Object)),
+)]
+pub async fn serve() -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        document_json(),
+    )
+        .into_response()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Error codes
+// ---------------------------------------------------------------------------------------------
+
+/// One documented `errorCode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ErrorCodeDoc {
+    pub code: &'static str,
+    pub status: u16,
+    pub when: &'static str,
+}
+
+/// Every `errorCode` the service answers with.
+pub const ERROR_CODES: &[ErrorCodeDoc] = &[
+    ErrorCodeDoc {
+        code: "AUD-001",
+        status: 400,
+        when: "the body is not JSON (or not decodable)",
+    },
+    ErrorCodeDoc {
+        code: "AUD-002",
+        status: 422,
+        when: "schema violation; one error per bad field, named by path (and batch index)",
+    },
+    ErrorCodeDoc {
+        code: "AUD-003",
+        status: 413,
+        when: "body (`http.max_body_bytes`) or a single event (`ingest.max_event_bytes`) too large",
+    },
+    ErrorCodeDoc {
+        code: "AUD-004",
+        status: 503,
+        when: "spool full or writer overloaded (backpressure); `Retry-After` set, nothing stored",
+    },
+    ErrorCodeDoc {
+        code: "AUD-005",
+        status: 503,
+        when: "not ready: starting up, shutting down, or the ingest role not enabled here",
+    },
+    ErrorCodeDoc {
+        code: "AUD-006",
+        status: 503,
+        when: "database unreachable (`/health` of the sink and maintain roles)",
+    },
+    ErrorCodeDoc {
+        code: "AUD-007",
+        status: 400,
+        when: "batch larger than `ingest.max_batch_size`",
+    },
+    ErrorCodeDoc {
+        code: "AUD-008",
+        status: 415,
+        when: "unsupported `Content-Type`",
+    },
+    ErrorCodeDoc {
+        code: "AUD-009",
+        status: 503,
+        when: "spool write or fsync failed (disk full, I/O error); `Retry-After` set",
+    },
+    ErrorCodeDoc {
+        code: "AUD-404",
+        status: 404,
+        when: "no such route (the API lives under `/v1/auditmanager`)",
+    },
+];
+
+/// The `errorCode` values, with a table of when each is sent.
+pub struct ErrorCode;
+
+impl PartialSchema for ErrorCode {
+    fn schema() -> RefOr<Schema> {
+        let mut table = String::from(
+            "What went wrong, stable across releases (match on this, not on `message`).\n\n\
+             | code | status | when |\n|---|---|---|\n",
+        );
+        for c in ERROR_CODES {
+            table.push_str(&format!("| {} | {} | {} |\n", c.code, c.status, c.when));
+        }
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(ERROR_CODES.iter().map(|c| c.code)))
+            .description(Some(table))
+            .into()
+    }
+}
+
+impl ToSchema for ErrorCode {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("ErrorCode")
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The envelope and the payloads
+// ---------------------------------------------------------------------------------------------
+
+/// The response envelope every endpoint answers with (except `/metrics`, `/docs`, `/redoc`).
+#[derive(Serialize, ToSchema)]
+pub struct Envelope<T> {
+    /// The service id (`service_id` of the reference's configuration).
+    #[schema(example = "openg2p.auditmanager")]
+    pub id: String,
+    /// The API version (`api_version` of the reference's configuration).
+    #[schema(example = "1.0")]
+    pub version: String,
+    /// When the response was made: RFC 3339, milliseconds, `Z`.
+    #[schema(example = "2026-11-22T19:23:11.123Z")]
+    pub responsetime: String,
+    /// The payload; `null` when the request failed.
+    pub response: Option<T>,
+    /// Empty on success; one item per problem otherwise.
+    pub errors: Vec<ErrorItem>,
+}
+
+/// The envelope of a failed request: `response` is `null`, `errors` says why.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorEnvelope {
+    #[schema(example = "openg2p.auditmanager")]
+    pub id: String,
+    #[schema(example = "1.0")]
+    pub version: String,
+    #[schema(example = "2026-11-22T19:23:11.123Z")]
+    pub responsetime: String,
+    /// Always `null`.
+    #[schema(schema_with = null_schema)]
+    pub response: Option<()>,
+    #[schema(min_items = 1)]
+    pub errors: Vec<ErrorItem>,
+}
+
+fn null_schema() -> Schema {
+    ObjectBuilder::new().schema_type(Type::Null).into()
+}
+
+/// `POST /events` answered 202: the event is durably spooled.
+#[derive(Serialize, ToSchema)]
+pub struct Accepted {
+    /// The event's `id` (as sent, or the one generated at ingest).
+    pub accepted: String,
+}
+
+/// `POST /events/batch` answered 202: every event is durably spooled, in one commit.
+#[derive(Serialize, ToSchema)]
+pub struct BatchAccepted {
+    /// The events' ids, in request order.
+    pub accepted: Vec<String>,
+    pub count: usize,
+}
+
+/// `{"events": [...]}`: the `application/json` form of a batch.
+#[derive(Serialize, ToSchema)]
+pub struct BatchRequest {
+    pub events: Vec<CloudEvent>,
+}
+
+/// `GET /version`.
+#[derive(Serialize, ToSchema)]
+pub struct VersionInfo {
+    #[schema(example = "0.1.0")]
+    pub service_version: String,
+    /// RFC 3339, or `unknown`.
+    pub build_time: String,
+    /// The commit built, or `unknown`.
+    pub git_commit: String,
+}
+
+/// A role's, or the process's, state.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum HealthStatus {
+    /// Working.
+    Up,
+    /// Still serving emitters, but something needs attention (e.g. Kafka unreachable while the
+    /// spool absorbs events).
+    Degraded,
+    /// Not working: `/health` answers 503.
+    Down,
+}
+
+/// One role's health: its status, the code and reason when it is down, and role-specific
+/// detail (spool size, consumer lag, …).
+#[derive(Serialize, ToSchema)]
+pub struct RoleHealth {
+    pub status: HealthStatus,
+    /// Why the role is `DOWN` (`AUD-005`, `AUD-006`, `AUD-009`).
+    pub code: Option<String>,
+    pub reason: Option<String>,
+}
+
+/// `GET /health`: the process and each running role (`ingest`, `forward`, `sink`, `maintain`).
+#[derive(Serialize, ToSchema)]
+pub struct HealthReport {
+    pub status: HealthStatus,
+    pub roles: std::collections::BTreeMap<String, RoleHealth>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// The event
+// ---------------------------------------------------------------------------------------------
+
+/// `time` as `compatible` validation accepts it.
+fn event_time_schema() -> Schema {
+    OneOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(TIME_PATTERN))
+                .description(Some(
+                    "RFC 3339 (`2026-04-22T14:00:00Z`, `…+05:30`); `compatible` also accepts no \
+                     offset (UTC), a space instead of `T` and a date alone (midnight UTC), and \
+                     writes them back as RFC 3339 `Z`",
+                )),
+        )
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::Number)
+                .description(Some("Unix seconds (`compatible` only)")),
+        )
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::Null)
+                .description(Some("absent: the ingest time")),
+        )
+        .description(Some(
+            "When it happened; defaults to the ingest time. `strict`: RFC 3339 with `Z` or an \
+             offset, at most `ingest.max_future_skew` ahead.",
+        ))
+        .into()
+}
+
+/// Dates and times `compatible` validation accepts as strings.
+pub const TIME_PATTERN: &str =
+    r"^\d{4}-\d{2}-\d{2}([Tt ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?([Zz]|[+-]\d{2}:?\d{2})?)?$";
+
+/// The CloudEvents version: `"1.0"`.
+#[derive(Serialize, ToSchema)]
+pub enum SpecVersion {
+    #[serde(rename = "1.0")]
+    V1,
+}
+
+/// A CloudEvents 1.0 audit event in structured mode, as the default validation mode
+/// (`ingest.validation: compatible`) accepts it.
+///
+/// **compatible** (default) accepts every event the reference service (OpenG2P Audit Manager)
+/// accepts and normalizes it before it is stored: `time` without an offset is UTC, with a space
+/// instead of `T`, a date alone (midnight UTC) or a number (Unix seconds) is written back as
+/// RFC 3339 `Z`; a missing `specversion` is `"1.0"`; empty strings are kept as sent, except an
+/// empty `id`, which is replaced by a generated one; any `traceparent` string is kept (the
+/// stored `trace_id` comes only from a valid W3C value); any `datacontenttype` is kept; there is
+/// no future-time limit. Each normalization is counted in
+/// `audit_events_normalized_total{rule}`.
+///
+/// **strict** refuses what CloudEvents does not allow: `specversion` is required; `id`,
+/// `source`, `type`, `subject` and `data.actor.id`, `data.action`, `data.resource.type` must
+/// not be empty; `time` must be RFC 3339 with `Z` or an offset and at most
+/// `ingest.max_future_skew` ahead; `traceparent` must be W3C
+/// (`00-<32 hex>-<16 hex>-<2 hex>`); `datacontenttype` must be JSON (`application/json` or
+/// `*/*+json`).
+///
+/// **Both modes**: `data` is an object with `actor.id`, `action` and a valid `outcome`; a NUL
+/// character (`\u0000`) or a key that appears twice in one object, anywhere in the event, is
+/// refused with 422 (PostgreSQL cannot store the first; the second would let one message say
+/// two things); `data_base64` is not supported; the size limit (`ingest.max_event_bytes`,
+/// 413) and JSON nesting (128 levels) apply. Defaults filled in before spooling: `id` (UUIDv7),
+/// `time` (ingest time), `datacontenttype` (`application/json`), `data.actor.type` (`user`).
+/// Any other top-level attribute (a CloudEvents extension) is kept. `null` for an optional
+/// attribute means absent.
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({
+    "specversion": "1.0",
+    "id": "0b5f9a6e-3c1d-4b8e-9f0a-2d7c6e5b4a31",
+    "source": "/openg2p/registry",
+    "type": "org.openg2p.beneficiary.updated",
+    "subject": "beneficiary/b-1029",
+    "time": "2026-11-22T10:00:00Z",
+    "data": {
+        "actor": {"type": "user", "id": "officer-7", "name": "Officer Seven"},
+        "action": "beneficiary.update",
+        "outcome": "success",
+        "resource": {"type": "beneficiary", "id": "b-1029"},
+        "changes": [{"field": "phone", "old": "1", "new": "2"}]
+    }
+}))]
+pub struct CloudEvent {
+    /// `"1.0"`; absent means `"1.0"` (`compatible`; required in `strict`).
+    #[schema(required = false)]
+    pub specversion: SpecVersion,
+    /// Unique per `source`; with `time` it is the row's primary key, so a retried event is
+    /// stored once. Generated (UUIDv7) when absent (or empty, in `compatible`).
+    pub id: Option<String>,
+    /// Who emits it, e.g. `/openg2p/registry`.
+    pub source: String,
+    /// What happened, e.g. `org.openg2p.beneficiary.updated`.
+    pub r#type: String,
+    /// The entity concerned, e.g. `beneficiary/b-1029`; the Kafka key (else `data.actor.id`),
+    /// so one entity's events stay in order.
+    pub subject: Option<String>,
+    #[schema(schema_with = event_time_schema, required = false)]
+    pub time: Option<String>,
+    /// Defaults to `application/json`.
+    pub datacontenttype: Option<String>,
+    /// W3C trace context (`00-<trace-id>-<parent-id>-<flags>`); its trace-id is stored as
+    /// `trace_id`.
+    pub traceparent: Option<String>,
+    pub data: AuditData,
+}
+
+/// The audit payload: who did what, to what, with what outcome. Other keys (`changes`,
+/// `context`, …) are kept and stored in `details`.
+#[derive(Serialize, ToSchema)]
+pub struct AuditData {
+    pub actor: Actor,
+    /// What was done, e.g. `beneficiary.update`.
+    pub action: String,
+    pub outcome: Outcome,
+    pub resource: Option<Resource>,
+    /// Why (e.g. the reason for a denial).
+    pub reason: Option<String>,
+}
+
+/// Who (or what system) did it. Other keys are kept (stored in `details.actor`).
+#[derive(Serialize, ToSchema)]
+pub struct Actor {
+    /// Defaults to `user`.
+    pub r#type: Option<ActorType>,
+    pub id: String,
+    pub name: Option<String>,
+    pub roles: Option<Vec<String>>,
+    pub ip: Option<String>,
+    pub session_id: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ActorType {
+    User,
+    System,
+    Service,
+    Anonymous,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Success,
+    Failure,
+    Denied,
+}
+
+/// The object acted upon. Other keys are kept (stored in `details.resource`).
+#[derive(Serialize, ToSchema)]
+pub struct Resource {
+    pub r#type: String,
+    pub id: Option<String>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// GET /ready
+// ---------------------------------------------------------------------------------------------
+
+/// Documents `GET /ready`, the readiness probe. Added as a path item rather than through a
+/// `#[utoipa::path]` on its handler so that this document does not depend on where the handler
+/// lives; the drift test checks that the route is served.
+struct ReadyPath;
+
+impl Modify for ReadyPath {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let envelope = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name(
+                            "ErrorEnvelope",
+                        ))))
+                        .build(),
+                )
+                .build()
+        };
+        let ok = ResponseBuilder::new()
+            .description("This process can take events now")
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(FreeForm::schema()))
+                    .build(),
+            )
+            .build();
+        let operation = OperationBuilder::new()
+            .tag("operations")
+            .summary(Some("Readiness: can this process take events now?"))
+            .description(Some(
+                "200 when the ingest role runs, the spool is below its bound and the process is \
+                 not draining (without the ingest role: when its roles run); else 503 with the \
+                 AUD code (AUD-004, AUD-005). Point readiness probes here and liveness probes \
+                 at `/health`: a database or Kafka outage never takes ingest out of a Service.",
+            ))
+            .operation_id(Some("ready"))
+            .response("200", ok)
+            .response("503", envelope("Not ready; `Retry-After` set"))
+            .build();
+        openapi.paths.add_path_operation(
+            "/v1/auditmanager/ready",
+            vec![HttpMethod::Get],
+            operation,
+        );
+    }
+}
+
+/// A free-form JSON object.
+struct FreeForm;
+
+impl PartialSchema for FreeForm {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new().schema_type(Type::Object).into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_document_is_openapi_3_1_and_lists_the_routes() {
+        let doc: serde_json::Value = serde_json::from_str(document_json()).expect("JSON");
+        std::fs::write("/tmp/openapi-dump.json", document_json()).ok();
+        assert_eq!(doc["openapi"], "3.1.0");
+        for path in ["events", "events/batch", "health", "ready", "docs", "redoc"] {
+            assert!(
+                doc["paths"][format!("/v1/auditmanager/{path}")].is_object(),
+                "{path} documented"
+            );
+        }
+    }
+}
