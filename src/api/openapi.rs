@@ -190,7 +190,8 @@ impl ToSchema for ErrorCode {
 // The envelope and the payloads
 // ---------------------------------------------------------------------------------------------
 
-/// The response envelope every endpoint answers with (except `/metrics`, `/docs`, `/redoc`).
+/// The envelope of a successful response (every endpoint except `/metrics`, `/docs`, `/redoc`
+/// answers with it); `errors` is empty, or lists the roles that are down on `/health`.
 #[derive(Serialize, ToSchema)]
 pub struct Envelope<T> {
     /// The service id (`service_id` of the reference's configuration).
@@ -202,8 +203,8 @@ pub struct Envelope<T> {
     /// When the response was made: RFC 3339, milliseconds, `Z`.
     #[schema(example = "2026-11-22T19:23:11.123Z")]
     pub responsetime: String,
-    /// The payload; `null` when the request failed.
-    pub response: Option<T>,
+    /// The payload.
+    pub response: T,
     /// Empty on success; one item per problem otherwise.
     pub errors: Vec<ErrorItem>,
 }
@@ -502,6 +503,29 @@ impl Modify for ReadyPath {
             vec![HttpMethod::Get],
             operation,
         );
+    }
+}
+
+/// `GET /config`: the effective configuration, every key with its value, secrets redacted.
+pub struct EffectiveConfig;
+
+impl PartialSchema for EffectiveConfig {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .description(Some(
+                "Sections as in the configuration file (`http`, `ingest`, `spool`, `kafka`, \
+                 `sink`, `database`, …) plus the reference service's keys (`service_id`, \
+                 `api_version`, …) with their effective values; passwords and credentials in \
+                 URLs are redacted.",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for EffectiveConfig {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("EffectiveConfig")
     }
 }
 

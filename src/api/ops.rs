@@ -81,7 +81,7 @@ pub async fn version() -> Response {
     description = "Every key with its effective value, the reference service's keys included; \
                    passwords and credentials in URLs are redacted.",
     responses((status = 200, description = "The effective configuration",
-               body = super::openapi::Envelope<Object>)),
+               body = super::openapi::Envelope<super::openapi::EffectiveConfig>)),
 )]
 pub async fn config(State(state): State<AppState>) -> Response {
     respond(StatusCode::OK, Some(&state.config.redacted_json()), &[])
