@@ -80,6 +80,8 @@ pub fn document_json() -> &'static str {
     get,
     path = "/v1/auditmanager/openapi.json",
     tag = "documentation",
+    operation_id = "openapi",
+    summary = "This OpenAPI 3.1 document",
     responses((status = 200, description = "The OpenAPI 3.1 document of this API",
                content_type = "application/json", body = Object)),
 )]
