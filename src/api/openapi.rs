@@ -306,14 +306,18 @@ fn event_time_schema() -> Schema {
                 .pattern(Some(TIME_PATTERN))
                 .description(Some(
                     "RFC 3339 (`2026-04-22T14:00:00Z`, `…+05:30`); `compatible` also accepts no \
-                     offset (UTC), a space instead of `T` and a date alone (midnight UTC), and \
-                     writes them back as RFC 3339 `Z`",
+                     offset (UTC), a space instead of `T`, no seconds, a date alone (midnight \
+                     UTC) and Unix seconds as a numeric string, and writes them back as RFC \
+                     3339 `Z`",
                 )),
         )
         .item(
             ObjectBuilder::new()
                 .schema_type(Type::Number)
-                .description(Some("Unix seconds (`compatible` only)")),
+                .description(Some(
+                    "Unix seconds (`compatible` only; read as milliseconds beyond 2·10¹⁰, as \
+                     the reference does)",
+                )),
         )
         .item(
             ObjectBuilder::new()
@@ -327,9 +331,12 @@ fn event_time_schema() -> Schema {
         .into()
 }
 
-/// Dates and times `compatible` validation accepts as strings.
-pub const TIME_PATTERN: &str =
-    r"^\d{4}-\d{2}-\d{2}([Tt ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?([Zz]|[+-]\d{2}:?\d{2})?)?$";
+/// Dates and times `compatible` validation accepts as strings: what the reference service's
+/// model reads as a datetime (a date, then `T`, `t`, a space or `_` and `HH:MM[:SS[.frac]]`,
+/// then `Z`, `±HH:MM`, `±HHMM`, `±HH` or nothing; a date alone; Unix seconds as a numeric
+/// string). The minus sign may be U+2212, as Python prints it in some locales.
+pub const TIME_PATTERN: &str = "^(\\d{4}-\\d{2}-\\d{2}([Tt _]\\d{2}:\\d{2}(:\\d{2}(\\.\\d+)?)?\
+     ([Zz]|[+\\-\u{2212}]\\d{2}(:?\\d{2})?)?)?|[+\\-]?\\d+(\\.\\d+)?)$";
 
 /// The CloudEvents version: `"1.0"`.
 #[derive(Serialize, ToSchema)]
@@ -542,7 +549,40 @@ impl PartialSchema for FreeForm {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
+
+    #[test]
+    fn the_time_schema_takes_the_forms_compatible_mode_reads() {
+        let schema = serde_json::to_value(event_time_schema()).expect("schema");
+        let v = jsonschema::draft202012::new(&schema).expect("valid JSON Schema");
+        for ok in [
+            json!("2026-04-22T14:00:00Z"),
+            json!("2026-04-22T14:00:00.123456+05:30"),
+            json!("2026-04-22T14:00:00"),
+            json!("2026-04-22 14:00:00Z"),
+            json!("2026-04-22_14:00"),
+            json!("2026-04-22T14:00:00\u{2212}0300"),
+            json!("2026-04-22"),
+            json!("1776866400"),
+            json!(1776866400),
+            json!(1776866400.5),
+            json!(null),
+        ] {
+            assert!(v.is_valid(&ok), "{ok} accepted");
+        }
+        for bad in [
+            json!("yesterday"),
+            json!("22/04/2026"),
+            json!("2026-04-22T14"),
+            json!("2026-04-22T14:00:00Zulu"),
+            json!(true),
+            json!({"t": 1}),
+        ] {
+            assert!(!v.is_valid(&bad), "{bad} refused");
+        }
+    }
 
     #[test]
     fn the_document_is_openapi_3_1_and_lists_the_routes() {
