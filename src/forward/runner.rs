@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::client::{Outcome, Producer, error_kind, is_permanent};
+use super::client::{Outcome, Producer, describe_outage, error_kind, is_permanent};
 use super::{ForwardError, ForwardSettings, ForwardState};
 use crate::spool::{Spool, SpoolError, Stored, now_ms};
 
@@ -254,6 +254,10 @@ impl Runner {
                         count_error(&e);
                         let fatal = self.producer.fatal_error();
                         let reason = format!("cannot hand events to the Kafka producer: {e}");
+                        let reason = match super::client::outage_hint(&e) {
+                            Some(hint) => format!("{reason} ({hint})"),
+                            None => reason,
+                        };
                         let backoff = self.backoff(l);
                         self.fail(l, reason, fatal.is_some(), backoff);
                         return Fill::Failed;
@@ -299,12 +303,7 @@ impl Runner {
                 }
                 let fatal = self.producer.fatal_error();
                 let backoff = self.backoff(l);
-                self.fail(
-                    l,
-                    format!("Kafka delivery failed: {e}"),
-                    fatal.is_some(),
-                    backoff,
-                );
+                self.fail(l, describe_outage(&e), fatal.is_some(), backoff);
             }
         }
     }
