@@ -73,6 +73,8 @@ async fn sink_whose_role_lost_insert_stalls_loudly_and_stores_everything_after_t
             .await;
     }
     let reason = eventually(WAIT, "/health 503 naming the privilege problem", || async {
+        let dead = kafka.dlq_high_watermark();
+        assert_eq!(dead, 0, "events dead-lettered because the role lacks INSERT");
         let (status, body) = app.get("/health").await;
         privilege_problem(status, &body, &role.name)
     })
@@ -112,6 +114,58 @@ async fn sink_whose_role_lost_insert_stalls_loudly_and_stores_everything_after_t
     );
     eventually(WAIT, "health to recover", || async {
         (app.get("/health").await.0 == 200).then_some(())
+    })
+    .await;
+    assert_eq!(kafka.dlq_high_watermark(), 0, "nothing dead-lettered");
+    app.stop().await;
+    pool.close().await;
+}
+
+/// The bisection guard: a column added as NOT NULL (no default) makes every row fail with a data
+/// error (23502). That is the table's doing: the sink stalls with `/health` DOWN naming it, and
+/// stores everything once the column gets a default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_not_null_column_stalls_the_sink_instead_of_dead_lettering_every_row() {
+    let kafka = TestKafka::new(1);
+    let db = TestDb::new().await;
+    let config = sink_config(&kafka, &db.url, &[Role::Sink]);
+    let mut app = TestApp::start_with(move |c| *c = config, StartOptions::default()).await;
+    let p = kafka.producer();
+    let pool = db.pool().await;
+    let at = "2026-11-05T00:00:00Z";
+    let first = event_at("before-alter", at).to_string();
+    kafka.produce(&p, TOPIC, "k", first.as_bytes()).await;
+    eventually(WAIT, "the first event stored", || async {
+        (count_rows(&pool).await == 1).then_some(())
+    })
+    .await;
+    for stmt in [
+        "ALTER TABLE audit_events ADD COLUMN tenant text NOT NULL DEFAULT 'old'",
+        "ALTER TABLE audit_events ALTER COLUMN tenant DROP DEFAULT",
+    ] {
+        sqlx::query(stmt).execute(&pool).await.expect(stmt);
+    }
+    const N: usize = 30;
+    for i in 0..N {
+        let e = event_at(&format!("n-{i}"), at).to_string();
+        kafka
+            .produce(&p, TOPIC, &format!("k{}", i % 5), e.as_bytes())
+            .await;
+    }
+    eventually(WAIT, "/health DOWN naming the NOT NULL column", || async {
+        assert_eq!(kafka.dlq_high_watermark(), 0, "rows dead-lettered");
+        let sink = app.role_health("sink").await;
+        let reason = sink["reason"].as_str().unwrap_or_default();
+        (sink["status"] == "DOWN" && reason.contains("23502") && reason.contains("tenant"))
+            .then_some(())
+    })
+    .await;
+    sqlx::query("ALTER TABLE audit_events ALTER COLUMN tenant SET DEFAULT 'new'")
+        .execute(&pool)
+        .await
+        .expect("set default");
+    eventually(WAIT, "every event stored after the fix", || async {
+        (count_rows(&pool).await == N as i64 + 1).then_some(())
     })
     .await;
     assert_eq!(kafka.dlq_high_watermark(), 0, "nothing dead-lettered");
