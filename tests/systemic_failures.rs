@@ -74,7 +74,10 @@ async fn sink_whose_role_lost_insert_stalls_loudly_and_stores_everything_after_t
     }
     let reason = eventually(WAIT, "/health 503 naming the privilege problem", || async {
         let dead = kafka.dlq_high_watermark();
-        assert_eq!(dead, 0, "events dead-lettered because the role lacks INSERT");
+        assert_eq!(
+            dead, 0,
+            "events dead-lettered because the role lacks INSERT"
+        );
         let (status, body) = app.get("/health").await;
         privilege_problem(status, &body, &role.name)
     })

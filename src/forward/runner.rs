@@ -3,11 +3,15 @@
 //! ```text
 //!   cursor ──read_from──▶ producer.send ──(librdkafka)──▶ Outcome
 //!                                                         ├─ ok        → delivered → spool.ack (batched)
-//!                                                         ├─ permanent → spool.quarantine(reason)
-//!                                                         └─ retriable → stop sending, purge queue,
+//!                                                         ├─ record    → spool.quarantine(reason)
+//!                                                         └─ outage    → stop sending, purge queue,
 //!                                                             wait for every report, back off,
 //!                                                             cursor := 0 (oldest live record)
 //! ```
+//!
+//! `record` and `outage` are [`super::client::classify`]'s verdicts: only a fault of the record
+//! itself (too large, invalid) quarantines it; a refusal that would hit every record (ACLs,
+//! authentication, a missing topic, a broker policy) is an outage, shown on `/health`.
 //!
 //! Rewinding to the oldest live record instead of tracking individual failures keeps the
 //! bookkeeping trivially correct: whatever is still in the spool is exactly what has not been
@@ -295,7 +299,7 @@ impl Runner {
                 count_error(&e);
                 if l.failing.is_none() {
                     tracing::warn!(
-                        error = %e,
+                        reason = %describe_outage(&e),
                         in_flight = l.in_flight_events,
                         "Kafka delivery failed; the event stays in the spool and is sent again \
                          after the outstanding reports are in"
