@@ -81,9 +81,7 @@ impl StoreError {
             text.push_str(&format!(" [SQLSTATE {code}]"));
         }
         let consequence = match self.class() {
-            ErrorClass::Systemic => {
-                "; nothing is stored and nothing is skipped: the sink retries until this is fixed"
-            }
+            ErrorClass::Systemic => "; nothing is skipped: retried until this is fixed",
             ErrorClass::Transient | ErrorClass::RecordSpecific => "",
         };
         text.push_str(consequence);
@@ -120,10 +118,7 @@ fn hint(e: &sqlx::Error, class: ErrorClass, role: &str) -> Option<String> {
             match code.as_str() {
                 "28000" | "28P01" => "check the user and password in database.url".to_string(),
                 "3D000" => "the database does not exist and this role may not create it".into(),
-                "42501" => format!(
-                    "the database role {role} lacks a privilege; as the table owner run: \
-                     GRANT SELECT, INSERT ON audit_events TO {role}"
-                ),
+                "42501" => privilege_hint(e, role),
                 "42P01" => "the table audit_events is missing or not on the search_path: \
                             restart audit-manager to create it, or check database.url"
                     .to_string(),
@@ -160,6 +155,30 @@ fn hint(e: &sqlx::Error, class: ErrorClass, role: &str) -> Option<String> {
         _ => return None,
     };
     Some(text)
+}
+
+/// What to grant for an "insufficient privilege" error, from what PostgreSQL says was refused.
+fn privilege_hint(e: &sqlx::Error, role: &str) -> String {
+    let message = match e {
+        sqlx::Error::Database(db) => db.message(),
+        _ => "",
+    };
+    if message.contains("must be owner") {
+        format!(
+            "creating and dropping partitions needs the owner of audit_events: run maintain as \
+             that role, or ALTER TABLE audit_events OWNER TO {role}"
+        )
+    } else if message.contains("for schema") {
+        format!(
+            "the database role {role} may not use or create in the schema; as its owner run: \
+             GRANT USAGE, CREATE ON SCHEMA public TO {role}"
+        )
+    } else {
+        format!(
+            "the database role {role} lacks a privilege; as the table owner run: \
+             GRANT SELECT, INSERT ON audit_events TO {role}"
+        )
+    }
 }
 
 /// What `e` says about the database (see the module documentation).
@@ -220,6 +239,7 @@ pub(crate) mod tests {
     struct FakeDbError {
         code: &'static str,
         constraint: Option<&'static str>,
+        message: &'static str,
     }
     impl fmt::Display for FakeDbError {
         fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -229,7 +249,7 @@ pub(crate) mod tests {
     impl std::error::Error for FakeDbError {}
     impl sqlx::error::DatabaseError for FakeDbError {
         fn message(&self) -> &str {
-            "fake"
+            self.message
         }
         fn code(&self) -> Option<Cow<'_, str>> {
             Some(Cow::Borrowed(self.code))
@@ -256,6 +276,7 @@ pub(crate) mod tests {
         sqlx::Error::Database(Box::new(FakeDbError {
             code,
             constraint: None,
+            message: "fake",
         }))
     }
 
@@ -267,6 +288,7 @@ pub(crate) mod tests {
         sqlx::Error::Database(Box::new(FakeDbError {
             code,
             constraint: Some(constraint),
+            message: "fake",
         }))
     }
 
@@ -383,5 +405,23 @@ pub(crate) mod tests {
             "{text}"
         );
         assert!(text.contains("nothing is skipped"), "{text}");
+    }
+
+    #[test]
+    fn ownership_and_schema_privileges_get_their_own_remedy() {
+        let owner = sqlx::Error::Database(Box::new(FakeDbError {
+            code: "42501",
+            constraint: None,
+            message: "must be owner of table audit_events",
+        }));
+        let text = StoreError::new("creating partition", owner).report(Some("w"));
+        assert!(text.contains("OWNER TO w"), "{text}");
+        let schema = sqlx::Error::Database(Box::new(FakeDbError {
+            code: "42501",
+            constraint: None,
+            message: "permission denied for schema public",
+        }));
+        let text = StoreError::new("applying the schema", schema).report(Some("w"));
+        assert!(text.contains("ON SCHEMA public TO w"), "{text}");
     }
 }
