@@ -1,8 +1,11 @@
 //! The forward role: spool → Kafka, deleting a record from the spool only after the broker
 //! acknowledged it.
 //!
-//! - `config.rs`: loop tuning and the librdkafka producer properties (safe ones forced);
-//! - `client.rs`: the producer, delivery reports, [`is_permanent`], topic creation;
+//! - `config.rs`: loop tuning and the librdkafka producer properties; [`producer_client`]
+//!   builds every producer of the service (forwarder, dead letters, replay) with the safe
+//!   properties forced;
+//! - `client.rs`: the producer, delivery reports, [`classify`] (one record's fault or an
+//!   outage?), topic creation;
 //! - `runner.rs`: the loop.
 //!
 //! # Invariants
@@ -37,8 +40,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-pub use client::{CONTENT_TYPE, ensure_topics, error_kind, is_permanent, is_permanent_code};
-pub use config::{ForwardSettings, producer_config, producer_properties};
+pub use client::{
+    CONTENT_TYPE, DeliveryClass, classify, classify_code, describe_outage, ensure_topics,
+    error_kind, is_permanent, is_permanent_code, outage_hint,
+};
+pub use config::{ForwardSettings, producer_client, producer_config, producer_properties};
 
 use crate::config::Config;
 use crate::health::{Check, RoleReport, Status};

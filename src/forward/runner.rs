@@ -3,11 +3,15 @@
 //! ```text
 //!   cursor ──read_from──▶ producer.send ──(librdkafka)──▶ Outcome
 //!                                                         ├─ ok        → delivered → spool.ack (batched)
-//!                                                         ├─ permanent → spool.quarantine(reason)
-//!                                                         └─ retriable → stop sending, purge queue,
+//!                                                         ├─ record    → spool.quarantine(reason)
+//!                                                         └─ outage    → stop sending, purge queue,
 //!                                                             wait for every report, back off,
 //!                                                             cursor := 0 (oldest live record)
 //! ```
+//!
+//! `record` and `outage` are [`super::client::classify`]'s verdicts: only a fault of the record
+//! itself (too large, invalid) quarantines it; a refusal that would hit every record (ACLs,
+//! authentication, a missing topic, a broker policy) is an outage, shown on `/health`.
 //!
 //! Rewinding to the oldest live record instead of tracking individual failures keeps the
 //! bookkeeping trivially correct: whatever is still in the spool is exactly what has not been
@@ -24,7 +28,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::client::{Outcome, Producer, error_kind, is_permanent};
+use super::client::{Outcome, Producer, describe_outage, error_kind, is_permanent};
 use super::{ForwardError, ForwardSettings, ForwardState};
 use crate::spool::{Spool, SpoolError, Stored, now_ms};
 
@@ -254,6 +258,10 @@ impl Runner {
                         count_error(&e);
                         let fatal = self.producer.fatal_error();
                         let reason = format!("cannot hand events to the Kafka producer: {e}");
+                        let reason = match super::client::outage_hint(&e) {
+                            Some(hint) => format!("{reason} ({hint})"),
+                            None => reason,
+                        };
                         let backoff = self.backoff(l);
                         self.fail(l, reason, fatal.is_some(), backoff);
                         return Fill::Failed;
@@ -291,7 +299,7 @@ impl Runner {
                 count_error(&e);
                 if l.failing.is_none() {
                     tracing::warn!(
-                        error = %e,
+                        reason = %describe_outage(&e),
                         in_flight = l.in_flight_events,
                         "Kafka delivery failed; the event stays in the spool and is sent again \
                          after the outstanding reports are in"
@@ -299,12 +307,7 @@ impl Runner {
                 }
                 let fatal = self.producer.fatal_error();
                 let backoff = self.backoff(l);
-                self.fail(
-                    l,
-                    format!("Kafka delivery failed: {e}"),
-                    fatal.is_some(),
-                    backoff,
-                );
+                self.fail(l, describe_outage(&e), fatal.is_some(), backoff);
             }
         }
     }

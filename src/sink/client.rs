@@ -58,17 +58,12 @@ pub fn consumer_config(kafka: &KafkaConfig, group: &str) -> ClientConfig {
     c
 }
 
-/// The dead-letter producer configuration: idempotent, acknowledged by all replicas.
-pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &kafka.bootstrap_servers)
-        .set("client.id", &kafka.client_id)
-        .set("enable.idempotence", "true")
-        .set("acks", "all");
-    for (k, v) in &kafka.producer {
-        c.set(k, v);
-    }
-    c
+/// The configuration of the sink's producers (`role`: "dead-letter", "dlq replay"): the
+/// operator's `kafka.producer`, with `enable.idempotence=true` and `acks=all` forced as for every
+/// producer of the service ([`crate::forward::producer_client`]). A dead letter's source offset
+/// is committed on its acknowledgement, so it must be on every in-sync replica by then.
+pub fn producer_config(kafka: &KafkaConfig, role: &str) -> ClientConfig {
+    crate::forward::producer_client(role, kafka, Default::default())
 }
 
 /// Records partitions revoked by rebalances, so the loop can drop their uncommitted records:

@@ -130,7 +130,7 @@ pub async fn replay(
     let consumer: BaseConsumer = super::client::consumer_config(kafka, &group)
         .set("statistics.interval.ms", "0")
         .create()?;
-    let producer: FutureProducer = super::client::producer_config(kafka).create()?;
+    let producer: FutureProducer = super::client::producer_config(kafka, "dlq replay").create()?;
     let timeout = Duration::from_secs(10);
     let metadata = consumer.fetch_metadata(Some(&kafka.dlq_topic), timeout)?;
     let partitions: Vec<i32> = metadata

@@ -41,13 +41,12 @@ pub fn build(config: &Config, store: Store) -> Result<SinkLoop, SinkError> {
                 what: "consumer",
                 source,
             })?;
-    let producer: FutureProducer =
-        client::producer_config(&config.kafka)
-            .create()
-            .map_err(|source| SinkError::Client {
-                what: "dead-letter producer",
-                source,
-            })?;
+    let producer: FutureProducer = client::producer_config(&config.kafka, "dead-letter")
+        .create()
+        .map_err(|source| SinkError::Client {
+            what: "dead-letter producer",
+            source,
+        })?;
     Ok(SinkLoop {
         consumer: Arc::new(consumer),
         dead_letters: dlq::DeadLetters::new(producer, config.kafka.dlq_topic.clone()),

@@ -1,11 +1,35 @@
 //! Errors of the PostgreSQL client and the retry policy for them.
 //!
 //! Policy: every database call is wrapped in a [`StoreError`] naming what was being done and
-//! what the operator can do about it. Whether to retry is decided by [`is_retriable`] alone:
-//! when in doubt it says *retry*, because the sink must never skip records — a wrong "retry"
-//! costs a stall that shows up in `/health`, a wrong "give up" sends good events to the DLQ.
+//! what the operator can do about it. What happens next is decided by [`classify`] alone, which
+//! asks first what an error says about the *system* ("would every row fail the same way?") and
+//! only then whether one row is bad:
+//!
+//! - [`ErrorClass::Transient`]: the connection or the server is in trouble for a while
+//!   (connection lost, server restarting, deadlock, a partition not there yet). Retried; any
+//!   later success, even a health ping, shows the database is back.
+//! - [`ErrorClass::Systemic`]: the database refuses every row until an operator acts (a revoked
+//!   privilege, a changed or missing table or column, authentication, a full disk, bad
+//!   `database.url`). Retried with backoff, nothing is skipped, and `/health` reports the sink and
+//!   maintain DOWN until the same kind of operation succeeds again.
+//! - [`ErrorClass::RecordSpecific`]: this row's data can never be stored (a data exception, a
+//!   NOT NULL or CHECK violation). Only these go to the dead-letter topic.
+//!
+//! When in doubt the answer is *systemic*: a wrong "retry" costs a stall that shows up in
+//! `/health`, a wrong "record-specific" sends good events to the DLQ.
 
 use std::fmt;
+
+/// What an error says about the database, and so what the caller does about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Passing trouble (connection, restart, lock): retry.
+    Transient,
+    /// The database refuses every row until an operator acts: retry, report DOWN.
+    Systemic,
+    /// Only this row's data is at fault: dead-letter it.
+    RecordSpecific,
+}
 
 /// A failed database operation.
 #[derive(Debug, thiserror::Error)]
@@ -14,6 +38,8 @@ pub struct StoreError {
     pub what: String,
     #[source]
     pub source: sqlx::Error,
+    /// Set when the caller learnt more than the error itself says (see [`StoreError::systemic`]).
+    class: Option<ErrorClass>,
 }
 
 impl StoreError {
@@ -21,26 +47,54 @@ impl StoreError {
         StoreError {
             what: what.into(),
             source,
+            class: None,
         }
     }
 
+    /// The same error, known to be systemic although its SQLSTATE alone names a data error:
+    /// e.g. every row of a batch and a probe row failed with it, so the table refuses any row.
+    pub fn systemic(mut self, what: impl Into<String>) -> StoreError {
+        self.what = what.into();
+        self.class = Some(ErrorClass::Systemic);
+        self
+    }
+
+    pub fn class(&self) -> ErrorClass {
+        self.class.unwrap_or_else(|| classify(&self.source))
+    }
+
+    /// Whether the operation may be retried (anything but a verdict on one row's data).
     pub fn is_retriable(&self) -> bool {
-        is_retriable(&self.source)
+        self.class() != ErrorClass::RecordSpecific
     }
 
     /// SQLSTATE of a database error.
     pub fn code(&self) -> Option<String> {
         sqlstate(&self.source)
     }
+
+    /// The message for `/health` and the logs, with the hint naming `role` (the user of
+    /// `database.url`) where a statement for the operator needs it.
+    pub fn report(&self, role: Option<&str>) -> String {
+        let mut text = format!("PostgreSQL error while {}: {}", self.what, self.source);
+        if let Some(code) = self.code() {
+            text.push_str(&format!(" [SQLSTATE {code}]"));
+        }
+        let consequence = match self.class() {
+            ErrorClass::Systemic => "; nothing is skipped: retried until this is fixed",
+            ErrorClass::Transient | ErrorClass::RecordSpecific => "",
+        };
+        text.push_str(consequence);
+        if let Some(hint) = hint(&self.source, self.class(), role.unwrap_or("<role>")) {
+            text.push_str(&format!(" ({hint})"));
+        }
+        text
+    }
 }
 
 impl fmt::Display for StoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "PostgreSQL error while {}: {}", self.what, self.source)?;
-        if let Some(hint) = hint(&self.source) {
-            write!(f, " ({hint})")?;
-        }
-        Ok(())
+        f.write_str(&self.report(None))
     }
 }
 
@@ -51,71 +105,157 @@ fn sqlstate(e: &sqlx::Error) -> Option<String> {
     }
 }
 
-/// What the operator should check, for the errors that have a clear remedy.
-fn hint(e: &sqlx::Error) -> Option<&'static str> {
-    match e {
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut => Some(
-            "is PostgreSQL running and reachable at database.url? the sink retries until it is",
-        ),
-        sqlx::Error::Configuration(_) => Some("check database.url (or DATABASE_URL / DB_*)"),
-        sqlx::Error::Database(_) => match sqlstate(e).as_deref() {
-            Some("28000" | "28P01") => Some("check the user and password in database.url"),
-            Some("3D000") => Some("the database does not exist and this role may not create it"),
-            Some("42501") => Some("the database role lacks a privilege on audit_events"),
-            Some("53100") => Some("the database server is out of disk space"),
-            _ => None,
-        },
-        _ => None,
+/// What the operator should check or run, for the errors that have a clear remedy.
+fn hint(e: &sqlx::Error, class: ErrorClass, role: &str) -> Option<String> {
+    let text = match e {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut => {
+            "is PostgreSQL running and reachable at database.url? the sink retries until it is"
+                .to_string()
+        }
+        sqlx::Error::Configuration(_) => "check database.url (or DATABASE_URL / DB_*)".to_string(),
+        sqlx::Error::Database(_) => {
+            let code = sqlstate(e).unwrap_or_default();
+            match code.as_str() {
+                "28000" | "28P01" => "check the user and password in database.url".to_string(),
+                "3D000" => "the database does not exist and this role may not create it".into(),
+                "42501" => privilege_hint(e, role),
+                "42P01" => "the table audit_events is missing or not on the search_path: \
+                            restart audit-manager to create it, or check database.url"
+                    .to_string(),
+                "42703" | "42804" | "42P10" | "42883" => {
+                    "audit_events no longer has the columns and types audit-manager writes; \
+                     restore the documented schema"
+                        .to_string()
+                }
+                "3F000" => "the schema of audit_events does not exist; check the search_path \
+                            of the database role"
+                    .to_string(),
+                "53100" => "the database server is out of disk space".to_string(),
+                "53300" => "the server has no free connection slots; raise max_connections or \
+                            reduce the clients"
+                    .to_string(),
+                _ if class == ErrorClass::Systemic && code.starts_with("42") => {
+                    "audit_events does not match the schema audit-manager expects, or the role \
+                     lacks a privilege"
+                        .to_string()
+                }
+                _ if code.starts_with("57") => {
+                    "an operator or the server stopped the statement; it is retried".to_string()
+                }
+                _ if class == ErrorClass::Systemic
+                    && (code.starts_with("22") || code.starts_with("23")) =>
+                {
+                    "every row fails this way, so the table itself rejects rows: check its \
+                     columns, constraints and triggers against the documented schema"
+                        .to_string()
+                }
+                _ => return None,
+            }
+        }
+        _ => return None,
+    };
+    Some(text)
+}
+
+/// What to grant for an "insufficient privilege" error, from what PostgreSQL says was refused.
+fn privilege_hint(e: &sqlx::Error, role: &str) -> String {
+    let message = match e {
+        sqlx::Error::Database(db) => db.message(),
+        _ => "",
+    };
+    if message.contains("must be owner") {
+        format!(
+            "creating and dropping partitions needs the owner of audit_events: run maintain as \
+             that role, or ALTER TABLE audit_events OWNER TO {role}"
+        )
+    } else if message.contains("for schema") {
+        format!(
+            "the database role {role} may not use or create in the schema; as its owner run: \
+             GRANT USAGE, CREATE ON SCHEMA public TO {role}"
+        )
+    } else {
+        format!(
+            "the database role {role} lacks a privilege; as the table owner run: \
+             GRANT SELECT, INSERT ON audit_events TO {role}"
+        )
     }
 }
 
-/// Whether the same statement may succeed later (connection loss, server restart, lock or
-/// resource trouble), as opposed to failing the same way forever because of the data.
+/// What `e` says about the database (see the module documentation).
 ///
-/// Permanent: data exceptions (class 22), integrity violations (23) other than "no partition
-/// for row" (23514, fixed by creating the partition), and syntax/definition errors (42) other
-/// than undefined table (42P01: a partition dropped under us; recreated on retry). Everything
-/// else, including errors that are not from the server, is retriable.
-pub fn is_retriable(e: &sqlx::Error) -> bool {
+/// Record-specific, and only these: data exceptions (class 22: a value PostgreSQL cannot take,
+/// e.g. an untranslatable character), NOT NULL (23502), CHECK (23514 naming a constraint),
+/// foreign key (23503), unique (23505, a unique index beyond the key) and exclusion (23P01)
+/// violations, and an index row too large for one row (54000).
+///
+/// Transient: connection exceptions (08), transaction rollbacks (40: serialization, deadlock),
+/// "no partition for row" (23514 without a constraint: created on retry), a lock not available
+/// (55P03, 55006), operator intervention (57: cancel, admin or crash shutdown, server starting),
+/// and client-side connection trouble (I/O, TLS, protocol, pool timeout).
+///
+/// Everything else is systemic, notably insufficient privilege (42501), undefined table, column
+/// or function (42P01, 42703, 42883) and every other class-42 error (our statements are fixed,
+/// so a syntax or definition error means the table changed), a missing schema (3F000) or
+/// database (3D000), authentication (28), resources (53: disk full, out of memory, too many
+/// connections), system errors (58, XX), triggers raising errors (P0), configuration errors and
+/// results the code cannot decode.
+pub fn classify(e: &sqlx::Error) -> ErrorClass {
+    use ErrorClass::*;
     match e {
-        sqlx::Error::Database(_) => {
-            let code = sqlstate(e).unwrap_or_default();
-            match code.get(..2) {
-                Some("22") => false,
-                Some("23") => code == "23514",
-                Some("42") => code == "42P01",
-                _ => true,
+        sqlx::Error::Database(db) => {
+            let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
+            match (code.get(..2).unwrap_or(""), code.as_str()) {
+                ("22", _) => RecordSpecific,
+                // "no partition of relation … found for row" names no constraint.
+                (_, "23514") if db.constraint().is_none() => Transient,
+                (_, "23502" | "23503" | "23505" | "23514" | "23P01") => RecordSpecific,
+                (_, "54000") => RecordSpecific,
+                ("08" | "40" | "57", _) | (_, "55P03" | "55006") => Transient,
+                _ => Systemic,
             }
         }
-        sqlx::Error::ColumnDecode { .. }
-        | sqlx::Error::Decode(_)
-        | sqlx::Error::Encode(_)
-        | sqlx::Error::TypeNotFound { .. }
-        | sqlx::Error::ColumnNotFound(_)
-        | sqlx::Error::ColumnIndexOutOfBounds { .. } => false,
-        _ => true,
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => Transient,
+        _ => Systemic,
     }
+}
+
+/// Whether the same statement may succeed later: anything but a verdict on one row's data
+/// (see [`classify`]).
+pub fn is_retriable(e: &sqlx::Error) -> bool {
+    classify(e) != ErrorClass::RecordSpecific
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::borrow::Cow;
 
     #[derive(Debug)]
-    struct FakeDbError(&'static str);
+    struct FakeDbError {
+        code: &'static str,
+        constraint: Option<&'static str>,
+        message: &'static str,
+    }
     impl fmt::Display for FakeDbError {
         fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            write!(f, "fake {}", self.0)
+            write!(f, "fake {}", self.code)
         }
     }
     impl std::error::Error for FakeDbError {}
     impl sqlx::error::DatabaseError for FakeDbError {
         fn message(&self) -> &str {
-            "fake"
+            self.message
         }
         fn code(&self) -> Option<Cow<'_, str>> {
-            Some(Cow::Borrowed(self.0))
+            Some(Cow::Borrowed(self.code))
+        }
+        fn constraint(&self) -> Option<&str> {
+            self.constraint
         }
         fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
             self
@@ -131,33 +271,120 @@ mod tests {
         }
     }
 
+    /// A database error with SQLSTATE `code` (for tests elsewhere in the crate too).
+    pub(crate) fn db_error(code: &'static str) -> sqlx::Error {
+        sqlx::Error::Database(Box::new(FakeDbError {
+            code,
+            constraint: None,
+            message: "fake",
+        }))
+    }
+
     fn db(code: &'static str) -> sqlx::Error {
-        sqlx::Error::Database(Box::new(FakeDbError(code)))
+        db_error(code)
+    }
+
+    fn db_constraint(code: &'static str, constraint: &'static str) -> sqlx::Error {
+        sqlx::Error::Database(Box::new(FakeDbError {
+            code,
+            constraint: Some(constraint),
+            message: "fake",
+        }))
     }
 
     #[test]
-    fn connection_trouble_is_retried() {
+    fn connection_trouble_is_transient() {
         let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
-        assert!(is_retriable(&sqlx::Error::Io(io)));
-        assert!(is_retriable(&sqlx::Error::PoolTimedOut));
-        assert!(is_retriable(&db("57P01")), "admin shutdown");
-        assert!(is_retriable(&db("08006")), "connection failure");
-        assert!(is_retriable(&db("40P01")), "deadlock");
-        assert!(is_retriable(&db("53100")), "disk full");
+        assert_eq!(classify(&sqlx::Error::Io(io)), ErrorClass::Transient);
+        assert_eq!(classify(&sqlx::Error::PoolTimedOut), ErrorClass::Transient);
+        for (code, what) in [
+            ("57P01", "admin shutdown"),
+            ("57P03", "cannot connect now"),
+            ("57014", "query canceled"),
+            ("08006", "connection failure"),
+            ("40P01", "deadlock"),
+            ("40001", "serialization failure"),
+            ("55P03", "lock not available"),
+        ] {
+            assert_eq!(classify(&db(code)), ErrorClass::Transient, "{code} {what}");
+        }
     }
 
     #[test]
-    fn missing_partition_or_table_is_retried() {
-        assert!(is_retriable(&db("23514")));
-        assert!(is_retriable(&db("42P01")));
+    fn missing_partition_is_transient_but_a_check_constraint_is_the_row() {
+        assert_eq!(classify(&db("23514")), ErrorClass::Transient);
+        assert_eq!(
+            classify(&db_constraint("23514", "audit_events_outcome_check")),
+            ErrorClass::RecordSpecific
+        );
+    }
+
+    /// The regression this policy exists for: a revoked privilege or a changed table used to be
+    /// "permanent", so the sink dead-lettered the whole stream.
+    #[test]
+    fn privilege_schema_auth_and_resources_are_systemic() {
+        for (code, what) in [
+            ("42501", "insufficient privilege"),
+            ("42703", "undefined column"),
+            ("42P01", "undefined table"),
+            ("42883", "undefined function"),
+            ("42804", "datatype mismatch"),
+            ("42601", "syntax error"),
+            ("3F000", "invalid schema name"),
+            ("3D000", "invalid catalog name"),
+            ("28000", "invalid authorization"),
+            ("28P01", "invalid password"),
+            ("53100", "disk full"),
+            ("53200", "out of memory"),
+            ("53300", "too many connections"),
+            ("58030", "io error"),
+            ("XX000", "internal error"),
+            ("P0001", "raised by a trigger"),
+            ("25006", "read-only transaction"),
+            ("0A000", "feature not supported"),
+        ] {
+            assert_eq!(classify(&db(code)), ErrorClass::Systemic, "{code} {what}");
+            assert!(is_retriable(&db(code)), "{code} {what}");
+        }
+        let config = sqlx::Error::Configuration("bad url".into());
+        assert_eq!(classify(&config), ErrorClass::Systemic);
+        assert_eq!(
+            classify(&sqlx::Error::ColumnNotFound("x".into())),
+            ErrorClass::Systemic
+        );
     }
 
     #[test]
-    fn bad_data_is_permanent() {
-        assert!(!is_retriable(&db("22P05")), "untranslatable character");
-        assert!(!is_retriable(&db("22021")), "invalid byte sequence");
-        assert!(!is_retriable(&db("23502")), "not null violation");
-        assert!(!is_retriable(&db("42804")), "datatype mismatch");
+    fn bad_data_is_record_specific() {
+        for (code, what) in [
+            ("22P05", "untranslatable character"),
+            ("22021", "invalid byte sequence"),
+            ("22008", "datetime field overflow"),
+            ("23502", "not null violation"),
+            ("23503", "foreign key violation"),
+            ("54000", "index row too large"),
+        ] {
+            assert_eq!(
+                classify(&db(code)),
+                ErrorClass::RecordSpecific,
+                "{code} {what}"
+            );
+            assert!(!is_retriable(&db(code)), "{code} {what}");
+        }
+    }
+
+    #[test]
+    fn systemic_override_wins_over_the_sqlstate() {
+        let e = StoreError::new("inserting 1 rows", db("23502"));
+        assert!(!e.is_retriable());
+        let e = e.systemic("inserting 4 rows: every row failed");
+        assert_eq!(e.class(), ErrorClass::Systemic);
+        assert!(e.is_retriable());
+        assert!(e.to_string().contains("[SQLSTATE 23502]"), "{e}");
+        assert!(
+            e.to_string().contains("the table itself rejects rows"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -166,5 +393,35 @@ mod tests {
         let text = e.to_string();
         assert!(text.contains("inserting 3 rows"), "{text}");
         assert!(text.contains("database.url"), "{text}");
+    }
+
+    #[test]
+    fn privilege_report_names_the_sqlstate_and_the_grant() {
+        let e = StoreError::new("copying 3 rows", db("42501"));
+        let text = e.report(Some("audit_writer"));
+        assert!(text.contains("[SQLSTATE 42501]"), "{text}");
+        assert!(
+            text.contains("GRANT SELECT, INSERT ON audit_events TO audit_writer"),
+            "{text}"
+        );
+        assert!(text.contains("nothing is skipped"), "{text}");
+    }
+
+    #[test]
+    fn ownership_and_schema_privileges_get_their_own_remedy() {
+        let owner = sqlx::Error::Database(Box::new(FakeDbError {
+            code: "42501",
+            constraint: None,
+            message: "must be owner of table audit_events",
+        }));
+        let text = StoreError::new("creating partition", owner).report(Some("w"));
+        assert!(text.contains("OWNER TO w"), "{text}");
+        let schema = sqlx::Error::Database(Box::new(FakeDbError {
+            code: "42501",
+            constraint: None,
+            message: "permission denied for schema public",
+        }));
+        let text = StoreError::new("applying the schema", schema).report(Some("w"));
+        assert!(text.contains("ON SCHEMA public TO w"), "{text}");
     }
 }

@@ -19,7 +19,7 @@ use std::fmt::Write as _;
 use chrono::{DateTime, Utc};
 use sqlx::Connection as _;
 
-use super::{Month, Store, StoreError};
+use super::{Month, Operation, Store, StoreError};
 use crate::event::Row;
 
 /// How a batch is written.
@@ -130,29 +130,42 @@ impl Store {
             // A partition was dropped (or never existed) behind the cache's back.
             self.forget_partitions();
         }
-        self.observe(&r);
+        self.observe_as(Operation::Write, &r);
         r
     }
 
+    /// Inserts one neutral row of `like`'s month and rolls it back: does the table accept any
+    /// row at all? When every row of a batch fails with a data error, this tells a table that
+    /// rejects rows of this shape (a column added as NOT NULL, a type changed, a trigger) from
+    /// rows that are really bad. Nothing is stored either way.
+    pub async fn probe_insert(&self, like: &Row) -> Result<(), StoreError> {
+        let probe = Row {
+            id: "audit-manager-insert-probe".into(),
+            source: "audit-manager".into(),
+            r#type: "audit-manager.probe".into(),
+            subject: None,
+            actor_type: "system".into(),
+            actor_id: "audit-manager".into(),
+            resource_type: None,
+            resource_id: None,
+            action: "probe".into(),
+            outcome: "success".into(),
+            reason: None,
+            trace_id: None,
+            details: None,
+            ..like.clone()
+        };
+        let err = |e| StoreError::new("inserting a probe row (rolled back)", e);
+        let mut tx = self.pool.begin().await.map_err(err)?;
+        unnest_query(&[&probe])
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?;
+        tx.rollback().await.map_err(err)
+    }
+
     async fn insert_unnest(&self, rows: &[&Row]) -> Result<Inserted, StoreError> {
-        fn col<'a, T>(rows: &[&'a Row], f: impl Fn(&'a Row) -> T) -> Vec<T> {
-            rows.iter().map(|r| f(r)).collect()
-        }
-        let result = sqlx::query(UNNEST_SQL)
-            .bind(col(rows, |r| r.id.as_str()))
-            .bind(col(rows, |r| r.occurred_at))
-            .bind(col(rows, |r| r.source.as_str()))
-            .bind(col(rows, |r| r.r#type.as_str()))
-            .bind(col(rows, |r| r.subject.as_deref()))
-            .bind(col(rows, |r| r.actor_type.as_str()))
-            .bind(col(rows, |r| r.actor_id.as_str()))
-            .bind(col(rows, |r| r.resource_type.as_deref()))
-            .bind(col(rows, |r| r.resource_id.as_deref()))
-            .bind(col(rows, |r| r.action.as_str()))
-            .bind(col(rows, |r| r.outcome.as_str()))
-            .bind(col(rows, |r| r.reason.as_deref()))
-            .bind(col(rows, |r| r.trace_id.as_deref()))
-            .bind(col(rows, |r| r.details.as_deref()))
+        let result = unnest_query(rows)
             .execute(&self.pool)
             .await
             .map_err(|e| StoreError::new(format!("inserting {} rows", rows.len()), e))?;
@@ -199,6 +212,30 @@ impl Store {
             Err(e) => Err(e),
         }
     }
+}
+
+/// The `UNNEST` insert of `rows`, bound.
+fn unnest_query<'q>(
+    rows: &[&'q Row],
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    fn col<'a, T>(rows: &[&'a Row], f: impl Fn(&'a Row) -> T) -> Vec<T> {
+        rows.iter().map(|r| f(r)).collect()
+    }
+    sqlx::query(UNNEST_SQL)
+        .bind(col(rows, |r| r.id.as_str()))
+        .bind(col(rows, |r| r.occurred_at))
+        .bind(col(rows, |r| r.source.as_str()))
+        .bind(col(rows, |r| r.r#type.as_str()))
+        .bind(col(rows, |r| r.subject.as_deref()))
+        .bind(col(rows, |r| r.actor_type.as_str()))
+        .bind(col(rows, |r| r.actor_id.as_str()))
+        .bind(col(rows, |r| r.resource_type.as_deref()))
+        .bind(col(rows, |r| r.resource_id.as_deref()))
+        .bind(col(rows, |r| r.action.as_str()))
+        .bind(col(rows, |r| r.outcome.as_str()))
+        .bind(col(rows, |r| r.reason.as_deref()))
+        .bind(col(rows, |r| r.trace_id.as_deref()))
+        .bind(col(rows, |r| r.details.as_deref()))
 }
 
 /// Streams `rows` into `table` with `COPY … FROM STDIN` (text format); returns the row count.

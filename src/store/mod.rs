@@ -8,7 +8,10 @@
 //!   NOTHING`), so every redelivery of an event collapses on the key `(id, occurred_at)`;
 //! - [`month`]: the calendar arithmetic (pure).
 //!
-//! The [`Store`] also tracks whether the database is reachable, for `/health` (AUD-006).
+//! The [`Store`] also tracks whether the database is reachable and accepts writes, for
+//! `/health` (AUD-006). A success clears only what it proves: a health ping proves the server
+//! answers, not that the role may still insert, so a systemic error of a write (a revoked
+//! privilege, a changed column) stays on `/health` until a write succeeds again.
 
 pub mod error;
 pub mod insert;
@@ -26,7 +29,7 @@ use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio_util::sync::CancellationToken;
 
-pub use error::{StoreError, is_retriable};
+pub use error::{ErrorClass, StoreError, classify, is_retriable};
 pub use insert::{InsertMethod, Inserted};
 pub use month::{Month, months_ahead, retention_cutoff};
 pub use partitions::{MaintainReport, PartitionInfo};
@@ -43,8 +46,73 @@ const PING_INTERVAL: Duration = Duration::from_secs(2);
 /// Reachability of the database as last observed.
 #[derive(Debug, Clone, Default)]
 pub struct DbState {
-    /// The last error, `None` after a success.
+    /// What is wrong, `None` when the last operations succeeded: a systemic error (the
+    /// database refuses work until an operator acts) before a transient one. The text carries
+    /// the SQLSTATE and what to do.
     pub error: Option<String>,
+}
+
+/// The kind of operation an outcome belongs to (see [`Observed`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    /// `SELECT 1` of the health monitor.
+    Ping,
+    /// Inserting rows into `audit_events`.
+    Write,
+    /// Schema and partition maintenance.
+    Other,
+}
+
+impl Operation {
+    const ALL: [Operation; 3] = [Operation::Write, Operation::Other, Operation::Ping];
+
+    fn index(self) -> usize {
+        match self {
+            Operation::Write => 0,
+            Operation::Other => 1,
+            Operation::Ping => 2,
+        }
+    }
+}
+
+/// The last error of each kind of operation. A success of one kind clears its own error and
+/// every transient one (the server answers again), but not another kind's systemic error: a
+/// ping or a maintenance pass that succeeds says nothing about the INSERT privilege.
+#[derive(Debug, Clone, Default)]
+struct Observed {
+    errors: [Option<(ErrorClass, String)>; 3],
+}
+
+impl Observed {
+    fn record(&mut self, op: Operation, outcome: Result<(), (ErrorClass, String)>) {
+        match outcome {
+            Ok(()) => {
+                self.errors[op.index()] = None;
+                for e in &mut self.errors {
+                    if e.as_ref().is_some_and(|(c, _)| *c == ErrorClass::Transient) {
+                        *e = None;
+                    }
+                }
+            }
+            // A verdict on one row says nothing about the database.
+            Err((ErrorClass::RecordSpecific, _)) => {}
+            Err(e) => self.errors[op.index()] = Some(e),
+        }
+    }
+
+    fn state(&self) -> DbState {
+        let of_class = |class: ErrorClass| {
+            Operation::ALL.iter().find_map(|op| {
+                self.errors[op.index()]
+                    .as_ref()
+                    .filter(|(c, _)| *c == class)
+                    .map(|(_, text)| text.clone())
+            })
+        };
+        DbState {
+            error: of_class(ErrorClass::Systemic).or_else(|| of_class(ErrorClass::Transient)),
+        }
+    }
 }
 
 /// A pooled PostgreSQL client for `audit_events`.
@@ -54,7 +122,7 @@ pub struct Store {
     options: PgConnectOptions,
     /// Months known to have a partition (saves a catalog query per batch).
     covered: Arc<Mutex<HashSet<Month>>>,
-    state: Arc<Mutex<DbState>>,
+    state: Arc<Mutex<Observed>>,
     method: InsertMethod,
     /// Concurrent insert statements per batch.
     parallelism: usize,
@@ -72,13 +140,16 @@ impl Store {
             .max_connections(max_connections)
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_lazy_with(options.clone());
+        let mut observed = Observed::default();
+        observed.record(
+            Operation::Ping,
+            Err((ErrorClass::Transient, "not connected yet".into())),
+        );
         Ok(Store {
             pool,
             options,
             covered: Arc::default(),
-            state: Arc::new(Mutex::new(DbState {
-                error: Some("not connected yet".into()),
-            })),
+            state: Arc::new(Mutex::new(observed)),
             method: InsertMethod::default(),
             parallelism: DEFAULT_INSERT_PARALLELISM,
         })
@@ -108,19 +179,22 @@ impl Store {
 
     /// Last observed reachability.
     pub fn state(&self) -> DbState {
-        self.state.lock().map(|s| s.clone()).unwrap_or_default()
+        self.state.lock().map(|s| s.state()).unwrap_or_default()
     }
 
-    /// Records the outcome of a database operation for `/health`.
+    /// Records the outcome of a schema or maintenance operation for `/health`.
     pub fn observe<T>(&self, result: &Result<T, StoreError>) {
-        let error = match result {
-            Ok(_) => None,
-            // A data error on one batch says nothing about reachability.
-            Err(e) if !e.is_retriable() => return,
-            Err(e) => Some(e.to_string()),
+        self.observe_as(Operation::Other, result);
+    }
+
+    /// Records the outcome of an operation of kind `op` for `/health` (see [`Observed`]).
+    pub fn observe_as<T>(&self, op: Operation, result: &Result<T, StoreError>) {
+        let outcome = match result {
+            Ok(_) => Ok(()),
+            Err(e) => Err((e.class(), e.report(Some(self.options.get_username())))),
         };
         if let Ok(mut s) = self.state.lock() {
-            s.error = error;
+            s.record(op, outcome);
         }
     }
 
@@ -131,7 +205,7 @@ impl Store {
             .await
             .map(|_| ())
             .map_err(|e| StoreError::new("checking the connection", e));
-        self.observe(&r);
+        self.observe_as(Operation::Ping, &r);
         r
     }
 
@@ -160,5 +234,43 @@ impl Store {
 
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(class: ErrorClass, text: &str) -> Result<(), (ErrorClass, String)> {
+        Err((class, text.to_string()))
+    }
+
+    #[test]
+    fn a_ping_does_not_clear_a_systemic_write_error() {
+        let mut o = Observed::default();
+        o.record(Operation::Write, err(ErrorClass::Systemic, "42501"));
+        o.record(Operation::Ping, Ok(()));
+        o.record(Operation::Other, Ok(()));
+        assert_eq!(o.state().error.as_deref(), Some("42501"));
+        o.record(Operation::Write, Ok(()));
+        assert_eq!(o.state().error, None);
+    }
+
+    #[test]
+    fn any_success_clears_transient_errors() {
+        let mut o = Observed::default();
+        o.record(Operation::Write, err(ErrorClass::Transient, "reset"));
+        assert_eq!(o.state().error.as_deref(), Some("reset"));
+        o.record(Operation::Ping, Ok(()));
+        assert_eq!(o.state().error, None);
+    }
+
+    #[test]
+    fn systemic_errors_come_first_and_record_errors_are_ignored() {
+        let mut o = Observed::default();
+        o.record(Operation::Ping, err(ErrorClass::Transient, "reset"));
+        o.record(Operation::Other, err(ErrorClass::Systemic, "disk full"));
+        o.record(Operation::Write, err(ErrorClass::RecordSpecific, "22P05"));
+        assert_eq!(o.state().error.as_deref(), Some("disk full"));
     }
 }

@@ -564,3 +564,113 @@ pub fn spawn_batch_clients(
         })
         .collect()
 }
+
+// ---------------------------------------------------------------------------------------------
+// Systemic failures: a database role of its own, the DLQ's size without a consumer group.
+
+/// A login role of its own that owns the test database (so it can create the schema as the
+/// service does), for tests that take privileges away from it. Dropped with what it owns.
+pub struct TestRole {
+    pub name: String,
+    /// `db`'s URL with this role as the user.
+    pub url: String,
+    db: String,
+}
+
+impl TestRole {
+    pub async fn new(db: &TestDb) -> TestRole {
+        let name = format!("audit_role_{}", uuid::Uuid::new_v4().simple());
+        let pool = db.pool().await;
+        for stmt in [
+            format!("CREATE ROLE {name} LOGIN"),
+            format!("ALTER DATABASE {} OWNER TO {name}", db.name),
+        ] {
+            sqlx::query(&stmt).execute(&pool).await.expect(&stmt);
+        }
+        pool.close().await;
+        let mut url = reqwest::Url::parse(&pg_admin_url()).expect("TEST_PG_URL is a URL");
+        url.set_username(&name).expect("user in URL");
+        url.set_password(None).expect("no password");
+        url.set_path(&db.name);
+        TestRole {
+            url: url.to_string(),
+            name,
+            db: db.name.clone(),
+        }
+    }
+
+    /// Runs `sql` on the role's database as the admin (e.g. a REVOKE or GRANT).
+    pub async fn admin(&self, sql: &str) {
+        use sqlx::{Connection, Executor};
+        let mut c = sqlx::PgConnection::connect(&format!("{}/{}", pg_admin_url(), self.db))
+            .await
+            .expect("admin connection");
+        c.execute(sql).await.expect(sql);
+        let _ = c.close().await;
+    }
+}
+
+impl Drop for TestRole {
+    fn drop(&mut self) {
+        let (name, db) = (self.name.clone(), self.db.clone());
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                use sqlx::{Connection, Executor};
+                let admin = format!("{}/postgres", pg_admin_url());
+                if let Ok(mut c) = sqlx::PgConnection::connect(&admin).await {
+                    let _ = c
+                        .execute(format!("ALTER DATABASE {db} OWNER TO CURRENT_USER").as_str())
+                        .await;
+                    let _ = c.close().await;
+                }
+                if let Ok(mut c) =
+                    sqlx::PgConnection::connect(&format!("{}/{db}", pg_admin_url())).await
+                {
+                    let _ = c
+                        .execute(format!("REASSIGN OWNED BY {name} TO CURRENT_USER").as_str())
+                        .await;
+                    let _ = c.execute(format!("DROP OWNED BY {name}").as_str()).await;
+                    let _ = c.close().await;
+                }
+                if let Ok(mut c) = sqlx::PgConnection::connect(&admin).await {
+                    let _ = c
+                        .execute(format!("DROP ROLE IF EXISTS {name}").as_str())
+                        .await;
+                    let _ = c.close().await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+impl TestKafka {
+    /// Records ever written to the DLQ topic: the sum of its partitions' high watermarks, read
+    /// from the broker (no consumer group, no waiting for records that may never come).
+    pub fn dlq_high_watermark(&self) -> i64 {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let c: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .create()
+            .expect("watermark client");
+        let timeout = Duration::from_secs(10);
+        let md = c
+            .fetch_metadata(Some(DLQ_TOPIC), timeout)
+            .expect("DLQ metadata");
+        md.topics()[0]
+            .partitions()
+            .iter()
+            .map(|p| {
+                c.fetch_watermarks(DLQ_TOPIC, p.id(), timeout)
+                    .expect("DLQ watermarks")
+                    .1
+            })
+            .sum()
+    }
+}
