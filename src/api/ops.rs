@@ -40,12 +40,14 @@ pub async fn health(State(state): State<AppState>) -> Response {
     respond(http, Some(&body), &errors)
 }
 
-/// `GET /version`.
-pub async fn version() -> Response {
+/// `GET /version`: build time and commit stamped at build, unless `BUILD_TIME` / `GIT_COMMIT`
+/// were set when the configuration was loaded (images built outside git).
+pub async fn version(State(state): State<AppState>) -> Response {
+    let build = &state.config.build_info;
     let body = json!({
         "service_version": env!("CARGO_PKG_VERSION"),
-        "build_time": env!("AUDIT_MANAGER_BUILD_TIME"),
-        "git_commit": env!("AUDIT_MANAGER_GIT_COMMIT"),
+        "build_time": build.build_time.as_deref().unwrap_or(env!("AUDIT_MANAGER_BUILD_TIME")),
+        "git_commit": build.git_commit.as_deref().unwrap_or(env!("AUDIT_MANAGER_GIT_COMMIT")),
     });
     respond(StatusCode::OK, Some(&body), &[])
 }

@@ -599,7 +599,16 @@ impl Config {
         }
         at_least_one("sink.batch_max_records", self.sink.batch_max_records as u64)?;
         non_empty("database.url", &self.database.url)?;
-        if let Err(e) = sqlx::postgres::PgConnectOptions::from_str(&self.database.url) {
+        let scheme_ok = matches!(
+            self.database.url.split_once("://").map(|(s, _)| s),
+            Some("postgres" | "postgresql")
+        );
+        let parsed = match sqlx::postgres::PgConnectOptions::from_str(&self.database.url) {
+            Ok(_) if !scheme_ok => Err("the scheme must be postgres:// or postgresql://".into()),
+            Ok(_) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = parsed {
             return Err(invalid(
                 "database.url",
                 format!(

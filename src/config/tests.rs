@@ -639,3 +639,301 @@ fn validate_errors() {
     let e = with_env(&[("AUDIT_MANAGER__SINK__BATCH_MAX_RECORDS", "0")]).unwrap_err();
     assert!(e.to_string().contains("at least 1"), "{e}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// The reference service's configuration
+// ---------------------------------------------------------------------------------------------
+
+const REFERENCE_YAML: &str = include_str!("../../tests/fixtures/reference-default.yaml");
+
+fn notice<'a>(notices: &'a [Notice], key: &str) -> &'a Notice {
+    notices
+        .iter()
+        .find(|n| n.key == key)
+        .unwrap_or_else(|| panic!("no notice for {key}: {notices:?}"))
+}
+
+#[test]
+fn reference_default_yaml_loads_and_maps_to_our_keys() {
+    let (c, notices) = build(REFERENCE_YAML, "reference.yaml", &[]).unwrap();
+    assert_eq!(c.service_id, "openg2p.auditmanager");
+    assert_eq!(c.api_version, "1.0");
+    assert_eq!(c.kafka.topic, "openg2p.audit.events");
+    assert_eq!(c.kafka.consumer_group, "openg2p-audit-consumer");
+    // Producer: underscores become librdkafka's dots; acks kept at all.
+    assert_eq!(c.kafka.producer["acks"], "all");
+    assert_eq!(c.kafka.producer["linger.ms"], "5");
+    assert_eq!(c.kafka.producer["compression.type"], "gzip");
+    assert_eq!(c.kafka.producer["batch.size"], "16384");
+    assert_eq!(c.kafka.producer.len(), 4, "{:?}", c.kafka.producer);
+    // Consumer: batching goes to the sink, auto commit stays off.
+    assert_eq!(c.kafka.consumer["auto.offset.reset"], "earliest");
+    assert_eq!(c.kafka.consumer.len(), 1, "{:?}", c.kafka.consumer);
+    assert_eq!(c.sink.batch_max_records, 500);
+    assert_eq!(c.sink.flush_interval, Duration::from_secs(1));
+    assert_eq!(c.spool.max_pending_appends, 10_000);
+    assert_eq!(
+        c.database.partition_check_interval,
+        Duration::from_secs(3600)
+    );
+    assert_eq!(
+        c.database.url,
+        "postgresql://postgres:postgres@localhost:5432/auditmanager"
+    );
+
+    let acks = notice(&notices, "audit_manager.kafka.producer.acks");
+    assert!(acks.warning);
+    assert!(
+        acks.message
+            .contains(r#"= "1" (in reference.yaml) is kept at "all""#)
+            && acks.message.contains("in-sync replica"),
+        "{}",
+        acks.message
+    );
+    let commit = notice(&notices, "audit_manager.kafka.consumer.enable_auto_commit");
+    assert!(commit.warning);
+    assert!(
+        commit.message.contains("kept false") && commit.message.contains("database commit"),
+        "{}",
+        commit.message
+    );
+    let queue = notice(&notices, "audit_manager.ingest.queue_max_size");
+    assert!(!queue.warning);
+    assert!(
+        queue.message.contains("spool.max_pending_appends"),
+        "{}",
+        queue.message
+    );
+    // Only the two deliberate differences are warnings.
+    assert_eq!(
+        notices.iter().filter(|n| n.warning).count(),
+        2,
+        "{notices:?}"
+    );
+}
+
+#[test]
+fn reference_keys_from_the_environment_name_the_variable() {
+    let (c, notices) = build(
+        "",
+        "built-in defaults",
+        &env(&[
+            ("AUDIT_MANAGER__SERVICE_ID", "my.audit"),
+            ("AUDIT_MANAGER__API_VERSION", "2.1"),
+            ("AUDIT_MANAGER__KAFKA__PRODUCER__ACKS", "1"),
+            ("AUDIT_MANAGER__KAFKA__PRODUCER__LINGER_MS", "20"),
+            ("AUDIT_MANAGER__KAFKA__PRODUCER__MAX_BATCH_SIZE", "100"),
+            ("AUDIT_MANAGER__KAFKA__CONSUMER__ENABLE_AUTO_COMMIT", "True"),
+            ("AUDIT_MANAGER__KAFKA__CONSUMER__BATCH_MAX_RECORDS", "42"),
+            ("AUDIT_MANAGER__KAFKA__CONSUMER__FLUSH_INTERVAL_MS", "250"),
+            ("AUDIT_MANAGER__INGEST__QUEUE_MAX_SIZE", "7"),
+            (
+                "AUDIT_MANAGER__DATABASE__PARTITION_CHECK_INTERVAL_SECONDS",
+                "60",
+            ),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(
+        (c.service_id.as_str(), c.api_version.as_str()),
+        ("my.audit", "2.1")
+    );
+    assert_eq!(c.kafka.producer["acks"], "all");
+    assert_eq!(c.kafka.producer["linger.ms"], "20");
+    assert_eq!(c.kafka.producer["batch.size"], "100");
+    assert!(c.kafka.consumer.is_empty(), "{:?}", c.kafka.consumer);
+    assert_eq!(c.sink.batch_max_records, 42);
+    assert_eq!(c.sink.flush_interval, Duration::from_millis(250));
+    assert_eq!(c.spool.max_pending_appends, 7);
+    assert_eq!(c.database.partition_check_interval, Duration::from_secs(60));
+    let acks = notice(&notices, "audit_manager.kafka.producer.acks");
+    assert!(
+        acks.message
+            .contains("set by environment variable AUDIT_MANAGER__KAFKA__PRODUCER__ACKS"),
+        "{}",
+        acks.message
+    );
+    let commit = notice(&notices, "audit_manager.kafka.consumer.enable_auto_commit");
+    assert!(
+        commit.message.contains(
+            "set by environment variable AUDIT_MANAGER__KAFKA__CONSUMER__ENABLE_AUTO_COMMIT"
+        ),
+        "{}",
+        commit.message
+    );
+    // Safe values give no warning.
+    let (_, notices) = build(
+        "audit_manager:\n  kafka:\n    producer: {acks: all}\n    consumer: \
+         {enable_auto_commit: false}\n",
+        "YAML input",
+        &[],
+    )
+    .unwrap();
+    assert!(notices.iter().all(|n| !n.warning), "{notices:?}");
+}
+
+#[test]
+fn our_key_wins_over_the_reference_spelling_with_a_warning() {
+    let (c, notices) = build(
+        "audit_manager:\n  ingest:\n    queue_max_size: 5\n  spool:\n    \
+         max_pending_appends: 9\n  sink:\n    flush_interval: 2s\n  kafka:\n    consumer:\n      \
+         flush_interval_ms: 10\n",
+        "YAML input",
+        &env(&[(
+            "AUDIT_MANAGER__DATABASE__PARTITION_CHECK_INTERVAL_SECONDS",
+            "60",
+        )]),
+    )
+    .unwrap();
+    assert_eq!(c.spool.max_pending_appends, 9);
+    assert_eq!(c.sink.flush_interval, Duration::from_secs(2));
+    assert_eq!(c.database.partition_check_interval, Duration::from_secs(60));
+    let n = notice(&notices, "audit_manager.ingest.queue_max_size");
+    assert!(n.warning && n.message.contains("spool.max_pending_appends is used"));
+    let n = notice(&notices, "audit_manager.kafka.consumer.flush_interval_ms");
+    assert!(n.warning && n.message.contains("sink.flush_interval is used"));
+}
+
+#[test]
+fn reference_key_errors_name_the_key_and_its_origin() {
+    let e = with_env(&[("AUDIT_MANAGER__INGEST__QUEUE_MAX_SIZE", "lots")]).unwrap_err();
+    match &e {
+        ConfigError::Invalid { key, message } => {
+            assert_eq!(key, "audit_manager.ingest.queue_max_size");
+            assert!(
+                message.contains("whole number")
+                    && message.contains("AUDIT_MANAGER__INGEST__QUEUE_MAX_SIZE"),
+                "{message}"
+            );
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    let e = yaml("audit_manager:\n  database:\n    partition_check_interval_seconds: -5\n")
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("audit_manager.database.partition_check_interval_seconds")
+            && e.to_string().contains("out of range"),
+        "{e}"
+    );
+    let e = yaml("audit_manager:\n  kafka:\n    consumer:\n      flush_interval_ms: soon\n")
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("audit_manager.kafka.consumer.flush_interval_ms")
+            && e.to_string().contains("milliseconds")
+            && e.to_string().contains("YAML input"),
+        "{e}"
+    );
+}
+
+#[test]
+fn typos_of_reference_keys_are_still_errors() {
+    let e = yaml("audit_manager:\n  service_idd: x\n").unwrap_err();
+    assert!(
+        matches!(e, ConfigError::UnknownKey { ref key, ref expected, .. }
+            if key == "audit_manager.service_idd" && expected.contains("service_id")),
+        "{e:?}"
+    );
+    let e = yaml("audit_manager:\n  ingest:\n    queue_max_sizes: 5\n").unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("unknown key audit_manager.ingest.queue_max_sizes in YAML input"),
+        "{e}"
+    );
+    let e = with_env(&[(
+        "AUDIT_MANAGER__DATABASE__PARTITION_CHECK_INTERVAL_SECOND",
+        "5",
+    )])
+    .unwrap_err();
+    assert!(
+        matches!(e, ConfigError::UnknownKey { ref origin, .. }
+            if origin == "environment variable \
+                AUDIT_MANAGER__DATABASE__PARTITION_CHECK_INTERVAL_SECOND"),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn uvicorn_host_and_port_set_the_listener_when_nothing_else_does() {
+    let uv = [("UVICORN_HOST", "127.0.0.1"), ("UVICORN_PORT", "9001")];
+    let c = with_env(&uv).unwrap();
+    assert_eq!(
+        c.http.listen,
+        "127.0.0.1:9001".parse::<SocketAddr>().unwrap()
+    );
+    let c = with_env(&[("UVICORN_PORT", "9002")]).unwrap();
+    assert_eq!(c.http.listen, "0.0.0.0:9002".parse::<SocketAddr>().unwrap());
+    let c = with_env(&[("UVICORN_HOST", "::1")]).unwrap();
+    assert_eq!(c.http.listen, "[::1]:8000".parse::<SocketAddr>().unwrap());
+    let c = Config::from_yaml_str(
+        "audit_manager:\n  http:\n    listen: 127.0.0.1:7000\n",
+        &env(&uv),
+    )
+    .unwrap();
+    assert_eq!(c.http.listen.port(), 7000, "the file wins");
+    let mut both = env(&uv);
+    both.push((
+        "AUDIT_MANAGER__HTTP__LISTEN".into(),
+        "127.0.0.1:7001".into(),
+    ));
+    assert_eq!(with_env_vec(&both).unwrap().http.listen.port(), 7001);
+    let e = with_env(&[("UVICORN_PORT", "http")]).unwrap_err();
+    assert!(
+        e.to_string().contains("audit_manager.http.listen")
+            && e.to_string().contains("UVICORN_HOST/UVICORN_PORT"),
+        "{e}"
+    );
+}
+
+fn with_env_vec(env: &[(String, String)]) -> Result<Config, ConfigError> {
+    Config::from_yaml_str("", env)
+}
+
+#[test]
+fn redacted_json_shows_the_reference_keys_with_effective_values() {
+    let c = with_env(&[
+        ("AUDIT_MANAGER__SPOOL__MAX_PENDING_APPENDS", "123"),
+        ("AUDIT_MANAGER__DATABASE__PARTITION_CHECK_INTERVAL", "90s"),
+        ("AUDIT_MANAGER__SERVICE_ID", "x.audit"),
+    ])
+    .unwrap();
+    let j = c.redacted_json();
+    assert_eq!(j["service_id"], "x.audit");
+    assert_eq!(j["api_version"], "1.0");
+    assert_eq!(j["ingest"]["queue_max_size"], 123);
+    assert_eq!(j["database"]["partition_check_interval_seconds"], 90);
+    assert_eq!(j["database"]["partition_check_interval"], "1m 30s");
+}
+
+#[test]
+fn build_identity_and_driver_suffix_from_the_reference_environment() {
+    let c = with_env(&[
+        ("GIT_COMMIT", "abc123"),
+        ("BUILD_TIME", "2026-01-01T00:00:00Z"),
+    ])
+    .unwrap();
+    assert_eq!(c.build_info.git_commit.as_deref(), Some("abc123"));
+    assert_eq!(
+        c.build_info.build_time.as_deref(),
+        Some("2026-01-01T00:00:00Z")
+    );
+    assert_eq!(Config::default().build_info, BuildInfo::default());
+    let (c, notices) = build(
+        "",
+        "x",
+        &env(&[("DATABASE_URL", "postgresql+asyncpg://u:pw@db:5432/audit")]),
+    )
+    .unwrap();
+    assert_eq!(c.database.url, "postgresql://u:pw@db:5432/audit");
+    assert!(
+        !notice(&notices, "audit_manager.database.url")
+            .message
+            .contains("pw")
+    );
+    let e = with_env(&[("DATABASE_URL", "mysql://db/x")]).unwrap_err();
+    assert!(
+        matches!(e, ConfigError::Invalid { ref key, .. } if key == "audit_manager.database.url"),
+        "{e:?}"
+    );
+}
