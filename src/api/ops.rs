@@ -40,9 +40,10 @@ pub async fn health(State(state): State<AppState>) -> Response {
     respond(http, Some(&body), &errors)
 }
 
-/// `GET /version`: build time and commit stamped at build, unless `BUILD_TIME` / `GIT_COMMIT`
-/// were set when the configuration was loaded (images built outside git).
+/// `GET /version`.
 pub async fn version(State(state): State<AppState>) -> Response {
+    // Stamped at build, unless GIT_COMMIT / BUILD_TIME were set when the configuration was
+    // loaded (images built outside git, as the reference service's are).
     let build = &state.config.build_info;
     let body = json!({
         "service_version": env!("CARGO_PKG_VERSION"),
