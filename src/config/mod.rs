@@ -637,21 +637,11 @@ fn build(
 ) -> Result<(Config, Vec<Notice>), ConfigError> {
     let file = sources::yaml_layer(yaml, origin)?;
     let database = sources::database_layer(&file, env)?;
-    let mut layers = Vec::new();
-    let mut from_env = Vec::new();
-    if let Some(l) = sources::uvicorn_layer(env) {
-        layers.push(l);
-        from_env.push(true);
-    }
+    let mut layers: Vec<_> = sources::uvicorn_layer(env).into_iter().collect();
     layers.push(file);
-    from_env.push(false);
-    if let Some(l) = database {
-        layers.push(l);
-        from_env.push(true);
-    }
+    layers.extend(database);
     layers.push(sources::env_layer(env)?);
-    from_env.push(true);
-    let aliases = reference::take_aliases(&mut layers, &from_env);
+    let aliases = reference::take_aliases(&mut layers);
     let figment = layers
         .into_iter()
         .fold(Figment::new(), |f, layer| f.merge(layer));

@@ -86,9 +86,10 @@ pub(crate) struct Alias {
 
 /// Removes the [`ALIAS_KEYS`] from every layer (they are not fields of [`Config`]); the last
 /// layer that set one wins, as for every other key.
-pub(crate) fn take_aliases(layers: &mut [Layer], env_layers: &[bool]) -> Vec<Alias> {
+pub(crate) fn take_aliases(layers: &mut [Layer]) -> Vec<Alias> {
     let mut out: Vec<Alias> = Vec::new();
-    for (layer, &from_env) in layers.iter_mut().zip(env_layers) {
+    for layer in layers.iter_mut() {
+        let from_env = layer.from_env();
         for key in ALIAS_KEYS {
             let Some((section, name)) = key.split_once('.') else {
                 continue;

@@ -57,6 +57,11 @@ impl Layer {
     pub(crate) fn describe(&self, keys: &[&str]) -> String {
         self.origin.describe(keys)
     }
+
+    /// Whether the layer comes from environment variables (errors say "set by …").
+    pub(crate) fn from_env(&self) -> bool {
+        self.kind == ENV_KIND
+    }
 }
 
 impl Origin {
