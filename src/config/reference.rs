@@ -89,7 +89,7 @@ pub(crate) struct Alias {
 pub(crate) fn take_aliases(layers: &mut [Layer]) -> Vec<Alias> {
     let mut out: Vec<Alias> = Vec::new();
     for layer in layers.iter_mut() {
-        let from_env = layer.from_env();
+        let from_env = layer.is_env();
         for key in ALIAS_KEYS {
             let Some((section, name)) = key.split_once('.') else {
                 continue;

@@ -59,7 +59,7 @@ impl Layer {
     }
 
     /// Whether the layer comes from environment variables (errors say "set by …").
-    pub(crate) fn from_env(&self) -> bool {
+    pub(crate) fn is_env(&self) -> bool {
         self.kind == ENV_KIND
     }
 }
