@@ -68,3 +68,152 @@ async fn sigterm_drains_and_exits_zero() {
     assert!(stdout.contains("events:            20"), "{stdout}");
     assert_eq!(exported_ids(&spool), acked);
 }
+
+/// The reference service's Helm chart configures it through the environment only: `DB_*`,
+/// `AUDIT_MANAGER__KAFKA__BOOTSTRAP_SERVERS`, `CONFIG_PATH` (its default.yaml), `UVICORN_*`,
+/// `GIT_COMMIT`/`BUILD_TIME`. The binary starts every role on exactly that, warns about the
+/// two settings it keeps safe, and stores an event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn env_only_configuration_as_the_reference_helm_chart_sets_it() {
+    use std::process::{Command, Stdio};
+
+    let db = common::TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("stderr.log");
+    let port = common::free_port();
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/reference-default.yaml");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_audit-manager"))
+        .arg("serve")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("CONFIG_PATH", &fixture)
+        .env("DB_HOST", "127.0.0.1")
+        .env("DB_PORT", "5432")
+        .env("DB_NAME", &db.name)
+        .env("DB_USER", "postgres")
+        .env("DB_PASSWORD", "helm-secret-pw")
+        .env("AUDIT_MANAGER__KAFKA__BOOTSTRAP_SERVERS", "embedded")
+        .env("AUDIT_MANAGER__KAFKA__TOPIC_PARTITIONS", "2")
+        .env("AUDIT_MANAGER__SPOOL__PATH", dir.path().join("spool"))
+        .env("AUDIT_MANAGER__SERVICE_ID", "helm.audit")
+        .env("UVICORN_HOST", "127.0.0.1")
+        .env("UVICORN_PORT", port.to_string())
+        .env("GIT_COMMIT", "0123abcd")
+        .env("BUILD_TIME", "2026-04-22T14:00:00Z")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}{}", common::BASE);
+    let client = reqwest::Client::new();
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(r) = client.get(format!("{base}/health")).send().await
+            && r.status().is_success()
+        {
+            break;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "exited before becoming ready ({status}): {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        assert!(Instant::now() < until, "not ready within 60 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let stderr = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        stderr.contains("WARN")
+            && stderr.contains(r#"kafka.producer.acks = "1""#)
+            && stderr.contains(r#"is kept at "all""#),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("kafka.consumer.enable_auto_commit = true")
+            && stderr.contains("is kept false"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("helm-secret-pw"), "{stderr}");
+
+    let resp = client
+        .post(format!("{base}/events"))
+        .json(&event("helm-1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["id"], "helm.audit", "envelope id from service_id");
+
+    let pool = db.pool().await;
+    let until = Instant::now() + Duration::from_secs(60);
+    while common::count_rows(&pool).await != 1 {
+        assert!(
+            Instant::now() < until,
+            "the event never reached audit_events"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let config: serde_json::Value = client
+        .get(format!("{base}/config"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let cfg = &config["response"];
+    assert_eq!(
+        cfg["database"]["url"],
+        format!("postgresql://postgres:***@127.0.0.1:5432/{}", db.name)
+    );
+    assert_eq!(cfg["http"]["listen"], format!("127.0.0.1:{port}"));
+    assert_eq!(cfg["ingest"]["queue_max_size"], 10_000);
+    let version: serde_json::Value = client
+        .get(format!("{base}/version"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(version["response"]["git_commit"], "0123abcd");
+    assert_eq!(version["response"]["build_time"], "2026-04-22T14:00:00Z");
+
+    // SAFETY: plain kill(2) on our own child's pid.
+    let rc = unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(rc, 0);
+    let until = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < until, "no exit within 30 s of SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "exit status {status}");
+}
+
+#[test]
+fn a_typo_next_to_the_reference_keys_is_refused_with_the_key_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("audit.yaml");
+    let reference = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/reference-default.yaml"),
+    )
+    .unwrap();
+    std::fs::write(&file, reference.replace("queue_max_size", "queue_max_sise")).unwrap();
+    let (code, _, stderr) = run_cli(&["serve", "--config", file.to_str().unwrap()], &[]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("unknown key audit_manager.ingest.queue_max_sise")
+            && stderr.contains(file.to_str().unwrap()),
+        "{stderr}"
+    );
+}

@@ -43,7 +43,7 @@ async fn verify_passes_through_the_whole_pipeline_and_fails_without_a_sink() {
             c.kafka.bootstrap_servers = "embedded".into();
             c.kafka.topic_partitions = 2;
             c.sink.flush_interval = Duration::from_millis(50);
-            c.database.url = url;
+            c.database.url = url.into();
         },
         StartOptions::default(),
     )

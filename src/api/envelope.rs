@@ -5,12 +5,26 @@
 //!  "response":{...}|null,"errors":[{"errorCode":"AUD-002","message":"..."}]}
 //! ```
 
+use std::sync::RwLock;
+
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+/// Default envelope `id` (`service_id` in the configuration).
 pub const SERVICE_ID: &str = "openg2p.auditmanager";
+/// Default envelope `version` (`api_version` in the configuration).
 pub const VERSION: &str = "1.0";
+
+/// The envelope's `id` and `version`: one pair per process, set from the configuration when
+/// the API starts (`set_identity`); every response, errors included, carries it.
+static IDENTITY: RwLock<Option<(String, String)>> = RwLock::new(None);
+
+/// Sets the envelope's `id` and `version` (`service_id`, `api_version`).
+pub fn set_identity(id: &str, version: &str) {
+    let mut guard = IDENTITY.write().unwrap_or_else(|e| e.into_inner());
+    *guard = Some((id.to_owned(), version.to_owned()));
+}
 
 /// One problem: a stable code and a message that says what to do.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
@@ -24,8 +38,8 @@ pub struct ErrorItem {
 
 #[derive(Serialize)]
 struct Envelope<'a, T: Serialize> {
-    id: &'static str,
-    version: &'static str,
+    id: &'a str,
+    version: &'a str,
     responsetime: String,
     response: Option<&'a T>,
     errors: &'a [ErrorItem],
@@ -42,9 +56,13 @@ pub fn respond<T: Serialize>(
     response: Option<&T>,
     errors: &[ErrorItem],
 ) -> Response {
+    let identity = IDENTITY.read().unwrap_or_else(|e| e.into_inner());
+    let (id, version) = identity
+        .as_ref()
+        .map_or((SERVICE_ID, VERSION), |(i, v)| (i.as_str(), v.as_str()));
     let body = Envelope {
-        id: SERVICE_ID,
-        version: VERSION,
+        id,
+        version,
         responsetime: response_time(),
         response,
         errors,

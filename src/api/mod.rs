@@ -58,6 +58,7 @@ impl AppState {
         metrics: PrometheusHandle,
         shutdown: CancellationToken,
     ) -> AppState {
+        envelope::set_identity(&config.service_id, &config.api_version);
         let limits = Limits {
             max_future_skew: config.ingest.max_future_skew,
             max_event_bytes: usize::try_from(config.ingest.max_event_bytes).unwrap_or(usize::MAX),

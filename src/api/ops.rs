@@ -63,11 +63,14 @@ pub async fn health(State(state): State<AppState>) -> Response {
     responses((status = 200, description = "Version and build",
                body = super::openapi::Envelope<super::openapi::VersionInfo>)),
 )]
-pub async fn version() -> Response {
+pub async fn version(State(state): State<AppState>) -> Response {
+    // Stamped at build, unless GIT_COMMIT / BUILD_TIME were set when the configuration was
+    // loaded (images built outside git, as the reference service's are).
+    let build = &state.config.build_info;
     let body = json!({
         "service_version": env!("CARGO_PKG_VERSION"),
-        "build_time": env!("AUDIT_MANAGER_BUILD_TIME"),
-        "git_commit": env!("AUDIT_MANAGER_GIT_COMMIT"),
+        "build_time": build.build_time.as_deref().unwrap_or(env!("AUDIT_MANAGER_BUILD_TIME")),
+        "git_commit": build.git_commit.as_deref().unwrap_or(env!("AUDIT_MANAGER_GIT_COMMIT")),
     });
     respond(StatusCode::OK, Some(&body), &[])
 }

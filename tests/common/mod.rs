@@ -453,7 +453,7 @@ pub fn sink_config(kafka: &TestKafka, db_url: &str, roles: &[Role]) -> Config {
         .consumer
         .insert("heartbeat.interval.ms".into(), "500".into());
     c.sink.flush_interval = Duration::from_millis(50);
-    c.database.url = db_url.to_owned();
+    c.database.url = db_url.into();
     c
 }
 

@@ -1,0 +1,661 @@
+//! Service configuration for audit-manager.
+//!
+//! # Layering
+//!
+//! The effective configuration is built from these layers, lowest first (figment merges them
+//! and remembers which one set each value, so errors name the file or variable to fix):
+//!
+//! 1. **Built-in defaults** — [`Config::default()`]; `config/default.yaml` documents every key
+//!    with its default value (a unit test keeps the two in sync).
+//! 2. **`UVICORN_HOST`/`UVICORN_PORT`** — the reference service's listener variables set
+//!    `http.listen` when nothing above does.
+//! 3. **YAML file** — the path given on the command line, else `$CONFIG_PATH` if set. Every
+//!    setting lives under the root key `audit_manager:`; an empty file (or an empty root)
+//!    means "all defaults", and a key whose value is empty (`~`/nothing) also keeps its default.
+//! 4. **Database variables of the reference service** — see below.
+//! 5. **Environment variables** — `AUDIT_MANAGER__SECTION__KEY=value` overrides
+//!    `audit_manager.section.key`: strip the `AUDIT_MANAGER__` prefix, split the rest on double
+//!    underscores (`__`) and lowercase each segment, e.g. `AUDIT_MANAGER__SPOOL__MAX_BYTES=2GiB`
+//!    sets `audit_manager.spool.max_bytes`. Below the free-form librdkafka maps
+//!    `kafka.producer` / `kafka.consumer` single underscores become dots, so
+//!    `AUDIT_MANAGER__KAFKA__PRODUCER__MESSAGE_MAX_BYTES=2000` sets the producer property
+//!    `message.max.bytes` to `"2000"`. `AUDIT_MANAGER__ROLES` takes a comma-separated list.
+//!
+//! Environment values are always inserted as *strings*: string settings keep the exact text
+//! (`AUDIT_MANAGER__KAFKA__TOPIC=123` is the topic `"123"`), while numeric, byte-size and
+//! duration settings also accept their string form (`"10"`, `"4MiB"`, `"250ms"`).
+//!
+//! The database URL additionally honours the variables of the reference Python service, with
+//! this precedence (lowest first): YAML `database.url` < `DB_HOST`/`DB_PORT`/`DB_NAME`/
+//! `DB_USER`/`DB_PASSWORD` < `DATABASE_URL` < `AUDIT_MANAGER__DATABASE__URL`. If any `DB_*`
+//! variable is set, the URL becomes `postgres://{user}:{password}@{host}:{port}/{name}`, with the
+//! missing parts taken from the URL of the lower layers (user `postgres`, host `localhost`, port
+//! `5432`, database `auditmanager` when that URL has none; no password unless one is known) and
+//! user/password percent-encoded.
+//!
+//! The reference service's own keys (`service_id`, `api_version`, `ingest.queue_max_size`,
+//! its `kafka.producer`/`kafka.consumer` settings, …) are accepted and mapped; see
+//! [`reference`]. `GIT_COMMIT`/`BUILD_TIME` override what `GET /version` reports.
+//!
+//! # Value formats
+//!
+//! * Durations are humantime strings: `"250ms"`, `"1s"`, `"1h 30m"`.
+//! * Byte sizes are an integer number of bytes or a string with a unit: `B`, `KB`/`MB`/`GB`/`TB`
+//!   (powers of 1000) or `KiB`/`MiB`/`GiB`/`TiB` (powers of 1024), e.g. `"4MiB"`, `"1GB"`.
+//!
+//! # Errors
+//!
+//! Unknown keys are rejected — in the file and in `AUDIT_MANAGER__*` variables alike — with the
+//! full key path and the list of valid keys at that level, so typos never pass silently.
+//! [`Config::validate`] then checks ranges and cross-field sanity.
+//!
+//! # Secrets
+//!
+//! Settings that can hold a secret are [`Redacted`]: `Debug` and `GET /config`
+//! ([`Config::redacted_json`]) show them masked, and both are derived.
+
+pub mod redact;
+pub mod reference;
+mod sources;
+mod value;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+pub use redact::{Redacted, redact_url};
+pub use reference::Notice;
+pub use value::parse_byte_size;
+use value::{de_byte_size, de_duration, de_int, de_roles, de_socket_addr, de_string_map};
+
+/// Root key of the YAML file; every setting lives below it.
+pub const ROOT_KEY: &str = "audit_manager";
+/// Prefix of the environment variables that override settings.
+pub const ENV_PREFIX: &str = "AUDIT_MANAGER__";
+/// Environment variable naming the config file when no path is given explicitly.
+pub const CONFIG_PATH_ENV: &str = "CONFIG_PATH";
+
+/// librdkafka properties (`kafka.producer` / `kafka.consumer`); secret-looking values are
+/// masked in `Debug` and `GET /config`.
+pub type KafkaProperties = Redacted<BTreeMap<String, String>>;
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------------------------
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error(
+        "cannot read config file {}: {source} (check the path given on the command line or in \
+         $CONFIG_PATH)",
+        path.display()
+    )]
+    Io {
+        /// The file that could not be read.
+        path: PathBuf,
+        /// The underlying I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid YAML or does not have the expected top-level shape.
+    #[error("cannot parse config {origin}: {message}")]
+    Parse {
+        /// Where the text came from (a file path or "YAML input").
+        origin: String,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+    /// A key that the service does not know (usually a typo).
+    #[error("unknown key {key} in {origin}; valid keys here: {expected}")]
+    UnknownKey {
+        /// Full dotted key path, e.g. `audit_manager.spool.max_byte`.
+        key: String,
+        /// Comma-separated list of the keys valid at that level.
+        expected: String,
+        /// Where the key came from (a file path, "YAML input" or an environment variable).
+        origin: String,
+    },
+    /// A value of the wrong type or outside the allowed range.
+    #[error("invalid value for {key}: {message}")]
+    Invalid {
+        /// Full dotted key path, e.g. `audit_manager.ingest.max_batch_size`.
+        key: String,
+        /// What is wrong, what is allowed and where the value came from.
+        message: String,
+    },
+    /// A malformed environment variable (bad name, non-UTF-8 value, bad `DB_PORT`, ...).
+    #[error("invalid environment variable {name}: {message}")]
+    Env {
+        /// The variable's name.
+        name: String,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+}
+
+// ---------------------------------------------------------------------------------------------
+// Roles
+// ---------------------------------------------------------------------------------------------
+
+/// A part of the pipeline that can run in this process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// HTTP ingest into the local spool.
+    Ingest,
+    /// Spool -> Kafka forwarder.
+    Forward,
+    /// Kafka -> PostgreSQL sink.
+    Sink,
+    /// Maintenance: partition creation/retention.
+    Maintain,
+}
+
+impl Role {
+    /// All roles, in their canonical order.
+    pub const ALL: [Role; 4] = [Role::Ingest, Role::Forward, Role::Sink, Role::Maintain];
+
+    /// The lowercase name used in configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Ingest => "ingest",
+            Role::Forward => "forward",
+            Role::Sink => "sink",
+            Role::Maintain => "maintain",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Error returned when parsing an unknown role name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownRole(pub String);
+
+impl fmt::Display for UnknownRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "unknown role `{}` (valid roles: ingest, forward, sink, maintain)",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for UnknownRole {}
+
+impl FromStr for Role {
+    type Err = UnknownRole;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let t = s.trim();
+        Role::ALL
+            .into_iter()
+            .find(|r| r.as_str().eq_ignore_ascii_case(t))
+            .ok_or_else(|| UnknownRole(t.to_string()))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Config structs
+// ---------------------------------------------------------------------------------------------
+
+/// The complete service configuration (`audit_manager:` in YAML).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Which parts of the pipeline run in this process: any of `ingest`, `forward`, `sink`,
+    /// `maintain`. A YAML list or a comma-separated string (the env form:
+    /// `AUDIT_MANAGER__ROLES=ingest,forward`). Must not be empty; duplicates collapse.
+    /// Default: all four.
+    #[serde(deserialize_with = "de_roles")]
+    pub roles: Vec<Role>,
+    /// HTTP server settings.
+    pub http: HttpConfig,
+    /// Event ingest limits.
+    pub ingest: IngestConfig,
+    /// Local durable spool (redb) settings.
+    pub spool: SpoolConfig,
+    /// Kafka connection and topic settings.
+    pub kafka: KafkaConfig,
+    /// Kafka -> PostgreSQL sink batching.
+    pub sink: SinkConfig,
+    /// PostgreSQL connection and partition maintenance.
+    pub database: DatabaseConfig,
+    /// The `id` of every response envelope (the reference service's `service_id`).
+    /// Default `openg2p.auditmanager`.
+    pub service_id: String,
+    /// The `version` of every response envelope (the reference service's `api_version`).
+    /// Default `1.0`.
+    pub api_version: String,
+    /// `GIT_COMMIT` / `BUILD_TIME` from the environment: what `GET /version` reports instead
+    /// of the values stamped at build time (images built outside git set them).
+    #[serde(skip)]
+    pub build_info: BuildInfo,
+}
+
+/// Build identity overrides for `GET /version` (not a YAML key).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BuildInfo {
+    /// `GIT_COMMIT`, if set.
+    pub git_commit: Option<String>,
+    /// `BUILD_TIME`, if set.
+    pub build_time: Option<String>,
+}
+
+/// HTTP server settings (`audit_manager.http`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address and port the HTTP server binds to. Default `0.0.0.0:8000`, or
+    /// `UVICORN_HOST:UVICORN_PORT` when those are set.
+    #[serde(deserialize_with = "de_socket_addr")]
+    pub listen: SocketAddr,
+    /// Largest accepted request body in bytes (byte size); larger bodies get 413.
+    /// Default `4MiB`.
+    #[serde(deserialize_with = "de_byte_size")]
+    pub max_body_bytes: u64,
+}
+
+/// Event ingest limits (`audit_manager.ingest`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Maximum number of events in one batch request. Default `500`.
+    #[serde(deserialize_with = "de_int")]
+    pub max_batch_size: usize,
+    /// How far in the future an event's timestamp may lie before it is rejected (duration).
+    /// Default `1h`.
+    #[serde(
+        deserialize_with = "de_duration",
+        serialize_with = "humantime_serde::serialize"
+    )]
+    pub max_future_skew: Duration,
+    /// Largest accepted single event after normalization, in bytes (byte size); larger events
+    /// get 413. Keeps events under Kafka's default message size. Default `1MiB`.
+    #[serde(deserialize_with = "de_byte_size")]
+    pub max_event_bytes: u64,
+    /// Rule set for events, at ingest and in the sink: `compatible` accepts what the reference
+    /// service accepts and normalizes it; `strict` applies CloudEvents-strict rules. Default
+    /// `compatible`.
+    pub validation: crate::event::ValidationMode,
+}
+
+/// Local durable spool settings (`audit_manager.spool`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SpoolConfig {
+    /// Directory holding the spool file. Default `./data/spool`.
+    pub path: PathBuf,
+    /// Live spooled bytes (byte size) above which ingest answers 503. Default `1GiB`.
+    #[serde(deserialize_with = "de_byte_size")]
+    pub max_bytes: u64,
+    /// Append requests queued for the group-commit writer before new ones get 503 (overload).
+    /// The reference's `ingest.queue_max_size` sets it. Default `4096`.
+    #[serde(deserialize_with = "de_int")]
+    pub max_pending_appends: usize,
+    /// Value of `Retry-After` on 503 responses (duration; rounded up to whole seconds when
+    /// rendered, see [`SpoolConfig::retry_after_secs`]). Default `1s`.
+    #[serde(
+        deserialize_with = "de_duration",
+        serialize_with = "humantime_serde::serialize"
+    )]
+    pub retry_after: Duration,
+}
+
+/// Kafka settings (`audit_manager.kafka`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Comma-separated `host:port` bootstrap brokers; `embedded` starts an in-process mock
+    /// broker (development only). Default `kafka:9092`.
+    pub bootstrap_servers: String,
+    /// Topic carrying audit events. Default `openg2p.audit.events`.
+    pub topic: String,
+    /// Dead-letter topic for events the sink cannot store. Default `openg2p.audit.dlq`.
+    pub dlq_topic: String,
+    /// Consumer group of the sink. Default `openg2p-audit-consumer`.
+    pub consumer_group: String,
+    /// Kafka `client.id`. Default `openg2p-audit-manager`.
+    pub client_id: String,
+    /// Number of partitions when this service creates the topics. Default `12`.
+    #[serde(deserialize_with = "de_int")]
+    pub topic_partitions: i32,
+    /// Replication factor when this service creates the topics (`-1` = broker default).
+    /// Default `1`.
+    #[serde(deserialize_with = "de_int")]
+    pub topic_replication: i32,
+    /// Extra librdkafka producer properties (`name: value`; numbers and booleans are turned
+    /// into their string form; `linger_ms` is `linger.ms`). Default: none.
+    #[serde(deserialize_with = "de_string_map")]
+    pub producer: KafkaProperties,
+    /// Extra librdkafka consumer properties, same format as `producer`. Default: none.
+    #[serde(deserialize_with = "de_string_map")]
+    pub consumer: KafkaProperties,
+}
+
+/// Kafka -> PostgreSQL sink batching (`audit_manager.sink`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SinkConfig {
+    /// Maximum number of records written to PostgreSQL in one batch. Default `5000`.
+    #[serde(deserialize_with = "de_int")]
+    pub batch_max_records: usize,
+    /// Longest time a partial batch waits before it is flushed (duration). Default `200ms`.
+    #[serde(
+        deserialize_with = "de_duration",
+        serialize_with = "humantime_serde::serialize"
+    )]
+    pub flush_interval: Duration,
+}
+
+/// PostgreSQL settings (`audit_manager.database`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// Connection URL, `postgres://user:password@host:port/dbname`. Secret-bearing: it is
+    /// redacted in logs and in `GET /config`. Also settable through `DATABASE_URL` and the
+    /// `DB_HOST`/`DB_PORT`/`DB_NAME`/`DB_USER`/`DB_PASSWORD` variables.
+    /// Default `postgres://postgres@localhost:5432/auditmanager`.
+    pub url: Redacted<String>,
+    /// Monthly partitions kept created ahead: the current month plus N-1 following ones.
+    /// Default `3`.
+    #[serde(deserialize_with = "de_int")]
+    pub partition_pre_create_months: u32,
+    /// Months of partitions kept before old ones are dropped (`0` = never drop). Default `84`.
+    #[serde(deserialize_with = "de_int")]
+    pub partition_retention_months: u32,
+    /// How often partition maintenance runs (duration). Default `1h`.
+    #[serde(
+        deserialize_with = "de_duration",
+        serialize_with = "humantime_serde::serialize"
+    )]
+    pub partition_check_interval: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            roles: Role::ALL.to_vec(),
+            http: HttpConfig::default(),
+            ingest: IngestConfig::default(),
+            spool: SpoolConfig::default(),
+            kafka: KafkaConfig::default(),
+            sink: SinkConfig::default(),
+            database: DatabaseConfig::default(),
+            service_id: "openg2p.auditmanager".to_string(),
+            api_version: "1.0".to_string(),
+            build_info: BuildInfo::default(),
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8000)),
+            max_body_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            max_batch_size: 500,
+            max_future_skew: Duration::from_secs(3600),
+            max_event_bytes: 1024 * 1024,
+            validation: crate::event::ValidationMode::Compatible,
+        }
+    }
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        SpoolConfig {
+            path: PathBuf::from("./data/spool"),
+            max_bytes: 1024 * 1024 * 1024,
+            max_pending_appends: 4096,
+            retry_after: Duration::from_secs(1),
+        }
+    }
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            bootstrap_servers: "kafka:9092".to_string(),
+            topic: "openg2p.audit.events".to_string(),
+            dlq_topic: "openg2p.audit.dlq".to_string(),
+            consumer_group: "openg2p-audit-consumer".to_string(),
+            client_id: "openg2p-audit-manager".to_string(),
+            topic_partitions: 12,
+            topic_replication: 1,
+            producer: KafkaProperties::default(),
+            consumer: KafkaProperties::default(),
+        }
+    }
+}
+
+impl Default for SinkConfig {
+    fn default() -> Self {
+        SinkConfig {
+            batch_max_records: 5000,
+            flush_interval: Duration::from_millis(200),
+        }
+    }
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            url: "postgres://postgres@localhost:5432/auditmanager".into(),
+            partition_pre_create_months: 3,
+            partition_retention_months: 84,
+            partition_check_interval: Duration::from_secs(3600),
+        }
+    }
+}
+
+impl SpoolConfig {
+    /// `retry_after` rounded up to whole seconds, as rendered in the `Retry-After` header.
+    pub fn retry_after_secs(&self) -> u64 {
+        let d = self.retry_after;
+        d.as_secs() + u64::from(d.subsec_nanos() > 0)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Loading
+// ---------------------------------------------------------------------------------------------
+
+impl Config {
+    /// Whether this process runs role `r`.
+    pub fn has_role(&self, r: Role) -> bool {
+        self.roles.contains(&r)
+    }
+
+    /// Loads defaults < file (`path`, else `$CONFIG_PATH` if set) < process environment, then
+    /// [validates](Config::validate) the result. What the loader changed on the way (the
+    /// reference service's keys, safety overrides) is logged.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let env = sources::process_env()?;
+        Self::load_from(path, &env)
+    }
+
+    /// Same as [`Config::load`], but with an explicit environment (no process environment
+    /// access). `CONFIG_PATH` is looked up in `env` when `path` is `None`.
+    pub fn load_from(path: Option<&Path>, env: &[(String, String)]) -> Result<Config, ConfigError> {
+        let (config, notices) = Self::load_with_notices(path, env)?;
+        for n in &notices {
+            n.log();
+        }
+        Ok(config)
+    }
+
+    /// [`Config::load_from`] without logging: the configuration and what the loader had to
+    /// tell the operator about it.
+    pub fn load_with_notices(
+        path: Option<&Path>,
+        env: &[(String, String)],
+    ) -> Result<(Config, Vec<Notice>), ConfigError> {
+        let (text, origin) = sources::read_file(path, env)?;
+        build(&text, &origin, env)
+    }
+
+    /// Parses YAML text (with the `audit_manager:` root) and overlays `env`, then validates.
+    pub fn from_yaml_str(yaml: &str, env: &[(String, String)]) -> Result<Config, ConfigError> {
+        build(yaml, "YAML input", env).map(|(c, _)| c)
+    }
+
+    /// Non-secret effective configuration as JSON (for `GET /config`): byte sizes as integers,
+    /// durations as humantime strings, the database password and secret-looking query
+    /// parameters and Kafka properties replaced by `"***"` (all derived: see [`Redacted`]),
+    /// plus the reference service's key names with the values they stand for here.
+    pub fn redacted_json(&self) -> serde_json::Value {
+        let mut json = serde_json::to_value(self).unwrap_or_else(|e| {
+            // Only a map with non-string keys could fail, and the config has none.
+            serde_json::json!({ "error": format!("cannot render the configuration: {e}") })
+        });
+        reference::show_aliases(self, &mut json);
+        json
+    }
+
+    /// Checks ranges and cross-field sanity (called by the `load*` functions).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn invalid(key: &str, message: String) -> ConfigError {
+            ConfigError::Invalid {
+                key: format!("{ROOT_KEY}.{key}"),
+                message,
+            }
+        }
+        fn at_least_one<T: PartialOrd + From<u8> + fmt::Display>(
+            key: &str,
+            v: T,
+        ) -> Result<(), ConfigError> {
+            if v < T::from(1) {
+                return Err(invalid(key, format!("must be at least 1 (got {v})")));
+            }
+            Ok(())
+        }
+        fn non_empty(key: &str, v: &str) -> Result<(), ConfigError> {
+            if v.trim().is_empty() {
+                return Err(invalid(key, "must not be empty".to_string()));
+            }
+            Ok(())
+        }
+
+        if self.roles.is_empty() {
+            return Err(invalid(
+                "roles",
+                "must name at least one role (allowed: ingest, forward, sink, maintain)"
+                    .to_string(),
+            ));
+        }
+        at_least_one("http.max_body_bytes", self.http.max_body_bytes)?;
+        at_least_one("ingest.max_batch_size", self.ingest.max_batch_size as u64)?;
+        at_least_one("ingest.max_event_bytes", self.ingest.max_event_bytes)?;
+        at_least_one("spool.max_bytes", self.spool.max_bytes)?;
+        at_least_one(
+            "spool.max_pending_appends",
+            self.spool.max_pending_appends as u64,
+        )?;
+        non_empty("spool.path", &self.spool.path.to_string_lossy())?;
+        non_empty("kafka.bootstrap_servers", &self.kafka.bootstrap_servers)?;
+        non_empty("kafka.topic", &self.kafka.topic)?;
+        non_empty("kafka.dlq_topic", &self.kafka.dlq_topic)?;
+        non_empty("kafka.consumer_group", &self.kafka.consumer_group)?;
+        if self.kafka.dlq_topic == self.kafka.topic {
+            return Err(invalid(
+                "kafka.dlq_topic",
+                format!(
+                    "must differ from kafka.topic (both are `{}`); pick a separate dead-letter \
+                     topic",
+                    self.kafka.topic
+                ),
+            ));
+        }
+        at_least_one("kafka.topic_partitions", self.kafka.topic_partitions)?;
+        if self.kafka.topic_replication < 1 && self.kafka.topic_replication != -1 {
+            return Err(invalid(
+                "kafka.topic_replication",
+                format!(
+                    "must be at least 1, or -1 for the broker default (got {})",
+                    self.kafka.topic_replication
+                ),
+            ));
+        }
+        at_least_one("sink.batch_max_records", self.sink.batch_max_records as u64)?;
+        non_empty("database.url", &self.database.url)?;
+        let scheme_ok = matches!(
+            self.database.url.split_once("://").map(|(s, _)| s),
+            Some("postgres" | "postgresql")
+        );
+        let parsed = match sqlx::postgres::PgConnectOptions::from_str(&self.database.url) {
+            Ok(_) if !scheme_ok => Err("the scheme must be postgres:// or postgresql://".into()),
+            Ok(_) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = parsed {
+            return Err(invalid(
+                "database.url",
+                format!(
+                    "`{}` is not a PostgreSQL URL ({e}); expected \
+                     postgres://user:password@host:port/dbname",
+                    redact_url(&self.database.url)
+                ),
+            ));
+        }
+        at_least_one(
+            "database.partition_pre_create_months",
+            self.database.partition_pre_create_months,
+        )?;
+        non_empty("service_id", &self.service_id)?;
+        non_empty("api_version", &self.api_version)?;
+        Ok(())
+    }
+}
+
+/// Defaults < UVICORN_* < YAML < DB_* / DATABASE_URL < AUDIT_MANAGER__*, extracted with
+/// provenance, then the reference service's keys mapped and the result validated.
+fn build(
+    yaml: &str,
+    origin: &str,
+    env: &[(String, String)],
+) -> Result<(Config, Vec<Notice>), ConfigError> {
+    let file = sources::yaml_layer(yaml, origin)?;
+    let database = sources::database_layer(&file, env)?;
+    let mut layers: Vec<_> = sources::uvicorn_layer(env).into_iter().collect();
+    layers.push(file);
+    layers.extend(database);
+    layers.push(sources::env_layer(env)?);
+    let aliases = reference::take_aliases(&mut layers);
+    let figment = layers
+        .into_iter()
+        .fold(Figment::new(), |f, layer| f.merge(layer));
+    let mut config: Config = figment
+        .extract()
+        .map_err(|e| sources::explain(e, &figment, origin))?;
+    let notices = reference::apply(&mut config, &figment, aliases)?;
+    config.build_info = BuildInfo {
+        git_commit: sources::env_get(env, "GIT_COMMIT").map(str::to_string),
+        build_time: sources::env_get(env, "BUILD_TIME").map(str::to_string),
+    };
+    config.validate()?;
+    Ok((config, notices))
+}
+
+#[cfg(test)]
+mod tests;
