@@ -71,8 +71,15 @@ async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<
     }
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
     let broken = |e: axum::Error| {
+        // hyper's own message is generic; its source says what broke ("unexpected EOF").
+        let mut why = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            why = format!("{why}: {s}");
+            source = s.source();
+        }
         ApiError::NotJson(format!(
-            "the request body did not arrive completely ({e}); nothing was stored, send the \
+            "the request body did not arrive completely ({why}); nothing was stored, send the \
              request again"
         ))
     };
