@@ -258,8 +258,12 @@ impl TasksView {
             .map(|failure| failure.clone().unwrap_or_else(|| "stopped".to_owned()))
     }
 
-    /// The first task that has ended, with why.
+    /// A task that has ended, with why: the one that failed first if any task failed (the
+    /// others then only drained because of it).
     pub fn first_ended(&self) -> Option<(Task, String)> {
+        if let Some(f) = self.0.failure.get() {
+            return Some((f.task, f.reason.clone()));
+        }
         let tasks = self.0.tasks.lock().unwrap_or_else(PoisonError::into_inner);
         tasks.iter().find_map(|(t, s)| {
             s.ended
