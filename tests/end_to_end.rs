@@ -66,10 +66,10 @@ async fn sigkill_all_roles_under_load_every_acknowledged_event_stored_once() {
         for t in tasks {
             t.await.unwrap();
         }
+        let rows = common::count_rows(&pool).await;
         eprintln!(
-            "round {round}: killed after {delay:?}; {} acked so far, {} rows",
-            acked.lock().unwrap().len(),
-            common::count_rows(&pool).await
+            "round {round}: killed after {delay:?}; {} acked so far, {rows} rows",
+            acked.lock().unwrap().len()
         );
     }
     let acked: Vec<String> = acked.lock().unwrap().clone();
