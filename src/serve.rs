@@ -163,10 +163,7 @@ pub async fn start(
     let store = if config.has_role(Role::Sink) || config.has_role(Role::Maintain) {
         let store = Store::connect_lazy(&config.database.url, DB_POOL_SIZE)
             .context("invalid database.url")?;
-        supervisor.watch(
-            Task::DatabaseMonitor,
-            store.spawn_monitor(shutdown.child_token()),
-        );
+        // The sink is the last thing that can fail to start: nothing runs before it.
         if config.has_role(Role::Sink) {
             health.register(
                 Role::Sink,
@@ -177,6 +174,10 @@ pub async fn start(
                 .context("cannot start the sink role")?;
             supervisor.watch(Task::Sink, handle);
         }
+        supervisor.watch(
+            Task::DatabaseMonitor,
+            store.spawn_monitor(shutdown.child_token()),
+        );
         if config.has_role(Role::Maintain) {
             health.register(
                 Role::Maintain,

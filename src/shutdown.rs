@@ -81,8 +81,8 @@ impl fmt::Display for Task {
 /// A task that ended before shutdown: the reason `serve` exits non-zero.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error(
-    "the {task} task {reason} before shutdown; the other roles were drained and the process \
-     exits non-zero so that it is restarted (see the log lines before this one)"
+    "the {task} task stopped before shutdown ({reason}); the other roles were drained and the \
+     process exits non-zero so that it is restarted (see the log lines before this one)"
 )]
 pub struct TaskFailure {
     pub task: Task,
