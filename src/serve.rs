@@ -13,7 +13,7 @@ use crate::config::{Config, Role};
 use crate::devkafka::EmbeddedKafka;
 use crate::forward::{ForwardSettings, Forwarder};
 use crate::health::{Health, RoleReport, Status};
-use crate::shutdown::{Supervisor, Task, TasksView};
+use crate::shutdown::{Supervisor, Task};
 use crate::spool::{self, Spool, SpoolOptions, now_ms};
 use crate::store::Store;
 
@@ -71,16 +71,6 @@ impl Running {
     pub async fn stop(self) -> anyhow::Result<()> {
         self.supervisor.token().cancel();
         self.wait().await
-    }
-
-    /// Which tasks are running (what `/health` and `/ready` see).
-    pub fn tasks(&self) -> TasksView {
-        self.supervisor.view()
-    }
-
-    /// The root token: cancelling it starts the drain.
-    pub fn shutdown_token(&self) -> CancellationToken {
-        self.supervisor.token().clone()
     }
 }
 

@@ -117,3 +117,37 @@ async fn http_server_panic_exits_with_a_failure_and_loses_no_acknowledged_event(
         lost.first()
     );
 }
+
+/// The whole chain in a real process, with a real failure instead of the seam: a sink whose
+/// consumer cannot subscribe (librdkafka refuses a topic that is an invalid regular expression)
+/// ends its task. Before supervision that left a process answering `/health` UP with no sink;
+/// now `audit-manager serve` drains and exits 1, naming the task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_exits_1_when_the_sink_stops_on_its_own() {
+    let kafka = common::TestKafka::new(1);
+    let db = common::TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = common::ChildServer::spawn(
+        &dir.path().join("spool"),
+        &[
+            ("AUDIT_MANAGER__ROLES", "sink"),
+            (
+                "AUDIT_MANAGER__KAFKA__BOOTSTRAP_SERVERS",
+                kafka.bootstrap.as_str(),
+            ),
+            ("AUDIT_MANAGER__KAFKA__TOPIC", "^(unclosed"),
+            ("DATABASE_URL", db.url.as_str()),
+        ],
+    );
+    let code = server.wait_exit(Duration::from_secs(60)).await;
+    let log = server.log().join("\n");
+    assert_eq!(
+        code,
+        Some(1),
+        "a dead role must make the process exit 1:\n{log}"
+    );
+    assert!(
+        log.contains("a role stopped before shutdown") && log.contains("\"task\":\"sink\""),
+        "the failure is logged with the task:\n{log}"
+    );
+}
