@@ -122,8 +122,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 config.validate().context("invalid --roles")?;
             }
             let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-            rt.block_on(crate::serve::run(config))?;
-            Ok(ExitCode::SUCCESS)
+            serve_exit_code(rt.block_on(crate::serve::run(config)))
         }
         Command::Spool { command } => spool_command(&config, command),
         Command::Partitions { command } => {
@@ -142,6 +141,20 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             partitions,
             bootstrap_file,
         } => dev_kafka(&config, partitions, bootstrap_file.as_deref()),
+    }
+}
+
+/// Exit code of `serve`: 0 after a drain on SIGTERM/SIGINT; 1 when a role failed while running
+/// (the others were drained first), so the orchestrator restarts the process; other errors
+/// (could not start) go to `main`, which exits 2.
+fn serve_exit_code(result: anyhow::Result<()>) -> anyhow::Result<ExitCode> {
+    match result {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) if e.downcast_ref::<crate::shutdown::TaskFailure>().is_some() => {
+            eprintln!("error: {e:#}");
+            Ok(ExitCode::FAILURE)
+        }
+        Err(e) => Err(e),
     }
 }
 
@@ -290,4 +303,23 @@ fn spool_command(config: &Config, command: SpoolCommand) -> anyhow::Result<ExitC
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shutdown::{Task, TaskFailure};
+
+    #[test]
+    fn a_role_failure_exits_non_zero() {
+        assert_eq!(serve_exit_code(Ok(())).ok(), Some(ExitCode::SUCCESS));
+        let failure = TaskFailure {
+            task: Task::Forward,
+            reason: "panicked: boom".into(),
+        };
+        let code = serve_exit_code(Err(anyhow::Error::from(failure)));
+        assert_eq!(code.ok(), Some(ExitCode::FAILURE));
+        // Startup errors keep going to `main` (exit 2 with the message).
+        assert!(serve_exit_code(Err(anyhow::anyhow!("cannot listen"))).is_err());
+    }
 }

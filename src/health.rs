@@ -4,6 +4,9 @@
 //! the request path). A role that is `Down` makes the endpoint answer 503 with the role's error
 //! code; `Degraded` (e.g. Kafka unreachable while the spool absorbs events) answers 200 and
 //! says why, because emitters are still being served.
+//!
+//! A role whose task has ended (see [`crate::shutdown::Supervisor`]) is `Down` whatever its
+//! check says: a dead role is never reported UP.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,6 +15,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::config::Role;
+use crate::shutdown::{Task, TasksView};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "UPPERCASE")]
@@ -50,18 +54,55 @@ pub type Check = Arc<dyn Fn() -> RoleReport + Send + Sync>;
 /// The registry of role checks.
 #[derive(Clone, Default)]
 pub struct Health {
-    checks: BTreeMap<Role, Check>,
+    checks: BTreeMap<Role, (Check, Vec<Task>)>,
+    tasks: Option<TasksView>,
 }
 
 impl Health {
-    pub fn register(&mut self, role: Role, check: Check) {
-        self.checks.insert(role, check);
+    /// A registry whose roles are `Down` once one of their tasks (see [`Health::register`]) has
+    /// ended.
+    pub fn supervised(tasks: TasksView) -> Health {
+        Health {
+            checks: BTreeMap::new(),
+            tasks: Some(tasks),
+        }
+    }
+
+    /// Registers `role` with its check and the tasks it needs running.
+    pub fn register(&mut self, role: Role, tasks: &[Task], check: Check) {
+        self.checks.insert(role, (check, tasks.to_vec()));
+    }
+
+    /// The supervised tasks, when there are any.
+    pub fn tasks(&self) -> Option<&TasksView> {
+        self.tasks.as_ref()
+    }
+
+    /// One role's report: its check, overridden by `Down` when one of its tasks has ended.
+    fn role_report(&self, check: &Check, tasks: &[Task]) -> RoleReport {
+        let mut report = check();
+        let ended = self
+            .tasks
+            .as_ref()
+            .and_then(|view| tasks.iter().find_map(|t| view.ended(*t).map(|r| (*t, r))));
+        if let Some((task, why)) = ended {
+            report.status = Status::Down;
+            report.code = Some("AUD-005");
+            report.reason = Some(format!(
+                "the {task} task is not running ({why}); the process is shutting down and \
+                 exits non-zero after a failure so that it is restarted"
+            ));
+        }
+        report
     }
 
     /// Runs every check; the overall status is the worst of them.
     pub fn report(&self) -> (Status, BTreeMap<Role, RoleReport>) {
-        let reports: BTreeMap<Role, RoleReport> =
-            self.checks.iter().map(|(r, c)| (*r, c())).collect();
+        let reports: BTreeMap<Role, RoleReport> = self
+            .checks
+            .iter()
+            .map(|(r, (c, tasks))| (*r, self.role_report(c, tasks)))
+            .collect();
         let worst = reports
             .values()
             .map(|r| r.status)

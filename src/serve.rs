@@ -1,11 +1,11 @@
 //! `audit-manager serve`: wires the roles of one process together and drains them on shutdown.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
 use serde_json::json;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
@@ -13,6 +13,7 @@ use crate::config::{Config, Role};
 use crate::devkafka::EmbeddedKafka;
 use crate::forward::{ForwardSettings, Forwarder};
 use crate::health::{Health, RoleReport, Status};
+use crate::shutdown::{Supervisor, Task};
 use crate::spool::{self, Spool, SpoolOptions, now_ms};
 use crate::store::Store;
 
@@ -23,6 +24,9 @@ pub struct StartOptions {
     pub spool_opener: Option<spool::Opener>,
     /// Forward-loop tuning instead of [`ForwardSettings::default`] (tests shorten timings).
     pub forward: Option<ForwardSettings>,
+    /// Makes the task panic once the token is cancelled (supervision tests; see
+    /// [`Supervisor::inject_panic`]).
+    pub inject_panic: Option<(Task, CancellationToken)>,
 }
 
 /// `kafka.bootstrap_servers` value that starts the in-process development broker.
@@ -32,33 +36,22 @@ pub const EMBEDDED_KAFKA: &str = "embedded";
 pub struct Running {
     pub addr: SocketAddr,
     pub spool: Option<Spool>,
-    shutdown: CancellationToken,
-    server: JoinHandle<std::io::Result<()>>,
-    /// Background roles (sink, maintain, database monitor); they stop on the shutdown token.
-    tasks: Vec<JoinHandle<()>>,
+    /// Every role's task; a failure of one cancels the root token.
+    supervisor: Supervisor,
     store: Option<Store>,
-    forwarder: Option<JoinHandle<()>>,
     /// Stopped last, after the forwarder flushed into it.
     embedded_kafka: Option<EmbeddedKafka>,
 }
 
 impl Running {
-    /// Waits until the shutdown token is cancelled and everything has drained.
+    /// Waits until the root token is cancelled (a signal, [`Running::stop`], or a role that
+    /// failed) and everything has drained. Returns the role failure
+    /// ([`crate::shutdown::TaskFailure`]) if there was one: the process must then exit non-zero.
     pub async fn wait(self) -> anyhow::Result<()> {
-        let served = self.server.await;
-        if let Some(f) = self.forwarder {
-            // It stops reading, waits (bounded) for delivery reports and commits their acks
-            // before the spool closes.
-            if let Err(e) = f.await {
-                tracing::error!(error = %e, "forwarder task failed");
-            }
-        }
-        for task in self.tasks {
-            // Each loop commits what it has stored and returns once the token is cancelled.
-            if let Err(e) = task.await {
-                tracing::error!(error = %e, "a background role panicked");
-            }
-        }
+        // Each task returns once the token is cancelled: the HTTP server after answering every
+        // request in flight, the forwarder after committing the acks of its outstanding
+        // deliveries, the sink after committing what it stored.
+        let outcome = self.supervisor.wait().await;
         if let Some(store) = &self.store {
             store.close().await;
         }
@@ -67,20 +60,21 @@ impl Running {
             spool.close().await;
         }
         drop(self.embedded_kafka);
-        tracing::info!("drained; exiting");
-        served
-            .context("HTTP server task panicked")?
-            .context("HTTP server failed")
+        match &outcome {
+            Ok(()) => tracing::info!("drained; exiting"),
+            Err(failure) => tracing::error!(%failure, "drained after a role failure; exiting"),
+        }
+        Ok(outcome?)
     }
 
     /// Starts draining and waits for it.
     pub async fn stop(self) -> anyhow::Result<()> {
-        self.shutdown.cancel();
+        self.supervisor.token().cancel();
         self.wait().await
     }
 }
 
-/// Runs until SIGTERM/SIGINT, then drains and returns.
+/// Runs until SIGTERM/SIGINT, then drains and returns; returns an error after a role failure.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     crate::shutdown::cancel_on_signal(shutdown.clone());
@@ -88,7 +82,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     running.wait().await
 }
 
-/// Opens what the configured roles need, binds the listener and starts serving.
+/// Opens what the configured roles need, binds the listener and starts every role under one
+/// [`Supervisor`].
 pub async fn start(
     mut config: Config,
     shutdown: CancellationToken,
@@ -96,6 +91,10 @@ pub async fn start(
 ) -> anyhow::Result<Running> {
     let metrics = crate::metrics::install();
     crate::metrics::spawn_upkeep(metrics.clone(), shutdown.clone());
+    let supervisor = Supervisor::new(shutdown.clone());
+    if let Some((task, trigger)) = opts.inject_panic {
+        supervisor.inject_panic(task, trigger);
+    }
     let uses_kafka = config.has_role(Role::Forward) || config.has_role(Role::Sink);
     let embedded_kafka = if uses_kafka && config.kafka.bootstrap_servers == EMBEDDED_KAFKA {
         let topics = [config.kafka.topic.clone(), config.kafka.dlq_topic.clone()];
@@ -126,9 +125,9 @@ pub async fn start(
     } else {
         None
     };
-    let mut health = Health::default();
+    let mut health = Health::supervised(supervisor.view());
     if let (true, Some(spool)) = (config.has_role(Role::Ingest), &spool) {
-        health.register(Role::Ingest, ingest_check(spool.clone()));
+        health.register(Role::Ingest, &[Task::Http], ingest_check(spool.clone()));
     }
     let forwarder = match (config.has_role(Role::Forward), &spool) {
         (true, Some(spool)) => {
@@ -137,7 +136,7 @@ pub async fn start(
             if embedded_kafka.is_some() {
                 f = f.topics_precreated();
             }
-            health.register(Role::Forward, f.health_check());
+            health.register(Role::Forward, &[Task::Forward], f.health_check());
             Some(f)
         }
         _ => None,
@@ -151,24 +150,38 @@ pub async fn start(
             )
         })?;
     let addr = listener.local_addr()?;
-    let mut tasks = Vec::new();
     let store = if config.has_role(Role::Sink) || config.has_role(Role::Maintain) {
         let store = Store::connect_lazy(&config.database.url, DB_POOL_SIZE)
             .context("invalid database.url")?;
-        tasks.push(store.spawn_monitor(shutdown.child_token()));
+        // The sink is the last thing that can fail to start: nothing runs before it.
         if config.has_role(Role::Sink) {
-            health.register(Role::Sink, database_check(store.clone()));
+            health.register(
+                Role::Sink,
+                &[Task::Sink, Task::DatabaseMonitor],
+                database_check(store.clone()),
+            );
             let handle = crate::sink::spawn(&config, store.clone(), shutdown.child_token())
                 .context("cannot start the sink role")?;
-            tasks.push(handle);
+            supervisor.watch(Task::Sink, handle);
         }
+        supervisor.watch(
+            Task::DatabaseMonitor,
+            store.spawn_monitor(shutdown.child_token()),
+        );
         if config.has_role(Role::Maintain) {
-            health.register(Role::Maintain, database_check(store.clone()));
-            tasks.push(crate::maintain::spawn(
-                store.clone(),
-                config.database.clone(),
-                shutdown.child_token(),
-            ));
+            health.register(
+                Role::Maintain,
+                &[Task::Maintain, Task::DatabaseMonitor],
+                database_check(store.clone()),
+            );
+            supervisor.watch(
+                Task::Maintain,
+                crate::maintain::spawn(
+                    store.clone(),
+                    config.database.clone(),
+                    shutdown.child_token(),
+                ),
+            );
         }
         Some(store)
     } else {
@@ -183,21 +196,26 @@ pub async fn start(
     );
     let app = api::router(state);
     let token = shutdown.clone();
-    let server = tokio::spawn(async move {
+    supervisor.spawn(Task::Http, async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(token.cancelled_owned())
             .await
     });
-    let forwarder = forwarder.map(|f| tokio::spawn(f.run(shutdown.child_token())));
+    if let Some(f) = forwarder {
+        let token = shutdown.child_token();
+        supervisor.spawn(Task::Forward, async move {
+            f.run(token).await;
+            Ok::<(), Infallible>(())
+        });
+    }
+    supervisor.mark_started();
+    // Tests that run `serve` as a child process read `addr` from this line (LOG_FORMAT=json).
     tracing::info!(%addr, roles = roles.join(","), "audit-manager listening");
     Ok(Running {
         addr,
         spool,
-        shutdown,
-        server,
-        forwarder,
+        supervisor,
         embedded_kafka,
-        tasks,
         store,
     })
 }
@@ -245,13 +263,27 @@ fn ingest_check(spool: Spool) -> crate::health::Check {
             report.status = Status::Down;
             report.code = Some("AUD-009");
             report.reason = Some(format!("spool writes are failing: {e}"));
-        } else if s.live_bytes.saturating_mul(10) >= s.max_bytes.saturating_mul(9) {
-            report.status = Status::Degraded;
-            report.reason = Some(
-                "spool is at least 90% full: ingest answers 503 AUD-004 once it is full; \
-                 check the forwarder and Kafka"
-                    .into(),
+            return report;
+        }
+        let mut degraded = Vec::new();
+        if s.live_bytes.saturating_mul(10) >= s.max_bytes.saturating_mul(9) {
+            degraded.push(
+                "spool is at least 90% full: ingest answers 503 AUD-004 once it is full; check \
+                 the forwarder and Kafka"
+                    .to_owned(),
             );
+        }
+        if s.quarantined > 0 {
+            degraded.push(format!(
+                "{} record(s) in the spool quarantine (refused by Kafka or found damaged), \
+                 not being delivered; inspect them with `audit-manager spool export --quarantine` \
+                 and, once the cause is fixed, `audit-manager spool requeue` them",
+                s.quarantined
+            ));
+        }
+        if !degraded.is_empty() {
+            report.status = Status::Degraded;
+            report.reason = Some(degraded.join("; "));
         }
         report
     })

@@ -80,7 +80,6 @@ async fn env_only_configuration_as_the_reference_helm_chart_sets_it() {
     let db = common::TestDb::new().await;
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("stderr.log");
-    let port = common::free_port();
     let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/reference-default.yaml");
     let mut child = Command::new(env!("CARGO_BIN_EXE_audit-manager"))
@@ -98,7 +97,8 @@ async fn env_only_configuration_as_the_reference_helm_chart_sets_it() {
         .env("AUDIT_MANAGER__SPOOL__PATH", dir.path().join("spool"))
         .env("AUDIT_MANAGER__SERVICE_ID", "helm.audit")
         .env("UVICORN_HOST", "127.0.0.1")
-        .env("UVICORN_PORT", port.to_string())
+        // Port 0: the child binds a free port itself and names it in its log (no port race).
+        .env("UVICORN_PORT", "0")
         .env("GIT_COMMIT", "0123abcd")
         .env("BUILD_TIME", "2026-04-22T14:00:00Z")
         .stdin(Stdio::null())
@@ -106,9 +106,23 @@ async fn env_only_configuration_as_the_reference_helm_chart_sets_it() {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let base = format!("http://127.0.0.1:{port}{}", common::BASE);
     let client = reqwest::Client::new();
     let until = Instant::now() + Duration::from_secs(60);
+    let addr = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(addr) = text.lines().find_map(listening_addr) {
+            break addr;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("exited before listening ({status}): {text}");
+        }
+        assert!(
+            Instant::now() < until,
+            "no listening line within 60 s: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let base = format!("http://{addr}{}", common::BASE);
     loop {
         if let Ok(r) = client.get(format!("{base}/health")).send().await
             && r.status().is_success()
@@ -172,7 +186,10 @@ async fn env_only_configuration_as_the_reference_helm_chart_sets_it() {
         cfg["database"]["url"],
         format!("postgresql://postgres:***@127.0.0.1:5432/{}", db.name)
     );
-    assert_eq!(cfg["http"]["listen"], format!("127.0.0.1:{port}"));
+    assert_eq!(
+        cfg["http"]["listen"], "127.0.0.1:0",
+        "UVICORN_HOST/UVICORN_PORT"
+    );
     assert_eq!(cfg["ingest"]["queue_max_size"], 10_000);
     let version: serde_json::Value = client
         .get(format!("{base}/version"))
@@ -216,4 +233,13 @@ fn a_typo_next_to_the_reference_keys_is_refused_with_the_key_named() {
             && stderr.contains(file.to_str().unwrap()),
         "{stderr}"
     );
+}
+
+/// The address in the text-format "audit-manager listening" line (`... addr=IP:PORT ...`).
+fn listening_addr(line: &str) -> Option<std::net::SocketAddr> {
+    if !line.contains("audit-manager listening") {
+        return None;
+    }
+    let rest = &line[line.find("addr=")? + "addr=".len()..];
+    rest.split_whitespace().next()?.parse().ok()
 }

@@ -43,7 +43,6 @@ async fn sigkill_all_roles_under_load_every_acknowledged_event_stored_once() {
     let db = TestDb::new().await;
     let pool = db.pool().await;
     let acked: Arc<Mutex<Vec<String>>> = Arc::default();
-    let mut stored_during_rounds = 0;
 
     for round in 0..ROUNDS {
         let mut server = agent(&spool, &dk.bootstrap, &db.url);
@@ -67,20 +66,24 @@ async fn sigkill_all_roles_under_load_every_acknowledged_event_stored_once() {
         for t in tasks {
             t.await.unwrap();
         }
-        stored_during_rounds = common::count_rows(&pool).await;
+        let rows = common::count_rows(&pool).await;
         eprintln!(
-            "round {round}: killed after {delay:?}; {} acked so far, {stored_during_rounds} rows",
+            "round {round}: killed after {delay:?}; {} acked so far, {rows} rows",
             acked.lock().unwrap().len()
         );
     }
+    let acked: Vec<String> = acked.lock().unwrap().clone();
+    assert!(acked.len() > 1000, "real load: only {} acks", acked.len());
+    // The kills must have cut the pipeline mid-flight: acknowledged events that were still in
+    // the spool or in Kafka when the last agent died, which only the restart below can deliver.
+    let stored_when_rounds_ended = count_stored(&pool, &acked).await;
     assert!(
-        stored_during_rounds > 0,
-        "the sink must have stored rows while agents were being killed"
+        stored_when_rounds_ended < acked.len() as i64,
+        "every acknowledged event was stored before the last kill ({stored_when_rounds_ended}): \
+         the test did not kill anything mid-pipeline"
     );
 
     // One last agent, no load: it drains the spool and the topic.
-    let acked: Vec<String> = acked.lock().unwrap().clone();
-    assert!(acked.len() > 1000, "real load: only {} acks", acked.len());
     let mut last = agent(&spool, &dk.bootstrap, &db.url);
     last.wait_ready(Duration::from_secs(30)).await;
     let expected: HashSet<&String> = acked.iter().collect();
@@ -88,15 +91,7 @@ async fn sigkill_all_roles_under_load_every_acknowledged_event_stored_once() {
     eventually(
         Duration::from_secs(180),
         "every acknowledged event in audit_events",
-        || async {
-            let stored: i64 =
-                sqlx::query_scalar("SELECT count(*) FROM audit_events WHERE id = ANY($1)")
-                    .bind(&acked)
-                    .fetch_one(&pool)
-                    .await
-                    .unwrap_or(0);
-            (stored >= n).then_some(())
-        },
+        || async { (count_stored(&pool, &acked).await >= n).then_some(()) },
     )
     .await;
     let (rows, distinct): (i64, i64) =
@@ -105,12 +100,20 @@ async fn sigkill_all_roles_under_load_every_acknowledged_event_stored_once() {
             .await
             .unwrap();
     assert_eq!(rows, distinct, "no event is stored twice");
-    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_events WHERE id = ANY($1)")
-        .bind(&acked)
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    assert_eq!(stored, n, "every acknowledged event exactly once");
+    assert_eq!(
+        count_stored(&pool, &acked).await,
+        n,
+        "every acknowledged event exactly once"
+    );
     last.kill9();
     drop(dk);
+}
+
+/// How many of `ids` are in audit_events.
+async fn count_stored(pool: &sqlx::PgPool, ids: &[String]) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM audit_events WHERE id = ANY($1)")
+        .bind(ids)
+        .fetch_one(pool)
+        .await
+        .expect("count stored events")
 }

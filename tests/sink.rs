@@ -371,10 +371,9 @@ async fn postgres_cut_off_for_20s_loses_and_skips_nothing() {
         (app.get("/health").await.0 == 200).then_some(())
     })
     .await;
-    assert!(
-        kafka.dlq_records(1, Duration::from_secs(2)).is_empty(),
-        "nothing dead-lettered"
-    );
+    // Every row is stored, so any dead letter for these events was acknowledged before that
+    // (the sink commits only after the DLQ acked): the watermarks already count it.
+    assert_eq!(kafka.dlq_len(), 0, "nothing dead-lettered");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

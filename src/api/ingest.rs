@@ -3,7 +3,7 @@
 //! The answer is sent only after the spool commit holding the request's events returned, i.e.
 //! after fsync. A batch is all-or-nothing: every event valid and spooled in one commit, or none.
 
-use axum::body::{Body, to_bytes};
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
@@ -49,8 +49,11 @@ fn content_type_error(headers: &HeaderMap, expected: &str) -> ApiError {
     ))
 }
 
-/// Reads the body, refusing more than `http.max_body_bytes` (413 AUD-003).
+/// Reads the body, refusing more than `http.max_body_bytes` (413 AUD-003). A body that fails
+/// to arrive (the client disconnected, broken chunked encoding) is 400 AUD-001: only a body
+/// over the limit is "too large".
 async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+    use futures_util::StreamExt as _;
     let limit = state.config.http.max_body_bytes;
     let too_large = |n: Option<u64>| {
         let size = n.map(|n| format!(" ({n} bytes)")).unwrap_or_default();
@@ -67,7 +70,43 @@ async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<
         return Err(too_large(declared));
     }
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-    to_bytes(body, limit).await.map_err(|_| too_large(None))
+    let broken = |e: axum::Error| {
+        // hyper's own message is generic; its source says what broke ("unexpected EOF").
+        let mut why = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            why = format!("{why}: {s}");
+            source = s.source();
+        }
+        ApiError::NotJson(format!(
+            "the request body did not arrive completely ({why}); nothing was stored, send the \
+             request again"
+        ))
+    };
+    let mut chunks = body.into_data_stream();
+    // Most bodies arrive as one chunk: keep it without copying.
+    let Some(first) = chunks.next().await.transpose().map_err(broken)? else {
+        return Ok(Bytes::new());
+    };
+    let mut buf: Option<bytes::BytesMut> = None;
+    let mut len = first.len();
+    if len > limit {
+        return Err(too_large(None));
+    }
+    while let Some(chunk) = chunks.next().await.transpose().map_err(broken)? {
+        len += chunk.len();
+        if len > limit {
+            return Err(too_large(None));
+        }
+        let buf = buf.get_or_insert_with(|| {
+            let capacity = declared.map_or(len, |n| n as usize).min(limit);
+            let mut b = bytes::BytesMut::with_capacity(capacity);
+            b.extend_from_slice(&first);
+            b
+        });
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.map_or(first, bytes::BytesMut::freeze))
 }
 
 fn parse_json(body: &[u8]) -> Result<Value, ApiError> {

@@ -79,6 +79,7 @@ pub fn router(state: AppState) -> Router {
         .route("/events", post(ingest::post_event))
         .route("/events/batch", post(ingest::post_batch))
         .route("/health", get(ops::health))
+        .route("/ready", get(ops::ready))
         .route("/version", get(ops::version))
         .route("/config", get(ops::config))
         .route("/metrics", get(ops::metrics))

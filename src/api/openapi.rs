@@ -16,11 +16,9 @@ use std::sync::OnceLock;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-use utoipa::openapi::path::{HttpMethod, OperationBuilder};
-use utoipa::openapi::response::ResponseBuilder;
+use utoipa::openapi::RefOr;
 use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
-use utoipa::openapi::{ContentBuilder, RefOr};
-use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
+use utoipa::{OpenApi, PartialSchema, ToSchema};
 
 use super::envelope::ErrorItem;
 
@@ -38,6 +36,7 @@ use super::envelope::ErrorItem;
         super::ingest::post_event,
         super::ingest::post_batch,
         super::ops::health,
+        super::ops::ready,
         super::ops::version,
         super::ops::config,
         super::ops::metrics,
@@ -54,7 +53,6 @@ use super::envelope::ErrorItem;
         ErrorEnvelope,
         HealthStatus,
     )),
-    modifiers(&ReadyPath),
     tags(
         (name = "ingest", description = "Send audit events"),
         (name = "operations", description = "Health, readiness, version, configuration, metrics"),
@@ -133,7 +131,7 @@ pub const ERROR_CODES: &[ErrorCodeDoc] = &[
     ErrorCodeDoc {
         code: "AUD-005",
         status: 503,
-        when: "not ready: starting up, shutting down, or the ingest role not enabled here",
+        when: "not ready: starting up, shutting down, a role of this process has stopped, or the ingest role not enabled here",
     },
     ErrorCodeDoc {
         code: "AUD-006",
@@ -461,60 +459,6 @@ pub struct Resource {
     pub id: Option<String>,
 }
 
-// ---------------------------------------------------------------------------------------------
-// GET /ready
-// ---------------------------------------------------------------------------------------------
-
-/// Documents `GET /ready`, the readiness probe. Added as a path item rather than through a
-/// `#[utoipa::path]` on its handler so that this document does not depend on where the handler
-/// lives; the drift test checks that the route is served.
-struct ReadyPath;
-
-impl Modify for ReadyPath {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        let envelope = |description: &str| {
-            ResponseBuilder::new()
-                .description(description)
-                .content(
-                    "application/json",
-                    ContentBuilder::new()
-                        .schema(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name(
-                            "ErrorEnvelope",
-                        ))))
-                        .build(),
-                )
-                .build()
-        };
-        let ok = ResponseBuilder::new()
-            .description("This process can take events now")
-            .content(
-                "application/json",
-                ContentBuilder::new()
-                    .schema(Some(FreeForm::schema()))
-                    .build(),
-            )
-            .build();
-        let operation = OperationBuilder::new()
-            .tag("operations")
-            .summary(Some("Readiness: can this process take events now?"))
-            .description(Some(
-                "200 when the ingest role runs, the spool is below its bound and the process is \
-                 not draining (without the ingest role: when its roles run); else 503 with the \
-                 AUD code (AUD-004, AUD-005). Point readiness probes here and liveness probes \
-                 at `/health`: a database or Kafka outage never takes ingest out of a Service.",
-            ))
-            .operation_id(Some("ready"))
-            .response("200", ok)
-            .response("503", envelope("Not ready; `Retry-After` set"))
-            .build();
-        openapi.paths.add_path_operation(
-            "/v1/auditmanager/ready",
-            vec![HttpMethod::Get],
-            operation,
-        );
-    }
-}
-
 /// `GET /config`: the effective configuration, every key with its value, secrets redacted.
 pub struct EffectiveConfig;
 
@@ -535,15 +479,6 @@ impl PartialSchema for EffectiveConfig {
 impl ToSchema for EffectiveConfig {
     fn name() -> Cow<'static, str> {
         Cow::Borrowed("EffectiveConfig")
-    }
-}
-
-/// A free-form JSON object.
-struct FreeForm;
-
-impl PartialSchema for FreeForm {
-    fn schema() -> RefOr<Schema> {
-        ObjectBuilder::new().schema_type(Type::Object).into()
     }
 }
 

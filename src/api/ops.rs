@@ -1,4 +1,4 @@
-//! Operational routes: health, version, effective config, metrics.
+//! Operational routes: health, readiness, version, effective config, metrics.
 
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -7,8 +7,10 @@ use serde_json::json;
 
 use super::AppState;
 use super::envelope::{ErrorItem, respond};
+use super::error::retry_after_secs;
+use crate::config::{Config, Role};
 use crate::health::Status;
-use crate::spool::now_ms;
+use crate::spool::{SpoolStats, now_ms};
 
 /// `GET /health`: 200 while every running role is UP or DEGRADED, 503 when one is DOWN.
 #[utoipa::path(
@@ -52,6 +54,120 @@ pub async fn health(State(state): State<AppState>) -> Response {
     };
     let body = json!({ "status": status, "roles": roles });
     respond(http, Some(&body), &errors)
+}
+
+/// `GET /ready`: 200 when this process can take events now, else 503 with the reason's code.
+///
+/// With the ingest role: the HTTP server is running, the process is neither starting nor
+/// draining, spool writes succeed (AUD-009) and the spool has room (AUD-004). Kafka and
+/// PostgreSQL are deliberately not consulted: the spool absorbs their outages, so a readiness
+/// probe must not take ingest out of a Service because of them. Without the ingest role: every
+/// role's task is running. A role whose task ended is AUD-005 either way.
+#[utoipa::path(
+    get,
+    path = "/v1/auditmanager/ready",
+    tag = "operations",
+    summary = "Readiness: can this process take events now?",
+    description = "200 when the ingest role runs, the spool has room, spool writes succeed and \
+                   the process is neither starting nor draining (without the ingest role: when \
+                   its roles run); else 503 with AUD-004, AUD-005 or AUD-009 and `Retry-After`. \
+                   Point readiness probes here and liveness probes at `/version`: a database or \
+                   Kafka outage never takes ingest out of a Service, and never restarts a pod.",
+    responses(
+        (status = 200, description = "This process can take events now",
+         body = super::openapi::Envelope<serde_json::Value>),
+        (status = 503, description = "Not ready; `Retry-After` set",
+         body = super::openapi::ErrorEnvelope),
+    ),
+)]
+pub async fn ready(State(state): State<AppState>) -> Response {
+    let roles: Vec<String> = state.config.roles.iter().map(|r| r.to_string()).collect();
+    match readiness(&state) {
+        Ok(()) => respond(
+            StatusCode::OK,
+            Some(&json!({ "status": "READY", "roles": roles })),
+            &[],
+        ),
+        Err(item) => {
+            let body = json!({ "status": "NOT_READY", "roles": roles });
+            let mut resp = respond(StatusCode::SERVICE_UNAVAILABLE, Some(&body), &[item]);
+            let secs = retry_after_secs(state.config.spool.retry_after);
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            resp
+        }
+    }
+}
+
+/// Why this process cannot take events now, as the error item `/ready` answers with.
+fn readiness(state: &AppState) -> Result<(), ErrorItem> {
+    let not_ready = |error_code: &'static str, message: String| ErrorItem {
+        error_code,
+        message,
+    };
+    if state.shutdown.is_cancelled() {
+        return Err(not_ready(
+            "AUD-005",
+            "draining: the process is shutting down; send events to another instance".into(),
+        ));
+    }
+    if let Some(tasks) = state.health.tasks() {
+        if !tasks.started() {
+            return Err(not_ready(
+                "AUD-005",
+                "starting: the roles are not all running yet".into(),
+            ));
+        }
+        if let Some((task, why)) = tasks.first_ended() {
+            return Err(not_ready(
+                "AUD-005",
+                format!("the {task} task is not running ({why}); the process is shutting down"),
+            ));
+        }
+    }
+    if !state.config.has_role(Role::Ingest) {
+        return Ok(());
+    }
+    let Some(spool) = &state.spool else {
+        return Err(not_ready("AUD-005", "the ingest role has no spool".into()));
+    };
+    if let Err(e) = spool.health() {
+        return Err(not_ready(
+            "AUD-009",
+            format!("spool writes are failing: {e}; check the disk under spool.path"),
+        ));
+    }
+    let stats = spool.stats();
+    if spool_is_full(&stats, &state.config) {
+        return Err(not_ready(
+            "AUD-004",
+            format!(
+                "spool is full: {} of {} bytes (spool.max_bytes) hold events not yet delivered \
+                 to Kafka; it takes events again once the forwarder delivers some (check \
+                 Kafka and the forward role in /health)",
+                spool_used_bytes(&stats),
+                stats.max_bytes
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Bytes counted against `spool.max_bytes`.
+fn spool_used_bytes(stats: &SpoolStats) -> u64 {
+    stats.live_bytes
+}
+
+/// The spool is full for readiness when its free room is smaller than one event of the largest
+/// allowed size (`ingest.max_event_bytes`) or a tenth of the bound, whichever is smaller: most
+/// requests would be refused with AUD-004.
+fn spool_is_full(stats: &SpoolStats, config: &Config) -> bool {
+    let headroom = config
+        .ingest
+        .max_event_bytes
+        .min(stats.max_bytes / 10)
+        .max(1);
+    stats.max_bytes.saturating_sub(spool_used_bytes(stats)) < headroom
 }
 
 /// `GET /version`.

@@ -205,38 +205,73 @@ pub fn exported_ids(spool_dir: &Path) -> Vec<String> {
         .collect()
 }
 
-/// A free loopback port (bound and released; the caller binds it right away).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-/// `audit-manager serve` as a child process (for kill -9 tests).
+/// `audit-manager serve` as a child process (for kill -9 and SIGTERM tests).
+///
+/// The child binds port 0 itself and the harness reads the address it got from its
+/// "audit-manager listening" log line (`LOG_FORMAT=json`), so no port is ever picked by the
+/// test and then raced for. Every line the child writes on stderr is kept ([`ChildServer::log`])
+/// and echoed to the test's stderr.
 pub struct ChildServer {
     pub child: Child,
     pub addr: SocketAddr,
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
+
+/// How long a child may take to open its spool and listen.
+const LISTEN_DEADLINE: Duration = Duration::from_secs(60);
 
 impl ChildServer {
     pub fn spawn(spool_dir: &Path, extra_env: &[(&str, &str)]) -> ChildServer {
-        let port = free_port();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-        let child = Command::new(env!("CARGO_BIN_EXE_audit-manager"))
+        use std::io::BufRead as _;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_audit-manager"))
             .arg("serve")
-            .env("AUDIT_MANAGER__HTTP__LISTEN", addr.to_string())
+            .env("AUDIT_MANAGER__HTTP__LISTEN", "127.0.0.1:0")
             .env("AUDIT_MANAGER__SPOOL__PATH", spool_dir)
             .env("AUDIT_MANAGER__ROLES", "ingest")
-            .env("RUST_LOG", "warn")
+            // Warnings, plus the info line that names the bound address.
+            .env("RUST_LOG", "warn,audit_manager::serve=info")
+            .env("LOG_FORMAT", "json")
             .envs(extra_env.iter().copied())
             .env_remove("CONFIG_PATH")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("spawn audit-manager serve");
-        ChildServer { child, addr }
+        let stderr = child.stderr.take().expect("child stderr");
+        let log: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+        let (tx, rx) = std::sync::mpsc::channel::<SocketAddr>();
+        let lines = log.clone();
+        // Reads until the child closes stderr (it exited), so the pipe never fills up.
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("[audit-manager {}] {line}", log_level(&line));
+                if let Some(addr) = listening_addr(&line) {
+                    let _ = tx.send(addr);
+                }
+                lines.lock().unwrap().push(line);
+            }
+        });
+        let until = Instant::now() + LISTEN_DEADLINE;
+        let addr = loop {
+            match rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(addr) => break addr,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = child.wait().expect("wait audit-manager");
+                    panic!(
+                        "audit-manager exited ({status}) before listening:\n{}",
+                        log.lock().unwrap().join("\n")
+                    );
+                }
+            }
+            if Instant::now() >= until {
+                let _ = child.kill();
+                panic!("audit-manager did not report its address within {LISTEN_DEADLINE:?}");
+            }
+        };
+        ChildServer { child, addr, log }
     }
 
     /// Waits until `/health` answers, or panics after `deadline`.
@@ -266,6 +301,52 @@ impl ChildServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// Sends SIGTERM (the orchestrator's "please stop"); the process drains and exits.
+    pub fn terminate(&self) {
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+    }
+
+    /// Waits for the process to exit and returns its exit code (`None`: killed by a signal),
+    /// or panics after `deadline`.
+    pub async fn wait_exit(&mut self, deadline: Duration) -> Option<i32> {
+        let until = Instant::now() + deadline;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status.code();
+            }
+            assert!(
+                Instant::now() < until,
+                "audit-manager still running {deadline:?} after it was asked to stop"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Every line the child has written on stderr so far.
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+/// The bound address from the "audit-manager listening" JSON log line.
+fn listening_addr(line: &str) -> Option<SocketAddr> {
+    let v: Value = serde_json::from_str(line).ok()?;
+    if v["message"] != "audit-manager listening" {
+        return None;
+    }
+    v["addr"].as_str()?.parse().ok()
+}
+
+/// A short tag for echoed log lines: the level, when the line is JSON.
+fn log_level(line: &str) -> String {
+    serde_json::from_str::<Value>(line)
+        .ok()
+        .and_then(|v| v["level"].as_str().map(str::to_owned))
+        .unwrap_or_default()
 }
 
 impl Drop for ChildServer {
@@ -401,18 +482,28 @@ impl TestKafka {
         p.send(rec, Duration::from_secs(10)).await.expect("produce");
     }
 
-    /// Every record of the DLQ topic (value, headers), read with a fresh consumer.
+    /// Records of the DLQ topic (value, headers) from its beginning, read by a consumer that
+    /// assigns itself every partition (no group join to wait for): returns once `expect` were
+    /// read, or what was read by `deadline`.
     pub fn dlq_records(&self, expect: usize, deadline: Duration) -> Vec<DlqRecord> {
         use rdkafka::Message;
         use rdkafka::consumer::{BaseConsumer, Consumer};
         use rdkafka::message::Headers;
         let c: BaseConsumer = rdkafka::ClientConfig::new()
             .set("bootstrap.servers", &self.bootstrap)
-            .set("group.id", format!("dlq-reader-{}", uuid::Uuid::new_v4()))
-            .set("auto.offset.reset", "earliest")
+            .set("group.id", "dlq-reader")
+            .set("enable.auto.commit", "false")
             .create()
             .expect("dlq consumer");
-        c.subscribe(&[DLQ_TOPIC]).expect("subscribe dlq");
+        let md = c
+            .fetch_metadata(Some(DLQ_TOPIC), Duration::from_secs(10))
+            .expect("dlq metadata");
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for p in md.topics()[0].partitions() {
+            tpl.add_partition_offset(DLQ_TOPIC, p.id(), rdkafka::Offset::Beginning)
+                .expect("dlq partition");
+        }
+        c.assign(&tpl).expect("assign dlq");
         let until = Instant::now() + deadline;
         let mut out = Vec::new();
         while out.len() < expect && Instant::now() < until {
@@ -435,6 +526,29 @@ impl TestKafka {
             }
         }
         out
+    }
+
+    /// Records in the DLQ topic now, from its partitions' watermarks (high - low): exact, no
+    /// waiting for a consumer to catch up.
+    pub fn dlq_len(&self) -> i64 {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let c: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .create()
+            .expect("watermark client");
+        let md = c
+            .fetch_metadata(Some(DLQ_TOPIC), Duration::from_secs(10))
+            .expect("dlq metadata");
+        md.topics()[0]
+            .partitions()
+            .iter()
+            .map(|p| {
+                let (low, high) = c
+                    .fetch_watermarks(DLQ_TOPIC, p.id(), Duration::from_secs(10))
+                    .expect("dlq watermarks");
+                high - low
+            })
+            .sum()
     }
 }
 
