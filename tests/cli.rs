@@ -240,6 +240,16 @@ fn listening_addr(line: &str) -> Option<std::net::SocketAddr> {
     if !line.contains("audit-manager listening") {
         return None;
     }
-    let rest = &line[line.find("addr=")? + "addr=".len()..];
+    // Colour escapes may wrap the field name and the `=`; drop them before reading the value.
+    let mut plain = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            chars.by_ref().find(|c| c.is_ascii_alphabetic());
+        } else {
+            plain.push(c);
+        }
+    }
+    let rest = &plain[plain.find("addr=")? + "addr=".len()..];
     rest.split_whitespace().next()?.parse().ok()
 }
