@@ -58,6 +58,26 @@ pub enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
+    /// Kafka topics kafka.topic and kafka.dlq_topic (provisioning, e.g. a Helm hook Job).
+    Topics {
+        #[command(subcommand)]
+        command: TopicsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TopicsCommand {
+    /// Create kafka.topic and kafka.dlq_topic, or add partitions, so each has at least N.
+    ///
+    /// Exits 0 when both topics exist with enough partitions, 1 when Kafka refused.
+    Ensure {
+        /// Partitions each topic must have at least (default: kafka.topic_partitions).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(1..=10_000))]
+        partitions: Option<i32>,
+        /// How long to wait for each answer from Kafka.
+        #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -142,7 +162,116 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             partitions,
             bootstrap_file,
         } => dev_kafka(&config, partitions, bootstrap_file.as_deref()),
+        Command::Topics {
+            command:
+                TopicsCommand::Ensure {
+                    partitions,
+                    timeout,
+                },
+        } => {
+            let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            let partitions = partitions.unwrap_or(config.kafka.topic_partitions);
+            let mut out = std::io::stdout().lock();
+            let ok = rt.block_on(topics_ensure(&config, partitions, timeout, &mut out))?;
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
     }
+}
+
+/// `topics ensure`: unlike the forwarder's best-effort [`crate::forward::ensure_topics`], a
+/// provisioning step must fail loudly, and it also grows topics that have too few partitions
+/// (Kafka never shrinks them). Returns whether both topics now have at least `partitions`.
+async fn topics_ensure(
+    config: &Config,
+    partitions: i32,
+    timeout: std::time::Duration,
+    out: &mut impl std::io::Write,
+) -> anyhow::Result<bool> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::error::RDKafkaErrorCode;
+    let kafka = &config.kafka;
+    // The producer's properties carry the operator's security settings (SASL, TLS).
+    let mut cc = crate::forward::producer_config(config, &Default::default());
+    // A missing topic must read as missing, not be auto-created with the broker's defaults.
+    cc.set("allow.auto.create.topics", "false");
+    let admin: AdminClient<DefaultClientContext> = cc
+        .create()
+        .context("cannot create a Kafka admin client (check kafka.producer properties)")?;
+    let opts = AdminOptions::new()
+        .request_timeout(Some(timeout))
+        .operation_timeout(Some(timeout));
+    let replication = kafka.topic_replication;
+    let mut ok = true;
+    for topic in [&kafka.topic, &kafka.dlq_topic] {
+        let name = topic.clone();
+        let client = admin.inner();
+        let metadata = tokio::task::block_in_place(|| client.fetch_metadata(Some(&name), timeout))
+            .with_context(|| {
+                format!(
+                    "cannot read the metadata of topic {topic} from {} \
+                     (kafka.bootstrap_servers): is Kafka reachable?",
+                    kafka.bootstrap_servers
+                )
+            })?;
+        let existing = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic.as_str())
+            .filter(|t| t.error().is_none())
+            .map(|t| t.partitions().len() as i32);
+        let result = match existing {
+            Some(n) if n >= partitions => {
+                writeln!(
+                    out,
+                    "{topic}: exists with {n} partitions (at least {partitions})"
+                )?;
+                continue;
+            }
+            Some(n) => {
+                let grow = NewPartitions::new(topic, partitions as usize);
+                let r = admin.create_partitions([&grow], &opts).await;
+                (format!("partitions {n} -> {partitions}"), r)
+            }
+            None => {
+                let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
+                let r = admin.create_topics([&new], &opts).await;
+                (format!("created with {partitions} partitions"), r)
+            }
+        };
+        match result {
+            (done, Ok(results)) => match results.into_iter().next() {
+                Some(Ok(_)) => writeln!(out, "{topic}: {done}")?,
+                // Created by someone else between our metadata read and the request.
+                Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists))) => writeln!(
+                    out,
+                    "{topic}: exists (created concurrently); run again to check"
+                )?,
+                Some(Err((_, code))) => {
+                    ok = false;
+                    eprintln!(
+                        "error: {topic}: Kafka refused ({done}): {code:?}. Allow this client \
+                         CreateTopics/CreatePartitions (or AlterConfigs) on the topic, or create \
+                         it yourself: kafka-topics.sh --create --topic {topic} --partitions \
+                         {partitions} --replication-factor {replication}"
+                    );
+                }
+                None => {
+                    ok = false;
+                    eprintln!("error: {topic}: Kafka answered without a result ({done})");
+                }
+            },
+            (done, Err(e)) => {
+                ok = false;
+                eprintln!("error: {topic}: the request failed ({done}): {e}");
+            }
+        }
+    }
+    Ok(ok)
 }
 
 async fn partitions_command(
