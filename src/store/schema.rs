@@ -1,4 +1,4 @@
-//! The `audit_events` DDL (design.md, "PostgreSQL"), applied idempotently at startup.
+//! The `audit_events` DDL (docs/contract.md, "The table"), applied idempotently at startup.
 
 use sqlx::{ConnectOptions, Connection};
 
