@@ -28,8 +28,12 @@ pub enum Command {
     /// Run the service: the HTTP API and the roles selected by `roles` / --roles.
     Serve {
         /// Comma-separated roles to run here (overrides `roles`): ingest,forward,sink,maintain.
-        #[arg(long, value_delimiter = ',')]
+        #[arg(long, value_delimiter = ',', conflicts_with = "dev")]
         roles: Option<Vec<Role>>,
+        /// Development: every role, an in-process Kafka broker (NOT durable) unless
+        /// kafka.bootstrap_servers names one, and the local PostgreSQL of database.url.
+        #[arg(long)]
+        dev: bool,
     },
     /// Run an in-memory Kafka-protocol broker for development and tests (NOT durable).
     ///
@@ -136,10 +140,17 @@ fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let mut config = load_config(cli.config.as_deref())?;
     match cli.command {
-        Command::Serve { roles } => {
+        Command::Serve { roles, dev } => {
             if let Some(roles) = roles {
                 config.roles = roles;
                 config.validate().context("invalid --roles")?;
+            }
+            if dev {
+                apply_dev(&mut config);
+                config
+                    .validate()
+                    .context("invalid configuration for --dev")?;
+                eprint!("{}", dev_banner(&config));
             }
             let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             rt.block_on(crate::serve::run(config))?;
@@ -180,6 +191,53 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
     }
+}
+
+/// `serve --dev`: every role, and the in-process broker unless the configuration names a real
+/// one. Everything else keeps its configured value: the defaults already are the development
+/// setup (`0.0.0.0:8000`, `./data/spool`, `postgres://postgres@localhost:5432/auditmanager`,
+/// a database the store creates when it is missing), and the environment still overrides them.
+pub fn apply_dev(config: &mut Config) {
+    config.roles = Role::ALL.to_vec();
+    if config.kafka.bootstrap_servers == crate::config::KafkaConfig::default().bootstrap_servers {
+        config.kafka.bootstrap_servers = crate::serve::EMBEDDED_KAFKA.to_string();
+    }
+}
+
+/// What `serve --dev` keeps and what it does not: printed before anything starts, so it is the
+/// first thing a newcomer reads.
+pub fn dev_banner(config: &Config) -> String {
+    let rule = "=".repeat(78);
+    let embedded = config.kafka.bootstrap_servers == crate::serve::EMBEDDED_KAFKA;
+    let kafka = if embedded {
+        "in-process development broker: NOT DURABLE. Events forwarded to it and not yet\n\
+         \x20               stored in PostgreSQL are LOST when this process stops."
+            .to_string()
+    } else {
+        format!(
+            "{} (kafka.bootstrap_servers): as durable as that cluster",
+            config.kafka.bootstrap_servers
+        )
+    };
+    let warning = if embedded {
+        "NOT DURABLE PAST KAFKA: never send real audit events to --dev."
+    } else {
+        "Development settings: check every key before using this for real audit events."
+    };
+    format!(
+        "{rule}\n\
+         audit-manager serve --dev: every role in one process, for development\n\
+         \x20 API          http://{listen}/v1/auditmanager  (try GET /health)\n\
+         \x20 spool        {spool}: durable, every 202 is fsynced here first\n\
+         \x20 Kafka        {kafka}\n\
+         \x20 PostgreSQL   {db}: durable; the database is created if missing\n\
+         \n\
+         \x20 {warning}\n\
+         {rule}\n",
+        listen = config.http.listen,
+        spool = config.spool.path.display(),
+        db = crate::config::redact_url(&config.database.url),
+    )
 }
 
 /// `topics ensure`: unlike the forwarder's best-effort [`crate::forward::ensure_topics`], a
@@ -419,4 +477,41 @@ fn spool_command(config: &Config, command: SpoolCommand) -> anyhow::Result<ExitC
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dev_runs_every_role_on_the_embedded_broker_by_default() {
+        let mut c = Config {
+            roles: vec![Role::Ingest],
+            ..Config::default()
+        };
+        apply_dev(&mut c);
+        assert_eq!(c.roles, Role::ALL.to_vec());
+        assert_eq!(c.kafka.bootstrap_servers, crate::serve::EMBEDDED_KAFKA);
+        assert_eq!(
+            c.database.url,
+            "postgres://postgres@localhost:5432/auditmanager"
+        );
+        let banner = dev_banner(&c);
+        assert!(banner.contains("NOT DURABLE PAST KAFKA"), "{banner}");
+    }
+
+    #[test]
+    fn dev_keeps_a_configured_broker_and_database_and_hides_the_password() {
+        let mut c = Config::default();
+        c.kafka.bootstrap_servers = "b1:9092".into();
+        c.database.url = "postgres://u:s3cret@db:5432/x".into();
+        apply_dev(&mut c);
+        assert_eq!(c.kafka.bootstrap_servers, "b1:9092");
+        let banner = dev_banner(&c);
+        assert!(
+            banner.contains("b1:9092") && !banner.contains("NOT DURABLE PAST"),
+            "{banner}"
+        );
+        assert!(!banner.contains("s3cret"), "{banner}");
+    }
 }
