@@ -1,6 +1,9 @@
 # syntax=docker/dockerfile:1
-# Build: docker build -t audit-manager .
+# Build: docker build --build-arg GIT_COMMIT=$(git rev-parse HEAD) -t audit-manager .
 # Run:   docker run -p 8000:8000 -v audit-spool:/var/lib/audit-manager audit-manager serve --roles ingest
+#
+# The image holds the service binary only: the load generator (bench/loadgen) is a workspace
+# member of its own and is not built here (tests/packaging.rs checks both).
 
 FROM rust:1.95-bookworm AS build
 # librdkafka is compiled from source by rdkafka-sys: it needs make, perl and zlib headers.
@@ -9,15 +12,17 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked --bins \
- && cp target/release/audit-manager target/release/audit-loadgen /usr/local/bin/
+# .dockerignore leaves .git out of the context, so the commit for GET /version comes in here.
+ARG GIT_COMMIT=unknown
+RUN GIT_COMMIT="$GIT_COMMIT" cargo build --release --locked --bin audit-manager \
+ && cp target/release/audit-manager /usr/local/bin/audit-manager
 
 FROM debian:bookworm-slim
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates zlib1g tini \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --home-dir /var/lib/audit-manager --create-home audit
-COPY --from=build /usr/local/bin/audit-manager /usr/local/bin/audit-loadgen /usr/local/bin/
+COPY --from=build /usr/local/bin/audit-manager /usr/local/bin/audit-manager
 COPY config/default.yaml /etc/audit-manager/config.yaml
 USER audit
 WORKDIR /var/lib/audit-manager

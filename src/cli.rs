@@ -28,8 +28,12 @@ pub enum Command {
     /// Run the service: the HTTP API and the roles selected by `roles` / --roles.
     Serve {
         /// Comma-separated roles to run here (overrides `roles`): ingest,forward,sink,maintain.
-        #[arg(long, value_delimiter = ',')]
+        #[arg(long, value_delimiter = ',', conflicts_with = "dev")]
         roles: Option<Vec<Role>>,
+        /// Development: every role, an in-process Kafka broker (NOT durable) unless
+        /// kafka.bootstrap_servers names one, and the local PostgreSQL of database.url.
+        #[arg(long)]
+        dev: bool,
     },
     /// Run an in-memory Kafka-protocol broker for development and tests (NOT durable).
     ///
@@ -57,6 +61,26 @@ pub enum Command {
     Dlq {
         #[command(subcommand)]
         command: DlqCommand,
+    },
+    /// Kafka topics kafka.topic and kafka.dlq_topic (provisioning, e.g. a Helm hook Job).
+    Topics {
+        #[command(subcommand)]
+        command: TopicsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TopicsCommand {
+    /// Create kafka.topic and kafka.dlq_topic, or add partitions, so each has at least N.
+    ///
+    /// Exits 0 when both topics exist with enough partitions, 1 when Kafka refused.
+    Ensure {
+        /// Partitions each topic must have at least (default: kafka.topic_partitions).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(1..=10_000))]
+        partitions: Option<i32>,
+        /// How long to wait for each answer from Kafka.
+        #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
     },
 }
 
@@ -116,10 +140,17 @@ fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let mut config = load_config(cli.config.as_deref())?;
     match cli.command {
-        Command::Serve { roles } => {
+        Command::Serve { roles, dev } => {
             if let Some(roles) = roles {
                 config.roles = roles;
                 config.validate().context("invalid --roles")?;
+            }
+            if dev {
+                apply_dev(&mut config);
+                config
+                    .validate()
+                    .context("invalid configuration for --dev")?;
+                eprint!("{}", dev_banner(&config));
             }
             let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             serve_exit_code(rt.block_on(crate::serve::run(config)))
@@ -141,6 +172,23 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             partitions,
             bootstrap_file,
         } => dev_kafka(&config, partitions, bootstrap_file.as_deref()),
+        Command::Topics {
+            command:
+                TopicsCommand::Ensure {
+                    partitions,
+                    timeout,
+                },
+        } => {
+            let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            let partitions = partitions.unwrap_or(config.kafka.topic_partitions);
+            let mut out = std::io::stdout().lock();
+            let ok = rt.block_on(topics_ensure(&config, partitions, timeout, &mut out))?;
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
     }
 }
 
@@ -156,6 +204,145 @@ fn serve_exit_code(result: anyhow::Result<()>) -> anyhow::Result<ExitCode> {
         }
         Err(e) => Err(e),
     }
+}
+
+/// `serve --dev`: every role, and the in-process broker unless the configuration names a real
+/// one. Everything else keeps its configured value: the defaults already are the development
+/// setup (`0.0.0.0:8000`, `./data/spool`, `postgres://postgres@localhost:5432/auditmanager`,
+/// a database the store creates when it is missing), and the environment still overrides them.
+pub fn apply_dev(config: &mut Config) {
+    config.roles = Role::ALL.to_vec();
+    if config.kafka.bootstrap_servers == crate::config::KafkaConfig::default().bootstrap_servers {
+        config.kafka.bootstrap_servers = crate::serve::EMBEDDED_KAFKA.to_string();
+    }
+}
+
+/// What `serve --dev` keeps and what it does not: printed before anything starts, so it is the
+/// first thing a newcomer reads.
+pub fn dev_banner(config: &Config) -> String {
+    let rule = "=".repeat(78);
+    let embedded = config.kafka.bootstrap_servers == crate::serve::EMBEDDED_KAFKA;
+    let kafka = if embedded {
+        "in-process development broker: NOT DURABLE. Events forwarded to it and not yet\n\
+         \x20               stored in PostgreSQL are LOST when this process stops."
+            .to_string()
+    } else {
+        format!(
+            "{} (kafka.bootstrap_servers): as durable as that cluster",
+            config.kafka.bootstrap_servers
+        )
+    };
+    let warning = if embedded {
+        "NOT DURABLE PAST KAFKA: never send real audit events to --dev."
+    } else {
+        "Development settings: check every key before using this for real audit events."
+    };
+    format!(
+        "{rule}\n\
+         audit-manager serve --dev: every role in one process, for development\n\
+         \x20 API          http://{listen}/v1/auditmanager  (try GET /health)\n\
+         \x20 spool        {spool}: durable, every 202 is fsynced here first\n\
+         \x20 Kafka        {kafka}\n\
+         \x20 PostgreSQL   {db}: durable; the database is created if missing\n\
+         \n\
+         \x20 {warning}\n\
+         {rule}\n",
+        listen = config.http.listen,
+        spool = config.spool.path.display(),
+        db = crate::config::redact_url(&config.database.url),
+    )
+}
+
+/// `topics ensure`: unlike the forwarder's best-effort [`crate::forward::ensure_topics`], a
+/// provisioning step must fail loudly, and it also grows topics that have too few partitions
+/// (Kafka never shrinks them). Returns whether both topics now have at least `partitions`.
+async fn topics_ensure(
+    config: &Config,
+    partitions: i32,
+    timeout: std::time::Duration,
+    out: &mut impl std::io::Write,
+) -> anyhow::Result<bool> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::error::RDKafkaErrorCode;
+    let kafka = &config.kafka;
+    // The producer's properties carry the operator's security settings (SASL, TLS).
+    let mut cc = crate::forward::producer_config(config, &Default::default());
+    // A missing topic must read as missing, not be auto-created with the broker's defaults.
+    cc.set("allow.auto.create.topics", "false");
+    let admin: AdminClient<DefaultClientContext> = cc
+        .create()
+        .context("cannot create a Kafka admin client (check kafka.producer properties)")?;
+    let opts = AdminOptions::new()
+        .request_timeout(Some(timeout))
+        .operation_timeout(Some(timeout));
+    let replication = kafka.topic_replication;
+    let mut ok = true;
+    for topic in [&kafka.topic, &kafka.dlq_topic] {
+        let name = topic.clone();
+        let client = admin.inner();
+        let metadata = tokio::task::block_in_place(|| client.fetch_metadata(Some(&name), timeout))
+            .with_context(|| {
+                format!(
+                    "cannot read the metadata of topic {topic} from {} \
+                     (kafka.bootstrap_servers): is Kafka reachable?",
+                    kafka.bootstrap_servers
+                )
+            })?;
+        let existing = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic.as_str())
+            .filter(|t| t.error().is_none())
+            .map(|t| t.partitions().len() as i32);
+        let result = match existing {
+            Some(n) if n >= partitions => {
+                writeln!(
+                    out,
+                    "{topic}: exists with {n} partitions (at least {partitions})"
+                )?;
+                continue;
+            }
+            Some(n) => {
+                let grow = NewPartitions::new(topic, partitions as usize);
+                let r = admin.create_partitions([&grow], &opts).await;
+                (format!("partitions {n} -> {partitions}"), r)
+            }
+            None => {
+                let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
+                let r = admin.create_topics([&new], &opts).await;
+                (format!("created with {partitions} partitions"), r)
+            }
+        };
+        match result {
+            (done, Ok(results)) => match results.into_iter().next() {
+                Some(Ok(_)) => writeln!(out, "{topic}: {done}")?,
+                // Created by someone else between our metadata read and the request.
+                Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists))) => writeln!(
+                    out,
+                    "{topic}: exists (created concurrently); run again to check"
+                )?,
+                Some(Err((_, code))) => {
+                    ok = false;
+                    eprintln!(
+                        "error: {topic}: Kafka refused ({done}): {code:?}. Allow this client \
+                         CreateTopics/CreatePartitions (or AlterConfigs) on the topic, or create \
+                         it yourself: kafka-topics.sh --create --topic {topic} --partitions \
+                         {partitions} --replication-factor {replication}"
+                    );
+                }
+                None => {
+                    ok = false;
+                    eprintln!("error: {topic}: Kafka answered without a result ({done})");
+                }
+            },
+            (done, Err(e)) => {
+                ok = false;
+                eprintln!("error: {topic}: the request failed ({done}): {e}");
+            }
+        }
+    }
+    Ok(ok)
 }
 
 async fn partitions_command(
@@ -321,5 +508,37 @@ mod tests {
         assert_eq!(code.ok(), Some(ExitCode::FAILURE));
         // Startup errors keep going to `main` (exit 2 with the message).
         assert!(serve_exit_code(Err(anyhow::anyhow!("cannot listen"))).is_err());
+    }
+
+    #[test]
+    fn dev_runs_every_role_on_the_embedded_broker_by_default() {
+        let mut c = Config {
+            roles: vec![Role::Ingest],
+            ..Config::default()
+        };
+        apply_dev(&mut c);
+        assert_eq!(c.roles, Role::ALL.to_vec());
+        assert_eq!(c.kafka.bootstrap_servers, crate::serve::EMBEDDED_KAFKA);
+        assert_eq!(
+            c.database.url,
+            "postgres://postgres@localhost:5432/auditmanager"
+        );
+        let banner = dev_banner(&c);
+        assert!(banner.contains("NOT DURABLE PAST KAFKA"), "{banner}");
+    }
+
+    #[test]
+    fn dev_keeps_a_configured_broker_and_database_and_hides_the_password() {
+        let mut c = Config::default();
+        c.kafka.bootstrap_servers = "b1:9092".into();
+        c.database.url = "postgres://u:s3cret@db:5432/x".into();
+        apply_dev(&mut c);
+        assert_eq!(c.kafka.bootstrap_servers, "b1:9092");
+        let banner = dev_banner(&c);
+        assert!(
+            banner.contains("b1:9092") && !banner.contains("NOT DURABLE PAST"),
+            "{banner}"
+        );
+        assert!(!banner.contains("s3cret"), "{banner}");
     }
 }

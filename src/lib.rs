@@ -2,16 +2,24 @@
 //!
 //! Modules follow the data, in the order an event travels:
 //!
-//! - [`event`]: the CloudEvent model — validation, defaults, the Kafka key (pure, no I/O);
+//! - [`event`]: the CloudEvent model — validation, normalization, defaults, the Kafka key and
+//!   the mapping to a table row (pure, no I/O; shared by ingest and sink);
 //! - [`api`]: the axum HTTP API — envelope, routes, error → status mapping;
-//! - [`spool`]: the crash-safe redb spool and its group-commit writer (202 only after fsync);
+//! - [`spool`]: the crash-safe redb spool and its group-commit writer (202 only after fsync),
+//!   with the offline tools (`spool stats|verify|export|requeue`);
 //! - [`forward`]: spool → Kafka, deleting from the spool only what the broker acknowledged;
-//!   [`devkafka`]: the in-memory development broker (`embedded`, `dev-kafka`);
-//! - [`health`], [`metrics`]: what operators see;
+//!   [`devkafka`]: the in-memory development broker (`embedded`, `dev-kafka`, `serve --dev`);
+//! - [`sink`]: Kafka consumer group → batched idempotent inserts, offsets committed only after
+//!   the database commit, dead letters to the DLQ topic;
+//! - [`store`]: PostgreSQL — schema, monthly partitions, inserts, reachability for `/health`;
+//! - [`maintain`]: the role that keeps partitions created ahead and drops expired ones;
+//! - [`health`], [`metrics`], [`logging`]: what operators see;
 //! - [`config`]: layered configuration (defaults < YAML < environment);
-//! - [`serve`]: wires the roles of one process together; [`shutdown`]: signals and draining.
+//! - [`serve`]: wires the roles of one process together; [`shutdown`]: signals and draining;
+//! - [`cli`]: the command line (`serve`, `spool`, `partitions`, `dlq`, `topics`, `dev-kafka`).
 //!
-//! `main.rs` only parses the command line and calls into [`cli`].
+//! `main.rs` only parses the command line and calls into [`cli`]. The user-facing contract
+//! (API, events, configuration, table, guarantees) is in `docs/contract.md`.
 
 pub mod api;
 pub mod cli;

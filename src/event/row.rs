@@ -1,6 +1,6 @@
 //! Mapping a Kafka record (a normalized CloudEvent) to one `audit_events` row (pure: no I/O).
 //!
-//! The columns and the `details` rules are fixed by the contract (design.md, "PostgreSQL"):
+//! The columns and the `details` rules are fixed by the contract (docs/contract.md, "The table"):
 //! `details` holds the rest of `data` — `actor` without `id`/`type`, `resource` without
 //! `id`/`type` (both with empty values dropped), and every other key of `data` as is, except the
 //! keys that have their own column (`action`, `outcome`, `reason`). It is NULL when nothing is

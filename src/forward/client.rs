@@ -23,7 +23,7 @@ use super::ForwardState;
 use crate::config::KafkaConfig;
 use crate::spool::Record;
 
-/// The `content-type` header every record carries (design.md, "The event").
+/// The `content-type` header every record carries (docs/contract.md, "Events").
 pub const CONTENT_TYPE: &str = "application/cloudevents+json";
 
 /// What the broker (or librdkafka) said about one record.

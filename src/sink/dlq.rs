@@ -1,7 +1,7 @@
 //! The dead-letter topic: records the sink can never store, with the reason, so an operator
 //! can see them, fix the emitter and replay them (`audit-manager dlq replay`).
 //!
-//! A dead letter keeps the original key and value and carries the headers of design.md:
+//! A dead letter keeps the original key and value and carries the headers of the contract (docs/contract.md):
 //! `x-audit-error` (`kind: message`), `x-audit-source-topic`, `x-audit-source-partition`,
 //! `x-audit-source-offset`.
 

@@ -1,7 +1,7 @@
 //! The PostgreSQL client: schema, monthly partitions and idempotent inserts into `audit_events`.
 //!
-//! - [`schema`]: the DDL of design.md, applied idempotently (and the database created when it
-//!   is missing and the role may);
+//! - [`schema`]: the DDL of docs/contract.md, applied idempotently (and the database created
+//!   when it is missing and the role may);
 //! - [`partitions`]: listing partitions with bounds read from the catalog, creating months on
 //!   demand and ahead, dropping expired ones under an advisory lock;
 //! - [`insert`]: batched idempotent inserts (`COPY` with a fallback to `INSERT … ON CONFLICT DO

@@ -24,7 +24,7 @@
 //! Example (server on the default port, 200k events in batches of 50 over 32 connections):
 //!
 //! ```text
-//! cargo run --release --bin audit-loadgen -- --url http://127.0.0.1:8000 \
+//! cargo run --release -p audit-loadgen -- --url http://127.0.0.1:8000 \
 //!     --events 200000 --batch-size 50 --concurrency 32 --accepted-ids /tmp/accepted.txt --json
 //! ```
 //!

@@ -1,0 +1,393 @@
+"""Deployment artefact checks, run by .ci/check-deploy (see there for what and why).
+
+Fails (exit 1) with one line per problem; prints what it checked.
+"""
+
+import copy
+import glob
+import importlib.resources
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import helm_python
+import jsonschema
+import kubernetes_validate
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+CHART = ROOT / "helm" / "audit-manager"
+STATIC_MANIFESTS = sorted(
+    glob.glob(str(ROOT / "deploy-daemonset" / "*.yaml"))
+    + glob.glob(str(ROOT / "deploy-sidecar" / "*.yaml"))
+)
+# Kubernetes versions to validate against: the oldest with native sidecars and a current one.
+K8S_VERSIONS = os.environ.get("K8S_VERSIONS", "1.29.0,1.31.0").split(",")
+READY = "/v1/auditmanager/ready"
+LIVE = "/v1/auditmanager/version"
+RELEASE, NAMESPACE = "audit", "openg2p"
+
+# The documented variants (docs/deploying.md); each is rendered, validated and checked.
+VARIANTS = {
+    "default": {},
+    "metrics-alerts-dashboards": {
+        "metrics": {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True}},
+        "dashboards": {"enabled": True},
+    },
+    "autoscaling": {"autoscaling": {"enabled": True, "minReplicas": 3, "maxReplicas": 12}},
+    "istio": {"istio": {"enabled": True, "gateways": ["istio-system/internal"], "hosts": ["*"]}},
+    "auth-secrets": {
+        "database": {"urlSecret": {"name": "audit-db-url", "key": "url"}},
+        "auth": {"tokensSecret": "audit-manager-tokens"},
+        "tls": {"secretName": "audit-manager-tls"},
+        "env": [
+            {
+                "name": "AUDIT_MANAGER__KAFKA__PRODUCER__SASL_PASSWORD",
+                "valueFrom": {"secretKeyRef": {"name": "kafka-sasl", "key": "password"}},
+            }
+        ],
+    },
+    # The reference chart's defaults in this chart's terms (docs/helm-values-from-reference.md).
+    "reference-equivalent": {
+        "replicas": 2,
+        "autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 12},
+        "topicInit": {"enabled": True, "partitions": 12, "replication": 1},
+        "database": {
+            "host": "commons-postgresql",
+            "name": "audit_manager",
+            "user": "audit_manager_user",
+            "existingSecret": "audit-manager",
+            "passwordKey": "audit-manager-db-user",
+        },
+        "config": {
+            "kafka": {"bootstrap_servers": "commons-kafka:9092", "producer": {"linger.ms": "50"}},
+            "sink": {"batch_max_records": 500, "flush_interval": "1s"},
+        },
+        "istio": {"enabled": True, "hosts": ["auditmanager.trial.openg2p.org"], "gateways": ["internal"]},
+    },
+    "minimal": {
+        "topicInit": {"enabled": False},
+        "podDisruptionBudget": {"enabled": False},
+        "service": {"port": 8000},
+        "roles": ["sink", "maintain"],
+    },
+}
+
+# Values the schema must refuse: a secret written into values is a leak waiting to happen.
+REFUSED = {
+    "database.password": {"database": {"password": "hunter2"}},
+    "database.url": {"database": {"url": "postgres://u:p@db/x"}},
+    "readiness probe elsewhere": {"probes": {"readiness": {"path": "/healthz"}}},
+}
+
+# Custom resources: no OpenAPI schema ships for them; checked structurally below instead.
+CUSTOM_KINDS = {"ServiceMonitor", "PrometheusRule", "VirtualService"}
+
+SECRETISH_ENV = re.compile(r"PASSWORD|SECRET|TOKEN|_KEY$|SASL|DATABASE_URL|__URL$", re.I)
+SECRETISH_KEY = re.compile(r"password|secret|token|sasl\.|private", re.I)
+URL_WITH_PASSWORD = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s:@]+:[^/\s@]+@", re.I)
+
+errors: list[str] = []
+
+
+def fail(msg: str) -> None:
+    errors.append(msg)
+    print(f"FAIL {msg}")
+
+
+def metric_names() -> set[str]:
+    """Every metric the service registers (the macros in src/)."""
+    names = set()
+    pattern = re.compile(r'metrics::(?:counter|gauge|histogram)!\(\s*"([a-z_:][a-z0-9_:]*)"')
+    for path in (ROOT / "src").rglob("*.rs"):
+        names.update(pattern.findall(path.read_text()))
+    return names
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def pod_specs(doc: dict):
+    kind = doc.get("kind")
+    spec = doc.get("spec") or {}
+    if kind in ("Deployment", "StatefulSet", "DaemonSet", "Job"):
+        yield spec["template"]["spec"]
+    elif kind == "Pod":
+        yield spec
+
+
+def service_containers(pod: dict):
+    """Containers running the service itself (args start with `serve`), sidecars included."""
+    for c in pod.get("containers", []) + pod.get("initContainers", []):
+        if (c.get("args") or [None])[0] == "serve":
+            yield c
+
+
+def check_probes(where: str, doc: dict) -> int:
+    checked = 0
+    for pod in pod_specs(doc):
+        for c in service_containers(pod):
+            checked += 1
+            name = f"{where}: {doc['kind']}/{doc['metadata']['name']} container {c['name']}"
+            ready = ((c.get("readinessProbe") or {}).get("httpGet") or {}).get("path")
+            live = ((c.get("livenessProbe") or {}).get("httpGet") or {}).get("path")
+            if ready != READY:
+                fail(f"{name}: readiness probe on {ready!r}, want {READY}")
+            if live != LIVE:
+                fail(f"{name}: liveness probe on {live!r}, want {LIVE}")
+            if "startupProbe" not in c:
+                fail(f"{name}: no startup probe (spool recovery would trip liveness)")
+    return checked
+
+
+def check_no_secrets(where: str, doc: dict) -> None:
+    ident = f"{where}: {doc.get('kind')}/{(doc.get('metadata') or {}).get('name')}"
+    if doc.get("kind") == "Secret":
+        fail(f"{ident}: manifests must not carry Secrets; reference existing ones")
+    text = yaml.safe_dump(doc)
+    if URL_WITH_PASSWORD.search(text):
+        fail(f"{ident}: a URL with a password in it")
+    for pod in pod_specs(doc):
+        for c in pod.get("containers", []) + pod.get("initContainers", []):
+            for env in c.get("env", []):
+                if SECRETISH_ENV.search(env["name"]):
+                    ref = (env.get("valueFrom") or {}).get("secretKeyRef")
+                    if "value" in env or not ref:
+                        fail(f"{ident}: env {env['name']} must come from a secretKeyRef")
+    if doc.get("kind") == "ConfigMap":
+        for key, value in (doc.get("data") or {}).items():
+            if key.endswith((".yaml", ".yml")):
+                walk_config(f"{ident} {key}", yaml.safe_load(value))
+
+
+def walk_config(ident: str, node, path: str = "") -> None:
+    if isinstance(node, dict):
+        for k, v in node.items():
+            p = f"{path}.{k}" if path else str(k)
+            if SECRETISH_KEY.search(str(k)) and not str(k).endswith("_file") and v not in (None, ""):
+                fail(f"{ident}: {p} holds a secret value; mount it from a Secret instead")
+            walk_config(ident, v, p)
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            walk_config(ident, v, f"{path}[{i}]")
+
+
+def service_binary() -> str | None:
+    """A built audit-manager (CI builds it before this runs), to load rendered configs with."""
+    for candidate in (os.environ.get("AUDIT_MANAGER_BIN"), ROOT / "target/debug/audit-manager",
+                      ROOT / "target/release/audit-manager"):
+        if candidate and Path(candidate).is_file():
+            return str(candidate)
+    return None
+
+
+def check_config_loads(where: str, doc: dict) -> bool:
+    """The service itself parses each rendered config.yaml (unknown keys are errors there).
+
+    `spool stats` on a spool that does not exist fails after loading the configuration, so
+    only a configuration error mentions "invalid configuration"."""
+    binary = service_binary()
+    if binary is None or doc.get("kind") != "ConfigMap":
+        return False
+    text = (doc.get("data") or {}).get("config.yaml")
+    if text is None:
+        return False
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "config.yaml"
+        path.write_text(text)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AUDIT_MANAGER__", "DB_"))}
+        env.pop("DATABASE_URL", None)
+        env.pop("CONFIG_PATH", None)
+        env["AUDIT_MANAGER__SPOOL__PATH"] = str(Path(tmp) / "no-spool")
+        out = subprocess.run([binary, "spool", "stats", "--config", str(path)],
+                             capture_output=True, text=True, env=env, timeout=60)
+    if "invalid configuration" in out.stderr:
+        fail(f"{where}: ConfigMap/{doc['metadata']['name']}: the service refuses it: {out.stderr.strip()}")
+    return True
+
+
+def check_custom(where: str, doc: dict, metrics: set[str]) -> None:
+    ident = f"{where}: {doc['kind']}/{doc['metadata']['name']}"
+    spec = doc.get("spec") or {}
+    if doc["kind"] == "PrometheusRule":
+        rules = [r for g in spec.get("groups", []) for r in g.get("rules", [])]
+        if not rules:
+            fail(f"{ident}: no rules")
+        for r in rules:
+            if not r.get("alert") or not r.get("expr"):
+                fail(f"{ident}: a rule without alert or expr: {r}")
+                continue
+            anchor = r["alert"].lower()
+            if f"#{anchor}" not in r.get("annotations", {}).get("description", ""):
+                fail(f"{ident}: {r['alert']} does not link its runbook entry")
+            runbook = ROOT / "docs" / "operations.md"
+            if f"### {r['alert']}" not in runbook.read_text():
+                fail(f"{ident}: docs/operations.md has no '### {r['alert']}' section")
+            for name in re.findall(r"\b(audit_[a-z0-9_]+)\b", r["expr"]):
+                if name not in metrics:
+                    fail(f"{ident}: {r['alert']} queries {name}, which the service never registers")
+    elif doc["kind"] == "ServiceMonitor":
+        for ep in spec.get("endpoints", []):
+            if ep.get("path") != "/v1/auditmanager/metrics":
+                fail(f"{ident}: scrapes {ep.get('path')!r}")
+    elif doc["kind"] == "VirtualService":
+        for route in spec.get("http", []):
+            for dest in route.get("route", []):
+                if not dest.get("destination", {}).get("host"):
+                    fail(f"{ident}: a route without a destination host")
+
+
+def validate(where: str, doc: dict, metrics: set[str]) -> None:
+    if doc["kind"] in CUSTOM_KINDS:
+        check_custom(where, doc, metrics)
+        return
+    for version in K8S_VERSIONS:
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            path = "/".join(str(p) for p in e.path)
+            fail(f"{where}: {doc['kind']}/{doc['metadata'].get('name')} (k8s {version}) at {path}: {e.message}")
+        except kubernetes_validate.SchemaNotFoundError:
+            fail(f"{where}: {doc['kind']} {doc['apiVersion']} is unknown to Kubernetes {version}")
+
+
+def load_docs(text: str) -> list[dict]:
+    return [d for d in yaml.safe_load_all(text) if d]
+
+
+def check_chart(metrics: set[str]) -> int:
+    lint = helm_python.lint(str(CHART), strict=True)
+    for m in lint.get("messages", []):
+        # 1 = info (e.g. "icon is recommended"), anything above is a finding.
+        if m["severity"] >= 2:
+            fail(f"helm lint: {m['path']}: {m['error']}")
+    for e in lint.get("errors", []):
+        fail(f"helm lint: {e}")
+    chart = helm_python.Chart.load(str(CHART))
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())
+    total = 0
+    for variant, values in VARIANTS.items():
+        rendered = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+        docs = [d for text in rendered.values() for d in load_docs(text)]
+        kinds = sorted({d["kind"] for d in docs})
+        merged = deep_merge(defaults, values)
+        expect = {"StatefulSet", "Service", "ConfigMap"}
+        if merged["podDisruptionBudget"]["enabled"]:
+            expect.add("PodDisruptionBudget")
+        if merged["topicInit"]["enabled"]:
+            expect.add("Job")
+        if merged["autoscaling"]["enabled"]:
+            expect.add("HorizontalPodAutoscaler")
+        if merged["metrics"]["prometheusRule"]["enabled"]:
+            expect.add("PrometheusRule")
+        if merged["metrics"]["serviceMonitor"]["enabled"]:
+            expect.add("ServiceMonitor")
+        if merged["istio"]["enabled"]:
+            expect.add("VirtualService")
+        for missing in sorted(expect - set(kinds)):
+            fail(f"chart[{variant}]: renders no {missing}")
+        probes = 0
+        loaded = 0
+        for doc in docs:
+            where = f"chart[{variant}]"
+            validate(where, doc, metrics)
+            loaded += check_config_loads(where, doc)
+            probes += check_probes(where, doc)
+            check_no_secrets(where, doc)
+            if doc["kind"] == "Service" and not doc["metadata"]["name"].endswith("-headless"):
+                port = doc["spec"]["ports"][0]["port"]
+                if port != merged["service"]["port"]:
+                    fail(f"chart[{variant}]: Service port {port}, values say {merged['service']['port']}")
+            if doc["kind"] == "ConfigMap" and merged["dashboards"]["enabled"] and doc["metadata"]["name"].endswith("-dashboards"):
+                if doc["metadata"]["labels"].get(merged["dashboards"]["label"]) is None:
+                    fail(f"chart[{variant}]: dashboard ConfigMap lacks the {merged['dashboards']['label']} label")
+                dashboards = doc.get("data") or {}
+                if not dashboards:
+                    fail(f"chart[{variant}]: the dashboard ConfigMap holds no dashboard")
+                for key, body in dashboards.items():
+                    try:
+                        json.loads(body)
+                    except ValueError as e:
+                        fail(f"chart[{variant}]: dashboard {key} is not JSON: {e}")
+        if probes == 0:
+            fail(f"chart[{variant}]: no service container found to check probes on")
+        note = f"; {loaded} config(s) loaded by the service" if loaded else ""
+        print(f"ok   chart[{variant}]: {len(docs)} manifests ({', '.join(kinds)}){note}")
+        total += len(docs)
+    for what, values in REFUSED.items():
+        try:
+            chart.render(values, name=RELEASE, namespace=NAMESPACE)
+        except helm_python.HelmError:
+            print(f"ok   chart refuses {what} (values.schema.json)")
+        else:
+            fail(f"chart accepts {what}: values.schema.json must refuse it")
+    return total
+
+
+def check_static(metrics: set[str]) -> int:
+    total = 0
+    for path in STATIC_MANIFESTS:
+        rel = os.path.relpath(path, ROOT)
+        docs = load_docs(Path(path).read_text())
+        probes = 0
+        for doc in docs:
+            validate(rel, doc, metrics)
+            check_config_loads(rel, doc)
+            probes += check_probes(rel, doc)
+            check_no_secrets(rel, doc)
+            for pod in pod_specs(doc):
+                for c in pod.get("initContainers", []):
+                    if (c.get("args") or [None])[0] == "serve" and c.get("restartPolicy") != "Always":
+                        fail(f"{rel}: init container {c['name']} runs the service but is not a native sidecar")
+        if probes == 0:
+            fail(f"{rel}: no audit-manager container found")
+        print(f"ok   {rel}: {len(docs)} manifests")
+        total += len(docs)
+    return total
+
+
+def check_compose() -> None:
+    ref = importlib.resources.files("check_jsonschema.builtin_schemas.vendor") / "compose-spec.json"
+    schema = json.loads(ref.read_text())
+    doc = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    problems = sorted(validator.iter_errors(doc), key=lambda e: list(e.path))
+    for e in problems:
+        fail(f"docker-compose.yml at {'/'.join(map(str, e.path)) or '/'}: {e.message}")
+    svc = doc["services"]["audit-manager"]
+    hc = " ".join(svc.get("healthcheck", {}).get("test", []))
+    if READY not in hc:
+        fail(f"docker-compose.yml: the audit-manager healthcheck should use {READY}")
+    if not problems:
+        print("ok   docker-compose.yml: Compose specification schema")
+
+
+def main() -> int:
+    if service_binary() is None:
+        print("note: no built audit-manager (target/debug); rendered configs are not loaded")
+    metrics = metric_names()
+    if not metrics:
+        fail("found no metrics in src/: the metric-name check would be empty")
+    n = check_chart(metrics)
+    n += check_static(metrics)
+    check_compose()
+    if errors:
+        print(f"\n{len(errors)} problem(s) in the deployment artefacts")
+        return 1
+    print(f"\nall deployment artefacts check out ({n} manifests, Kubernetes {', '.join(K8S_VERSIONS)})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
