@@ -7,10 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use redb::{
-    Builder, Database, DatabaseError, ReadableDatabase, ReadableTable, ReadableTableMetadata,
-    TableDefinition,
-};
+use redb::{Builder, Database, DatabaseError, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::record::{FrameError, QuarantineEntry, Record};
 use super::{SpoolError, now_ms};
@@ -67,6 +64,8 @@ pub struct Recovered {
     pub oldest_accepted_ms: u64,
     pub next_seq: u64,
     pub quarantined: u64,
+    /// Sum of the quarantine frames' lengths (they count toward `spool.max_bytes`).
+    pub quarantined_bytes: u64,
     /// Damaged records found (and, with [`OnDamage::Quarantine`], moved) by this scan.
     pub damaged: Vec<Damaged>,
 }
@@ -140,7 +139,11 @@ pub fn recover(db: &Database, file: &Path, on_damage: OnDamage) -> Result<Recove
         let stored_next = meta.get("next_seq")?.map(|v| v.value()).unwrap_or(0);
         // Sequence numbers are never reused, even after the spool drained completely.
         out.next_seq = last_seq.max(stored_next);
-        out.quarantined = txn.open_table(QUARANTINE)?.len()?;
+        for entry in txn.open_table(QUARANTINE)?.iter()? {
+            let (_, frame) = entry?;
+            out.quarantined += 1;
+            out.quarantined_bytes += frame.value().len() as u64;
+        }
     }
     if on_damage == OnDamage::Quarantine && !out.damaged.is_empty() {
         let txn = db.begin_write()?;
@@ -164,8 +167,10 @@ pub fn recover(db: &Database, file: &Path, on_damage: OnDamage) -> Result<Recove
                     reason: format!("damaged in spool: {}", d.error),
                     raw,
                 };
-                quarantine.insert(d.seq, entry.encode().as_slice())?;
+                let frame = entry.encode();
+                quarantine.insert(d.seq, frame.as_slice())?;
                 out.quarantined += 1;
+                out.quarantined_bytes += frame.len() as u64;
             }
         }
         txn.commit()?;

@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::record::{QuarantineEntry, Record};
 use super::store::{self, EVENTS, META, OnDamage, Opener, QUARANTINE};
-use super::{AppendError, Shared, SpoolError, now_ms};
+use super::{AppendError, Counters, Shared, SpoolError, now_ms};
 
 /// Upper bounds for one transaction, so a commit's latency stays bounded under a flood.
 const MAX_EVENTS_PER_COMMIT: usize = 20_000;
@@ -66,9 +66,7 @@ pub(super) struct Writer {
     pub opener: Opener,
     pub db: Option<Arc<Database>>,
     pub next_seq: u64,
-    pub live_events: u64,
-    pub live_bytes: u64,
-    pub quarantined: u64,
+    pub counters: Counters,
     pub max_bytes: u64,
 }
 
@@ -80,7 +78,9 @@ struct Outcome {
     deleted_events: u64,
     deleted_bytes: u64,
     quarantined: u64,
+    quarantined_bytes: u64,
     requeued: u64,
+    requeued_bytes: u64,
     oldest_accepted_ms: u64,
     next_seq: u64,
 }
@@ -193,15 +193,8 @@ impl Writer {
         let db = store::open_database(&self.opener, &self.shared.file)?;
         let rec = store::recover(&db, &self.shared.file, OnDamage::Quarantine)?;
         self.next_seq = rec.next_seq;
-        self.live_events = rec.live_events;
-        self.live_bytes = rec.live_bytes;
-        self.quarantined = rec.quarantined;
-        self.shared.publish(
-            rec.live_events,
-            rec.live_bytes,
-            rec.oldest_accepted_ms,
-            rec.quarantined,
-        );
+        self.counters = Counters::from(&rec);
+        self.shared.publish(&self.counters);
         let db = Arc::new(db);
         self.db = Some(db.clone());
         self.shared.set_db(Some(db.clone()));
@@ -242,10 +235,15 @@ impl Writer {
                         bytes,
                         reply,
                     } => {
-                        let live = self.live_bytes - out.deleted_bytes + out.appended_bytes;
-                        if live + bytes > self.max_bytes {
+                        // Quarantined records count toward the bound: a quarantine flood must
+                        // end in 503 AUD-004, not in a full disk.
+                        let c = &self.counters;
+                        let live = c.live_bytes + out.appended_bytes - out.deleted_bytes;
+                        let held = c.quarantined_bytes + out.quarantined_bytes - out.requeued_bytes;
+                        if live + held + bytes > self.max_bytes {
                             let e = AppendError::Full {
                                 live_bytes: live,
+                                quarantined_bytes: held,
                                 max_bytes: self.max_bytes,
                             };
                             pending.push(Pending::Refused(reply, e));
@@ -272,8 +270,10 @@ impl Writer {
                                 reason,
                                 raw,
                             };
-                            quarantine.insert(seq, entry.encode().as_slice())?;
+                            let frame = entry.encode();
+                            quarantine.insert(seq, frame.as_slice())?;
                             out.quarantined += 1;
+                            out.quarantined_bytes += frame.len() as u64;
                         }
                         pending.push(Pending::Done(reply));
                     }
@@ -281,6 +281,7 @@ impl Writer {
                         // Quarantined records go back under their original sequence numbers.
                         while let Some((seq, frame)) = quarantine.pop_first()? {
                             let (seq, frame) = (seq.value(), frame.value().to_vec());
+                            out.requeued_bytes += frame.len() as u64;
                             let raw = QuarantineEntry::decode(&frame)
                                 .map(|q| q.raw)
                                 .unwrap_or(frame);
@@ -309,15 +310,13 @@ impl Writer {
 
     fn apply(&mut self, o: &Outcome) {
         self.next_seq = o.next_seq;
-        self.live_events = self.live_events + o.appended_events - o.deleted_events;
-        self.live_bytes = self.live_bytes + o.appended_bytes - o.deleted_bytes;
-        self.quarantined = self.quarantined + o.quarantined - o.requeued;
-        self.shared.publish(
-            self.live_events,
-            self.live_bytes,
-            o.oldest_accepted_ms,
-            self.quarantined,
-        );
+        let c = &mut self.counters;
+        c.live_events = c.live_events + o.appended_events - o.deleted_events;
+        c.live_bytes = c.live_bytes + o.appended_bytes - o.deleted_bytes;
+        c.quarantined = c.quarantined + o.quarantined - o.requeued;
+        c.quarantined_bytes = c.quarantined_bytes + o.quarantined_bytes - o.requeued_bytes;
+        c.oldest_accepted_ms = o.oldest_accepted_ms;
+        self.shared.publish(c);
     }
 }
 
