@@ -211,7 +211,7 @@ impl Writer {
         pending: &mut Vec<Pending>,
     ) -> Result<Outcome, SpoolError> {
         batch.sort_by_key(|c| !matches!(c, Command::Ack { .. }));
-        let txn = db.begin_write()?;
+        let txn = store::begin_write(db)?;
         let mut out = Outcome {
             next_seq: self.next_seq,
             ..Outcome::default()
