@@ -39,6 +39,13 @@ pub enum SpoolError {
         source: redb::DatabaseError,
     },
     #[error(
+        "spool file {file} is damaged or unreadable: {detail}. The file was left untouched. Options: run \
+         `audit-manager spool verify` (with the service stopped) to see what is readable; \
+         restore the file from a backup; or move it aside (e.g. `mv {file} {file}.damaged`) to \
+         start with an empty spool, keeping the old file for recovery"
+    )]
+    Damaged { file: PathBuf, detail: String },
+    #[error(
         "spool file {file} is in use by another process (is another audit-manager running on \
          this spool.path?). Stop it first; the offline `spool` commands need the service stopped"
     )]
@@ -66,6 +73,17 @@ pub enum SpoolError {
 }
 
 impl SpoolError {
+    /// A storage error met while reading `file` at open: name the file and the options.
+    pub(crate) fn reading(self, file: &Path) -> SpoolError {
+        match self {
+            SpoolError::Db(e) => SpoolError::Damaged {
+                file: file.to_path_buf(),
+                detail: e.to_string(),
+            },
+            other => other,
+        }
+    }
+
     fn open(file: &Path, source: redb::DatabaseError) -> SpoolError {
         match source {
             redb::DatabaseError::DatabaseAlreadyOpen => SpoolError::InUse {
@@ -274,8 +292,11 @@ impl Spool {
         file: PathBuf,
         opts: &SpoolOptions,
     ) -> Result<Spool, SpoolError> {
-        let db = store::open_database(&opener, &file)?;
-        let rec = store::recover(&db, &file, store::OnDamage::Quarantine)?;
+        let (db, rec) = store::guard(&file, || {
+            let db = store::open_database(&opener, &file)?;
+            let rec = store::recover(&db, &file, store::OnDamage::Quarantine)?;
+            Ok::<_, SpoolError>((db, rec))
+        })?;
         if !rec.damaged.is_empty() {
             metrics::counter!("audit_spool_quarantined_total").increment(rec.damaged.len() as u64);
         }
@@ -311,6 +332,7 @@ impl Spool {
             next_seq: rec.next_seq,
             counters,
             max_bytes: opts.max_bytes,
+            suspect: false,
         };
         let handle = std::thread::Builder::new()
             .name("spool-writer".into())

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use redb::{
-    Builder, Database, DatabaseError, ReadableDatabase, ReadableTable, TableDefinition,
-    WriteTransaction,
+    Builder, Database, DatabaseError, ReadableDatabase, ReadableTable, StorageError,
+    TableDefinition, WriteTransaction,
 };
 
 use super::record::{FrameError, QuarantineEntry, Record, check_frame};
@@ -130,13 +130,69 @@ pub fn file_path(dir: &Path) -> PathBuf {
 }
 
 /// The default opener: the file under `dir`, created if missing.
+///
+/// A new spool is initialized under a temporary name and renamed into place, so an existing
+/// `spool.redb` is always a file redb finished creating. An empty or unreadable one is damage
+/// (a truncation, a botched copy): it is refused, never silently replaced by a new spool.
 pub fn file_opener(dir: &Path) -> Result<Opener, SpoolError> {
     std::fs::create_dir_all(dir).map_err(|source| SpoolError::CreateDir {
         dir: dir.to_path_buf(),
         source,
     })?;
     let file = file_path(dir);
-    Ok(Arc::new(move || builder().create(&file)))
+    Ok(Arc::new(move || match std::fs::metadata(&file) {
+        Ok(m) if m.len() == 0 => Err(DatabaseError::Storage(StorageError::Corrupted(
+            "the file is empty (0 bytes): it was truncated or replaced, nothing in it can be \
+             recovered"
+                .into(),
+        ))),
+        Ok(_) => builder().open(&file),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => create_new(&file),
+        Err(e) => Err(e.into()),
+    }))
+}
+
+/// Creates an empty spool at `file` atomically: initialized as `<file>.new`, then renamed.
+fn create_new(file: &Path) -> Result<Database, DatabaseError> {
+    let tmp = file.with_extension("redb.new");
+    match std::fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e.into()),
+    }
+    builder().create(&tmp)?.close()?;
+    std::fs::rename(&tmp, file)?;
+    if let Some(dir) = file.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    builder().open(file)
+}
+
+/// Runs `f`, turning a panic into [`SpoolError::Damaged`] for `file`.
+///
+/// redb trusts a cleanly closed file: a page altered behind its back (a flipped bit on the
+/// medium, a truncated copy) can make it panic instead of returning an error. The open-time scan
+/// walks every page of the spool's tables, so damage of that kind shows up here, where it stops
+/// startup with the file named, instead of later in a thread serving requests.
+pub fn guard<T, E: From<SpoolError>>(
+    file: &Path,
+    f: impl FnOnce() -> Result<T, E>,
+) -> Result<T, E> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(result) => result,
+        Err(panic) => {
+            let detail = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("redb stopped on an inconsistent page");
+            Err(SpoolError::Damaged {
+                file: file.to_path_buf(),
+                detail: format!("reading it failed ({detail})"),
+            }
+            .into())
+        }
+    }
 }
 
 /// Opens the database through `opener`, explaining failures in operator terms.
@@ -146,6 +202,10 @@ pub fn open_database(opener: &Opener, file: &Path) -> Result<Database, SpoolErro
 
 /// Creates missing tables, checks the format version, scans every live record.
 pub fn recover(db: &Database, file: &Path, on_damage: OnDamage) -> Result<Recovered, SpoolError> {
+    scan(db, file, on_damage).map_err(|e| e.reading(file))
+}
+
+fn scan(db: &Database, file: &Path, on_damage: OnDamage) -> Result<Recovered, SpoolError> {
     init_tables(db, file)?;
     let mut out = Recovered::default();
     {
@@ -213,6 +273,25 @@ pub fn recover(db: &Database, file: &Path, on_damage: OnDamage) -> Result<Recove
         txn.commit()?;
     }
     Ok(out)
+}
+
+/// Refuses a file whose `meta.format_version` this build does not know, without writing (the
+/// offline commands use this; the service checks in [`recover`]).
+pub fn check_format_version(db: &Database, file: &Path) -> Result<(), SpoolError> {
+    let txn = db.begin_read()?;
+    let meta = match txn.open_table(META) {
+        Ok(t) => t,
+        // Not initialized yet: the service writes the version on its first start.
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    match meta.get("format_version")?.map(|v| v.value()) {
+        None | Some(FORMAT_VERSION) => Ok(()),
+        Some(found) => Err(SpoolError::FormatVersion {
+            file: file.to_path_buf(),
+            found,
+        }),
+    }
 }
 
 fn init_tables(db: &Database, file: &Path) -> Result<(), SpoolError> {

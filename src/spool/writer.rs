@@ -68,6 +68,10 @@ pub(super) struct Writer {
     pub next_seq: u64,
     pub counters: Counters,
     pub max_bytes: u64,
+    /// Set when redb panicked inside a transaction (an inconsistent page in a file that passed
+    /// the open-time scan, e.g. damaged allocator state): the next open runs redb's integrity
+    /// check and repair before trusting the file again.
+    pub suspect: bool,
 }
 
 /// What one transaction decided, applied to the counters only after the commit succeeded.
@@ -139,7 +143,17 @@ impl Writer {
         };
         let started = Instant::now();
         let mut pending = Vec::with_capacity(batch.len());
-        let result = self.transact(&db, batch, &mut pending);
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.transact(&db, batch, &mut pending)
+        }))
+        .unwrap_or_else(|_| {
+            self.suspect = true;
+            Err(SpoolError::Commit(format!(
+                "redb stopped on an inconsistent page of {} while committing; the file is \
+                 reopened with redb's full integrity check and repair before the next commit",
+                self.shared.file.display()
+            )))
+        });
         match result {
             Ok(outcome) => {
                 let elapsed = started.elapsed();
@@ -171,7 +185,12 @@ impl Writer {
                 // redb refuses further use of a handle after an I/O error: reopen next time.
                 self.db = None;
                 self.shared.set_db(None);
-                drop(db);
+                // After a panic inside redb its handle may panic again when dropped (poisoned
+                // locks); that must not take the writer thread down with it.
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(db))).is_err()
+                {
+                    self.suspect = true;
+                }
                 for p in pending {
                     let err = || SpoolError::Commit(msg.clone());
                     match p {
@@ -190,8 +209,21 @@ impl Writer {
         if let Some(db) = &self.db {
             return Ok(db.clone());
         }
-        let db = store::open_database(&self.opener, &self.shared.file)?;
-        let rec = store::recover(&db, &self.shared.file, OnDamage::Quarantine)?;
+        let file = &self.shared.file;
+        let (db, rec) = store::guard(file, || {
+            let mut db = store::open_database(&self.opener, file)?;
+            if self.suspect {
+                // Verifies every page's checksum and rebuilds the allocator state.
+                let intact = db.check_integrity().map_err(|source| SpoolError::Open {
+                    file: file.clone(),
+                    source,
+                })?;
+                tracing::warn!(file = %file.display(), intact, "spool integrity check done");
+            }
+            let rec = store::recover(&db, file, OnDamage::Quarantine)?;
+            Ok::<_, SpoolError>((db, rec))
+        })?;
+        self.suspect = false;
         self.next_seq = rec.next_seq;
         self.counters = Counters::from(&rec);
         self.shared.publish(&self.counters);
@@ -279,12 +311,19 @@ impl Writer {
                     }
                     Command::Requeue { reply } => {
                         // Quarantined records go back under their original sequence numbers.
-                        while let Some((seq, frame)) = quarantine.pop_first()? {
-                            let (seq, frame) = (seq.value(), frame.value().to_vec());
-                            out.requeued_bytes += frame.len() as u64;
-                            let raw = QuarantineEntry::decode(&frame)
-                                .map(|q| q.raw)
-                                .unwrap_or(frame);
+                        // An entry whose own frame is damaged stays: its contents cannot be
+                        // trusted to be the record that was quarantined.
+                        let mut back = Vec::new();
+                        for entry in quarantine.iter()? {
+                            let (seq, frame) = entry?;
+                            let frame = frame.value();
+                            if let Ok(q) = QuarantineEntry::decode(frame) {
+                                back.push((seq.value(), frame.len() as u64, q.raw));
+                            }
+                        }
+                        for (seq, frame_len, raw) in back {
+                            quarantine.remove(seq)?;
+                            out.requeued_bytes += frame_len;
                             out.appended_bytes += raw.len() as u64;
                             out.appended_events += 1;
                             events.insert(seq, raw.as_slice())?;
