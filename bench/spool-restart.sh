@@ -9,6 +9,8 @@
 # Usage (from the repository root, after `cargo build --release --bins`):
 #   bench/spool-restart.sh                 # EVENTS=1000000 MODES="full quick"
 #   EVENTS=200000 MODES=quick bench/spool-restart.sh
+#   DROP_CACHES=1 bench/spool-restart.sh   # (root) empty the page cache after the kill, as a
+#                                          # power cut would: the restart reads from the disk
 # Needs curl. Uses 127.0.0.1:$PORT and $DIR (default /tmp/spool-restart-bench, removed first).
 set -euo pipefail
 
@@ -67,13 +69,17 @@ for mode in $MODES; do
   size[$mode]=$(du -m "$DIR/$mode/spool.redb" | cut -f1)
   kill -9 "$pid"
   wait "$pid" 2>/dev/null || true
+  if [[ "${DROP_CACHES:-0}" == 1 ]]; then
+    sync
+    echo 3 >/proc/sys/vm/drop_caches
+  fi
   t0=$(now_ms)
   start "$mode"
   restart[$mode]=$(until_202 "$t0" "after-kill-$mode")
   kill -TERM "$pid"
   wait "$pid" 2>/dev/null || true
   pid=""
-  echo "mode=$mode spooled=$((EVENTS + SINGLE_EVENTS + 1)) file_mib=${size[$mode]}" \
+  echo "mode=$mode drop_caches=${DROP_CACHES:-0} spooled=$((EVENTS + SINGLE_EVENTS + 1)) file_mib=${size[$mode]}" \
     "single_c64_events_per_s=${single[$mode]} batch500_c8_events_per_s=${batch[$mode]}" \
     "restart_to_202_ms=${restart[$mode]}"
 done
