@@ -12,7 +12,7 @@ use audit_manager::spool::store::{self, META, QUARANTINE};
 use audit_manager::spool::{AppendError, Record, Spool, SpoolError, SpoolOptions, Stored};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use redb::{ReadableDatabase, ReadableTable};
+use redb::ReadableDatabase;
 
 const RECORDS: u64 = 400;
 

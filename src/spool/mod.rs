@@ -39,8 +39,9 @@ pub enum SpoolError {
         source: redb::DatabaseError,
     },
     #[error(
-        "spool file {file} is damaged or unreadable: {detail}. The file was left untouched. Options: run \
-         `audit-manager spool verify` (with the service stopped) to see what is readable; \
+        "spool file {file} is damaged or unreadable: {detail}. Its records were left as they \
+         were. Options: run `audit-manager spool verify` (with the service stopped) to see what \
+         is readable; \
          restore the file from a backup; or move it aside (e.g. `mv {file} {file}.damaged`) to \
          start with an empty spool, keeping the old file for recovery"
     )]
