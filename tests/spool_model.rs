@@ -1,10 +1,23 @@
-//! Model test: random append / ack / quarantine / restart sequences against a `VecDeque` model.
-//! After every step the spool's live records, in order, must equal the model's.
+//! Model test: random append / ack / quarantine / restart / power-cut sequences against a
+//! `VecDeque` model. After every step the spool's live records, in order, must equal the model's.
+//!
+//! The spool runs on a simulated disk (`common/power_cut.rs`). A power cut strikes during an
+//! append, an acknowledgement or between operations, at one of the next few fsyncs; the spool is
+//! then reopened from what the medium holds: the durable image plus a random part of the writes
+//! issued since the last fsync. An operation that returned `Ok` must have survived; one that
+//! failed must have left all of its records or none.
+
+#[path = "common/power_cut.rs"]
+mod power_cut;
 
 use std::collections::VecDeque;
+use std::path::PathBuf;
 
 use audit_manager::spool::{Record, Spool, SpoolOptions, Stored};
+use power_cut::PowerCutDisk;
 use proptest::prelude::*;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -18,6 +31,24 @@ enum Op {
     QuarantineOldest,
     /// Close and reopen the spool.
     Restart,
+    /// Cut the power during `during`, at its `at_sync`-th fsync (or after it if it needs fewer),
+    /// then reopen from the medium, which kept each unsynced sector with probability `keep`.
+    PowerCut {
+        during: During,
+        at_sync: u64,
+        keep: f64,
+        seed: u64,
+    },
+}
+
+#[derive(Debug, Clone, Copy)]
+enum During {
+    /// An append of this many records.
+    Append(usize),
+    /// Acknowledging the n oldest live records.
+    AckOldest(usize),
+    /// Nothing: the machine is idle.
+    Idle,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -27,7 +58,45 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::AckAlternate),
         1 => Just(Op::QuarantineOldest),
         1 => Just(Op::Restart),
+        2 => (during(), 1u64..4, prop_oneof![Just(0.0), Just(0.5), Just(1.0)], any::<u64>())
+            .prop_map(|(during, at_sync, keep, seed)| Op::PowerCut { during, at_sync, keep, seed }),
     ]
+}
+
+fn during() -> impl Strategy<Value = During> {
+    prop_oneof![
+        2 => (1usize..20).prop_map(During::Append),
+        1 => (1usize..15).prop_map(During::AckOldest),
+        1 => Just(During::Idle),
+    ]
+}
+
+fn options() -> SpoolOptions {
+    SpoolOptions {
+        dir: PathBuf::from("unused"),
+        max_bytes: u64::MAX,
+        max_pending_appends: 64,
+    }
+}
+
+fn open(disk: &PowerCutDisk) -> Spool {
+    Spool::open_with(disk.opener(), PathBuf::from("model/spool.redb"), &options())
+        .expect("the spool opens")
+}
+
+fn records(counter: &mut u64, n: usize) -> Vec<Record> {
+    (0..n)
+        .map(|_| {
+            *counter += 1;
+            let c = *counter;
+            Record {
+                accepted_at_ms: 1_000 + c,
+                id: format!("id-{c}"),
+                key: Some(format!("k{}", c % 3)),
+                value: format!("{{\"id\":\"id-{c}\"}}").into_bytes(),
+            }
+        })
+        .collect()
 }
 
 fn live(spool: &Spool) -> Vec<(u64, String)> {
@@ -43,13 +112,8 @@ fn live(spool: &Spool) -> Vec<(u64, String)> {
 }
 
 async fn run(ops: Vec<Op>) {
-    let dir = tempfile::tempdir().unwrap();
-    let opts = SpoolOptions {
-        dir: dir.path().to_path_buf(),
-        max_bytes: u64::MAX,
-        max_pending_appends: 64,
-    };
-    let mut spool = Spool::open(&opts).unwrap();
+    let mut disk = PowerCutDisk::new();
+    let mut spool = open(&disk);
     let mut model: VecDeque<(u64, String)> = VecDeque::new();
     let mut quarantined = 0u64;
     let mut counter = 0u64;
@@ -57,17 +121,7 @@ async fn run(ops: Vec<Op>) {
     for op in ops {
         match op {
             Op::Append(n) => {
-                let records: Vec<Record> = (0..n)
-                    .map(|_| {
-                        counter += 1;
-                        Record {
-                            accepted_at_ms: 1_000 + counter,
-                            id: format!("id-{counter}"),
-                            key: Some(format!("k{}", counter % 3)),
-                            value: format!("{{\"id\":\"id-{counter}\"}}").into_bytes(),
-                        }
-                    })
-                    .collect();
+                let records = records(&mut counter, n);
                 let seqs = spool.append(&records).await.unwrap();
                 assert_eq!(seqs.len(), n);
                 for (seq, r) in seqs.into_iter().zip(records) {
@@ -101,7 +155,62 @@ async fn run(ops: Vec<Op>) {
             }
             Op::Restart => {
                 spool.close().await;
-                spool = Spool::open(&opts).unwrap();
+                spool = open(&disk);
+            }
+            Op::PowerCut {
+                during,
+                at_sync,
+                keep,
+                seed,
+            } => {
+                disk.cut_at_sync(at_sync);
+                // What the model holds if the interrupted operation survived, and whether it
+                // must have (it returned Ok).
+                let (survived, must): (VecDeque<(u64, String)>, bool) = match during {
+                    During::Append(n) => {
+                        let records = records(&mut counter, n);
+                        let ids: Vec<String> = records.iter().map(|r| r.id.clone()).collect();
+                        match spool.append(&records).await {
+                            Ok(seqs) => {
+                                let mut m = model.clone();
+                                m.extend(seqs.into_iter().zip(ids));
+                                (m, true)
+                            }
+                            // The sequence numbers are unknown; taken from the reopened spool.
+                            Err(_) => (VecDeque::new(), false),
+                        }
+                    }
+                    During::AckOldest(n) => {
+                        let n = n.min(model.len());
+                        let mut m = model.clone();
+                        let seqs: Vec<u64> = m.drain(..n).map(|(s, _)| s).collect();
+                        let ok = spool.ack(seqs).await.is_ok();
+                        (m, ok)
+                    }
+                    During::Idle => (model.clone(), true),
+                };
+                disk.cut_now();
+                spool.close().await;
+                let image = disk.crash_image(&mut StdRng::seed_from_u64(seed), keep);
+                disk = PowerCutDisk::from_image(image);
+                spool = open(&disk);
+                let found = live(&spool);
+                let before: Vec<(u64, String)> = model.iter().cloned().collect();
+                let after: Vec<(u64, String)> = survived.iter().cloned().collect();
+                if must {
+                    assert_eq!(found, after, "{during:?} returned Ok but did not survive");
+                } else if found != before {
+                    match during {
+                        During::Append(n) => {
+                            // All of the batch, appended after everything else, or nothing.
+                            assert_eq!(found.len(), before.len() + n, "{during:?}: partial");
+                            assert_eq!(found[..before.len()], before[..], "{during:?}");
+                        }
+                        _ => assert_eq!(found, after, "{during:?}: neither before nor after"),
+                    }
+                }
+                model = found.into_iter().collect();
+                last_seq = model.back().map(|(s, _)| *s).or(last_seq);
             }
         }
         let expected: Vec<(u64, String)> = model.iter().cloned().collect();
@@ -128,7 +237,7 @@ async fn run(ops: Vec<Op>) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
     #[test]
     fn spool_matches_model(ops in proptest::collection::vec(op(), 1..40)) {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -138,13 +247,7 @@ proptest! {
 
 #[tokio::test]
 async fn requeue_returns_quarantined_records_in_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let opts = SpoolOptions {
-        dir: dir.path().to_path_buf(),
-        max_bytes: u64::MAX,
-        max_pending_appends: 8,
-    };
-    let spool = Spool::open(&opts).unwrap();
+    let spool = open(&PowerCutDisk::new());
     let recs: Vec<Record> = (0..3)
         .map(|i| Record {
             accepted_at_ms: 1,

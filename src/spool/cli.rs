@@ -37,11 +37,17 @@ pub fn open_existing(dir: &Path) -> Result<Database, SpoolError> {
         });
         b.open(&path)
     });
-    store::open_database(&opener, &file)
+    let db = store::open_database(&opener, &file)?;
+    store::check_format_version(&db, &file).map_err(|e| e.reading(&file))?;
+    Ok(db)
 }
 
 /// `spool stats`.
 pub fn stats(dir: &Path, out: &mut impl Write) -> anyhow::Result<()> {
+    store::guard(&store::file_path(dir), || stats_unguarded(dir, out))
+}
+
+fn stats_unguarded(dir: &Path, out: &mut impl Write) -> anyhow::Result<()> {
     let db = open_existing(dir)?;
     let file = store::file_path(dir);
     let rec = store::recover(&db, &file, OnDamage::Report)?;
@@ -84,6 +90,10 @@ impl VerifyReport {
 /// `spool verify`: every record's CRC, then redb's own page-checksum integrity check.
 /// Returns the report; the caller exits non-zero unless it is clean.
 pub fn verify(dir: &Path, out: &mut impl Write) -> anyhow::Result<VerifyReport> {
+    store::guard(&store::file_path(dir), || verify_unguarded(dir, out))
+}
+
+fn verify_unguarded(dir: &Path, out: &mut impl Write) -> anyhow::Result<VerifyReport> {
     let mut db = open_existing(dir)?;
     let mut report = VerifyReport::default();
     let total = {
@@ -150,6 +160,12 @@ pub fn verify(dir: &Path, out: &mut impl Write) -> anyhow::Result<VerifyReport> 
 /// `spool export`: one normalized CloudEvent per line (NDJSON), in spool order. With
 /// `quarantine`, the quarantined records instead, each with its reason.
 pub fn export(dir: &Path, quarantine: bool, out: &mut impl Write) -> anyhow::Result<u64> {
+    store::guard(&store::file_path(dir), || {
+        export_unguarded(dir, quarantine, out)
+    })
+}
+
+fn export_unguarded(dir: &Path, quarantine: bool, out: &mut impl Write) -> anyhow::Result<u64> {
     let db = open_existing(dir)?;
     if quarantine {
         return export_quarantine(&db, out);

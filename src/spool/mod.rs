@@ -39,6 +39,14 @@ pub enum SpoolError {
         source: redb::DatabaseError,
     },
     #[error(
+        "spool file {file} is damaged or unreadable: {detail}. Its records were left as they \
+         were. Options: run `audit-manager spool verify` (with the service stopped) to see what \
+         is readable; \
+         restore the file from a backup; or move it aside (e.g. `mv {file} {file}.damaged`) to \
+         start with an empty spool, keeping the old file for recovery"
+    )]
+    Damaged { file: PathBuf, detail: String },
+    #[error(
         "spool file {file} is in use by another process (is another audit-manager running on \
          this spool.path?). Stop it first; the offline `spool` commands need the service stopped"
     )]
@@ -66,6 +74,17 @@ pub enum SpoolError {
 }
 
 impl SpoolError {
+    /// A storage error met while reading `file` at open: name the file and the options.
+    pub(crate) fn reading(self, file: &Path) -> SpoolError {
+        match self {
+            SpoolError::Db(e) => SpoolError::Damaged {
+                file: file.to_path_buf(),
+                detail: e.to_string(),
+            },
+            other => other,
+        }
+    }
+
     fn open(file: &Path, source: redb::DatabaseError) -> SpoolError {
         match source {
             redb::DatabaseError::DatabaseAlreadyOpen => SpoolError::InUse {
@@ -99,9 +118,16 @@ from_redb!(
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum AppendError {
     #[error(
-        "spool is full: {live_bytes} of {max_bytes} bytes hold events not yet delivered to Kafka"
+        "spool is full: {live_bytes} bytes of events not yet delivered to Kafka and \
+         {quarantined_bytes} bytes of quarantined records use the {max_bytes}-byte bound \
+         (spool.max_bytes){}",
+        if *quarantined_bytes > 0 { QUARANTINE_HINT } else { "" }
     )]
-    Full { live_bytes: u64, max_bytes: u64 },
+    Full {
+        live_bytes: u64,
+        quarantined_bytes: u64,
+        max_bytes: u64,
+    },
     #[error("too many requests are waiting for the spool writer")]
     Overloaded,
     #[error("spool write failed: {0}")]
@@ -109,6 +135,11 @@ pub enum AppendError {
     #[error("the service is shutting down")]
     Closed,
 }
+
+/// Appended to [`AppendError::Full`] when quarantined records take part of the bound.
+const QUARANTINE_HINT: &str = "; quarantined records count toward the bound until an operator \
+     handles them: inspect them with `audit-manager spool export --quarantine`, and \
+     `audit-manager spool requeue` them once the cause is fixed";
 
 impl AppendError {
     fn from_spool(e: SpoolError) -> AppendError {
@@ -127,10 +158,25 @@ pub struct SpoolStats {
     pub max_bytes: u64,
     /// Unix milliseconds of the oldest live event's acceptance; 0 when empty.
     pub oldest_accepted_ms: u64,
+    /// Records in the quarantine table.
     pub quarantined: u64,
+    /// Bytes of quarantine frames; they count toward `max_bytes` (see [`SpoolStats::used_bytes`]).
+    pub quarantined_bytes: u64,
 }
 
 impl SpoolStats {
+    /// What the `spool.max_bytes` bound is checked against: live events plus quarantined records.
+    /// A quarantine that keeps growing therefore ends in 503 AUD-004 at ingest, never in a full
+    /// disk.
+    pub fn used_bytes(&self) -> u64 {
+        self.live_bytes.saturating_add(self.quarantined_bytes)
+    }
+
+    /// True when an append of `bytes` more would exceed the bound.
+    pub fn is_full_for(&self, bytes: u64) -> bool {
+        self.used_bytes().saturating_add(bytes) > self.max_bytes
+    }
+
     /// Age of the oldest live event in seconds (0 when empty).
     pub fn oldest_age_secs(&self, now_ms: u64) -> f64 {
         if self.oldest_accepted_ms == 0 {
@@ -157,6 +203,7 @@ pub(crate) struct Shared {
     live_bytes: AtomicU64,
     oldest_accepted_ms: AtomicU64,
     quarantined: AtomicU64,
+    quarantined_bytes: AtomicU64,
     last_error: Mutex<Option<String>>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
@@ -187,14 +234,40 @@ impl Shared {
             .clone()
     }
 
-    fn publish(&self, events: u64, bytes: u64, oldest_ms: u64, quarantined: u64) {
-        self.live_events.store(events, Ordering::Relaxed);
-        self.live_bytes.store(bytes, Ordering::Relaxed);
-        self.oldest_accepted_ms.store(oldest_ms, Ordering::Relaxed);
-        self.quarantined.store(quarantined, Ordering::Relaxed);
-        metrics::gauge!("audit_spool_events").set(events as f64);
-        metrics::gauge!("audit_spool_bytes").set(bytes as f64);
-        metrics::gauge!("audit_spool_quarantined_events").set(quarantined as f64);
+    fn publish(&self, c: &Counters) {
+        self.live_events.store(c.live_events, Ordering::Relaxed);
+        self.live_bytes.store(c.live_bytes, Ordering::Relaxed);
+        self.oldest_accepted_ms
+            .store(c.oldest_accepted_ms, Ordering::Relaxed);
+        self.quarantined.store(c.quarantined, Ordering::Relaxed);
+        self.quarantined_bytes
+            .store(c.quarantined_bytes, Ordering::Relaxed);
+        metrics::gauge!("audit_spool_events").set(c.live_events as f64);
+        metrics::gauge!("audit_spool_bytes").set(c.live_bytes as f64);
+        metrics::gauge!("audit_spool_quarantined_events").set(c.quarantined as f64);
+        metrics::gauge!("audit_spool_quarantined_bytes").set(c.quarantined_bytes as f64);
+    }
+}
+
+/// The figures the writer keeps and publishes after every commit.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Counters {
+    pub live_events: u64,
+    pub live_bytes: u64,
+    pub oldest_accepted_ms: u64,
+    pub quarantined: u64,
+    pub quarantined_bytes: u64,
+}
+
+impl From<&store::Recovered> for Counters {
+    fn from(r: &store::Recovered) -> Counters {
+        Counters {
+            live_events: r.live_events,
+            live_bytes: r.live_bytes,
+            oldest_accepted_ms: r.oldest_accepted_ms,
+            quarantined: r.quarantined,
+            quarantined_bytes: r.quarantined_bytes,
+        }
     }
 }
 
@@ -220,8 +293,11 @@ impl Spool {
         file: PathBuf,
         opts: &SpoolOptions,
     ) -> Result<Spool, SpoolError> {
-        let db = store::open_database(&opener, &file)?;
-        let rec = store::recover(&db, &file, store::OnDamage::Quarantine)?;
+        let (db, rec) = store::guard(&file, || {
+            let db = store::open_database(&opener, &file)?;
+            let rec = store::recover(&db, &file, store::OnDamage::Quarantine)?;
+            Ok::<_, SpoolError>((db, rec))
+        })?;
         if !rec.damaged.is_empty() {
             metrics::counter!("audit_spool_quarantined_total").increment(rec.damaged.len() as u64);
         }
@@ -230,6 +306,7 @@ impl Spool {
             events = rec.live_events,
             bytes = rec.live_bytes,
             quarantined = rec.quarantined,
+            quarantined_bytes = rec.quarantined_bytes,
             damaged_now = rec.damaged.len(),
             "spool opened"
         );
@@ -242,25 +319,21 @@ impl Spool {
             live_bytes: AtomicU64::new(0),
             oldest_accepted_ms: AtomicU64::new(0),
             quarantined: AtomicU64::new(0),
+            quarantined_bytes: AtomicU64::new(0),
             last_error: Mutex::new(None),
             thread: Mutex::new(None),
         });
-        shared.publish(
-            rec.live_events,
-            rec.live_bytes,
-            rec.oldest_accepted_ms,
-            rec.quarantined,
-        );
+        let counters = Counters::from(&rec);
+        shared.publish(&counters);
         let (tx, rx) = mpsc::channel(opts.max_pending_appends.max(1));
         let w = writer::Writer {
             shared: shared.clone(),
             opener,
             db: Some(db),
             next_seq: rec.next_seq,
-            live_events: rec.live_events,
-            live_bytes: rec.live_bytes,
-            quarantined: rec.quarantined,
+            counters,
             max_bytes: opts.max_bytes,
+            suspect: false,
         };
         let handle = std::thread::Builder::new()
             .name("spool-writer".into())
@@ -278,10 +351,15 @@ impl Spool {
             .map(|r| writer::Frame { bytes: r.encode() })
             .collect();
         let bytes = frames.iter().map(|f| f.bytes.len() as u64).sum();
-        if bytes > self.shared.max_bytes {
+        // Refused here, without a commit, when the last published figures already leave no room:
+        // a flood of appends against a full spool costs no fsyncs and writes nothing. The writer
+        // checks again against its exact figures.
+        let stats = self.stats();
+        if stats.is_full_for(bytes) {
             return Err(AppendError::Full {
-                live_bytes: self.shared.live_bytes.load(Ordering::Relaxed),
-                max_bytes: self.shared.max_bytes,
+                live_bytes: stats.live_bytes,
+                quarantined_bytes: stats.quarantined_bytes,
+                max_bytes: stats.max_bytes,
             });
         }
         let (reply, rx) = oneshot::channel();
@@ -342,6 +420,7 @@ impl Spool {
             max_bytes: s.max_bytes,
             oldest_accepted_ms: s.oldest_accepted_ms.load(Ordering::Relaxed),
             quarantined: s.quarantined.load(Ordering::Relaxed),
+            quarantined_bytes: s.quarantined_bytes.load(Ordering::Relaxed),
         }
     }
 

@@ -5,14 +5,14 @@
 //! with the writer. Table layout and invariants are documented in `spool-format.md`.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use redb::{
-    Builder, Database, DatabaseError, ReadableDatabase, ReadableTable, ReadableTableMetadata,
-    TableDefinition,
+    Builder, Database, DatabaseError, ReadableDatabase, ReadableTable, StorageError,
+    TableDefinition, WriteTransaction,
 };
 
-use super::record::{FrameError, QuarantineEntry, Record};
+use super::record::{FrameError, QuarantineEntry, Record, check_frame};
 use super::{SpoolError, now_ms};
 
 /// Live events: sequence number → framed [`Record`].
@@ -37,6 +37,34 @@ pub fn builder() -> Builder {
     let mut b = Builder::new();
     b.set_cache_size(CACHE_BYTES);
     b
+}
+
+/// Environment variable choosing how commits prepare for crash recovery: `quick` (the default)
+/// or `full`. See "Restart after a crash" in `spool-format.md`; it exists to compare the two
+/// (`bench/spool-restart.sh`), not as a tuning knob.
+pub const REPAIR_ENV: &str = "AUDIT_MANAGER_SPOOL_REPAIR";
+
+/// True when commits use redb's quick-repair mode: each commit also saves the allocator state
+/// and commits in two phases (two fsyncs), so reopening after a crash or power cut takes
+/// milliseconds instead of a walk over the whole file.
+pub fn quick_repair() -> bool {
+    static MODE: OnceLock<bool> = OnceLock::new();
+    *MODE.get_or_init(|| match std::env::var(REPAIR_ENV) {
+        Err(_) => true,
+        Ok(v) if v == "quick" => true,
+        Ok(v) if v == "full" => false,
+        Ok(v) => {
+            tracing::warn!("{REPAIR_ENV}={v:?} is neither `quick` nor `full`; using `quick`");
+            true
+        }
+    })
+}
+
+/// Begins a write transaction with the spool's commit settings (durable, see [`quick_repair`]).
+pub fn begin_write(db: &Database) -> Result<WriteTransaction, SpoolError> {
+    let mut txn = db.begin_write()?;
+    txn.set_quick_repair(quick_repair());
+    Ok(txn)
 }
 
 /// Opens (or creates) the redb database. Boxed so tests can inject a failing storage backend.
@@ -67,6 +95,8 @@ pub struct Recovered {
     pub oldest_accepted_ms: u64,
     pub next_seq: u64,
     pub quarantined: u64,
+    /// Sum of the quarantine frames' lengths (they count toward `spool.max_bytes`).
+    pub quarantined_bytes: u64,
     /// Damaged records found (and, with [`OnDamage::Quarantine`], moved) by this scan.
     pub damaged: Vec<Damaged>,
 }
@@ -100,13 +130,69 @@ pub fn file_path(dir: &Path) -> PathBuf {
 }
 
 /// The default opener: the file under `dir`, created if missing.
+///
+/// A new spool is initialized under a temporary name and renamed into place, so an existing
+/// `spool.redb` is always a file redb finished creating. An empty or unreadable one is damage
+/// (a truncation, a botched copy): it is refused, never silently replaced by a new spool.
 pub fn file_opener(dir: &Path) -> Result<Opener, SpoolError> {
     std::fs::create_dir_all(dir).map_err(|source| SpoolError::CreateDir {
         dir: dir.to_path_buf(),
         source,
     })?;
     let file = file_path(dir);
-    Ok(Arc::new(move || builder().create(&file)))
+    Ok(Arc::new(move || match std::fs::metadata(&file) {
+        Ok(m) if m.len() == 0 => Err(DatabaseError::Storage(StorageError::Corrupted(
+            "the file is empty (0 bytes): it was truncated or replaced, nothing in it can be \
+             recovered"
+                .into(),
+        ))),
+        Ok(_) => builder().open(&file),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => create_new(&file),
+        Err(e) => Err(e.into()),
+    }))
+}
+
+/// Creates an empty spool at `file` atomically: initialized as `<file>.new`, then renamed.
+fn create_new(file: &Path) -> Result<Database, DatabaseError> {
+    let tmp = file.with_extension("redb.new");
+    match std::fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e.into()),
+    }
+    builder().create(&tmp)?.close()?;
+    std::fs::rename(&tmp, file)?;
+    if let Some(dir) = file.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    builder().open(file)
+}
+
+/// Runs `f`, turning a panic into [`SpoolError::Damaged`] for `file`.
+///
+/// redb trusts a cleanly closed file: a page altered behind its back (a flipped bit on the
+/// medium, a truncated copy) can make it panic instead of returning an error. The open-time scan
+/// walks every page of the spool's tables, so damage of that kind shows up here, where it stops
+/// startup with the file named, instead of later in a thread serving requests.
+pub fn guard<T, E: From<SpoolError>>(
+    file: &Path,
+    f: impl FnOnce() -> Result<T, E>,
+) -> Result<T, E> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(result) => result,
+        Err(panic) => {
+            let detail = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("redb stopped on an inconsistent page");
+            Err(SpoolError::Damaged {
+                file: file.to_path_buf(),
+                detail: format!("reading it failed ({detail})"),
+            }
+            .into())
+        }
+    }
 }
 
 /// Opens the database through `opener`, explaining failures in operator terms.
@@ -116,6 +202,10 @@ pub fn open_database(opener: &Opener, file: &Path) -> Result<Database, SpoolErro
 
 /// Creates missing tables, checks the format version, scans every live record.
 pub fn recover(db: &Database, file: &Path, on_damage: OnDamage) -> Result<Recovered, SpoolError> {
+    scan(db, file, on_damage).map_err(|e| e.reading(file))
+}
+
+fn scan(db: &Database, file: &Path, on_damage: OnDamage) -> Result<Recovered, SpoolError> {
     init_tables(db, file)?;
     let mut out = Recovered::default();
     {
@@ -124,11 +214,17 @@ pub fn recover(db: &Database, file: &Path, on_damage: OnDamage) -> Result<Recove
         for entry in events.iter()? {
             let (seq, frame) = entry?;
             let (seq, frame) = (seq.value(), frame.value());
-            match Record::decode(frame) {
-                Ok(record) => {
-                    if out.live_events == 0 {
-                        out.oldest_accepted_ms = record.accepted_at_ms;
-                    }
+            // Version and CRC only: the scan runs before the first 202 after a restart, and a
+            // full decode of every record would double its time. A frame whose CRC matches but
+            // whose body does not decode (a writer bug, not damage) is caught when the forwarder
+            // reads it. The first live record is decoded for its acceptance time.
+            let checked = if out.live_events == 0 {
+                Record::decode(frame).map(|r| out.oldest_accepted_ms = r.accepted_at_ms)
+            } else {
+                check_frame(frame).map(|_| ())
+            };
+            match checked {
+                Ok(()) => {
                     out.live_events += 1;
                     out.live_bytes += frame.len() as u64;
                 }
@@ -140,10 +236,14 @@ pub fn recover(db: &Database, file: &Path, on_damage: OnDamage) -> Result<Recove
         let stored_next = meta.get("next_seq")?.map(|v| v.value()).unwrap_or(0);
         // Sequence numbers are never reused, even after the spool drained completely.
         out.next_seq = last_seq.max(stored_next);
-        out.quarantined = txn.open_table(QUARANTINE)?.len()?;
+        for entry in txn.open_table(QUARANTINE)?.iter()? {
+            let (_, frame) = entry?;
+            out.quarantined += 1;
+            out.quarantined_bytes += frame.value().len() as u64;
+        }
     }
     if on_damage == OnDamage::Quarantine && !out.damaged.is_empty() {
-        let txn = db.begin_write()?;
+        let txn = begin_write(db)?;
         {
             let mut events = txn.open_table(EVENTS)?;
             let mut quarantine = txn.open_table(QUARANTINE)?;
@@ -164,8 +264,10 @@ pub fn recover(db: &Database, file: &Path, on_damage: OnDamage) -> Result<Recove
                     reason: format!("damaged in spool: {}", d.error),
                     raw,
                 };
-                quarantine.insert(d.seq, entry.encode().as_slice())?;
+                let frame = entry.encode();
+                quarantine.insert(d.seq, frame.as_slice())?;
                 out.quarantined += 1;
+                out.quarantined_bytes += frame.len() as u64;
             }
         }
         txn.commit()?;
@@ -173,8 +275,27 @@ pub fn recover(db: &Database, file: &Path, on_damage: OnDamage) -> Result<Recove
     Ok(out)
 }
 
+/// Refuses a file whose `meta.format_version` this build does not know, without writing (the
+/// offline commands use this; the service checks in [`recover`]).
+pub fn check_format_version(db: &Database, file: &Path) -> Result<(), SpoolError> {
+    let txn = db.begin_read()?;
+    let meta = match txn.open_table(META) {
+        Ok(t) => t,
+        // Not initialized yet: the service writes the version on its first start.
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    match meta.get("format_version")?.map(|v| v.value()) {
+        None | Some(FORMAT_VERSION) => Ok(()),
+        Some(found) => Err(SpoolError::FormatVersion {
+            file: file.to_path_buf(),
+            found,
+        }),
+    }
+}
+
 fn init_tables(db: &Database, file: &Path) -> Result<(), SpoolError> {
-    let txn = db.begin_write()?;
+    let txn = begin_write(db)?;
     {
         let mut meta = txn.open_table(META)?;
         txn.open_table(EVENTS)?;

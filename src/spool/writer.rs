@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::record::{QuarantineEntry, Record};
 use super::store::{self, EVENTS, META, OnDamage, Opener, QUARANTINE};
-use super::{AppendError, Shared, SpoolError, now_ms};
+use super::{AppendError, Counters, Shared, SpoolError, now_ms};
 
 /// Upper bounds for one transaction, so a commit's latency stays bounded under a flood.
 const MAX_EVENTS_PER_COMMIT: usize = 20_000;
@@ -66,10 +66,12 @@ pub(super) struct Writer {
     pub opener: Opener,
     pub db: Option<Arc<Database>>,
     pub next_seq: u64,
-    pub live_events: u64,
-    pub live_bytes: u64,
-    pub quarantined: u64,
+    pub counters: Counters,
     pub max_bytes: u64,
+    /// Set when redb panicked inside a transaction (an inconsistent page in a file that passed
+    /// the open-time scan, e.g. damaged allocator state): the next open runs redb's integrity
+    /// check and repair before trusting the file again.
+    pub suspect: bool,
 }
 
 /// What one transaction decided, applied to the counters only after the commit succeeded.
@@ -80,7 +82,9 @@ struct Outcome {
     deleted_events: u64,
     deleted_bytes: u64,
     quarantined: u64,
+    quarantined_bytes: u64,
     requeued: u64,
+    requeued_bytes: u64,
     oldest_accepted_ms: u64,
     next_seq: u64,
 }
@@ -139,7 +143,17 @@ impl Writer {
         };
         let started = Instant::now();
         let mut pending = Vec::with_capacity(batch.len());
-        let result = self.transact(&db, batch, &mut pending);
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.transact(&db, batch, &mut pending)
+        }))
+        .unwrap_or_else(|_| {
+            self.suspect = true;
+            Err(SpoolError::Commit(format!(
+                "redb stopped on an inconsistent page of {} while committing; the file is \
+                 reopened with redb's full integrity check and repair before the next commit",
+                self.shared.file.display()
+            )))
+        });
         match result {
             Ok(outcome) => {
                 let elapsed = started.elapsed();
@@ -171,7 +185,12 @@ impl Writer {
                 // redb refuses further use of a handle after an I/O error: reopen next time.
                 self.db = None;
                 self.shared.set_db(None);
-                drop(db);
+                // After a panic inside redb its handle may panic again when dropped (poisoned
+                // locks); that must not take the writer thread down with it.
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(db))).is_err()
+                {
+                    self.suspect = true;
+                }
                 for p in pending {
                     let err = || SpoolError::Commit(msg.clone());
                     match p {
@@ -190,18 +209,24 @@ impl Writer {
         if let Some(db) = &self.db {
             return Ok(db.clone());
         }
-        let db = store::open_database(&self.opener, &self.shared.file)?;
-        let rec = store::recover(&db, &self.shared.file, OnDamage::Quarantine)?;
+        let file = &self.shared.file;
+        let (db, rec) = store::guard(file, || {
+            let mut db = store::open_database(&self.opener, file)?;
+            if self.suspect {
+                // Verifies every page's checksum and rebuilds the allocator state.
+                let intact = db.check_integrity().map_err(|source| SpoolError::Open {
+                    file: file.clone(),
+                    source,
+                })?;
+                tracing::warn!(file = %file.display(), intact, "spool integrity check done");
+            }
+            let rec = store::recover(&db, file, OnDamage::Quarantine)?;
+            Ok::<_, SpoolError>((db, rec))
+        })?;
+        self.suspect = false;
         self.next_seq = rec.next_seq;
-        self.live_events = rec.live_events;
-        self.live_bytes = rec.live_bytes;
-        self.quarantined = rec.quarantined;
-        self.shared.publish(
-            rec.live_events,
-            rec.live_bytes,
-            rec.oldest_accepted_ms,
-            rec.quarantined,
-        );
+        self.counters = Counters::from(&rec);
+        self.shared.publish(&self.counters);
         let db = Arc::new(db);
         self.db = Some(db.clone());
         self.shared.set_db(Some(db.clone()));
@@ -218,7 +243,7 @@ impl Writer {
         pending: &mut Vec<Pending>,
     ) -> Result<Outcome, SpoolError> {
         batch.sort_by_key(|c| !matches!(c, Command::Ack { .. }));
-        let txn = db.begin_write()?;
+        let txn = store::begin_write(db)?;
         let mut out = Outcome {
             next_seq: self.next_seq,
             ..Outcome::default()
@@ -242,10 +267,15 @@ impl Writer {
                         bytes,
                         reply,
                     } => {
-                        let live = self.live_bytes - out.deleted_bytes + out.appended_bytes;
-                        if live + bytes > self.max_bytes {
+                        // Quarantined records count toward the bound: a quarantine flood must
+                        // end in 503 AUD-004, not in a full disk.
+                        let c = &self.counters;
+                        let live = c.live_bytes + out.appended_bytes - out.deleted_bytes;
+                        let held = c.quarantined_bytes + out.quarantined_bytes - out.requeued_bytes;
+                        if live + held + bytes > self.max_bytes {
                             let e = AppendError::Full {
                                 live_bytes: live,
+                                quarantined_bytes: held,
                                 max_bytes: self.max_bytes,
                             };
                             pending.push(Pending::Refused(reply, e));
@@ -272,18 +302,28 @@ impl Writer {
                                 reason,
                                 raw,
                             };
-                            quarantine.insert(seq, entry.encode().as_slice())?;
+                            let frame = entry.encode();
+                            quarantine.insert(seq, frame.as_slice())?;
                             out.quarantined += 1;
+                            out.quarantined_bytes += frame.len() as u64;
                         }
                         pending.push(Pending::Done(reply));
                     }
                     Command::Requeue { reply } => {
                         // Quarantined records go back under their original sequence numbers.
-                        while let Some((seq, frame)) = quarantine.pop_first()? {
-                            let (seq, frame) = (seq.value(), frame.value().to_vec());
-                            let raw = QuarantineEntry::decode(&frame)
-                                .map(|q| q.raw)
-                                .unwrap_or(frame);
+                        // An entry whose own frame is damaged stays: its contents cannot be
+                        // trusted to be the record that was quarantined.
+                        let mut back = Vec::new();
+                        for entry in quarantine.iter()? {
+                            let (seq, frame) = entry?;
+                            let frame = frame.value();
+                            if let Ok(q) = QuarantineEntry::decode(frame) {
+                                back.push((seq.value(), frame.len() as u64, q.raw));
+                            }
+                        }
+                        for (seq, frame_len, raw) in back {
+                            quarantine.remove(seq)?;
+                            out.requeued_bytes += frame_len;
                             out.appended_bytes += raw.len() as u64;
                             out.appended_events += 1;
                             events.insert(seq, raw.as_slice())?;
@@ -309,15 +349,13 @@ impl Writer {
 
     fn apply(&mut self, o: &Outcome) {
         self.next_seq = o.next_seq;
-        self.live_events = self.live_events + o.appended_events - o.deleted_events;
-        self.live_bytes = self.live_bytes + o.appended_bytes - o.deleted_bytes;
-        self.quarantined = self.quarantined + o.quarantined - o.requeued;
-        self.shared.publish(
-            self.live_events,
-            self.live_bytes,
-            o.oldest_accepted_ms,
-            self.quarantined,
-        );
+        let c = &mut self.counters;
+        c.live_events = c.live_events + o.appended_events - o.deleted_events;
+        c.live_bytes = c.live_bytes + o.appended_bytes - o.deleted_bytes;
+        c.quarantined = c.quarantined + o.quarantined - o.requeued;
+        c.quarantined_bytes = c.quarantined_bytes + o.quarantined_bytes - o.requeued_bytes;
+        c.oldest_accepted_ms = o.oldest_accepted_ms;
+        self.shared.publish(c);
     }
 }
 
