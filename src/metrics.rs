@@ -11,6 +11,7 @@
 //! | `audit_spool_events` / `audit_spool_bytes` | gauge | live spool depth |
 //! | `audit_spool_oldest_event_age_seconds` | gauge | age of the oldest undelivered event |
 //! | `audit_spool_quarantined_events` | gauge | records in the quarantine table |
+//! | `audit_spool_quarantined_bytes` | gauge | bytes of quarantined records (they count toward `spool.max_bytes`) |
 //! | `audit_spool_quarantined_total` | counter | records moved to quarantine |
 //! | `audit_spool_commit_batch_events` | histogram | events per group commit |
 //! | `audit_spool_commit_duration_seconds` | histogram | write transaction + fsync time |

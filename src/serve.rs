@@ -256,6 +256,8 @@ fn ingest_check(spool: Spool) -> crate::health::Check {
                 "max_bytes": s.max_bytes,
                 "oldest_event_age_seconds": s.oldest_age_secs(now_ms()),
                 "quarantined": s.quarantined,
+                "quarantined_bytes": s.quarantined_bytes,
+                "used_bytes": s.used_bytes(),
             }),
         );
         let mut report = RoleReport::up(detail);
@@ -266,10 +268,11 @@ fn ingest_check(spool: Spool) -> crate::health::Check {
             return report;
         }
         let mut degraded = Vec::new();
-        if s.live_bytes.saturating_mul(10) >= s.max_bytes.saturating_mul(9) {
+        // Quarantined records count toward the bound too (a quarantine flood fills it).
+        if s.used_bytes().saturating_mul(10) >= s.max_bytes.saturating_mul(9) {
             degraded.push(
-                "spool is at least 90% full: ingest answers 503 AUD-004 once it is full; check \
-                 the forwarder and Kafka"
+                "spool is at least 90% full (live events plus quarantine): ingest answers 503 \
+                 AUD-004 once it is full; check the forwarder and Kafka, and the quarantine"
                     .to_owned(),
             );
         }

@@ -75,10 +75,26 @@ async fn forwarder_panic_exits_with_a_failure_and_loses_no_acknowledged_event() 
     let in_spool: HashSet<String> = exported_ids(&dir.path().join("spool"))
         .into_iter()
         .collect();
-    let delivered: HashSet<String> = tail.snapshot().iter().map(|m| m.id().to_owned()).collect();
-    let lost: Vec<&String> = acked
-        .iter()
-        .filter(|id| !in_spool.contains(*id) && !delivered.contains(*id))
+    // What left the spool was acknowledged by the broker; the tail may still be reading it, so
+    // give it until a deadline to see every such event (a lost one never shows up).
+    let must_be_delivered: Vec<&String> =
+        acked.iter().filter(|id| !in_spool.contains(*id)).collect();
+    let seen = |msgs: &[common::kafka::Consumed]| -> HashSet<String> {
+        msgs.iter().map(|m| m.id().to_owned()).collect()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let delivered = loop {
+        let delivered = seen(&tail.snapshot());
+        if must_be_delivered.iter().all(|id| delivered.contains(*id))
+            || std::time::Instant::now() >= deadline
+        {
+            break delivered;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let lost: Vec<&String> = must_be_delivered
+        .into_iter()
+        .filter(|id| !delivered.contains(*id))
         .collect();
     eprintln!(
         "{} acked, {} delivered, {} left in the spool",

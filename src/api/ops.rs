@@ -153,9 +153,9 @@ fn readiness(state: &AppState) -> Result<(), ErrorItem> {
     Ok(())
 }
 
-/// Bytes counted against `spool.max_bytes`.
+/// Bytes counted against `spool.max_bytes`: live events plus the quarantine.
 fn spool_used_bytes(stats: &SpoolStats) -> u64 {
-    stats.live_bytes
+    stats.used_bytes()
 }
 
 /// The spool is full for readiness when its free room is smaller than one event of the largest
