@@ -52,6 +52,13 @@ pub fn from_binary<'a>(
             ));
             continue;
         }
+        if attr.contains('\0') {
+            errs.push(FieldError::new(
+                "",
+                format!("header {name:?}: a NUL character in an attribute name"),
+            ));
+            continue;
+        }
         if attr == "data" {
             errs.push(FieldError::new(
                 "data",
@@ -74,7 +81,12 @@ pub fn from_binary<'a>(
             Err(msg) => errs.push(FieldError::new(attr, format!("header {name:?}: {msg}"))),
         }
     }
-    if let Some(ct) = content_type {
+    if let Some(ct) = content_type.filter(|ct| ct.contains('\0')) {
+        errs.push(FieldError::new(
+            "datacontenttype",
+            format!("Content-Type {ct:?}: {NUL_MESSAGE}"),
+        ));
+    } else if let Some(ct) = content_type {
         event.insert("datacontenttype".to_owned(), Value::String(ct.to_owned()));
     }
     let data = match parse_json(body).map_err(|e| e.under("data")) {

@@ -9,7 +9,7 @@
 //! - a JSON number or a numeric string: Unix seconds; beyond ±2·10¹⁰ milliseconds (as the
 //!   reference reads them), between 1600-01-01 and 9999-12-31.
 
-use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, TimeDelta, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime, NaiveTime, TimeDelta, Utc};
 use serde_json::Number;
 
 use super::rules::{Normalizations, Rule};
@@ -39,6 +39,9 @@ pub(crate) fn parse_lenient(s: &str) -> Option<(DateTime<Utc>, Normalizations)> 
         return None;
     }
     let date = NaiveDate::from_ymd_opt(i32::try_from(year).ok()?, month, day)?;
+    if year == 0 {
+        return None;
+    }
     if b.len() == 10 {
         rules.add(Rule::TimeDateOnly);
         return Some((date.and_time(NaiveTime::MIN).and_utc(), rules));
@@ -88,6 +91,10 @@ pub(crate) fn parse_lenient(s: &str) -> Option<(DateTime<Utc>, Normalizations)> 
     let time = NaiveTime::from_hms_nano_opt(hour, minute, second, nanos)?;
     let local = NaiveDateTime::new(date, time);
     let utc = local.checked_sub_signed(TimeDelta::seconds(i64::from(offset_secs)))?;
+    // Years 1..=9999, as Python's datetime: the rewritten value must stay 4-digit RFC 3339.
+    if !(1..=9999).contains(&local.year()) || !(1..=9999).contains(&utc.year()) {
+        return None;
+    }
     Some((utc.and_utc(), rules))
 }
 
@@ -295,6 +302,9 @@ mod tests {
             "2026-04-22T14:00:00+2400",
             "2026-04-22T14:00:00+1",
             "2026-04-22T14:00:00 UTC",
+            "0000-01-01",
+            "0001-01-01T00:30+0100",
+            "9999-12-31T23:30-0100",
             "1e5",
             "NaN",
             "--1",
