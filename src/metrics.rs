@@ -68,6 +68,9 @@ pub fn install() -> PrometheusHandle {
 /// Counts each `compatible`-mode rule an event (or request) needed in
 /// `audit_events_normalized_total{rule}`; the label set is [`Rule::ALL`](crate::event::Rule).
 pub fn count_normalizations(rules: crate::event::Normalizations) {
+    if rules.is_empty() {
+        return;
+    }
     for rule in rules.iter() {
         metrics::counter!("audit_events_normalized_total", "rule" => rule.label()).increment(1);
     }
