@@ -88,17 +88,16 @@ pub fn router(state: AppState) -> Router {
     if !compatible {
         return app;
     }
-    // `compatible`: a trailing `/` is the same route (the reference redirects it). The path is
-    // rewritten before routing, so this wraps the whole router rather than being a route layer.
-    Router::new().fallback(move |req: Request| {
-        let mut app = app.clone();
-        async move {
-            match tower::Service::call(&mut app, trim_slash(req)).await {
-                Ok(resp) => resp,
-                Err(never) => match never {},
-            }
-        }
-    })
+    // `compatible`: a trailing `/` is the same route (the reference redirects it). The path must
+    // be rewritten before routing, so the app becomes the fallback of an outer router whose
+    // layer (which wraps the fallback too) runs first.
+    Router::new()
+        .fallback_service(app)
+        .layer(middleware::from_fn(trailing_slash))
+}
+
+async fn trailing_slash(req: Request, next: Next) -> Response {
+    next.run(trim_slash(req)).await
 }
 
 /// Strips one trailing `/` from the request path (not from `/` itself) and counts it.
