@@ -292,11 +292,21 @@ mod tests {
     /// such as 1.3e103 was read as its neighbour and stored as 1.2999999999999999e103.
     #[test]
     fn numbers_are_stored_as_sent() {
-        for n in ["1.3e103", "0.1", "120.5", "5e-324", "1.7976931348623157e308"] {
+        for n in [
+            "1.3e103",
+            "0.1",
+            "120.5",
+            "5e-324",
+            "1.7976931348623157e308",
+        ] {
             let v = parse_json(n.as_bytes()).unwrap();
             let back = v.to_string();
             assert_eq!(parse_json(back.as_bytes()).unwrap(), v, "{n} -> {back}");
-            assert_eq!(back.parse::<f64>().unwrap(), n.parse::<f64>().unwrap(), "{n}");
+            assert_eq!(
+                back.parse::<f64>().unwrap(),
+                n.parse::<f64>().unwrap(),
+                "{n}"
+            );
         }
     }
 
