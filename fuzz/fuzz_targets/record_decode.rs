@@ -28,7 +28,10 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(Record::decode(&record.encode()).as_ref(), Ok(&record));
         }
         if let Ok(entry) = QuarantineEntry::decode(f) {
-            assert_eq!(QuarantineEntry::decode(&entry.encode()).as_ref(), Ok(&entry));
+            assert_eq!(
+                QuarantineEntry::decode(&entry.encode()).as_ref(),
+                Ok(&entry)
+            );
         }
     }
 });

@@ -278,7 +278,9 @@ pub fn check_value(value: Value) {
     let strict = normalize(value.clone(), now, &limits(ValidationMode::Strict));
     let compat = normalize(value, now, &limits(ValidationMode::Compatible));
     if let Ok(s) = &strict {
-        let c = compat.as_ref().expect("compatible accepts what strict accepts");
+        let c = compat
+            .as_ref()
+            .expect("compatible accepts what strict accepts");
         let without_id = |json: &[u8]| {
             let mut v: serde_json::Map<String, Value> =
                 serde_json::from_slice(json).expect("own output");
