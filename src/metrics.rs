@@ -8,6 +8,7 @@
 //! | `audit_http_request_duration_seconds{route}` | histogram | time to answer |
 //! | `audit_events_accepted_total` | counter | events answered 202 (durable) |
 //! | `audit_events_rejected_total{code}` | counter | events refused, by error code |
+//! | `audit_events_normalized_total{rule}` | counter | `compatible`-mode rules applied (docs/validation.md) |
 //! | `audit_spool_events` / `audit_spool_bytes` | gauge | live spool depth |
 //! | `audit_spool_oldest_event_age_seconds` | gauge | age of the oldest undelivered event |
 //! | `audit_spool_quarantined_events` | gauge | records in the quarantine table |
@@ -63,6 +64,17 @@ pub fn install() -> PrometheusHandle {
             handle
         })
         .clone()
+}
+
+/// Counts each `compatible`-mode rule an event (or request) needed in
+/// `audit_events_normalized_total{rule}`; the label set is [`Rule::ALL`](crate::event::Rule).
+pub fn count_normalizations(rules: crate::event::Normalizations) {
+    if rules.is_empty() {
+        return;
+    }
+    for rule in rules.iter() {
+        metrics::counter!("audit_events_normalized_total", "rule" => rule.label()).increment(1);
+    }
 }
 
 /// Folds histogram samples into their buckets every few seconds. The exporter keeps raw samples

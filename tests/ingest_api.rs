@@ -2,6 +2,7 @@
 
 mod common;
 
+use audit_manager::event::ValidationMode;
 use common::{TestApp, code, event, exported_ids};
 use serde_json::{Value, json};
 
@@ -117,12 +118,14 @@ async fn batch_forms_are_accepted_in_order() {
 }
 
 /// Every bad input gets its documented status and code, and the server keeps serving.
+/// (`strict` mode: a future time and an empty batch are refused only there.)
 #[tokio::test]
 async fn bad_input_gets_documented_codes_and_server_keeps_serving() {
     let mut app = TestApp::start_with(
         |c| {
             c.http.max_body_bytes = 256 * 1024;
             c.ingest.max_batch_size = 3;
+            c.ingest.validation = ValidationMode::Strict;
         },
         Default::default(),
     )
@@ -441,5 +444,107 @@ async fn ops_endpoints_answer() {
         "audit_spool_commit_duration_seconds",
     ] {
         assert!(text.contains(m), "metrics lack {m}:\n{text}");
+    }
+}
+
+/// A NUL character or a duplicated key anywhere in the body is 422 AUD-002 naming the field,
+/// in both modes and in every request form; nothing of it is spooled.
+#[tokio::test]
+async fn nul_and_duplicate_keys_are_422_in_both_modes() {
+    let good = event("ok").to_string();
+    let dup_outcome = good.replacen(
+        r#""outcome":"success""#,
+        r#""outcome":"failure","outcome":"success""#,
+        1,
+    );
+    assert_ne!(dup_outcome, good);
+    let nul_actor = good.replacen(r#""user-42""#, r#""user\u000042""#, 1);
+    let nul_key = good.replacen(r#""changes""#, r#""chan\u0000ges""#, 1);
+    let dup_top = good.replacen(r#""id":"ok""#, r#""id":"ok","id":"other""#, 1);
+    let cases: Vec<(&str, &str, String, &str)> = vec![
+        (
+            "duplicate outcome",
+            "/events",
+            dup_outcome.clone(),
+            "data.outcome",
+        ),
+        ("duplicate id", "/events", dup_top, "id"),
+        (
+            "NUL in actor id",
+            "/events",
+            nul_actor.clone(),
+            "data.actor.id",
+        ),
+        ("NUL in a key", "/events", nul_key, "data.chan\\u0000ges"),
+        (
+            "duplicate in a batch",
+            "/events/batch",
+            format!(r#"{{"events":[{good},{dup_outcome}]}}"#),
+            "events[1].data.outcome",
+        ),
+        (
+            "NUL in a batch array",
+            "/events/batch",
+            format!("[{good},{nul_actor}]"),
+            "events[1].data.actor.id",
+        ),
+    ];
+    for mode in [ValidationMode::Compatible, ValidationMode::Strict] {
+        let mut app = TestApp::start_with(|c| c.ingest.validation = mode, Default::default()).await;
+        for (what, path, body, field) in &cases {
+            let ct = if body.starts_with('[') {
+                "application/cloudevents-batch+json"
+            } else {
+                "application/json"
+            };
+            let (status, resp) = app.post_raw(path, ct, body.clone().into_bytes()).await;
+            assert_eq!(
+                (status, code(&resp)),
+                (422, "AUD-002"),
+                "{mode} {what}: {resp}"
+            );
+            let msg = resp["errors"][0]["message"].as_str().unwrap();
+            assert!(
+                msg.starts_with(&format!("{field}: ")),
+                "{mode} {what}: {msg:?} should name {field}"
+            );
+        }
+        // Binary mode: a duplicated key in the body (= data), a NUL in a header value.
+        for (header, body, field) in [
+            (
+                "x",
+                r#"{"actor":{"id":"u"},"action":"a","outcome":"failure","outcome":"success"}"#,
+                "data.outcome",
+            ),
+            (
+                "a%00b",
+                r#"{"actor":{"id":"u"},"action":"a","outcome":"success"}"#,
+                "note",
+            ),
+        ] {
+            let resp = app
+                .client
+                .post(app.url("/events"))
+                .header("content-type", "application/json")
+                .header("ce-specversion", "1.0")
+                .header("ce-id", "bin")
+                .header("ce-source", "s")
+                .header("ce-type", "t")
+                .header("ce-note", header)
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let (status, resp) = common::read(resp).await;
+            assert_eq!((status, code(&resp)), (422, "AUD-002"), "{mode}: {resp}");
+            let msg = resp["errors"][0]["message"].as_str().unwrap();
+            assert!(msg.contains(field), "{mode}: {msg:?} should name {field}");
+        }
+        let (status, resp) = app
+            .post_raw("/events", "application/json", good.clone().into_bytes())
+            .await;
+        assert_eq!(status, 202, "{mode}: {resp}");
+        app.stop().await;
+        assert_eq!(exported_ids(&app.spool_dir()), vec!["ok"], "{mode}");
     }
 }

@@ -4,7 +4,7 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use audit_manager::event::row_from_record;
+use audit_manager::event::{ValidationMode, row_from_record};
 use audit_manager::store::partitions::MAINTAIN_LOCK;
 use audit_manager::store::{InsertMethod, Month, Store};
 use chrono::{TimeZone, Utc};
@@ -144,7 +144,9 @@ async fn copy_method_writes_what_unnest_writes(method: InsertMethod) {
     tricky["data"]["context"] = serde_json::json!({"quote": "\"", "tab": "\t"});
     let rows: Vec<_> = [tricky, event_at("plain", "2026-10-31T23:59:59Z")]
         .iter()
-        .map(|e| row_from_record(e.to_string().as_bytes(), now()).unwrap())
+        .map(|e| {
+            row_from_record(e.to_string().as_bytes(), now(), ValidationMode::default()).unwrap()
+        })
         .collect();
     let first = copy.insert(&rows).await.unwrap();
     assert_eq!((first.rows, first.duplicates), (2, 0));
@@ -186,7 +188,7 @@ async fn copy_first_falls_back_when_a_batch_holds_stored_keys() {
     store.prepare().await.unwrap();
     let row = |i: usize| {
         let e = event_at(&format!("e{i}"), "2026-11-03T08:00:00Z");
-        row_from_record(e.to_string().as_bytes(), now()).unwrap()
+        row_from_record(e.to_string().as_bytes(), now(), ValidationMode::default()).unwrap()
     };
     let first: Vec<_> = (0..1000).map(row).collect();
     let done = store.insert(&first).await.unwrap();
@@ -215,7 +217,7 @@ async fn a_row_the_database_rejects_is_isolated_and_the_rest_stored() {
         let mut rows: Vec<_> = (0..9)
             .map(|i| {
                 let e = event_at(&format!("r{i}"), "2026-11-03T08:00:00Z");
-                row_from_record(e.to_string().as_bytes(), now()).unwrap()
+                row_from_record(e.to_string().as_bytes(), now(), ValidationMode::default()).unwrap()
             })
             .collect();
         rows[5].details = Some("{not json".into());

@@ -12,7 +12,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use audit_manager::config::Role;
-use audit_manager::event::{Row, row_from_record};
+use audit_manager::event::{Row, ValidationMode, row_from_record};
 use audit_manager::serve::StartOptions;
 use audit_manager::store::{InsertMethod, Store};
 use common::{TOPIC, TestApp, TestDb, TestKafka, count_rows, sink_config};
@@ -87,7 +87,7 @@ async fn bench_insert_methods_into_indexed_table() {
     let n = events();
     let now = chrono::Utc::now();
     let rows: Vec<Row> = (0..n)
-        .map(|i| row_from_record(&payload(i), now).unwrap())
+        .map(|i| row_from_record(&payload(i), now, ValidationMode::default()).unwrap())
         .collect();
     let methods = std::env::var("BENCH_METHODS").unwrap_or_else(|_| "Unnest,Copy,CopyFirst".into());
     for method in [

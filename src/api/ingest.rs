@@ -13,7 +13,9 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::envelope::respond;
 use super::error::ApiError;
-use crate::event::{self, FieldError, NormalizedEvent, Rejection};
+use crate::event::{
+    self, FieldError, JsonError, Normalizations, NormalizedEvent, Rejection, Rule, ValidationMode,
+};
 use crate::spool::{AppendError, Record, now_ms};
 
 /// The media types a request body may have.
@@ -27,13 +29,38 @@ enum Media {
     CloudEventBatch,
 }
 
-fn media(headers: &HeaderMap) -> Option<Media> {
-    let ct = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
-    let essence = ct.split(';').next()?.trim().to_ascii_lowercase();
+/// The body's media type. `compatible` reads a body without `Content-Type`, or with any other
+/// `application/…+json` type, as JSON (as the reference does); the rule applied is added to
+/// `rules`.
+fn media(headers: &HeaderMap, mode: ValidationMode, rules: &mut Normalizations) -> Option<Media> {
+    let compatible = mode == ValidationMode::Compatible;
+    let Some(ct) = headers.get(header::CONTENT_TYPE) else {
+        if compatible {
+            rules.add(Rule::NoContentType);
+            return Some(Media::Json);
+        }
+        return None;
+    };
+    let essence = ct
+        .to_str()
+        .ok()?
+        .split(';')
+        .next()?
+        .trim()
+        .to_ascii_lowercase();
     match essence.as_str() {
         "application/json" => Some(Media::Json),
         "application/cloudevents+json" => Some(Media::CloudEvent),
         "application/cloudevents-batch+json" => Some(Media::CloudEventBatch),
+        other
+            if compatible
+                && other.starts_with("application/")
+                && other.ends_with("+json")
+                && other.len() > "application/+json".len() =>
+        {
+            rules.add(Rule::ContentTypeJsonSuffix);
+            Some(Media::Json)
+        }
         _ => None,
     }
 }
@@ -109,14 +136,21 @@ async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<
     Ok(buf.map_or(first, bytes::BytesMut::freeze))
 }
 
-fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
+/// Parses the body; a NUL character or a duplicated key anywhere is 422 naming the field (in
+/// both modes: see `event::parse_json`).
+fn parse_json(body: &[u8]) -> Result<Value, JsonError> {
     // serde_json caps nesting at 128 levels, so hostile depth is an error, not a stack overflow.
-    serde_json::from_slice(body).map_err(|e| {
-        ApiError::NotJson(format!(
+    event::parse_json(body)
+}
+
+fn json_error(e: JsonError) -> ApiError {
+    match e {
+        JsonError::Syntax(e) => ApiError::NotJson(format!(
             "request body is not valid JSON: {e}; send one CloudEvent as a JSON object \
              (UTF-8, at most 128 levels deep)"
-        ))
-    })
+        )),
+        JsonError::Nul(field) | JsonError::DuplicateKey(field) => ApiError::Invalid(vec![field]),
+    }
 }
 
 fn reject(r: Rejection) -> ApiError {
@@ -222,6 +256,8 @@ pub async fn post_event(
     body: Body,
 ) -> Result<Response, ApiError> {
     not_ready_unless_accepting(&state)?;
+    let mode = state.limits.mode;
+    let mut rules = Normalizations::default();
     let binary = event::is_binary_mode(headers.keys().map(|k| k.as_str()));
     let value = if binary {
         let ct = headers
@@ -232,7 +268,7 @@ pub async fn post_event(
         let pairs = headers.iter().map(|(k, v)| (k.as_str(), v.as_bytes()));
         event::from_binary(pairs, ct.as_deref(), &body).map_err(binary_error)?
     } else {
-        match media(&headers) {
+        match media(&headers, mode, &mut rules) {
             Some(Media::Json | Media::CloudEvent) => {}
             _ => {
                 return Err(content_type_error(
@@ -242,12 +278,15 @@ pub async fn post_event(
                 ));
             }
         }
-        parse_json(&read_body(&state, &headers, body).await?)?
+        parse_json(&read_body(&state, &headers, body).await?).map_err(json_error)?
     };
     let now = chrono::Utc::now();
     let normalized = event::normalize(value, now, &state.limits).map_err(reject)?;
     let id = normalized.id.clone();
+    normalized.normalized.iter().for_each(|r| rules.add(r));
     spool(&state, &[to_record(normalized, now_ms())]).await?;
+    // Counted once the event is durable: a retried 503 is not counted twice.
+    crate::metrics::count_normalizations(rules);
     Ok(respond(
         StatusCode::ACCEPTED,
         Some(&json!({ "accepted": id })),
@@ -297,14 +336,21 @@ pub async fn post_batch(
     body: Body,
 ) -> Result<Response, ApiError> {
     not_ready_unless_accepting(&state)?;
-    if media(&headers).is_none() {
+    let mode = state.limits.mode;
+    let mut request_rules = Normalizations::default();
+    if media(&headers, mode, &mut request_rules).is_none() {
         return Err(content_type_error(
             &headers,
             "application/json with {\"events\":[...]} or application/cloudevents-batch+json \
              with a JSON array",
         ));
     }
-    let value = parse_json(&read_body(&state, &headers, body).await?)?;
+    let value = parse_json(&read_body(&state, &headers, body).await?)
+        // A bare array's paths start with `[i]`: name them as in `{"events":[...]}`.
+        .map_err(|e| match e.field_error() {
+            Some(f) if f.field.starts_with('[') => json_error(e.under("events")),
+            _ => json_error(e),
+        })?;
     let events = match value {
         Value::Array(events) => events,
         Value::Object(mut obj) => match obj.remove("events") {
@@ -326,16 +372,30 @@ pub async fn post_batch(
         )));
     }
     if events.is_empty() {
-        return Err(invalid("events", "must contain at least one event"));
+        if mode == ValidationMode::Strict {
+            return Err(invalid("events", "must contain at least one event"));
+        }
+        // `compatible`: the reference answers an empty batch with 202 and `count: 0`.
+        request_rules.add(Rule::EmptyBatch);
+        crate::metrics::count_normalizations(request_rules);
+        return Ok(respond(
+            StatusCode::ACCEPTED,
+            Some(&json!({ "accepted": [], "count": 0 })),
+            &[],
+        ));
     }
     let now = chrono::Utc::now();
     let accepted_at = now_ms();
     let mut records = Vec::with_capacity(events.len());
+    let mut rules = Vec::with_capacity(events.len());
     let mut problems: Vec<FieldError> = Vec::new();
     let mut too_large: Option<Rejection> = None;
     for (i, ev) in events.into_iter().enumerate() {
         match event::normalize(ev, now, &state.limits) {
-            Ok(n) => records.push(to_record(n, accepted_at)),
+            Ok(n) => {
+                rules.push(n.normalized);
+                records.push(to_record(n, accepted_at));
+            }
             Err(r) => match r.at_index(i) {
                 Rejection::Invalid(fields) => problems.extend(fields),
                 Rejection::TimeInFuture(field) => problems.push(field),
@@ -352,6 +412,10 @@ pub async fn post_batch(
         return Err(reject(big));
     }
     spool(&state, &records).await?;
+    crate::metrics::count_normalizations(request_rules);
+    rules
+        .into_iter()
+        .for_each(crate::metrics::count_normalizations);
     let ids: Vec<&str> = records.iter().map(|r| r.id.as_str()).collect();
     Ok(respond(
         StatusCode::ACCEPTED,

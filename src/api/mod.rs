@@ -22,7 +22,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::event::Limits;
+use crate::event::{Limits, Rule, ValidationMode};
 use crate::health::Health;
 use crate::spool::Spool;
 
@@ -60,6 +60,7 @@ impl AppState {
     ) -> AppState {
         envelope::set_identity(&config.service_id, &config.api_version);
         let limits = Limits {
+            mode: config.ingest.validation,
             max_future_skew: config.ingest.max_future_skew,
             max_event_bytes: usize::try_from(config.ingest.max_event_bytes).unwrap_or(usize::MAX),
         };
@@ -75,6 +76,7 @@ impl AppState {
 }
 
 pub fn router(state: AppState) -> Router {
+    let compatible = state.limits.mode == ValidationMode::Compatible;
     let api = Router::new()
         .route("/events", post(ingest::post_event))
         .route("/events/batch", post(ingest::post_batch))
@@ -87,11 +89,46 @@ pub fn router(state: AppState) -> Router {
         .route("/docs", get(docs::swagger_ui))
         .route("/redoc", get(docs::redoc))
         .route("/docs/assets/{file}", get(docs::asset));
-    Router::new()
+    let app = Router::new()
         .nest(BASE, api)
         .fallback(ops::not_found)
         .layer(middleware::from_fn(track))
-        .with_state(state)
+        .with_state(state);
+    if !compatible {
+        return app;
+    }
+    // `compatible`: a trailing `/` is the same route (the reference redirects it). The path must
+    // be rewritten before routing, so the app becomes the fallback of an outer router whose
+    // layer (which wraps the fallback too) runs first.
+    Router::new()
+        .fallback_service(app)
+        .layer(middleware::from_fn(trailing_slash))
+}
+
+async fn trailing_slash(req: Request, next: Next) -> Response {
+    next.run(trim_slash(req)).await
+}
+
+/// Strips one trailing `/` from the request path (not from `/` itself) and counts it.
+fn trim_slash(mut req: Request) -> Request {
+    let uri = req.uri();
+    let path = uri.path();
+    if path.len() > 1 && path.ends_with('/') {
+        let trimmed = &path[..path.len() - 1];
+        let pq = match uri.query() {
+            Some(q) => format!("{trimmed}?{q}"),
+            None => trimmed.to_owned(),
+        };
+        let mut parts = uri.clone().into_parts();
+        if let Ok(pq) = pq.parse() {
+            parts.path_and_query = Some(pq);
+            if let Ok(new) = axum::http::Uri::from_parts(parts) {
+                *req.uri_mut() = new;
+                crate::metrics::count_normalizations(Rule::TrailingSlash.into());
+            }
+        }
+    }
+    req
 }
 
 /// Counts every answer by route template and status, and times it.

@@ -2,6 +2,7 @@
 
 use serde_json::{Map, Value};
 
+use super::json::{JsonError, NUL_MESSAGE, parse_json};
 use super::validate::{FieldError, Rejection, kind};
 
 /// Why a binary-mode request could not be turned into a structured event.
@@ -29,7 +30,8 @@ pub fn is_binary_mode<'a>(header_names: impl IntoIterator<Item = &'a str>) -> bo
 /// §3.1.3.2); they must decode to UTF-8. Every attribute becomes a JSON string, in header order;
 /// then `datacontenttype` (from `content_type`, which wins over a `ce-datacontenttype` header),
 /// then `data` (the body, which must be a JSON object). Other headers are ignored. A repeated
-/// `ce-*` header or a `ce-data` header is an error. The result still has to go through
+/// `ce-*` header or a `ce-data` header is an error, and so are a NUL character (`%00`) in a
+/// value and a duplicated key or NUL anywhere in the body. The result still has to go through
 /// [`normalize`](super::normalize).
 pub fn from_binary<'a>(
     headers: impl IntoIterator<Item = (&'a str, &'a [u8])>,
@@ -50,6 +52,13 @@ pub fn from_binary<'a>(
             ));
             continue;
         }
+        if attr.contains('\0') {
+            errs.push(FieldError::new(
+                "",
+                format!("header {name:?}: a NUL character in an attribute name"),
+            ));
+            continue;
+        }
         if attr == "data" {
             errs.push(FieldError::new(
                 "data",
@@ -65,17 +74,29 @@ pub fn from_binary<'a>(
             continue;
         }
         match percent_decode(trim_ows(raw)) {
+            Ok(value) if value.contains('\0') => errs.push(FieldError::new(attr, NUL_MESSAGE)),
             Ok(value) => {
                 event.insert(attr, Value::String(value));
             }
             Err(msg) => errs.push(FieldError::new(attr, format!("header {name:?}: {msg}"))),
         }
     }
-    if let Some(ct) = content_type {
+    if let Some(ct) = content_type.filter(|ct| ct.contains('\0')) {
+        errs.push(FieldError::new(
+            "datacontenttype",
+            format!("Content-Type {ct:?}: {NUL_MESSAGE}"),
+        ));
+    } else if let Some(ct) = content_type {
         event.insert("datacontenttype".to_owned(), Value::String(ct.to_owned()));
     }
-    let data: Value =
-        serde_json::from_slice(body).map_err(|e| BinaryError::NotJson(e.to_string()))?;
+    let data = match parse_json(body).map_err(|e| e.under("data")) {
+        Ok(data) => data,
+        Err(JsonError::Syntax(msg)) => return Err(BinaryError::NotJson(msg)),
+        Err(JsonError::Nul(e) | JsonError::DuplicateKey(e)) => {
+            errs.push(e);
+            return Err(Rejection::Invalid(errs).into());
+        }
+    };
     match data {
         Value::Object(_) => {
             event.insert("data".to_owned(), data);
@@ -241,11 +262,33 @@ mod tests {
         // Without Content-Type the header value stays, and normalize judges it.
         let v = from_binary(h, None, BODY).unwrap();
         let now = Utc.with_ymd_and_hms(2026, 11, 22, 19, 5, 0).unwrap();
-        let err = normalize(v, now, &Limits::default()).unwrap_err();
+        let strict = Limits {
+            mode: crate::event::ValidationMode::Strict,
+            ..Limits::default()
+        };
+        let err = normalize(v, now, &strict).unwrap_err();
         assert!(
             err.message()
                 .starts_with("datacontenttype: must be a JSON content type")
         );
+    }
+
+    #[test]
+    fn nul_and_duplicate_keys_are_refused_and_named() {
+        let mut h = headers();
+        h.push(("ce-note", b"a%00b"));
+        let err = from_binary(h, None, BODY).unwrap_err();
+        let BinaryError::Rejected(Rejection::Invalid(errs)) = err else {
+            panic!("{err:?}");
+        };
+        assert_eq!(errs[0].field, "note");
+        assert!(errs[0].message.contains("NUL"), "{errs:?}");
+        let body = br#"{"actor":{"id":"u"},"action":"a","outcome":"failure","outcome":"success"}"#;
+        let err = from_binary(headers(), None, body).unwrap_err();
+        let BinaryError::Rejected(Rejection::Invalid(errs)) = err else {
+            panic!("{err:?}");
+        };
+        assert_eq!(errs[0].field, "data.outcome");
     }
 
     #[test]

@@ -20,6 +20,18 @@
 //! kept as sent. A `null` optional CloudEvents attribute counts as absent (CloudEvents JSON
 //! format); a `null` `subject`/`traceparent` is dropped.
 //!
+//! # Validation modes
+//! [`Limits::mode`] selects the rule set ([`ValidationMode`]): `strict` is the rule set above;
+//! `compatible` (the default) accepts what the reference service accepts and normalizes it
+//! before spooling (naive, space-separated, date-only and numeric times become RFC 3339 UTC; a
+//! missing `specversion` becomes `"1.0"`; an empty `id` is replaced; empty strings, any
+//! `traceparent` and any `datacontenttype` are kept; no future-time limit). Each event carries
+//! the [`Rule`]s it needed ([`NormalizedEvent::normalized`]) so callers can count them. The sink
+//! applies the same function in the same mode. `docs/validation.md` lists every rule.
+//!
+//! In both modes [`parse_json`] refuses a NUL character and a duplicated object key anywhere in
+//! the body: valid JSON, but an event PostgreSQL cannot store or one that says two things.
+//!
 //! # Errors
 //! [`Rejection::Invalid`] (schema, → 422), [`Rejection::TimeInFuture`] (only problem is `time`
 //! beyond `max_future_skew`, → 422), [`Rejection::TooLarge`] (normalized size over
@@ -27,13 +39,18 @@
 //! batches. [`BinaryError::NotJson`] (→ 400) is for a binary-mode body that is not JSON.
 
 mod binary;
+mod json;
+mod lenient_time;
 mod mode;
 mod row;
+mod rules;
 mod validate;
 
 pub use binary::{BinaryError, from_binary, is_binary_mode, percent_decode};
+pub use json::{JsonError, parse_json};
 pub use mode::ValidationMode;
-pub use row::{Row, RowError, row_from_record, to_row};
+pub use row::{Row, RowError, row_from_record, row_from_record_counted, to_row};
+pub use rules::{Normalizations, Rule};
 pub use validate::{
     ACTOR_TYPES, DEFAULT_ACTOR_TYPE, DEFAULT_CONTENT_TYPE, FieldError, Limits, NormalizedEvent,
     OUTCOMES, Rejection, event_time, is_json_content_type, is_valid_traceparent, kafka_key,

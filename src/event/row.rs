@@ -14,7 +14,10 @@
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
-use super::validate::{Limits, str_at, validate_map};
+use super::ValidationMode;
+use super::json::{JsonError, parse_json};
+use super::rules::{Normalizations, Rule};
+use super::validate::{Limits, is_valid_traceparent, str_at, validate_map};
 
 /// One `audit_events` row.
 #[derive(Debug, Clone, PartialEq)]
@@ -61,49 +64,85 @@ impl RowError {
     }
 }
 
-/// Limits for re-validating a consumed record: time skew and size were ingest's business.
-const SINK_LIMITS: Limits = Limits {
-    max_future_skew: std::time::Duration::from_secs(100 * 366 * 24 * 3600),
-    max_event_bytes: usize::MAX,
-};
+/// Limits for re-validating a consumed record in `mode`: time skew and size were ingest's
+/// business.
+fn sink_limits(mode: ValidationMode) -> Limits {
+    Limits {
+        mode,
+        max_future_skew: std::time::Duration::from_secs(100 * 366 * 24 * 3600),
+        max_event_bytes: usize::MAX,
+    }
+}
 
-/// Decodes and validates one Kafka record value and maps it to its row.
-pub fn row_from_record(value: &[u8], now: DateTime<Utc>) -> Result<Row, RowError> {
-    let parsed: Value = serde_json::from_slice(value)
-        .map_err(|e| RowError::Undecodable(format!("value is not JSON: {e}")))?;
-    let Value::Object(map) = parsed else {
+/// Namespace of the name-based ids given to consumed records whose `id` is `""`.
+const EMPTY_ID_NAMESPACE: uuid::Uuid =
+    uuid::Uuid::from_u128(0x6f1c_2b1e_53a4_4d4e_9a3c_0e6b_7d2f_a915);
+
+/// Decodes and validates one Kafka record value in `mode` and maps it to its row.
+pub fn row_from_record(
+    value: &[u8],
+    now: DateTime<Utc>,
+    mode: ValidationMode,
+) -> Result<Row, RowError> {
+    row_from_record_counted(value, now, mode).map(|(row, _)| row)
+}
+
+/// [`row_from_record`], also returning the `compatible`-mode rules the record needed (e.g. a
+/// naive `time` in a backlog the reference service left in Kafka).
+pub fn row_from_record_counted(
+    value: &[u8],
+    now: DateTime<Utc>,
+    mode: ValidationMode,
+) -> Result<(Row, Normalizations), RowError> {
+    let parsed = parse_json(value).map_err(|e| match e {
+        JsonError::Syntax(m) => RowError::Undecodable(format!("value is not JSON: {m}")),
+        JsonError::Nul(f) => RowError::Unstorable(format!(
+            "{}: contains a NUL character (\\u0000), which PostgreSQL text and jsonb cannot \
+             store",
+            if f.field.is_empty() {
+                "the event"
+            } else {
+                &f.field
+            }
+        )),
+        JsonError::DuplicateKey(f) => RowError::Invalid(f.to_string()),
+    })?;
+    let Value::Object(mut map) = parsed else {
         return Err(RowError::Undecodable(
             "value is JSON but not an object".into(),
         ));
     };
-    // The forwarder only publishes normalized events: `id` and `time` are fixed at ingest. A
-    // record without them would get a fresh id on every redelivery and defeat deduplication.
+    // Events in Kafka carry the `id` and `time` fixed at ingest (the reference service's too).
+    // A record without them would get a fresh id or time on every redelivery and defeat
+    // deduplication.
     let mut missing = Vec::new();
-    for key in ["id", "time"] {
-        if !map.get(key).is_some_and(Value::is_string) {
-            missing.push(format!(
-                "{key}: required (events in Kafka must be normalized)"
-            ));
-        }
+    if !map.get("id").is_some_and(Value::is_string) {
+        missing.push("id: required (events in Kafka must be normalized)".to_owned());
+    }
+    if map.get("time").is_none_or(Value::is_null) {
+        missing.push("time: required (events in Kafka must be normalized)".to_owned());
+    }
+    let mut rules = Normalizations::default();
+    if mode == ValidationMode::Compatible && map.get("id").and_then(Value::as_str) == Some("") {
+        // Ingest would generate a random id; a redelivered record must map to the same row, so
+        // the id is derived from the record's bytes.
+        let id = uuid::Uuid::new_v5(&EMPTY_ID_NAMESPACE, value);
+        map.insert("id".to_owned(), Value::String(id.hyphenated().to_string()));
+        rules.add(Rule::IdEmpty);
     }
     // The same validation as ingest, working on the parsed object itself: no re-serialization
     // and re-parse per row on the sink's hot path.
-    let event = match validate_map(Value::Object(map), now, &SINK_LIMITS) {
+    let (event, applied) = match validate_map(Value::Object(map), now, &sink_limits(mode)) {
         Err(rejection) => {
             let mut all = missing;
             all.push(rejection.to_string());
             return Err(RowError::Invalid(all.join("; ")));
         }
         Ok(_) if !missing.is_empty() => return Err(RowError::Invalid(missing.join("; "))),
-        Ok(ev) => ev,
+        Ok(ok) => ok,
     };
-    if let Some(path) = find_nul_in_map(&event, &mut String::new()) {
-        return Err(RowError::Unstorable(format!(
-            "{path} contains a NUL character (\\u0000), which PostgreSQL text and jsonb cannot \
-             store"
-        )));
-    }
-    to_row(&event)
+    applied.iter().for_each(|r| rules.add(r));
+    Ok((to_row(&event)?, rules))
 }
 
 /// Maps a normalized (already validated) event to its row.
@@ -120,7 +159,9 @@ pub fn to_row(event: &Map<String, Value>) -> Result<Row, RowError> {
         .get("data")
         .and_then(Value::as_object)
         .ok_or_else(|| RowError::Invalid("data: required".into()))?;
+    // `compatible` keeps any traceparent string; only a W3C one names a trace.
     let trace_id = str_at(event, &["traceparent"])
+        .filter(|tp| is_valid_traceparent(tp))
         .and_then(|tp| tp.split('-').nth(1))
         .map(str::to_owned);
     Ok(Row {
@@ -181,47 +222,6 @@ fn empty(v: &Value) -> bool {
     }
 }
 
-/// Path of the first string or key containing NUL, if any.
-fn find_nul(v: &Value, path: &mut String) -> Option<String> {
-    match v {
-        Value::String(s) if s.contains('\0') => Some(display_path(path)),
-        Value::Array(items) => items.iter().enumerate().find_map(|(i, item)| {
-            let len = path.len();
-            path.push_str(&format!("[{i}]"));
-            let found = find_nul(item, path);
-            path.truncate(len);
-            found
-        }),
-        Value::Object(map) => find_nul_in_map(map, path),
-        _ => None,
-    }
-}
-
-fn find_nul_in_map(map: &Map<String, Value>, path: &mut String) -> Option<String> {
-    map.iter().find_map(|(k, item)| {
-        let len = path.len();
-        if !path.is_empty() {
-            path.push('.');
-        }
-        path.push_str(k);
-        let found = if k.contains('\0') {
-            Some(display_path(path))
-        } else {
-            find_nul(item, path)
-        };
-        path.truncate(len);
-        found
-    })
-}
-
-fn display_path(path: &str) -> String {
-    if path.is_empty() {
-        "the event".into()
-    } else {
-        path.into()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,7 +233,7 @@ mod tests {
     }
 
     fn row(v: Value) -> Row {
-        row_from_record(v.to_string().as_bytes(), now()).unwrap()
+        row_from_record(v.to_string().as_bytes(), now(), ValidationMode::Strict).unwrap()
     }
 
     fn details_of(r: &Row) -> Option<Value> {
@@ -344,9 +344,9 @@ mod tests {
 
     #[test]
     fn not_json_is_undecodable() {
-        let e = row_from_record(b"\x00\x01not json", now()).unwrap_err();
+        let e = row_from_record(b"\x00\x01not json", now(), ValidationMode::Strict).unwrap_err();
         assert_eq!(e.kind(), "undecodable");
-        let e = row_from_record(b"[1,2]", now()).unwrap_err();
+        let e = row_from_record(b"[1,2]", now(), ValidationMode::Strict).unwrap_err();
         assert_eq!(e.kind(), "undecodable");
     }
 
@@ -358,6 +358,7 @@ mod tests {
             .to_string()
             .as_bytes(),
             now(),
+            ValidationMode::Strict,
         )
         .unwrap_err();
         assert_eq!(e.kind(), "schema-invalid");
@@ -372,6 +373,7 @@ mod tests {
             .to_string()
             .as_bytes(),
             now(),
+            ValidationMode::Strict,
         )
         .unwrap_err();
         assert_eq!(e.kind(), "schema-invalid");
@@ -402,9 +404,86 @@ mod tests {
             .to_string()
             .as_bytes(),
             now(),
+            ValidationMode::Strict,
         )
         .unwrap_err();
         assert_eq!(e.kind(), "unstorable");
         assert!(e.to_string().contains("data.changes[0].new"), "{e}");
+    }
+
+    /// A record as the reference service left it in Kafka (`model_dump(mode="json")` of its
+    /// model): explicit nulls, a naive time, an empty subject, a non-W3C traceparent.
+    fn reference_record(id: &str) -> Vec<u8> {
+        json!({
+            "specversion": "1.0", "id": id, "source": "/openg2p/registry",
+            "type": "org.openg2p.beneficiary.viewed", "subject": "",
+            "time": "2026-04-22T14:00:00.250000", "datacontenttype": "text/plain",
+            "traceparent": "abc",
+            "data": {"actor": {"type": "user", "id": "u_1", "name": null, "roles": [],
+                               "ip": null, "session_id": null},
+                     "action": "view", "outcome": "success", "resource": null, "reason": null}
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    #[test]
+    fn reference_shaped_record_is_a_row_in_compatible_mode() {
+        let (r, rules) =
+            row_from_record_counted(&reference_record("r-1"), now(), ValidationMode::Compatible)
+                .unwrap();
+        assert_eq!(r.id, "r-1");
+        assert_eq!(
+            r.occurred_at,
+            Utc.with_ymd_and_hms(2026, 4, 22, 14, 0, 0).unwrap()
+                + chrono::TimeDelta::milliseconds(250)
+        );
+        assert_eq!(r.subject.as_deref(), Some(""));
+        assert_eq!(r.trace_id, None, "only a W3C traceparent names a trace");
+        assert_eq!((r.resource_type, r.reason, r.details), (None, None, None));
+        let labels: Vec<&str> = rules.rewrites().iter().map(Rule::label).collect();
+        assert_eq!(labels, ["time_no_offset"]);
+        // Strict dead-letters it, naming what it refuses.
+        let e =
+            row_from_record(&reference_record("r-1"), now(), ValidationMode::Strict).unwrap_err();
+        assert_eq!(e.kind(), "schema-invalid");
+        assert!(e.to_string().contains("time: not an RFC 3339"), "{e}");
+    }
+
+    #[test]
+    fn empty_id_in_kafka_gets_an_id_derived_from_the_record() {
+        let rec = reference_record("");
+        let a = row_from_record(&rec, now(), ValidationMode::Compatible).unwrap();
+        let b = row_from_record(&rec, now(), ValidationMode::Compatible).unwrap();
+        assert_eq!(a.id, b.id, "a redelivery maps to the same row");
+        assert_eq!(uuid::Uuid::parse_str(&a.id).unwrap().get_version_num(), 5);
+        let other = row_from_record(
+            &reference_record("")
+                .into_iter()
+                .map(|c| if c == b'u' { b'v' } else { c })
+                .collect::<Vec<_>>(),
+            now(),
+            ValidationMode::Compatible,
+        );
+        assert_ne!(other.map(|r| r.id).ok(), Some(a.id));
+    }
+
+    #[test]
+    fn duplicate_keys_are_schema_invalid_in_both_modes() {
+        let rec = br#"{"specversion":"1.0","id":"d","source":"s","type":"t","time":"2026-11-01T10:00:00Z","data":{"actor":{"id":"u"},"action":"a","outcome":"failure","outcome":"success"}}"#;
+        for mode in [ValidationMode::Compatible, ValidationMode::Strict] {
+            let e = row_from_record(rec, now(), mode).unwrap_err();
+            assert_eq!(e.kind(), "schema-invalid");
+            assert!(e.to_string().contains("data.outcome"), "{e}");
+        }
+    }
+
+    #[test]
+    fn missing_time_is_refused_in_both_modes() {
+        let rec = br#"{"specversion":"1.0","id":"d","source":"s","type":"t","time":null,"data":{"actor":{"id":"u"},"action":"a","outcome":"success"}}"#;
+        for mode in [ValidationMode::Compatible, ValidationMode::Strict] {
+            let e = row_from_record(rec, now(), mode).unwrap_err();
+            assert!(e.to_string().contains("time: required"), "{e}");
+        }
     }
 }

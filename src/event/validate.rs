@@ -9,6 +9,10 @@ use chrono::{
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use super::ValidationMode;
+use super::lenient_time;
+use super::rules::{Normalizations, Rule};
+
 /// Allowed values of `data.actor.type`.
 pub const ACTOR_TYPES: [&str; 4] = ["user", "system", "service", "anonymous"];
 /// Allowed values of `data.outcome`.
@@ -21,19 +25,23 @@ pub const DEFAULT_ACTOR_TYPE: &str = "user";
 /// Longest part of an offending value quoted back in an error message.
 const MAX_QUOTED_CHARS: usize = 64;
 
-/// Limits applied by [`normalize`].
+/// The rule set and limits applied by [`normalize`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// How far `time` may lie ahead of the server clock.
+    /// `strict` refuses what `compatible` normalizes (see [`ValidationMode`]).
+    pub mode: ValidationMode,
+    /// `strict` mode: how far `time` may lie ahead of the server clock. (`compatible` has no
+    /// limit; a time beyond it is only counted.)
     pub max_future_skew: Duration,
     /// Largest accepted size of the normalized, compactly serialized event.
     pub max_event_bytes: usize,
 }
 
 impl Default for Limits {
-    /// 5 minutes of future skew, 1 MiB per event.
+    /// The default mode (`compatible`), 5 minutes of future skew, 1 MiB per event.
     fn default() -> Self {
         Limits {
+            mode: ValidationMode::default(),
             max_future_skew: Duration::from_secs(300),
             max_event_bytes: 1 << 20,
         }
@@ -163,6 +171,8 @@ pub struct NormalizedEvent {
     /// Kafka key: `subject`, else `data.actor.id`.
     pub key: Option<String>,
     pub json: Vec<u8>,
+    /// The `compatible`-mode rules this event needed (empty in `strict` mode).
+    pub normalized: Normalizations,
 }
 
 /// Validate and normalize one structured-mode event (already parsed JSON).
@@ -177,7 +187,7 @@ pub fn normalize(
     now: DateTime<Utc>,
     limits: &Limits,
 ) -> Result<NormalizedEvent, Rejection> {
-    let ev = validate_map(value, now, limits)?;
+    let (ev, normalized) = validate_map(value, now, limits)?;
     let id = str_field(&ev, "id").unwrap_or_default().to_owned();
     let time = str_field(&ev, "time").unwrap_or_default().to_owned();
     let key = kafka_key(&ev);
@@ -200,17 +210,19 @@ pub fn normalize(
         time,
         key,
         json,
+        normalized,
     })
 }
 
 /// The validation and defaults of [`normalize`], returning the event object itself instead of
-/// its serialization: for callers that go on working with the fields (the sink's row mapping).
-/// `limits.max_event_bytes` is not checked here (it applies to the serialized form).
+/// its serialization, with the `compatible`-mode rules it needed: for callers that go on working
+/// with the fields (the sink's row mapping). `limits.max_event_bytes` is not checked here (it
+/// applies to the serialized form).
 pub fn validate_map(
     value: Value,
     now: DateTime<Utc>,
     limits: &Limits,
-) -> Result<Map<String, Value>, Rejection> {
+) -> Result<(Map<String, Value>, Normalizations), Rejection> {
     let mut ev = match value {
         Value::Object(map) => map,
         other => {
@@ -218,18 +230,26 @@ pub fn validate_map(
             return Err(Rejection::Invalid(vec![FieldError::new("", msg)]));
         }
     };
-    let mut errs: Vec<FieldError> = Vec::new();
+    let mut c = Check {
+        compatible: limits.mode == ValidationMode::Compatible,
+        errs: Vec::new(),
+        rules: Normalizations::default(),
+    };
     let mut future_error = false;
 
     // specversion
     match ev.get("specversion") {
         Some(Value::String(s)) if s == "1.0" => {}
-        None | Some(Value::Null) => errs.push(required("specversion")),
-        Some(Value::String(s)) => errs.push(FieldError::new(
+        None | Some(Value::Null) if c.compatible => {
+            ev.insert("specversion".to_owned(), Value::String("1.0".to_owned()));
+            c.rules.add(Rule::SpecversionMissing);
+        }
+        None | Some(Value::Null) => c.errs.push(required("specversion")),
+        Some(Value::String(s)) => c.errs.push(FieldError::new(
             "specversion",
             format!("must be \"1.0\" (got {})", quote(s)),
         )),
-        Some(v) => errs.push(not_string("specversion", v)),
+        Some(v) => c.errs.push(not_string("specversion", v)),
     }
 
     // id
@@ -238,13 +258,18 @@ pub fn validate_map(
             let id = new_event_id(now);
             ev.insert("id".to_owned(), Value::String(id));
         }
-        Some(v) => {
-            non_empty_str(v, "id", &mut errs);
+        // The reference would store every such event under the one key "" (and deduplicate
+        // them into one row): each gets its own id instead.
+        Some(Value::String(s)) if s.is_empty() && c.compatible => {
+            let id = new_event_id(now);
+            ev.insert("id".to_owned(), Value::String(id));
+            c.rules.add(Rule::IdEmpty);
         }
+        Some(v) => c.non_empty_str(v, "id"),
     }
 
-    required_str(&ev, "source", "source", &mut errs);
-    required_str(&ev, "type", "type", &mut errs);
+    c.required_str(&ev, "source", "source");
+    c.required_str(&ev, "type", "type");
 
     // subject
     match ev.get("subject") {
@@ -253,28 +278,77 @@ pub fn validate_map(
             ev.shift_remove("subject");
         }
         Some(Value::String(s)) if s.is_empty() => {
-            errs.push(FieldError::new("subject", "must not be empty if present"))
+            if c.compatible {
+                c.rules.add(Rule::EmptyString);
+            } else {
+                c.errs
+                    .push(FieldError::new("subject", "must not be empty if present"))
+            }
         }
         Some(Value::String(_)) => {}
-        Some(v) => errs.push(not_string("subject", v)),
+        Some(v) => c.errs.push(not_string("subject", v)),
     }
 
     // time
+    let skew = |t: DateTime<FixedOffset>, raw: &str, c: &mut Check| {
+        let problem = check_skew(raw, t, now, limits.max_future_skew)?;
+        if c.compatible {
+            c.rules.add(Rule::TimeFuture);
+            None
+        } else {
+            Some(problem)
+        }
+    };
+    let mut rewrite: Option<String> = None;
     match ev.get("time") {
         None | Some(Value::Null) => {
             let t = now.to_rfc3339_opts(SecondsFormat::Millis, true);
             ev.insert("time".to_owned(), Value::String(t));
         }
         Some(Value::String(s)) => match parse_time(s) {
-            None => errs.push(FieldError::new("time", "not an RFC 3339 timestamp")),
             Some(t) => {
-                if let Some(e) = check_skew(s, t, now, limits.max_future_skew) {
-                    errs.push(e);
+                if let Some(e) = skew(t, s, &mut c) {
+                    c.errs.push(e);
                     future_error = true;
                 }
             }
+            None if c.compatible => match lenient_time::parse_lenient(s) {
+                Some((t, rules)) => {
+                    rules.iter().for_each(|r| c.rules.add(r));
+                    let fixed = t.to_rfc3339_opts(SecondsFormat::AutoSi, true);
+                    skew(t.fixed_offset(), &fixed, &mut c);
+                    rewrite = Some(fixed);
+                }
+                None => c.errs.push(FieldError::new(
+                    "time",
+                    format!(
+                        "not a timestamp (got {}); send RFC 3339 such as \
+                         \"2026-04-22T14:00:00Z\" (a time without offset, a date alone or Unix \
+                         seconds are read too)",
+                        quote(s)
+                    ),
+                )),
+            },
+            None => c
+                .errs
+                .push(FieldError::new("time", "not an RFC 3339 timestamp")),
         },
-        Some(v) => errs.push(not_string("time", v)),
+        Some(Value::Number(n)) if c.compatible => match lenient_time::from_unix_number(n) {
+            Some(t) => {
+                c.rules.add(Rule::TimeUnixSeconds);
+                let fixed = t.to_rfc3339_opts(SecondsFormat::AutoSi, true);
+                skew(t.fixed_offset(), &fixed, &mut c);
+                rewrite = Some(fixed);
+            }
+            None => c.errs.push(FieldError::new(
+                "time",
+                format!("Unix time {n} is outside 1600-01-01 .. 9999-12-31"),
+            )),
+        },
+        Some(v) => c.errs.push(not_string("time", v)),
+    }
+    if let Some(t) = rewrite {
+        ev.insert("time".to_owned(), Value::String(t));
     }
 
     // datacontenttype
@@ -286,14 +360,15 @@ pub fn validate_map(
             );
         }
         Some(Value::String(s)) if is_json_content_type(s) => {}
-        Some(Value::String(s)) => errs.push(FieldError::new(
+        Some(Value::String(_)) if c.compatible => c.rules.add(Rule::DatacontenttypeNotJson),
+        Some(Value::String(s)) => c.errs.push(FieldError::new(
             "datacontenttype",
             format!(
                 "must be a JSON content type (application/json or */*+json) (got {})",
                 quote(s)
             ),
         )),
-        Some(v) => errs.push(not_string("datacontenttype", v)),
+        Some(v) => c.errs.push(not_string("datacontenttype", v)),
     }
 
     // traceparent
@@ -303,7 +378,8 @@ pub fn validate_map(
             ev.shift_remove("traceparent");
         }
         Some(Value::String(s)) if is_valid_traceparent(s) => {}
-        Some(Value::String(s)) => errs.push(FieldError::new(
+        Some(Value::String(_)) if c.compatible => c.rules.add(Rule::TraceparentNotW3c),
+        Some(Value::String(s)) => c.errs.push(FieldError::new(
             "traceparent",
             format!(
                 "must be a W3C traceparent (00-<32 hex trace-id>-<16 hex parent-id>-<2 hex flags>) \
@@ -311,23 +387,28 @@ pub fn validate_map(
                 quote(s)
             ),
         )),
-        Some(v) => errs.push(not_string("traceparent", v)),
+        Some(v) => c.errs.push(not_string("traceparent", v)),
     }
 
     if ev.contains_key("data_base64") {
-        errs.push(FieldError::new(
-            "data_base64",
-            "not supported: data must be a JSON object in `data`",
-        ));
+        if c.compatible {
+            c.rules.add(Rule::DataBase64Kept);
+        } else {
+            c.errs.push(FieldError::new(
+                "data_base64",
+                "not supported: data must be a JSON object in `data`",
+            ));
+        }
     }
 
     // data
     match ev.get_mut("data") {
-        None | Some(Value::Null) => errs.push(required("data")),
-        Some(Value::Object(data)) => validate_data(data, &mut errs),
-        Some(v) => errs.push(not_object("data", v)),
+        None | Some(Value::Null) => c.errs.push(required("data")),
+        Some(Value::Object(data)) => c.data(data),
+        Some(v) => c.errs.push(not_object("data", v)),
     }
 
+    let mut errs = c.errs;
     if !errs.is_empty() {
         if future_error
             && errs.len() == 1
@@ -337,7 +418,7 @@ pub fn validate_map(
         }
         return Err(Rejection::Invalid(errs));
     }
-    Ok(ev)
+    Ok((ev, c.rules))
 }
 
 /// A fresh UUIDv7 (hyphenated, lowercase) whose timestamp is `now`.
@@ -369,88 +450,105 @@ pub fn new_event_id(now: DateTime<Utc>) -> String {
     id.hyphenated().encode_lower(&mut buf).to_owned()
 }
 
-fn validate_data(data: &mut Map<String, Value>, errs: &mut Vec<FieldError>) {
-    match data.get_mut("actor") {
-        None | Some(Value::Null) => errs.push(required("data.actor")),
-        Some(Value::Object(actor)) => validate_actor(actor, errs),
-        Some(v) => errs.push(not_object("data.actor", v)),
-    }
-
-    required_str(data, "action", "data.action", errs);
-
-    match data.get("outcome") {
-        None | Some(Value::Null) => errs.push(required("data.outcome")),
-        Some(Value::String(s)) if OUTCOMES.contains(&s.as_str()) => {}
-        Some(Value::String(s)) => errs.push(FieldError::new(
-            "data.outcome",
-            format!("must be one of {} (got {})", OUTCOMES.join(", "), quote(s)),
-        )),
-        Some(v) => errs.push(not_string("data.outcome", v)),
-    }
-
-    match data.get("resource") {
-        None | Some(Value::Null) => {}
-        Some(Value::Object(resource)) => {
-            required_str(resource, "type", "data.resource.type", errs);
-            optional_str(resource, "id", "data.resource.id", errs);
-        }
-        Some(v) => errs.push(not_object("data.resource", v)),
-    }
-
-    optional_str(data, "reason", "data.reason", errs);
+/// The problems found so far and the `compatible` rules applied.
+struct Check {
+    compatible: bool,
+    errs: Vec<FieldError>,
+    rules: Normalizations,
 }
 
-fn validate_actor(actor: &mut Map<String, Value>, errs: &mut Vec<FieldError>) {
-    match actor.get("type") {
-        None | Some(Value::Null) => {
-            actor.insert(
-                "type".to_owned(),
-                Value::String(DEFAULT_ACTOR_TYPE.to_owned()),
-            );
+impl Check {
+    fn data(&mut self, data: &mut Map<String, Value>) {
+        match data.get_mut("actor") {
+            None | Some(Value::Null) => self.errs.push(required("data.actor")),
+            Some(Value::Object(actor)) => self.actor(actor),
+            Some(v) => self.errs.push(not_object("data.actor", v)),
         }
-        Some(Value::String(s)) if ACTOR_TYPES.contains(&s.as_str()) => {}
-        Some(Value::String(s)) => errs.push(FieldError::new(
-            "data.actor.type",
-            format!(
-                "must be one of {} (got {})",
-                ACTOR_TYPES.join(", "),
-                quote(s)
-            ),
-        )),
-        Some(v) => errs.push(not_string("data.actor.type", v)),
+
+        self.required_str(data, "action", "data.action");
+
+        match data.get("outcome") {
+            None | Some(Value::Null) => self.errs.push(required("data.outcome")),
+            Some(Value::String(s)) if OUTCOMES.contains(&s.as_str()) => {}
+            Some(Value::String(s)) => self.errs.push(FieldError::new(
+                "data.outcome",
+                format!("must be one of {} (got {})", OUTCOMES.join(", "), quote(s)),
+            )),
+            Some(v) => self.errs.push(not_string("data.outcome", v)),
+        }
+
+        match data.get("resource") {
+            None | Some(Value::Null) => {}
+            Some(Value::Object(resource)) => {
+                self.required_str(resource, "type", "data.resource.type");
+                optional_str(resource, "id", "data.resource.id", &mut self.errs);
+            }
+            Some(v) => self.errs.push(not_object("data.resource", v)),
+        }
+
+        optional_str(data, "reason", "data.reason", &mut self.errs);
     }
-    required_str(actor, "id", "data.actor.id", errs);
-    optional_str(actor, "name", "data.actor.name", errs);
-    match actor.get("roles") {
-        None | Some(Value::Null) => {}
-        Some(Value::Array(roles)) => {
-            for (i, role) in roles.iter().enumerate() {
-                if !role.is_string() {
-                    errs.push(not_string(&format!("data.actor.roles[{i}]"), role));
+
+    fn actor(&mut self, actor: &mut Map<String, Value>) {
+        let errs = &mut self.errs;
+        match actor.get("type") {
+            None | Some(Value::Null) => {
+                actor.insert(
+                    "type".to_owned(),
+                    Value::String(DEFAULT_ACTOR_TYPE.to_owned()),
+                );
+            }
+            Some(Value::String(s)) if ACTOR_TYPES.contains(&s.as_str()) => {}
+            Some(Value::String(s)) => errs.push(FieldError::new(
+                "data.actor.type",
+                format!(
+                    "must be one of {} (got {})",
+                    ACTOR_TYPES.join(", "),
+                    quote(s)
+                ),
+            )),
+            Some(v) => errs.push(not_string("data.actor.type", v)),
+        }
+        self.required_str(actor, "id", "data.actor.id");
+        let errs = &mut self.errs;
+        optional_str(actor, "name", "data.actor.name", errs);
+        match actor.get("roles") {
+            None | Some(Value::Null) => {}
+            Some(Value::Array(roles)) => {
+                for (i, role) in roles.iter().enumerate() {
+                    if !role.is_string() {
+                        errs.push(not_string(&format!("data.actor.roles[{i}]"), role));
+                    }
                 }
             }
+            Some(v) => errs.push(FieldError::new(
+                "data.actor.roles",
+                format!("must be an array of strings (got {})", kind(v)),
+            )),
         }
-        Some(v) => errs.push(FieldError::new(
-            "data.actor.roles",
-            format!("must be an array of strings (got {})", kind(v)),
-        )),
+        optional_str(actor, "ip", "data.actor.ip", errs);
+        optional_str(actor, "session_id", "data.actor.session_id", errs);
     }
-    optional_str(actor, "ip", "data.actor.ip", errs);
-    optional_str(actor, "session_id", "data.actor.session_id", errs);
-}
 
-fn required_str(map: &Map<String, Value>, key: &str, path: &str, errs: &mut Vec<FieldError>) {
-    match map.get(key) {
-        None | Some(Value::Null) => errs.push(required(path)),
-        Some(v) => non_empty_str(v, path, errs),
+    /// A required string; `compatible` keeps an empty one (the reference does).
+    fn required_str(&mut self, map: &Map<String, Value>, key: &str, path: &str) {
+        match map.get(key) {
+            None | Some(Value::Null) => self.errs.push(required(path)),
+            Some(v) => self.non_empty_str(v, path),
+        }
     }
-}
 
-fn non_empty_str(v: &Value, path: &str, errs: &mut Vec<FieldError>) {
-    match v {
-        Value::String(s) if s.is_empty() => errs.push(FieldError::new(path, "must not be empty")),
-        Value::String(_) => {}
-        v => errs.push(not_string(path, v)),
+    fn non_empty_str(&mut self, v: &Value, path: &str) {
+        match v {
+            Value::String(s) if s.is_empty() && self.compatible => {
+                self.rules.add(Rule::EmptyString)
+            }
+            Value::String(s) if s.is_empty() => {
+                self.errs.push(FieldError::new(path, "must not be empty"))
+            }
+            Value::String(_) => {}
+            v => self.errs.push(not_string(path, v)),
+        }
     }
 }
 
@@ -714,8 +812,10 @@ mod tests {
         Utc.with_ymd_and_hms(2026, 11, 22, 19, 23, 11).unwrap() + TimeDelta::milliseconds(123)
     }
 
+    /// `strict`: the tests below are the strict rule set; `compatible` has its own module.
     fn limits() -> Limits {
         Limits {
+            mode: ValidationMode::Strict,
             max_future_skew: Duration::from_secs(300),
             max_event_bytes: 64 * 1024,
         }
@@ -1284,5 +1384,328 @@ mod tests {
         assert_eq!(fmt_duration(Duration::from_millis(500)), "0.5s");
         assert_eq!(fmt_duration(Duration::from_secs(300)), "5m");
         assert_eq!(fmt_duration(Duration::from_millis(3_723_250)), "1h2m3.25s");
+    }
+}
+
+/// `compatible` mode: one test per rule, and the rules both modes share.
+#[cfg(test)]
+mod compatible_tests {
+    use super::*;
+    use chrono::TimeZone;
+    use serde_json::json;
+
+    fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 4, 22, 15, 0, 0).unwrap()
+    }
+
+    fn limits(mode: ValidationMode) -> Limits {
+        Limits {
+            mode,
+            max_future_skew: Duration::from_secs(3600),
+            max_event_bytes: 64 * 1024,
+        }
+    }
+
+    fn reference_event() -> Value {
+        json!({
+            "specversion": "1.0", "id": "r-1", "source": "/openg2p/registry",
+            "type": "org.openg2p.beneficiary.viewed", "time": "2026-04-22T14:00:00Z",
+            "data": {"actor": {"type": "user", "id": "u_1"}, "action": "view",
+                     "outcome": "success"}
+        })
+    }
+
+    /// Normalizes in `compatible` mode; returns the stored event and the rule labels.
+    fn compat(v: Value) -> (Map<String, Value>, Vec<&'static str>) {
+        let ev = normalize(v.clone(), now(), &limits(ValidationMode::Compatible))
+            .unwrap_or_else(|e| panic!("{v}: {e}"));
+        let stored = parse_normalized(&ev.json).unwrap();
+        assert_eq!(stored["time"], ev.time.as_str());
+        (stored, ev.normalized.iter().map(Rule::label).collect())
+    }
+
+    fn strict_refuses(v: Value, field: &str) {
+        let e = normalize(v, now(), &limits(ValidationMode::Strict)).unwrap_err();
+        assert!(
+            e.field_errors().iter().any(|f| f.field == field),
+            "strict should name {field}: {e}"
+        );
+    }
+
+    fn with(key: &str, value: Value) -> Value {
+        let mut v = reference_event();
+        v[key] = value;
+        v
+    }
+
+    #[test]
+    fn an_event_strict_accepts_is_stored_identically() {
+        let v = reference_event();
+        let c = normalize(v.clone(), now(), &limits(ValidationMode::Compatible)).unwrap();
+        let s = normalize(v, now(), &limits(ValidationMode::Strict)).unwrap();
+        assert_eq!(c.json, s.json);
+        assert!(c.normalized.is_empty() && s.normalized.is_empty());
+    }
+
+    #[test]
+    fn naive_time_is_utc() {
+        let v = with("time", json!("2026-04-22T14:00:00"));
+        let (ev, rules) = compat(v.clone());
+        assert_eq!(ev["time"], "2026-04-22T14:00:00Z");
+        assert_eq!(rules, ["time_no_offset"]);
+        strict_refuses(v, "time");
+    }
+
+    #[test]
+    fn space_separated_time() {
+        let v = with("time", json!("2026-04-22 14:00:00Z"));
+        let (ev, rules) = compat(v.clone());
+        assert_eq!(ev["time"], "2026-04-22T14:00:00Z");
+        assert_eq!(rules, ["time_space_separator"]);
+        strict_refuses(v, "time");
+    }
+
+    #[test]
+    fn date_alone_is_midnight_utc() {
+        let v = with("time", json!("2026-04-22"));
+        let (ev, rules) = compat(v.clone());
+        assert_eq!(ev["time"], "2026-04-22T00:00:00Z");
+        assert_eq!(rules, ["time_date_only"]);
+        strict_refuses(v, "time");
+    }
+
+    #[test]
+    fn a_number_is_unix_seconds() {
+        let v = with("time", json!(1_776_866_400));
+        let (ev, rules) = compat(v.clone());
+        assert_eq!(ev["time"], "2026-04-22T14:00:00Z");
+        assert_eq!(rules, ["time_unix_seconds"]);
+        strict_refuses(v, "time");
+        let (ev, _) = compat(with("time", json!(1_776_866_400.5)));
+        assert_eq!(ev["time"], "2026-04-22T14:00:00.500Z");
+        let (ev, _) = compat(with("time", json!("1776866400")));
+        assert_eq!(ev["time"], "2026-04-22T14:00:00Z");
+    }
+
+    #[test]
+    fn other_reference_forms_are_rewritten_to_utc() {
+        let (ev, rules) = compat(with("time", json!("2026-04-22T16:00+0200")));
+        assert_eq!(ev["time"], "2026-04-22T14:00:00Z");
+        assert_eq!(rules, ["time_other_format"]);
+    }
+
+    #[test]
+    fn rfc3339_times_are_kept_verbatim() {
+        let (ev, rules) = compat(with("time", json!("2026-04-22T16:00:00.1+02:00")));
+        assert_eq!(ev["time"], "2026-04-22T16:00:00.1+02:00");
+        assert!(rules.is_empty());
+    }
+
+    #[test]
+    fn times_the_reference_refuses_are_refused() {
+        for bad in [json!("yesterday"), json!(""), json!(true), json!(1e300)] {
+            let e = normalize(
+                with("time", bad.clone()),
+                now(),
+                &limits(ValidationMode::Compatible),
+            )
+            .unwrap_err();
+            assert_eq!(e.field_errors()[0].field, "time", "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn no_future_limit() {
+        let v = with("time", json!("2031-01-01T00:00:00Z"));
+        let (ev, rules) = compat(v.clone());
+        assert_eq!(ev["time"], "2031-01-01T00:00:00Z");
+        assert_eq!(rules, ["time_future"]);
+        assert!(matches!(
+            normalize(v, now(), &limits(ValidationMode::Strict)),
+            Err(Rejection::TimeInFuture(_))
+        ));
+        // A naive future time is rewritten and counted for both.
+        let (_, rules) = compat(with("time", json!("2031-01-01T00:00:00")));
+        assert_eq!(rules, ["time_no_offset", "time_future"]);
+    }
+
+    #[test]
+    fn missing_or_null_specversion_is_1_0() {
+        let mut v = reference_event();
+        v.as_object_mut().unwrap().shift_remove("specversion");
+        let (ev, rules) = compat(v.clone());
+        assert_eq!(ev["specversion"], "1.0");
+        assert_eq!(rules, ["specversion_missing"]);
+        strict_refuses(v, "specversion");
+        let (ev, _) = compat(with("specversion", Value::Null));
+        assert_eq!(ev["specversion"], "1.0");
+        // Another version is still refused.
+        let e = normalize(
+            with("specversion", json!("0.3")),
+            now(),
+            &limits(ValidationMode::Compatible),
+        )
+        .unwrap_err();
+        assert_eq!(e.field_errors()[0].field, "specversion");
+    }
+
+    #[test]
+    fn empty_id_gets_a_generated_one() {
+        let v = with("id", json!(""));
+        let (ev, rules) = compat(v.clone());
+        let id = ev["id"].as_str().unwrap();
+        assert_eq!(uuid::Uuid::parse_str(id).unwrap().get_version_num(), 7);
+        assert_eq!(rules, ["id_empty"]);
+        strict_refuses(v.clone(), "id");
+        let (again, _) = compat(v);
+        assert_ne!(again["id"], ev["id"], "each empty-id event gets its own id");
+    }
+
+    #[test]
+    fn empty_strings_are_kept_as_sent() {
+        let mut v = reference_event();
+        v["source"] = json!("");
+        v["type"] = json!("");
+        v["subject"] = json!("");
+        v["data"]["action"] = json!("");
+        v["data"]["actor"]["id"] = json!("");
+        v["data"]["resource"] = json!({"type": ""});
+        let (ev, rules) = compat(v.clone());
+        assert_eq!(
+            (&ev["source"], &ev["type"], &ev["subject"]),
+            (&json!(""), &json!(""), &json!(""))
+        );
+        assert_eq!(ev["data"]["action"], "");
+        assert_eq!(ev["data"]["actor"]["id"], "");
+        assert_eq!(ev["data"]["resource"]["type"], "");
+        assert_eq!(rules, ["empty_string"]);
+        for field in [
+            "source",
+            "type",
+            "subject",
+            "data.action",
+            "data.actor.id",
+            "data.resource.type",
+        ] {
+            strict_refuses(v.clone(), field);
+        }
+    }
+
+    #[test]
+    fn any_traceparent_is_kept() {
+        let v = with("traceparent", json!("not-a-w3c-value"));
+        let (ev, rules) = compat(v.clone());
+        assert_eq!(ev["traceparent"], "not-a-w3c-value");
+        assert_eq!(rules, ["traceparent_not_w3c"]);
+        strict_refuses(v, "traceparent");
+        // Still a string.
+        let e = normalize(
+            with("traceparent", json!(5)),
+            now(),
+            &limits(ValidationMode::Compatible),
+        )
+        .unwrap_err();
+        assert_eq!(e.field_errors()[0].field, "traceparent");
+    }
+
+    #[test]
+    fn any_datacontenttype_is_kept() {
+        let v = with("datacontenttype", json!("text/plain"));
+        let (ev, rules) = compat(v.clone());
+        assert_eq!(ev["datacontenttype"], "text/plain");
+        assert_eq!(rules, ["datacontenttype_not_json"]);
+        strict_refuses(v, "datacontenttype");
+    }
+
+    #[test]
+    fn data_base64_is_kept_as_an_extension() {
+        let v = with("data_base64", json!("e30="));
+        let (ev, rules) = compat(v.clone());
+        assert_eq!(ev["data_base64"], "e30=");
+        assert_eq!(rules, ["data_base64_kept"]);
+        strict_refuses(v, "data_base64");
+    }
+
+    /// The shape the reference's model writes to Kafka (`model_dump(mode="json")`): every
+    /// optional field present, as `null` when unset.
+    #[test]
+    fn explicit_nulls_of_optional_fields_are_absent() {
+        let v = json!({
+            "specversion": "1.0", "id": "r-2", "source": "/s", "type": "t", "subject": null,
+            "time": "2026-04-22T14:00:00", "datacontenttype": "application/json",
+            "traceparent": null,
+            "data": {"actor": {"type": "user", "id": "u", "name": null, "roles": [],
+                               "ip": null, "session_id": null},
+                     "action": "view", "outcome": "success", "resource": null, "reason": null}
+        });
+        let (ev, rules) = compat(v);
+        assert!(!ev.contains_key("subject") && !ev.contains_key("traceparent"));
+        assert_eq!(ev["data"]["resource"], Value::Null, "data is kept as sent");
+        assert_eq!(rules, ["time_no_offset"]);
+    }
+
+    #[test]
+    fn data_rules_hold_in_both_modes() {
+        for mode in [ValidationMode::Compatible, ValidationMode::Strict] {
+            let mut v = reference_event();
+            v["data"] = json!("x");
+            let cases = [
+                (v, "data"),
+                (
+                    with("data", json!({"action": "a", "outcome": "success"})),
+                    "data.actor",
+                ),
+                (
+                    with(
+                        "data",
+                        json!({"actor": {}, "action": "a", "outcome": "success"}),
+                    ),
+                    "data.actor.id",
+                ),
+                (
+                    with("data", json!({"actor": {"id": "u"}, "outcome": "success"})),
+                    "data.action",
+                ),
+                (
+                    with(
+                        "data",
+                        json!({"actor": {"id": "u"}, "action": "a", "outcome": "ok"}),
+                    ),
+                    "data.outcome",
+                ),
+            ];
+            for (v, field) in cases {
+                let e = normalize(v, now(), &limits(mode)).unwrap_err();
+                assert!(
+                    e.field_errors().iter().any(|f| f.field == field),
+                    "{mode}: {field} not in {e}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn normalized_events_replay_to_the_same_bytes() {
+        let mut v = reference_event();
+        v["time"] = json!("2026-04-22 14:00:00");
+        v["id"] = json!("");
+        v.as_object_mut().unwrap().shift_remove("specversion");
+        let l = limits(ValidationMode::Compatible);
+        let first = normalize(v, now(), &l).unwrap();
+        let again = normalize(
+            Value::Object(parse_normalized(&first.json).unwrap()),
+            now(),
+            &l,
+        )
+        .unwrap();
+        assert_eq!(again.json, first.json);
+        assert!(again.normalized.is_empty(), "{:?}", again.normalized);
+        // And strict accepts what compatible stored (for these rules).
+        let strict = normalize(
+            Value::Object(parse_normalized(&first.json).unwrap()),
+            now(),
+            &limits(ValidationMode::Strict),
+        );
+        assert!(strict.is_ok(), "{strict:?}");
     }
 }

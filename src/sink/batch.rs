@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use chrono::{DateTime, Utc};
 
-use crate::event::{Row, row_from_record};
+use crate::event::{Row, ValidationMode, row_from_record_counted};
 
 /// A consumed Kafka record, owned.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,8 +72,13 @@ pub struct Consumed {
 }
 
 impl Consumed {
-    pub fn new(record: Record, now: DateTime<Utc>, cutoff: Option<DateTime<Utc>>) -> Consumed {
-        let outcome = decode(&record, now, cutoff);
+    pub fn new(
+        record: Record,
+        now: DateTime<Utc>,
+        cutoff: Option<DateTime<Utc>>,
+        mode: ValidationMode,
+    ) -> Consumed {
+        let outcome = decode(&record, now, cutoff, mode);
         Consumed { record, outcome }
     }
 }
@@ -94,13 +99,14 @@ pub fn assemble(batch: Vec<Consumed>) -> (Vec<Record>, Plan) {
     (records, p)
 }
 
-/// One record's fate: its row (decoded with the ingest's validation), or why it goes to the DLQ.
-/// Events older than `cutoff` (the start of the oldest retained month) are dead-lettered, not
-/// stored.
+/// One record's fate: its row (decoded with the ingest's validation, in the same `mode`), or
+/// why it goes to the DLQ. Events older than `cutoff` (the start of the oldest retained month)
+/// are dead-lettered, not stored.
 pub fn decode(
     r: &Record,
     now: DateTime<Utc>,
     cutoff: Option<DateTime<Utc>>,
+    mode: ValidationMode,
 ) -> Result<Row, DeadReason> {
     let Some(value) = r.value.as_deref() else {
         return Err(DeadReason {
@@ -108,8 +114,9 @@ pub fn decode(
             message: "record has no value (tombstone)".into(),
         });
     };
-    match row_from_record(value, now) {
-        Ok(row) => match cutoff {
+    match row_from_record_counted(value, now, mode) {
+        // Only rewrites are counted here: tolerated values were counted at ingest.
+        Ok((row, rules)) => match cutoff {
             Some(c) if row.occurred_at < c => Err(DeadReason {
                 kind: "retention-expired",
                 message: format!(
@@ -119,7 +126,10 @@ pub fn decode(
                     c.to_rfc3339()
                 ),
             }),
-            _ => Ok(row),
+            _ => {
+                crate::metrics::count_normalizations(rules.rewrites());
+                Ok(row)
+            }
         },
         Err(e) => {
             let message = e.to_string();
@@ -191,7 +201,7 @@ mod tests {
     fn plan(records: &[Record], now: DateTime<Utc>, cutoff: Option<DateTime<Utc>>) -> Plan {
         let batch = records
             .iter()
-            .map(|r| Consumed::new(r.clone(), now, cutoff))
+            .map(|r| Consumed::new(r.clone(), now, cutoff, ValidationMode::Strict))
             .collect();
         let (back, p) = assemble(batch);
         assert_eq!(back, records, "records keep their order");
@@ -267,7 +277,7 @@ mod tests {
         let now = Utc::now();
         let mut records: Vec<Consumed> = [rec(0, 1, b""), rec(1, 1, b""), rec(0, 2, b"")]
             .into_iter()
-            .map(|r| Consumed::new(r, now, None))
+            .map(|r| Consumed::new(r, now, None, ValidationMode::Strict))
             .collect();
         let revoked: HashSet<_> = [("t".to_string(), 0)].into_iter().collect();
         assert_eq!(drop_revoked(&mut records, &revoked), 2);

@@ -44,6 +44,8 @@ pub struct SinkSettings {
     pub batch_max_records: usize,
     pub flush_interval: Duration,
     pub retention_months: u32,
+    /// `ingest.validation`: records are decoded with the ingest's rule set.
+    pub validation: crate::event::ValidationMode,
 }
 
 impl SinkSettings {
@@ -53,6 +55,7 @@ impl SinkSettings {
             batch_max_records: c.sink.batch_max_records,
             flush_interval: c.sink.flush_interval,
             retention_months: c.database.partition_retention_months,
+            validation: c.ingest.validation,
         }
     }
 }
@@ -165,6 +168,7 @@ impl SinkLoop {
             Record::from_message(m),
             now,
             retention_cutoff(now, self.settings.retention_months),
+            self.settings.validation,
         )
     }
 

@@ -1,0 +1,309 @@
+//! Shared pieces of the fuzz targets: structured CloudEvent generation (`arbitrary`) and the
+//! properties every accepted event must have.
+
+use arbitrary::Arbitrary;
+use audit_manager::event::{
+    JsonError, Limits, ValidationMode, normalize, parse_json, row_from_record,
+};
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::Value;
+
+/// Words that steer the fuzzer to the values the rules care about.
+const WORDS: &[&str] = &[
+    "1.0",
+    "0.3",
+    "user",
+    "system",
+    "service",
+    "anonymous",
+    "robot",
+    "success",
+    "failure",
+    "denied",
+    "application/json",
+    "application/cloudevents+json; charset=utf-8",
+    "text/plain",
+    "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    "u\u{0}x",
+    "specversion",
+    "id",
+    "time",
+    "data",
+    "actor",
+    "outcome",
+    "é/ü",
+];
+
+/// A string value: empty, a dictionary word, anything, or a time in one of many forms.
+#[derive(Arbitrary, Debug)]
+pub enum Text {
+    Empty,
+    Word(u8),
+    Any(String),
+    Time(u8, i64, u32),
+}
+
+impl Text {
+    pub fn render(&self) -> String {
+        match self {
+            Text::Empty => String::new(),
+            Text::Word(i) => WORDS[usize::from(*i) % WORDS.len()].to_owned(),
+            Text::Any(s) => s.clone(),
+            Text::Time(form, secs, nanos) => time_text(*form, *secs, *nanos),
+        }
+    }
+}
+
+fn time_text(form: u8, secs: i64, nanos: u32) -> String {
+    let t = DateTime::<Utc>::from_timestamp(secs % 400_000_000_000, nanos % 2_000_000_000)
+        .unwrap_or_default();
+    let rfc = t.to_rfc3339_opts(SecondsFormat::AutoSi, true);
+    let naive = rfc.trim_end_matches('Z').to_owned();
+    match form % 10 {
+        0 => rfc,
+        1 => naive,
+        2 => naive.replacen('T', " ", 1),
+        3 => t.format("%Y-%m-%d").to_string(),
+        4 => t.timestamp().to_string(),
+        5 => format!("{}.{:03}", t.timestamp(), t.timestamp_subsec_millis()),
+        6 => format!("{naive}+0530"),
+        7 => t.format("%Y-%m-%dT%H:%M").to_string(),
+        8 => format!("{naive}\u{2212}02"),
+        _ => t.to_rfc3339(),
+    }
+}
+
+/// A JSON value for one attribute, including absent.
+#[derive(Arbitrary, Debug)]
+pub enum Field {
+    Absent,
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Text(Text),
+    Array(Vec<Text>),
+    Object(Vec<(Text, Text)>),
+}
+
+impl Field {
+    /// The JSON text, `None` when absent. Objects are written by hand so keys may repeat.
+    fn json(&self) -> Option<String> {
+        Some(match self {
+            Field::Absent => return None,
+            Field::Null => "null".into(),
+            Field::Bool(b) => b.to_string(),
+            Field::Int(i) => i.to_string(),
+            Field::Float(f) => serde_json::to_string(f).unwrap_or_else(|_| "0".into()),
+            Field::Text(t) => Value::String(t.render()).to_string(),
+            Field::Array(items) => {
+                let items: Vec<String> = items
+                    .iter()
+                    .map(|t| Value::String(t.render()).to_string())
+                    .collect();
+                format!("[{}]", items.join(","))
+            }
+            Field::Object(pairs) => object(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.render(), Some(Value::String(v.render()).to_string()))),
+            ),
+        })
+    }
+}
+
+fn object(entries: impl Iterator<Item = (String, Option<String>)>) -> String {
+    let parts: Vec<String> = entries
+        .filter_map(|(k, v)| v.map(|v| format!("{}:{v}", Value::String(k))))
+        .collect();
+    format!("{{{}}}", parts.join(","))
+}
+
+#[derive(Arbitrary, Debug)]
+pub struct Actor {
+    pub r#type: Field,
+    pub id: Field,
+    pub name: Field,
+    pub roles: Field,
+    pub ip: Field,
+    pub session_id: Field,
+    pub extra: Vec<(Text, Field)>,
+}
+
+#[derive(Arbitrary, Debug)]
+pub struct Resource {
+    pub r#type: Field,
+    pub id: Field,
+    pub extra: Vec<(Text, Field)>,
+}
+
+#[derive(Arbitrary, Debug)]
+pub enum Shaped<T> {
+    Object(T),
+    Other(Field),
+}
+
+#[derive(Arbitrary, Debug)]
+pub struct Data {
+    pub actor: Shaped<Actor>,
+    pub action: Field,
+    pub outcome: Field,
+    pub resource: Shaped<Resource>,
+    pub reason: Field,
+    pub extra: Vec<(Text, Field)>,
+}
+
+/// A structured-mode CloudEvent whose every attribute may be right, wrong, null or absent, and
+/// whose objects may repeat keys.
+#[derive(Arbitrary, Debug)]
+pub struct Event {
+    pub specversion: Field,
+    pub id: Field,
+    pub source: Field,
+    pub r#type: Field,
+    pub subject: Field,
+    pub time: Field,
+    pub datacontenttype: Field,
+    pub traceparent: Field,
+    pub data: Shaped<Data>,
+    pub extra: Vec<(Text, Field)>,
+}
+
+fn extras(extra: &[(Text, Field)]) -> impl Iterator<Item = (String, Option<String>)> + '_ {
+    extra.iter().map(|(k, v)| (k.render(), v.json()))
+}
+
+impl Event {
+    /// The event as JSON text (keys in a fixed order, extras last).
+    pub fn to_json(&self) -> String {
+        let data = match &self.data {
+            Shaped::Other(f) => f.json(),
+            Shaped::Object(d) => {
+                let actor = match &d.actor {
+                    Shaped::Other(f) => f.json(),
+                    Shaped::Object(a) => Some(object(
+                        [
+                            ("type", a.r#type.json()),
+                            ("id", a.id.json()),
+                            ("name", a.name.json()),
+                            ("roles", a.roles.json()),
+                            ("ip", a.ip.json()),
+                            ("session_id", a.session_id.json()),
+                        ]
+                        .into_iter()
+                        .map(|(k, v)| (k.to_owned(), v))
+                        .chain(extras(&a.extra)),
+                    )),
+                };
+                let resource = match &d.resource {
+                    Shaped::Other(f) => f.json(),
+                    Shaped::Object(r) => Some(object(
+                        [("type", r.r#type.json()), ("id", r.id.json())]
+                            .into_iter()
+                            .map(|(k, v)| (k.to_owned(), v))
+                            .chain(extras(&r.extra)),
+                    )),
+                };
+                Some(object(
+                    [
+                        ("actor", actor),
+                        ("action", d.action.json()),
+                        ("outcome", d.outcome.json()),
+                        ("resource", resource),
+                        ("reason", d.reason.json()),
+                    ]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_owned(), v))
+                    .chain(extras(&d.extra)),
+                ))
+            }
+        };
+        object(
+            [
+                ("specversion", self.specversion.json()),
+                ("id", self.id.json()),
+                ("source", self.source.json()),
+                ("type", self.r#type.json()),
+                ("subject", self.subject.json()),
+                ("time", self.time.json()),
+                ("datacontenttype", self.datacontenttype.json()),
+                ("traceparent", self.traceparent.json()),
+                ("data", data),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .chain(extras(&self.extra)),
+        )
+    }
+}
+
+/// A fixed clock, so a finding reproduces.
+pub fn now() -> DateTime<Utc> {
+    DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default()
+}
+
+pub fn limits(mode: ValidationMode) -> Limits {
+    Limits {
+        mode,
+        ..Limits::default()
+    }
+}
+
+/// The properties of validation on one body, in both modes:
+/// - parsing agrees with serde_json on what is JSON, and refuses NUL and duplicate keys for
+///   both modes alike (the parser has no mode);
+/// - an event `strict` accepts, `compatible` accepts and stores identically;
+/// - an accepted event re-normalizes to the same bytes and needs no further rewrite;
+/// - the sink turns every accepted event into a row in the same mode (nothing ingest accepted
+///   is dead-lettered).
+pub fn check_body(body: &[u8]) {
+    let ours = parse_json(body);
+    let theirs = serde_json::from_slice::<Value>(body);
+    let value = match (ours, theirs) {
+        (Ok(v), Ok(t)) => {
+            assert_eq!(v, t, "same value as serde_json");
+            v
+        }
+        (Err(JsonError::Syntax(_)), Err(_)) => return,
+        // NUL or duplicate key: refused before any mode applies, so both modes agree.
+        (Err(JsonError::Nul(_) | JsonError::DuplicateKey(_)), Ok(_)) => return,
+        (ours, theirs) => panic!("parse disagrees: ours {ours:?}, serde_json {theirs:?}"),
+    };
+    check_value(value);
+}
+
+pub fn check_value(value: Value) {
+    let now = now();
+    let strict = normalize(value.clone(), now, &limits(ValidationMode::Strict));
+    let compat = normalize(value, now, &limits(ValidationMode::Compatible));
+    if let Ok(s) = &strict {
+        let c = compat
+            .as_ref()
+            .expect("compatible accepts what strict accepts");
+        let without_id = |json: &[u8]| {
+            let mut v: serde_json::Map<String, Value> =
+                serde_json::from_slice(json).expect("own output");
+            v.shift_remove("id");
+            v
+        };
+        // Generated ids differ between the two calls; everything else is identical.
+        assert_eq!(without_id(&s.json), without_id(&c.json));
+        assert!(s.normalized.is_empty());
+        settled(&s.json, ValidationMode::Strict);
+    }
+    if let Ok(c) = &compat {
+        settled(&c.json, ValidationMode::Compatible);
+    }
+}
+
+/// A stored event: re-normalizes to itself and maps to a row in `mode`.
+fn settled(json: &[u8], mode: ValidationMode) {
+    let again = parse_json(json).expect("own output parses");
+    let second = normalize(again, now(), &limits(mode)).expect("normalized event stays valid");
+    assert_eq!(second.json, json, "normalizing is idempotent");
+    assert!(second.normalized.rewrites().is_empty());
+    if let Err(e) = row_from_record(json, now(), mode) {
+        panic!("the sink refuses what ingest accepted: {e}");
+    }
+}
