@@ -73,7 +73,7 @@ async fn sink_whose_role_lost_insert_stalls_loudly_and_stores_everything_after_t
             .await;
     }
     let reason = eventually(WAIT, "/health 503 naming the privilege problem", || async {
-        let dead = kafka.dlq_high_watermark();
+        let dead = kafka.dlq_len();
         assert_eq!(
             dead, 0,
             "events dead-lettered because the role lacks INSERT"
@@ -93,7 +93,7 @@ async fn sink_whose_role_lost_insert_stalls_loudly_and_stores_everything_after_t
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(
-        kafka.dlq_high_watermark(),
+        kafka.dlq_len(),
         0,
         "no event dead-lettered while the role lacks INSERT; health said: {reason}"
     );
@@ -119,7 +119,7 @@ async fn sink_whose_role_lost_insert_stalls_loudly_and_stores_everything_after_t
         (app.get("/health").await.0 == 200).then_some(())
     })
     .await;
-    assert_eq!(kafka.dlq_high_watermark(), 0, "nothing dead-lettered");
+    assert_eq!(kafka.dlq_len(), 0, "nothing dead-lettered");
     app.stop().await;
     pool.close().await;
 }
@@ -156,7 +156,7 @@ async fn a_new_not_null_column_stalls_the_sink_instead_of_dead_lettering_every_r
             .await;
     }
     eventually(WAIT, "/health DOWN naming the NOT NULL column", || async {
-        assert_eq!(kafka.dlq_high_watermark(), 0, "rows dead-lettered");
+        assert_eq!(kafka.dlq_len(), 0, "rows dead-lettered");
         let sink = app.role_health("sink").await;
         let reason = sink["reason"].as_str().unwrap_or_default();
         (sink["status"] == "DOWN" && reason.contains("23502") && reason.contains("tenant"))
@@ -171,7 +171,7 @@ async fn a_new_not_null_column_stalls_the_sink_instead_of_dead_lettering_every_r
         (count_rows(&pool).await == N as i64 + 1).then_some(())
     })
     .await;
-    assert_eq!(kafka.dlq_high_watermark(), 0, "nothing dead-lettered");
+    assert_eq!(kafka.dlq_len(), 0, "nothing dead-lettered");
     app.stop().await;
     pool.close().await;
 }

@@ -61,24 +61,7 @@ pub(crate) fn parse_lenient(s: &str) -> Option<(DateTime<Utc>, Normalizations)> 
     let mut nanos = 0u32;
     if b.get(i) == Some(&b':') {
         second = digits(17, 2)?;
-        i = 19;
-        if b.get(i) == Some(&b'.') {
-            i += 1;
-            let start = i;
-            while i < b.len() && b[i].is_ascii_digit() {
-                if i - start < 9 {
-                    nanos = nanos * 10 + u32::from(b[i] - b'0');
-                }
-                i += 1;
-            }
-            let n = i - start;
-            if n == 0 {
-                return None;
-            }
-            for _ in n..9 {
-                nanos *= 10;
-            }
-        }
+        (nanos, i) = super::validate::fraction(b, 19)?;
     } else {
         rules.add(Rule::TimeOtherFormat);
     }

@@ -697,6 +697,31 @@ pub fn is_valid_traceparent(s: &str) -> bool {
     }
 }
 
+/// Reads an optional `.fraction` of a second starting at `b[i]`: the nanoseconds (digits beyond
+/// nine truncated) and the index after it. A `.` without digits is `None`.
+pub(crate) fn fraction(b: &[u8], mut i: usize) -> Option<(u32, usize)> {
+    let mut nanos = 0u32;
+    if b.get(i) != Some(&b'.') {
+        return Some((nanos, i));
+    }
+    i += 1;
+    let start = i;
+    while i < b.len() && b[i].is_ascii_digit() {
+        if i - start < 9 {
+            nanos = nanos * 10 + u32::from(b[i] - b'0');
+        }
+        i += 1;
+    }
+    let digits = i - start;
+    if digits == 0 {
+        return None;
+    }
+    for _ in digits..9 {
+        nanos *= 10;
+    }
+    Some((nanos, i))
+}
+
 /// Parse an RFC 3339 `date-time` strictly: `YYYY-MM-DDThh:mm:ss[.frac](Z|±hh:mm)`.
 ///
 /// `T` and `Z` may be lowercase (RFC 3339 §5.6 note); a space separator or a missing offset is
@@ -726,25 +751,7 @@ pub fn parse_time(s: &str) -> Option<DateTime<FixedOffset>> {
     {
         return None;
     }
-    let mut i = 19;
-    let mut nanos = 0u32;
-    if b[i] == b'.' {
-        i += 1;
-        let start = i;
-        while i < b.len() && b[i].is_ascii_digit() {
-            if i - start < 9 {
-                nanos = nanos * 10 + u32::from(b[i] - b'0');
-            }
-            i += 1;
-        }
-        let digits = i - start;
-        if digits == 0 {
-            return None;
-        }
-        for _ in digits..9 {
-            nanos *= 10;
-        }
-    }
+    let (mut nanos, i) = fraction(b, 19)?;
     let offset_secs: i32 = match b.get(i)? {
         b'Z' | b'z' if i + 1 == b.len() => 0,
         sign @ (b'+' | b'-') if i + 6 == b.len() && b[i + 3] == b':' => {

@@ -763,28 +763,3 @@ impl Drop for TestRole {
         .join();
     }
 }
-
-impl TestKafka {
-    /// Records ever written to the DLQ topic: the sum of its partitions' high watermarks, read
-    /// from the broker (no consumer group, no waiting for records that may never come).
-    pub fn dlq_high_watermark(&self) -> i64 {
-        use rdkafka::consumer::{BaseConsumer, Consumer};
-        let c: BaseConsumer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", &self.bootstrap)
-            .create()
-            .expect("watermark client");
-        let timeout = Duration::from_secs(10);
-        let md = c
-            .fetch_metadata(Some(DLQ_TOPIC), timeout)
-            .expect("DLQ metadata");
-        md.topics()[0]
-            .partitions()
-            .iter()
-            .map(|p| {
-                c.fetch_watermarks(DLQ_TOPIC, p.id(), timeout)
-                    .expect("DLQ watermarks")
-                    .1
-            })
-            .sum()
-    }
-}
