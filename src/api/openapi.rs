@@ -154,6 +154,21 @@ pub const ERROR_CODES: &[ErrorCodeDoc] = &[
         when: "spool write or fsync failed (disk full, I/O error); `Retry-After` set",
     },
     ErrorCodeDoc {
+        code: "AUD-010",
+        status: 401,
+        when: "no or invalid credentials (`auth.mode` token or mtls); `WWW-Authenticate` set",
+    },
+    ErrorCodeDoc {
+        code: "AUD-011",
+        status: 403,
+        when: "the authenticated principal may not emit events with this `source` (a reader may emit none); nothing stored",
+    },
+    ErrorCodeDoc {
+        code: "AUD-012",
+        status: 403,
+        when: "the authenticated principal may not read (`GET /config` needs a reader)",
+    },
+    ErrorCodeDoc {
         code: "AUD-404",
         status: 404,
         when: "no such route (the API lives under `/v1/auditmanager`)",
