@@ -165,6 +165,7 @@ impl Authenticator {
                 let mut seen = self.seen();
                 seen.content = Some(Sha256::digest(&bytes).into());
                 seen.problem = None;
+                metrics::counter!("audit_auth_reloads_total", "outcome" => "ok").increment(1);
                 tracing::info!(file = %path.display(), principals = n, "reloaded the principals");
             }
             Err(e) => {
@@ -174,6 +175,8 @@ impl Authenticator {
                 let mut seen = self.seen();
                 if seen.problem.as_deref() != Some(&message) {
                     tracing::error!(file = %path.display(), problem = %e.message, "{message}");
+                    metrics::counter!("audit_auth_reloads_total", "outcome" => "failed")
+                        .increment(1);
                 }
                 seen.content = digest;
                 seen.problem = Some(message);

@@ -197,6 +197,7 @@ impl TlsReloader {
                 *self.current.write().unwrap_or_else(|p| p.into_inner()) =
                     (Arc::new(config), print);
                 *self.broken.write().unwrap_or_else(|p| p.into_inner()) = None;
+                metrics::counter!("audit_tls_reloads_total", "outcome" => "ok").increment(1);
                 tracing::info!(
                     cert_file = %self.files.cert_file.display(),
                     "reloaded the TLS certificate files; new connections use them"
@@ -204,6 +205,7 @@ impl TlsReloader {
             }
             Err(e) => {
                 *self.broken.write().unwrap_or_else(|p| p.into_inner()) = Some(print);
+                metrics::counter!("audit_tls_reloads_total", "outcome" => "failed").increment(1);
                 tracing::error!(
                     problem = %e,
                     "the changed TLS files are unusable; new connections keep using the \
