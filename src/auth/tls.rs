@@ -5,8 +5,10 @@
 //!   handshake uses the newest valid set, connections already open keep theirs. A broken new
 //!   set (unreadable file, key not matching the certificate, no certificate) keeps the previous
 //!   one and is logged as an error; the process never restarts for a rotation.
-//! - With `client_ca_file`, a client must present a certificate chaining to that CA at the
-//!   handshake (`WebPkiClientVerifier`); anything else fails the handshake, before HTTP.
+//! - With `client_ca_file`, a certificate the client presents must chain to that CA
+//!   (`WebPkiClientVerifier`), or the handshake fails, before HTTP. A client may also present
+//!   none (probes, Prometheus): it reaches only the routes that need no credentials, everything
+//!   else answers 401 AUD-010.
 //! - Handshakes run in their own tasks (with a timeout), so a slow or silent client cannot hold
 //!   up other connections; [`TlsListener`] hands finished ones to axum.
 //! - [`PeerInfo`] carries the client certificate's first DNS SAN into each request
@@ -132,10 +134,15 @@ pub fn server_config(files: &TlsFiles) -> Result<ServerConfig, TlsError> {
                     message: format!("not a usable CA certificate: {e}"),
                 })?;
             }
+            // A client without a certificate completes the handshake (kubelet probes and
+            // Prometheus cannot present one) and gets only the public routes: the middleware
+            // answers 401 AUD-010 everywhere else. A certificate that is presented must chain
+            // to the CA, or the handshake fails.
             let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
                 Arc::new(roots),
                 provider(),
             )
+            .allow_unauthenticated()
             .build()
             .map_err(|e| TlsError {
                 key: "http.tls.client_ca_file",
