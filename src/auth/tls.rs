@@ -160,7 +160,9 @@ pub fn server_config(files: &TlsFiles) -> Result<ServerConfig, TlsError> {
             files.cert_file.display()
         ),
     })?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // The server speaks HTTP/1.1 (axum without its `http2` feature): offering h2 in ALPN would
+    // make clients such as curl pick a protocol the connection then does not speak.
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }
 
