@@ -397,3 +397,35 @@ async fn a_broken_certificate_refuses_the_start() {
         "{e}"
     );
 }
+
+/// The client CA is re-read too: after it is replaced, certificates of the new CA are accepted
+/// and those of the old one fail the handshake, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_client_ca_is_used_without_restart() {
+    let files = Files {
+        dir: tempfile::tempdir().unwrap(),
+    };
+    let server_ca = Ca::new("server CA");
+    let old_ca = Ca::new("old client CA");
+    let new_ca = Ca::new("new client CA");
+    files.server_cert(&server_ca);
+    files.write("client-ca.pem", &old_ca.pem());
+    files.write("tokens.yaml", principals());
+    let app = start(&files, true, |_| {}).await;
+    let old = old_ca.issue(&["registry.openg2p.svc"], ExtendedKeyUsagePurpose::ClientAuth);
+    let new = new_ca.issue(&["registry.openg2p.svc"], ExtendedKeyUsagePurpose::ClientAuth);
+    let handshake_ok = |identity: (String, String)| {
+        let c = client(&server_ca, Some(&identity));
+        let u = url(&app, "/health");
+        async move { c.get(u).send().await.is_ok() }
+    };
+    assert!(handshake_ok(old.clone()).await);
+    assert!(!handshake_ok(new.clone()).await);
+
+    files.write("client-ca.pem", &new_ca.pem());
+    eventually(WAIT, "the new client CA to be used", || async {
+        handshake_ok(new.clone()).await.then_some(())
+    })
+    .await;
+    assert!(!handshake_ok(old).await, "the old CA's certificates are refused");
+}
