@@ -412,8 +412,14 @@ async fn a_replaced_client_ca_is_used_without_restart() {
     files.write("client-ca.pem", &old_ca.pem());
     files.write("tokens.yaml", principals());
     let app = start(&files, true, |_| {}).await;
-    let old = old_ca.issue(&["registry.openg2p.svc"], ExtendedKeyUsagePurpose::ClientAuth);
-    let new = new_ca.issue(&["registry.openg2p.svc"], ExtendedKeyUsagePurpose::ClientAuth);
+    let old = old_ca.issue(
+        &["registry.openg2p.svc"],
+        ExtendedKeyUsagePurpose::ClientAuth,
+    );
+    let new = new_ca.issue(
+        &["registry.openg2p.svc"],
+        ExtendedKeyUsagePurpose::ClientAuth,
+    );
     let handshake_ok = |identity: (String, String)| {
         let c = client(&server_ca, Some(&identity));
         let u = url(&app, "/health");
@@ -427,5 +433,8 @@ async fn a_replaced_client_ca_is_used_without_restart() {
         handshake_ok(new.clone()).await.then_some(())
     })
     .await;
-    assert!(!handshake_ok(old).await, "the old CA's certificates are refused");
+    assert!(
+        !handshake_ok(old).await,
+        "the old CA's certificates are refused"
+    );
 }

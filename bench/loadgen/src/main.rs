@@ -120,7 +120,12 @@ struct Args {
 
     /// Send `Authorization: Bearer TOKEN` (a service with auth.mode token). Also read from
     /// $AUDIT_LOADGEN_TOKEN, which keeps it out of the process list.
-    #[arg(long, value_name = "TOKEN", env = "AUDIT_LOADGEN_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "AUDIT_LOADGEN_TOKEN",
+        hide_env_values = true
+    )]
     token: Option<String>,
 
     /// On 503, wait for Retry-After and resend the same events (default: count it as failed).
@@ -1122,6 +1127,7 @@ mod tests {
         Shared {
             client: reqwest::Client::new(),
             endpoint: reqwest::Url::parse("http://127.0.0.1:1/").unwrap(),
+            authorization: None,
             batch_size,
             total_events,
             subjects: 1,
@@ -1132,6 +1138,22 @@ mod tests {
             next_event: AtomicU64::new(0),
             accepted: None,
         }
+    }
+
+    #[test]
+    fn a_token_becomes_the_authorization_header() {
+        let mut s = shared(1, 1, None);
+        let plain = s
+            .request(0..1, &mut StdRng::seed_from_u64(1))
+            .build()
+            .unwrap();
+        assert!(plain.headers().get(AUTHORIZATION).is_none());
+        s.authorization = Some(HeaderValue::from_static("Bearer abc"));
+        let authed = s
+            .request(0..1, &mut StdRng::seed_from_u64(1))
+            .build()
+            .unwrap();
+        assert_eq!(authed.headers()[AUTHORIZATION], "Bearer abc");
     }
 
     #[test]
