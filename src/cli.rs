@@ -81,6 +81,12 @@ pub enum TokenCommand {
     /// Surrounding whitespace (the newline of `echo` or a file) is not part of the token.
     /// Example: `openssl rand -hex 32 | tee token | audit-manager token hash`.
     Hash,
+    /// Print a new random token (256 bits from the OS, hex) on stdout and its
+    /// `token_sha256:` line on stderr.
+    ///
+    /// Example: `audit-manager token new > registry.token` (the line to paste appears on the
+    /// terminal).
+    New,
 }
 
 #[derive(Debug, Subcommand)]
@@ -152,16 +158,33 @@ fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    if let Command::Token {
-        command: TokenCommand::Hash,
-    } = cli.command
-    {
-        // Needs no configuration: it runs wherever tokens are made.
-        let mut input = Vec::new();
-        std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut input)
-            .context("cannot read the token from stdin")?;
-        println!("{}", token_hash_line(&input)?);
-        return Ok(ExitCode::SUCCESS);
+    // Token commands need no configuration: they run wherever tokens are made.
+    match cli.command {
+        Command::Token {
+            command: TokenCommand::Hash,
+        } => {
+            let mut input = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut input)
+                .context("cannot read the token from stdin")?;
+            println!("{}", token_hash_line(&input)?);
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Token {
+            command: TokenCommand::New,
+        } => {
+            let mut bytes = [0u8; 32];
+            std::io::Read::read_exact(
+                &mut std::fs::File::open("/dev/urandom")
+                    .context("cannot open /dev/urandom for a random token")?,
+                &mut bytes,
+            )
+            .context("cannot read /dev/urandom for a random token")?;
+            let token = hex::encode(bytes);
+            eprintln!("{}", token_hash_line(token.as_bytes())?);
+            println!("{token}");
+            return Ok(ExitCode::SUCCESS);
+        }
+        _ => {}
     }
     let mut config = load_config(cli.config.as_deref())?;
     match cli.command {

@@ -546,3 +546,54 @@ async fn token_hash_prints_the_line_for_the_tokens_file() {
         .unwrap();
     assert_eq!(resp.status().as_u16(), 202);
 }
+
+#[tokio::test]
+async fn token_new_prints_a_fresh_token_and_its_line() {
+    let (rc, token, line) = run_cli(&["token", "new"], &[]);
+    assert_eq!(rc, 0, "{line}");
+    let token = token.trim();
+    assert_eq!(token.len(), 64, "{token}");
+    assert!(token.bytes().all(|b| b.is_ascii_hexdigit()));
+    assert!(
+        line.contains(&format!("token_sha256: \"{}\"", hash(token))),
+        "{line}"
+    );
+    let (_, other, _) = run_cli(&["token", "new"], &[]);
+    assert_ne!(other.trim(), token, "a new token every time");
+}
+
+/// `auth.mode: none` on an address beyond loopback says so at startup; on loopback it does not.
+#[tokio::test]
+async fn no_authentication_beyond_loopback_is_warned_about() {
+    let warning = "auth.mode is none and the listener is reachable beyond this host";
+    let dir = tempfile::tempdir().unwrap();
+    let open = common::ChildServer::spawn(
+        &dir.path().join("a"),
+        &[("AUDIT_MANAGER__HTTP__LISTEN", "0.0.0.0:0")],
+    );
+    assert!(
+        open.log().iter().any(|l| l.contains(warning)),
+        "{:#?}",
+        open.log()
+    );
+    let local = common::ChildServer::spawn(&dir.path().join("b"), &[]);
+    assert!(
+        !local.log().iter().any(|l| l.contains(warning)),
+        "{:#?}",
+        local.log()
+    );
+    let tokens = write_tokens(dir.path(), &principals());
+    let secured = common::ChildServer::spawn(
+        &dir.path().join("c"),
+        &[
+            ("AUDIT_MANAGER__HTTP__LISTEN", "0.0.0.0:0"),
+            ("AUDIT_MANAGER__AUTH__MODE", "token"),
+            ("AUDIT_MANAGER__AUTH__TOKENS_FILE", tokens.to_str().unwrap()),
+        ],
+    );
+    assert!(
+        !secured.log().iter().any(|l| l.contains(warning)),
+        "{:#?}",
+        secured.log()
+    );
+}
