@@ -597,3 +597,43 @@ async fn no_authentication_beyond_loopback_is_warned_about() {
         secured.log()
     );
 }
+
+/// Neither a valid nor a wrong token appears in the log, even at debug level.
+#[tokio::test]
+async fn tokens_are_never_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = write_tokens(dir.path(), &principals());
+    let mut server = common::ChildServer::spawn(
+        &dir.path().join("spool"),
+        &[
+            ("AUDIT_MANAGER__AUTH__MODE", "token"),
+            ("AUDIT_MANAGER__AUTH__TOKENS_FILE", tokens.to_str().unwrap()),
+            ("RUST_LOG", "debug"),
+        ],
+    );
+    server.wait_ready(WAIT).await;
+    let client = reqwest::Client::new();
+    let url = format!("http://{}{BASE}/events", server.addr);
+    let wrong = "wrong-token-that-must-not-be-logged";
+    for (token, want) in [(EMITTER_TOKEN, 202), (wrong, 401)] {
+        let resp = client
+            .post(&url)
+            .bearer_auth(token)
+            .json(&registry_event("l-1", "/registry/a"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), want);
+    }
+    server.terminate();
+    server.wait_exit(WAIT).await;
+    // The last line the process writes: everything before it has been read.
+    let log = eventually(WAIT, "the child's whole log", || async {
+        let log = server.log().join("\n");
+        log.contains("drained").then_some(log)
+    })
+    .await;
+    for secret in [EMITTER_TOKEN, wrong] {
+        assert!(!log.contains(secret), "a token in the log:\n{log}");
+    }
+}
