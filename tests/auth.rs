@@ -637,3 +637,46 @@ async fn tokens_are_never_logged() {
         assert!(!log.contains(secret), "a token in the log:\n{log}");
     }
 }
+
+/// The OpenAPI document says which operations take credentials and what refusals look like.
+#[tokio::test]
+async fn the_openapi_document_describes_authentication() {
+    let app = TestApp::start().await;
+    let (status, doc) = app.get("/openapi.json").await;
+    assert_eq!(status, 200);
+    let schemes = &doc["components"]["securitySchemes"];
+    assert_eq!(schemes["bearer"]["scheme"], "bearer", "{schemes}");
+    assert_eq!(schemes["mutualTLS"]["type"], "mutualTLS", "{schemes}");
+    for (path, method, forbidden) in [
+        ("/events", "post", "AUD-011"),
+        ("/events/batch", "post", "AUD-011"),
+        ("/config", "get", "AUD-012"),
+    ] {
+        let op = &doc["paths"][format!("{BASE}{path}")][method];
+        let security = op["security"].to_string();
+        assert!(
+            security.contains("bearer") && security.contains("mutualTLS"),
+            "{path}: {security}"
+        );
+        let responses = &op["responses"];
+        assert!(
+            responses["401"]["description"]
+                .as_str()
+                .unwrap_or("")
+                .contains("AUD-010"),
+            "{path}: {responses}"
+        );
+        assert!(
+            responses["403"]["description"]
+                .as_str()
+                .unwrap_or("")
+                .contains(forbidden),
+            "{path}: {responses}"
+        );
+    }
+    let health = &doc["paths"][format!("{BASE}/health")]["get"];
+    assert!(
+        health.get("security").is_none(),
+        "probes need no credentials"
+    );
+}

@@ -232,6 +232,7 @@ async fn spool(state: &AppState, records: &[Record]) -> Result<(), ApiError> {
     post,
     path = "/v1/auditmanager/events",
     tag = "ingest",
+    security((), ("bearer" = []), ("mutualTLS" = [])),
     summary = "Send one audit event",
     description = "One CloudEvent in structured mode (`application/json` or \
                    `application/cloudevents+json`), or in HTTP binary mode: the attributes as \
@@ -320,6 +321,7 @@ fn binary_error(e: event::BinaryError) -> ApiError {
     post,
     path = "/v1/auditmanager/events/batch",
     tag = "ingest",
+    security((), ("bearer" = []), ("mutualTLS" = [])),
     summary = "Send a batch of audit events, all or nothing",
     description = "`{\"events\": [...]}` (`application/json`) or a JSON array \
                    (`application/cloudevents-batch+json`), at most `ingest.max_batch_size` \

@@ -196,6 +196,7 @@ pub async fn version(State(state): State<AppState>) -> Response {
     get,
     path = "/v1/auditmanager/config",
     tag = "operations",
+    security((), ("bearer" = []), ("mutualTLS" = [])),
     summary = "Effective configuration, without secrets",
     description = "Every key with its effective value, the reference service's keys included; \
                    passwords and credentials in URLs are redacted.",
