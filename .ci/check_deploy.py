@@ -42,7 +42,7 @@ VARIANTS = {
     "istio": {"istio": {"enabled": True, "gateways": ["istio-system/internal"], "hosts": ["*"]}},
     "auth-secrets": {
         "database": {"urlSecret": {"name": "audit-db-url", "key": "url"}},
-        "auth": {"tokensSecret": "audit-manager-tokens"},
+        "auth": {"mode": "token", "tokensSecret": "audit-manager-tokens"},
         "tls": {"secretName": "audit-manager-tls"},
         "env": [
             {
@@ -50,6 +50,11 @@ VARIANTS = {
                 "valueFrom": {"secretKeyRef": {"name": "kafka-sasl", "key": "password"}},
             }
         ],
+    },
+    "mtls": {
+        "auth": {"mode": "mtls", "tokensSecret": "audit-manager-principals", "tokensKey": "principals.yaml"},
+        "tls": {"secretName": "audit-manager-tls"},
+        "metrics": {"serviceMonitor": {"enabled": True}},
     },
     # The reference chart's defaults in this chart's terms (docs/helm-values-from-reference.md).
     "reference-equivalent": {
@@ -82,6 +87,9 @@ REFUSED = {
     "database.password": {"database": {"password": "hunter2"}},
     "database.url": {"database": {"url": "postgres://u:p@db/x"}},
     "readiness probe elsewhere": {"probes": {"readiness": {"path": "/healthz"}}},
+    "auth.mode token without auth.tokensSecret": {"auth": {"mode": "token"}},
+    "auth.mode mtls without tls.secretName": {"auth": {"mode": "mtls", "tokensSecret": "t"}},
+    "an unknown auth.mode": {"auth": {"mode": "basic", "tokensSecret": "t"}},
 }
 
 # Custom resources: no OpenAPI schema ships for them; checked structurally below instead.

@@ -1,6 +1,10 @@
 -- wrk script: single-event POSTs with a unique id per request.
 -- wrk -t1 -c64 -d20s -s bench/single-event.lua http://127.0.0.1:8000
+-- With AUDIT_TOKEN set, every request carries `Authorization: Bearer $AUDIT_TOKEN`.
 local counter = 0
+local token = os.getenv("AUDIT_TOKEN")
+local headers = {["Content-Type"] = "application/json"}
+if token and token ~= "" then headers["Authorization"] = "Bearer " .. token end
 local prefix = tostring(os.time()) .. "-" .. tostring(math.random(1, 1e9))
 
 function setup(thread)
@@ -16,7 +20,7 @@ request = function()
     .. '"name":"Alice","roles":["officer"],"ip":"10.1.2.3"},"action":"beneficiary.update",'
     .. '"outcome":"success","resource":{"type":"beneficiary","id":"123"},'
     .. '"changes":[{"field":"phone","old":"x","new":"y"}]}}'
-  return wrk.format("POST", "/v1/auditmanager/events", {["Content-Type"] = "application/json"}, body)
+  return wrk.format("POST", "/v1/auditmanager/events", headers, body)
 end
 
 local non202 = 0

@@ -67,6 +67,26 @@ pub enum Command {
         #[command(subcommand)]
         command: TopicsCommand,
     },
+    /// Bearer tokens for auth.mode token (auth.tokens_file holds only their hashes).
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Read a token on stdin and print the `token_sha256:` line for auth.tokens_file.
+    ///
+    /// Surrounding whitespace (the newline of `echo` or a file) is not part of the token.
+    /// Example: `openssl rand -hex 32 | tee token | audit-manager token hash`.
+    Hash,
+    /// Print a new random token (256 bits from the OS, hex) on stdout and its
+    /// `token_sha256:` line on stderr.
+    ///
+    /// Example: `audit-manager token new > registry.token` (the line to paste appears on the
+    /// terminal).
+    New,
 }
 
 #[derive(Debug, Subcommand)]
@@ -138,6 +158,34 @@ fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    // Token commands need no configuration: they run wherever tokens are made.
+    match cli.command {
+        Command::Token {
+            command: TokenCommand::Hash,
+        } => {
+            let mut input = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut input)
+                .context("cannot read the token from stdin")?;
+            println!("{}", token_hash_line(&input)?);
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Token {
+            command: TokenCommand::New,
+        } => {
+            let mut bytes = [0u8; 32];
+            std::io::Read::read_exact(
+                &mut std::fs::File::open("/dev/urandom")
+                    .context("cannot open /dev/urandom for a random token")?,
+                &mut bytes,
+            )
+            .context("cannot read /dev/urandom for a random token")?;
+            let token = hex::encode(bytes);
+            eprintln!("{}", token_hash_line(token.as_bytes())?);
+            println!("{token}");
+            return Ok(ExitCode::SUCCESS);
+        }
+        _ => {}
+    }
     let mut config = load_config(cli.config.as_deref())?;
     match cli.command {
         Command::Serve { roles, dev } => {
@@ -155,6 +203,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             serve_exit_code(rt.block_on(crate::serve::run(config)))
         }
+        Command::Token { .. } => Ok(ExitCode::SUCCESS),
         Command::Spool { command } => spool_command(&config, command),
         Command::Partitions { command } => {
             let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
@@ -190,6 +239,35 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
     }
+}
+
+/// The `token_sha256: "<hex>"` line for the token in `input` (surrounding whitespace
+/// trimmed); refuses an empty token and one a bearer header cannot carry.
+pub fn token_hash_line(input: &[u8]) -> anyhow::Result<String> {
+    let token = input.trim_ascii();
+    if token.is_empty() {
+        anyhow::bail!(
+            "no token on stdin; pipe one in, e.g. `openssl rand -hex 32 | tee token | \
+             audit-manager token hash`"
+        );
+    }
+    if !token.iter().all(|b| b.is_ascii_graphic()) {
+        anyhow::bail!(
+            "the token holds spaces, control or non-ASCII characters, which an \
+             `Authorization: Bearer` header cannot carry reliably; use e.g. `openssl rand -hex 32`"
+        );
+    }
+    if token.len() < 16 {
+        tracing::warn!(
+            "the token is only {} characters long: anyone who guesses it can write audit \
+             events; prefer `openssl rand -hex 32`",
+            token.len()
+        );
+    }
+    Ok(format!(
+        "token_sha256: \"{}\"",
+        hex::encode(crate::auth::token_hash(token))
+    ))
 }
 
 /// Exit code of `serve`: 0 after a drain on SIGTERM/SIGINT; 1 when a role failed while running

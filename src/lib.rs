@@ -13,6 +13,7 @@
 //!   the database commit, dead letters to the DLQ topic;
 //! - [`store`]: PostgreSQL — schema, monthly partitions, inserts, reachability for `/health`;
 //! - [`maintain`]: the role that keeps partitions created ahead and drops expired ones;
+//! - [`auth`]: principals (tokens file, reloaded on change), TLS/mTLS on the listener;
 //! - [`health`], [`metrics`], [`logging`]: what operators see;
 //! - [`config`]: layered configuration (defaults < YAML < environment);
 //! - [`serve`]: wires the roles of one process together; [`shutdown`]: signals and draining;
@@ -22,6 +23,7 @@
 //! (API, events, configuration, table, guarantees) is in `docs/contract.md`.
 
 pub mod api;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod devkafka;

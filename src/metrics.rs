@@ -31,6 +31,10 @@
 //! | `audit_sink_consumer_lag{topic,partition}` | gauge | records behind the high watermark |
 //! | `audit_partitions_created_total` | counter | monthly partitions created |
 //! | `audit_partitions_dropped_total` | counter | partitions dropped past retention |
+//! | `audit_auth_rejected_total{code,principal}` | counter | requests refused by authentication (AUD-010/011/012); `principal` is a name from `auth.tokens_file` or `unknown` |
+//! | `audit_auth_reloads_total{outcome}` | counter | re-reads of a changed `auth.tokens_file` (`ok`, `failed`: the previous principals stay) |
+//! | `audit_tls_reloads_total{outcome}` | counter | re-reads of changed `http.tls.*` files (`ok`, `failed`: the previous certificate stays) |
+//! | `audit_tls_handshake_failures_total` | counter | TLS handshakes that failed or timed out (e.g. a client certificate of another CA) |
 
 use std::sync::OnceLock;
 

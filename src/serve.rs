@@ -9,7 +9,9 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
-use crate::config::{Config, Role};
+use crate::auth::Authenticator;
+use crate::auth::tls::{PeerInfo, TlsFiles, TlsListener, TlsReloader};
+use crate::config::{AuthMode, Config, Role};
 use crate::devkafka::EmbeddedKafka;
 use crate::forward::{ForwardSettings, Forwarder};
 use crate::health::{Health, RoleReport, Status};
@@ -125,9 +127,44 @@ pub async fn start(
     } else {
         None
     };
+    let auth = match (config.auth.mode, &config.auth.tokens_file) {
+        (AuthMode::None, _) => {
+            if !config.http.listen.ip().is_loopback() {
+                tracing::warn!(
+                    listen = %config.http.listen,
+                    "auth.mode is none and the listener is reachable beyond this host: anyone \
+                     who can connect can write audit events and read GET /config. Set \
+                     auth.mode to token or mtls (docs/authentication.md) unless a mesh or \
+                     network policy authenticates callers"
+                );
+            }
+            None
+        }
+        (mode, Some(path)) => {
+            let path = path.clone();
+            let auth =
+                tokio::task::spawn_blocking(move || Authenticator::load(mode, &path)).await??;
+            auth.spawn_reloader(shutdown.child_token());
+            Some(auth)
+        }
+        // `Config::validate` refuses token and mtls without a tokens file.
+        (mode, None) => anyhow::bail!("auth.mode {} needs auth.tokens_file", mode.as_str()),
+    };
+    let tls = match TlsFiles::from_config(&config.http.tls) {
+        Some(files) => Some(
+            tokio::task::spawn_blocking(move || TlsReloader::load(files))
+                .await?
+                .context("cannot start TLS on the listener")?,
+        ),
+        None => None,
+    };
     let mut health = Health::supervised(supervisor.view());
     if let (true, Some(spool)) = (config.has_role(Role::Ingest), &spool) {
-        health.register(Role::Ingest, &[Task::Http], ingest_check(spool.clone()));
+        health.register(
+            Role::Ingest,
+            &[Task::Http],
+            ingest_check(spool.clone(), auth.clone()),
+        );
     }
     let forwarder = match (config.has_role(Role::Forward), &spool) {
         (true, Some(spool)) => {
@@ -187,20 +224,34 @@ pub async fn start(
     } else {
         None
     };
-    let state = AppState::new(
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let auth_mode = config.auth.mode;
+    let state = AppState::with_auth(
         Arc::new(config),
         spool.clone(),
         health,
         metrics,
         shutdown.clone(),
+        auth,
     );
     let app = api::router(state);
     let token = shutdown.clone();
-    supervisor.spawn(Task::Http, async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(token.cancelled_owned())
-            .await
-    });
+    match tls {
+        None => supervisor.spawn(Task::Http, async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(token.cancelled_owned())
+                .await
+        }),
+        Some(reloader) => {
+            let listener = TlsListener::start(listener, reloader, shutdown.child_token())?;
+            let app = app.into_make_service_with_connect_info::<PeerInfo>();
+            supervisor.spawn(Task::Http, async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(token.cancelled_owned())
+                    .await
+            })
+        }
+    }
     if let Some(f) = forwarder {
         let token = shutdown.child_token();
         supervisor.spawn(Task::Forward, async move {
@@ -210,7 +261,13 @@ pub async fn start(
     }
     supervisor.mark_started();
     // Tests that run `serve` as a child process read `addr` from this line (LOG_FORMAT=json).
-    tracing::info!(%addr, roles = roles.join(","), "audit-manager listening");
+    tracing::info!(
+        %addr,
+        scheme,
+        auth = auth_mode.as_str(),
+        roles = roles.join(","),
+        "audit-manager listening"
+    );
     Ok(Running {
         addr,
         spool,
@@ -244,7 +301,7 @@ fn database_check(store: Store) -> crate::health::Check {
     })
 }
 
-fn ingest_check(spool: Spool) -> crate::health::Check {
+fn ingest_check(spool: Spool, auth: Option<Authenticator>) -> crate::health::Check {
     Arc::new(move || {
         let s = spool.stats();
         let mut detail = serde_json::Map::new();
@@ -283,6 +340,9 @@ fn ingest_check(spool: Spool) -> crate::health::Check {
                  and, once the cause is fixed, `audit-manager spool requeue` them",
                 s.quarantined
             ));
+        }
+        if let Some(problem) = auth.as_ref().and_then(Authenticator::problem) {
+            degraded.push(problem);
         }
         if !degraded.is_empty() {
             report.status = Status::Degraded;

@@ -47,7 +47,19 @@ pub enum ApiError {
         message: String,
         retry_after: Duration,
     },
+    /// AUD-010: no or invalid credentials (answered with `WWW-Authenticate`).
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// AUD-011: the authenticated principal may not emit events with this `source`.
+    #[error("{0}")]
+    SourceForbidden(String),
+    /// AUD-012: the authenticated principal may not read.
+    #[error("{0}")]
+    ReadForbidden(String),
 }
+
+/// `WWW-Authenticate` of every 401.
+pub const WWW_AUTHENTICATE: &str = "Bearer realm=\"audit-manager\"";
 
 impl ApiError {
     pub fn code(&self) -> &'static str {
@@ -60,6 +72,9 @@ impl ApiError {
             ApiError::BatchTooLarge(_) => "AUD-007",
             ApiError::UnsupportedMediaType(_) => "AUD-008",
             ApiError::SpoolWrite { .. } => "AUD-009",
+            ApiError::Unauthenticated(_) => "AUD-010",
+            ApiError::SourceForbidden(_) => "AUD-011",
+            ApiError::ReadForbidden(_) => "AUD-012",
         }
     }
 
@@ -69,6 +84,8 @@ impl ApiError {
             ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            ApiError::SourceForbidden(_) | ApiError::ReadForbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Backpressure { .. }
             | ApiError::NotReady { .. }
             | ApiError::SpoolWrite { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -116,6 +133,12 @@ impl IntoResponse for ApiError {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs(d)));
         }
+        if matches!(self, ApiError::Unauthenticated(_)) {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(WWW_AUTHENTICATE),
+            );
+        }
         resp
     }
 }
@@ -145,6 +168,22 @@ mod tests {
             assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
             assert_eq!(resp.headers()[header::RETRY_AFTER], "2");
         }
+    }
+
+    #[test]
+    fn auth_errors_have_their_codes_and_401_says_how_to_authenticate() {
+        let resp = ApiError::Unauthenticated("x".into()).into_response();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            resp.headers()[header::WWW_AUTHENTICATE],
+            "Bearer realm=\"audit-manager\""
+        );
+        assert_eq!(ApiError::SourceForbidden("x".into()).code(), "AUD-011");
+        assert_eq!(ApiError::ReadForbidden("x".into()).code(), "AUD-012");
+        assert_eq!(
+            ApiError::ReadForbidden("x".into()).status(),
+            StatusCode::FORBIDDEN
+        );
     }
 
     #[test]

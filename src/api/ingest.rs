@@ -4,15 +4,18 @@
 //! after fsync. A batch is all-or-nothing: every event valid and spooled in one commit, or none.
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 use bytes::Bytes;
 use serde_json::{Value, json};
 
 use super::AppState;
+use super::auth::check_sources;
 use super::envelope::respond;
 use super::error::ApiError;
+use crate::auth::Caller;
+use crate::event::authcontext::{self, AuthContext};
 use crate::event::{
     self, FieldError, JsonError, Normalizations, NormalizedEvent, Rejection, Rule, ValidationMode,
 };
@@ -229,6 +232,7 @@ async fn spool(state: &AppState, records: &[Record]) -> Result<(), ApiError> {
     post,
     path = "/v1/auditmanager/events",
     tag = "ingest",
+    security((), ("bearer" = []), ("mutualTLS" = [])),
     summary = "Send one audit event",
     description = "One CloudEvent in structured mode (`application/json` or \
                    `application/cloudevents+json`), or in HTTP binary mode: the attributes as \
@@ -242,6 +246,9 @@ async fn spool(state: &AppState, records: &[Record]) -> Result<(), ApiError> {
     responses(
         (status = 202, description = "Spooled durably", body = super::openapi::Envelope<super::openapi::Accepted>),
         (status = 400, description = "AUD-001: not JSON", body = super::openapi::ErrorEnvelope),
+        (status = 401, description = "AUD-010: no or invalid credentials (auth.mode token or mtls)", body = super::openapi::ErrorEnvelope,
+         headers(("WWW-Authenticate" = String, description = "Bearer realm=\"audit-manager\""))),
+        (status = 403, description = "AUD-011: the principal may not emit events with this source (a reader may emit none); nothing stored", body = super::openapi::ErrorEnvelope),
         (status = 413, description = "AUD-003: too large", body = super::openapi::ErrorEnvelope),
         (status = 415, description = "AUD-008: unsupported Content-Type", body = super::openapi::ErrorEnvelope),
         (status = 422, description = "AUD-002: invalid event, one error per field", body = super::openapi::ErrorEnvelope),
@@ -252,9 +259,11 @@ async fn spool(state: &AppState, records: &[Record]) -> Result<(), ApiError> {
 )]
 pub async fn post_event(
     State(state): State<AppState>,
+    caller: Option<Extension<Caller>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let caller = caller.map(|Extension(c)| c);
     not_ready_unless_accepting(&state)?;
     let mode = state.limits.mode;
     let mut rules = Normalizations::default();
@@ -280,6 +289,9 @@ pub async fn post_event(
         }
         parse_json(&read_body(&state, &headers, body).await?).map_err(json_error)?
     };
+    let mut value = value;
+    check_sources(caller.as_ref(), [source_of(&value)])?;
+    authcontext::apply(&mut value, auth_context(caller.as_ref()));
     let now = chrono::Utc::now();
     let normalized = event::normalize(value, now, &state.limits).map_err(reject)?;
     let id = normalized.id.clone();
@@ -309,6 +321,7 @@ fn binary_error(e: event::BinaryError) -> ApiError {
     post,
     path = "/v1/auditmanager/events/batch",
     tag = "ingest",
+    security((), ("bearer" = []), ("mutualTLS" = [])),
     summary = "Send a batch of audit events, all or nothing",
     description = "`{\"events\": [...]}` (`application/json`) or a JSON array \
                    (`application/cloudevents-batch+json`), at most `ingest.max_batch_size` \
@@ -322,6 +335,9 @@ fn binary_error(e: event::BinaryError) -> ApiError {
         (status = 202, description = "Every event spooled durably, ids in request order",
          body = super::openapi::Envelope<super::openapi::BatchAccepted>),
         (status = 400, description = "AUD-001: not JSON; AUD-007: more than ingest.max_batch_size events", body = super::openapi::ErrorEnvelope),
+        (status = 401, description = "AUD-010: no or invalid credentials (auth.mode token or mtls)", body = super::openapi::ErrorEnvelope,
+         headers(("WWW-Authenticate" = String, description = "Bearer realm=\"audit-manager\""))),
+        (status = 403, description = "AUD-011: the principal may not emit events with this source (a reader may emit none); nothing stored", body = super::openapi::ErrorEnvelope),
         (status = 413, description = "AUD-003: too large", body = super::openapi::ErrorEnvelope),
         (status = 415, description = "AUD-008: unsupported Content-Type", body = super::openapi::ErrorEnvelope),
         (status = 422, description = "AUD-002: an invalid event; nothing stored", body = super::openapi::ErrorEnvelope),
@@ -332,9 +348,11 @@ fn binary_error(e: event::BinaryError) -> ApiError {
 )]
 pub async fn post_batch(
     State(state): State<AppState>,
+    caller: Option<Extension<Caller>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let caller = caller.map(|Extension(c)| c);
     not_ready_unless_accepting(&state)?;
     let mode = state.limits.mode;
     let mut request_rules = Normalizations::default();
@@ -384,13 +402,17 @@ pub async fn post_batch(
             &[],
         ));
     }
+    // Before anything is validated or spooled: one forbidden source refuses the whole batch.
+    check_sources(caller.as_ref(), events.iter().map(source_of))?;
+    let ctx = auth_context(caller.as_ref());
     let now = chrono::Utc::now();
     let accepted_at = now_ms();
     let mut records = Vec::with_capacity(events.len());
     let mut rules = Vec::with_capacity(events.len());
     let mut problems: Vec<FieldError> = Vec::new();
     let mut too_large: Option<Rejection> = None;
-    for (i, ev) in events.into_iter().enumerate() {
+    for (i, mut ev) in events.into_iter().enumerate() {
+        authcontext::apply(&mut ev, ctx);
         match event::normalize(ev, now, &state.limits) {
             Ok(n) => {
                 rules.push(n.normalized);
@@ -422,6 +444,19 @@ pub async fn post_batch(
         Some(&json!({ "accepted": ids, "count": ids.len() })),
         &[],
     ))
+}
+
+/// The event's `source`, when it is a string (validation refuses anything else).
+fn source_of(event: &Value) -> Option<&str> {
+    event.get("source").and_then(Value::as_str)
+}
+
+/// The `authtype`/`authid` to record for `caller` (none without authentication).
+fn auth_context(caller: Option<&Caller>) -> Option<AuthContext<'_>> {
+    caller.map(|c| AuthContext {
+        auth_type: c.auth_type.as_str(),
+        auth_id: &c.principal.name,
+    })
 }
 
 fn invalid(field: &str, message: &str) -> ApiError {

@@ -1,8 +1,9 @@
-//! The HTTP API under `/v1/auditmanager`: ingest routes (`ingest.rs`), operational routes
+//! The HTTP API under `/v1/auditmanager`: authentication (`auth.rs`), ingest routes (`ingest.rs`), operational routes
 //! (`ops.rs`), the envelope (`envelope.rs`), the one error → status mapping (`error.rs`), the
 //! OpenAPI document generated from the handlers (`openapi.rs`) and the pages rendering it
 //! (`docs.rs`).
 
+pub mod auth;
 mod docs;
 pub mod envelope;
 pub mod error;
@@ -21,6 +22,7 @@ use axum::routing::{get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::event::{Limits, Rule, ValidationMode};
 use crate::health::Health;
@@ -48,6 +50,8 @@ pub struct AppInner {
     pub metrics: PrometheusHandle,
     /// Cancelled when the process starts draining: ingest answers 503 AUD-005 from then on.
     pub shutdown: CancellationToken,
+    /// The principals, unless `auth.mode` is `none`.
+    pub auth: Option<Authenticator>,
 }
 
 impl AppState {
@@ -57,6 +61,18 @@ impl AppState {
         health: Health,
         metrics: PrometheusHandle,
         shutdown: CancellationToken,
+    ) -> AppState {
+        AppState::with_auth(config, spool, health, metrics, shutdown, None)
+    }
+
+    /// [`AppState::new`] with the principals that authenticate requests.
+    pub fn with_auth(
+        config: Arc<Config>,
+        spool: Option<Spool>,
+        health: Health,
+        metrics: PrometheusHandle,
+        shutdown: CancellationToken,
+        auth: Option<Authenticator>,
     ) -> AppState {
         envelope::set_identity(&config.service_id, &config.api_version);
         let limits = Limits {
@@ -71,6 +87,7 @@ impl AppState {
             health,
             metrics,
             shutdown,
+            auth,
         }))
     }
 }
@@ -92,6 +109,10 @@ pub fn router(state: AppState) -> Router {
     let app = Router::new()
         .nest(BASE, api)
         .fallback(ops::not_found)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ))
         .layer(middleware::from_fn(track))
         .with_state(state);
     if !compatible {

@@ -53,6 +53,7 @@ use super::envelope::ErrorItem;
         ErrorEnvelope,
         HealthStatus,
     )),
+    modifiers(&SecuritySchemes),
     tags(
         (name = "ingest", description = "Send audit events"),
         (name = "operations", description = "Health, readiness, version, configuration, metrics"),
@@ -60,6 +61,40 @@ use super::envelope::ErrorItem;
     ),
 )]
 pub struct ApiDoc;
+
+/// The two ways to authenticate (`auth.mode` token or mtls); the protected operations list
+/// them beside "none", since `auth.mode: none` (the default) needs no credentials.
+struct SecuritySchemes;
+
+impl utoipa::Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "auth.mode token: `Authorization: Bearer <token>`, the token's SHA-256 \
+                         listed in auth.tokens_file",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "mutualTLS",
+            SecurityScheme::MutualTls {
+                description: Some(
+                    "auth.mode mtls: a client certificate signed by http.tls.client_ca_file; \
+                     its first DNS SAN names the principal"
+                        .into(),
+                ),
+                extensions: None,
+            },
+        );
+    }
+}
 
 /// The document as JSON, rendered on first use.
 pub fn document_json() -> &'static str {
@@ -152,6 +187,21 @@ pub const ERROR_CODES: &[ErrorCodeDoc] = &[
         code: "AUD-009",
         status: 503,
         when: "spool write or fsync failed (disk full, I/O error); `Retry-After` set",
+    },
+    ErrorCodeDoc {
+        code: "AUD-010",
+        status: 401,
+        when: "no or invalid credentials (`auth.mode` token or mtls); `WWW-Authenticate` set",
+    },
+    ErrorCodeDoc {
+        code: "AUD-011",
+        status: 403,
+        when: "the authenticated principal may not emit events with this `source` (a reader may emit none); nothing stored",
+    },
+    ErrorCodeDoc {
+        code: "AUD-012",
+        status: 403,
+        when: "the authenticated principal may not read (`GET /config` needs a reader)",
     },
     ErrorCodeDoc {
         code: "AUD-404",

@@ -196,11 +196,19 @@ pub async fn version(State(state): State<AppState>) -> Response {
     get,
     path = "/v1/auditmanager/config",
     tag = "operations",
+    security((), ("bearer" = []), ("mutualTLS" = [])),
     summary = "Effective configuration, without secrets",
     description = "Every key with its effective value, the reference service's keys included; \
                    passwords and credentials in URLs are redacted.",
-    responses((status = 200, description = "The effective configuration",
-               body = super::openapi::Envelope<super::openapi::EffectiveConfig>)),
+    responses(
+        (status = 200, description = "The effective configuration",
+         body = super::openapi::Envelope<super::openapi::EffectiveConfig>),
+        (status = 401, description = "AUD-010: no or invalid credentials (auth.mode token or mtls)",
+         body = super::openapi::ErrorEnvelope,
+         headers(("WWW-Authenticate" = String, description = "Bearer realm=\"audit-manager\""))),
+        (status = 403, description = "AUD-012: the principal is not a reader",
+         body = super::openapi::ErrorEnvelope),
+    ),
 )]
 pub async fn config(State(state): State<AppState>) -> Response {
     respond(StatusCode::OK, Some(&state.config.redacted_json()), &[])

@@ -234,6 +234,8 @@ pub struct Config {
     pub sink: SinkConfig,
     /// PostgreSQL connection and partition maintenance.
     pub database: DatabaseConfig,
+    /// Who may call the API: `none`, bearer tokens or client certificates.
+    pub auth: AuthConfig,
     /// The `id` of every response envelope (the reference service's `service_id`).
     /// Default `openg2p.auditmanager`.
     pub service_id: String,
@@ -267,6 +269,64 @@ pub struct HttpConfig {
     /// Default `4MiB`.
     #[serde(deserialize_with = "de_byte_size")]
     pub max_body_bytes: u64,
+    /// TLS on the listener (plain HTTP when `cert_file` is not set).
+    pub tls: TlsConfig,
+}
+
+/// TLS on the HTTP listener (`audit_manager.http.tls`). The files are re-read when they change.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file with the server certificate chain (leaf first). Setting it (with `key_file`)
+    /// turns TLS on. Default: none (plain HTTP).
+    pub cert_file: Option<PathBuf>,
+    /// PEM file with the server certificate's private key (PKCS#8, PKCS#1 or SEC1).
+    /// Default: none.
+    pub key_file: Option<PathBuf>,
+    /// PEM file with the CA certificate(s) client certificates must chain to: enables mutual
+    /// TLS (requires `auth.mode: mtls`). Default: none.
+    pub client_ca_file: Option<PathBuf>,
+}
+
+impl TlsConfig {
+    /// Whether the listener speaks TLS.
+    pub fn enabled(&self) -> bool {
+        self.cert_file.is_some()
+    }
+}
+
+/// How requests are authenticated (`audit_manager.auth`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// No authentication (rely on the network or mesh); the reference's behaviour.
+    #[default]
+    None,
+    /// `Authorization: Bearer <token>`, tokens hashed in `auth.tokens_file`.
+    Token,
+    /// Client certificates (`http.tls.client_ca_file`), mapped to principals by DNS SAN.
+    Mtls,
+}
+
+impl AuthMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMode::None => "none",
+            AuthMode::Token => "token",
+            AuthMode::Mtls => "mtls",
+        }
+    }
+}
+
+/// Authentication settings (`audit_manager.auth`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// `none`, `token` or `mtls`. Default `none`.
+    pub mode: AuthMode,
+    /// YAML file listing the principals (token hashes, DNS SANs, allowed sources); re-read when
+    /// it changes. Required with `token` and `mtls`. Default: none.
+    pub tokens_file: Option<PathBuf>,
 }
 
 /// Event ingest limits (`audit_manager.ingest`).
@@ -390,6 +450,7 @@ impl Default for Config {
         Config {
             roles: Role::ALL.to_vec(),
             http: HttpConfig::default(),
+            auth: AuthConfig::default(),
             ingest: IngestConfig::default(),
             spool: SpoolConfig::default(),
             kafka: KafkaConfig::default(),
@@ -407,6 +468,7 @@ impl Default for HttpConfig {
         HttpConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 8000)),
             max_body_bytes: 4 * 1024 * 1024,
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -624,6 +686,115 @@ impl Config {
         )?;
         non_empty("service_id", &self.service_id)?;
         non_empty("api_version", &self.api_version)?;
+        self.validate_auth()
+    }
+
+    /// `auth.*` and `http.tls.*` together: each mode names what it still needs.
+    fn validate_auth(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            key: format!("{ROOT_KEY}.{key}"),
+            message,
+        };
+        let tls = &self.http.tls;
+        let empty = |p: &Option<PathBuf>| p.as_ref().is_some_and(|p| p.as_os_str().is_empty());
+        for (key, p) in [
+            ("auth.tokens_file", &self.auth.tokens_file),
+            ("http.tls.cert_file", &tls.cert_file),
+            ("http.tls.key_file", &tls.key_file),
+            ("http.tls.client_ca_file", &tls.client_ca_file),
+        ] {
+            if empty(p) {
+                return Err(invalid(
+                    key,
+                    "must not be empty: give a file path or leave the key out".into(),
+                ));
+            }
+        }
+        match (&tls.cert_file, &tls.key_file) {
+            (Some(_), None) => {
+                return Err(invalid(
+                    "http.tls.key_file",
+                    "http.tls.cert_file is set but the key is not: set http.tls.key_file to the \
+                     PEM private key of the certificate (or remove cert_file for plain HTTP)"
+                        .into(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "http.tls.cert_file",
+                    "http.tls.key_file is set but the certificate is not: set \
+                     http.tls.cert_file to the PEM certificate chain (or remove key_file)"
+                        .into(),
+                ));
+            }
+            _ => {}
+        }
+        if tls.client_ca_file.is_some() && !tls.enabled() {
+            return Err(invalid(
+                "http.tls.client_ca_file",
+                "client certificates are verified during the TLS handshake, so TLS must be on: \
+                 set http.tls.cert_file and http.tls.key_file too"
+                    .into(),
+            ));
+        }
+        match self.auth.mode {
+            AuthMode::None => {
+                if tls.client_ca_file.is_some() {
+                    return Err(invalid(
+                        "http.tls.client_ca_file",
+                        "verifies client certificates, but auth.mode is `none`, which would \
+                         ignore who they name: set auth.mode: mtls (and auth.tokens_file with \
+                         the principals' dns_san), or remove client_ca_file"
+                            .into(),
+                    ));
+                }
+            }
+            AuthMode::Token => {
+                if self.auth.tokens_file.is_none() {
+                    return Err(invalid(
+                        "auth.tokens_file",
+                        "auth.mode is `token`: set auth.tokens_file to the YAML file listing \
+                         the principals and their token_sha256 (see docs/authentication.md)"
+                            .into(),
+                    ));
+                }
+                if tls.client_ca_file.is_some() {
+                    return Err(invalid(
+                        "http.tls.client_ca_file",
+                        "verifies client certificates, which only auth.mode `mtls` maps to \
+                         principals: set auth.mode: mtls, or remove client_ca_file to \
+                         authenticate by token"
+                            .into(),
+                    ));
+                }
+            }
+            AuthMode::Mtls => {
+                if !tls.enabled() {
+                    return Err(invalid(
+                        "http.tls.cert_file",
+                        "auth.mode is `mtls`: set http.tls.cert_file, http.tls.key_file and \
+                         http.tls.client_ca_file (client certificates need TLS)"
+                            .into(),
+                    ));
+                }
+                if tls.client_ca_file.is_none() {
+                    return Err(invalid(
+                        "http.tls.client_ca_file",
+                        "auth.mode is `mtls`: set http.tls.client_ca_file to the PEM CA that \
+                         signs the client certificates"
+                            .into(),
+                    ));
+                }
+                if self.auth.tokens_file.is_none() {
+                    return Err(invalid(
+                        "auth.tokens_file",
+                        "auth.mode is `mtls`: set auth.tokens_file to the YAML file mapping \
+                         each client certificate's DNS SAN (dns_san) to a principal"
+                            .into(),
+                    ));
+                }
+            }
+        }
         Ok(())
     }
 }

@@ -937,3 +937,49 @@ fn build_identity_and_driver_suffix_from_the_reference_environment() {
         "{e:?}"
     );
 }
+
+#[test]
+fn auth_and_tls_validation_names_what_to_set() {
+    fn err(y: &str) -> String {
+        match yaml(y) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("expected an error for {y}"),
+        }
+    }
+    let e = err("audit_manager:\n  auth:\n    mode: token\n");
+    assert!(e.contains("auth.tokens_file"), "{e}");
+    let e = err("audit_manager:\n  auth:\n    mode: mtls\n    tokens_file: /t.yaml\n");
+    assert!(e.contains("http.tls.cert_file"), "{e}");
+    let e = err(
+        "audit_manager:\n  auth:\n    mode: mtls\n    tokens_file: /t.yaml\n  http:\n    tls:\n      \
+         cert_file: /c.pem\n      key_file: /k.pem\n",
+    );
+    assert!(e.contains("http.tls.client_ca_file"), "{e}");
+    let e = err("audit_manager:\n  http:\n    tls:\n      cert_file: /c.pem\n");
+    assert!(e.contains("http.tls.key_file"), "{e}");
+    let e = err(
+        "audit_manager:\n  http:\n    tls:\n      cert_file: /c.pem\n      key_file: /k.pem\n      \
+         client_ca_file: /ca.pem\n",
+    );
+    assert!(e.contains("auth.mode: mtls"), "{e}");
+    let e = err("audit_manager:\n  auth:\n    mode: tokens\n");
+    assert!(e.contains("auth.mode"), "{e}");
+    let e = err("audit_manager:\n  auth:\n    token_file: /t.yaml\n");
+    assert!(e.contains("audit_manager.auth.token_file"), "{e}");
+    let c = yaml(
+        "audit_manager:\n  auth:\n    mode: mtls\n    tokens_file: /t.yaml\n  http:\n    tls:\n      \
+         cert_file: /c.pem\n      key_file: /k.pem\n      client_ca_file: /ca.pem\n",
+    )
+    .unwrap();
+    assert_eq!(c.auth.mode, AuthMode::Mtls);
+    let c = with_env(&[
+        ("AUDIT_MANAGER__AUTH__MODE", "token"),
+        ("AUDIT_MANAGER__AUTH__TOKENS_FILE", "/etc/audit/tokens.yaml"),
+    ])
+    .unwrap();
+    assert_eq!(c.auth.mode, AuthMode::Token);
+    assert_eq!(
+        c.auth.tokens_file.as_deref(),
+        Some(Path::new("/etc/audit/tokens.yaml"))
+    );
+}

@@ -38,6 +38,7 @@
 //! `max_event_bytes`, → 413). [`Rejection::at_index`] prefixes paths with `events[i].` for
 //! batches. [`BinaryError::NotJson`] (→ 400) is for a binary-mode body that is not JSON.
 
+pub mod authcontext;
 mod binary;
 mod json;
 mod lenient_time;
@@ -46,6 +47,7 @@ mod row;
 mod rules;
 mod validate;
 
+pub use authcontext::AuthContext;
 pub use binary::{BinaryError, from_binary, is_binary_mode, percent_decode};
 pub use json::{JsonError, parse_json};
 pub use mode::ValidationMode;

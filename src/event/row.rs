@@ -37,6 +37,11 @@ pub struct Row {
     pub trace_id: Option<String>,
     /// `details` as compact JSON text, `None` for SQL NULL.
     pub details: Option<String>,
+    /// The CloudEvents `authtype` this service set at ingest (`api_key`, `service_account`);
+    /// `None` without authentication.
+    pub auth_type: Option<String>,
+    /// The CloudEvents `authid` this service set at ingest (the principal's name).
+    pub auth_id: Option<String>,
 }
 
 /// Why a record cannot become a row. The [`RowError::kind`] is the stable label used in the
@@ -179,6 +184,8 @@ pub fn to_row(event: &Map<String, Value>) -> Result<Row, RowError> {
         reason: str_at(event, &["data", "reason"]).map(str::to_owned),
         trace_id,
         details: details(data).map(|d| Value::Object(d).to_string()),
+        auth_type: str_at(event, &["authtype"]).map(str::to_owned),
+        auth_id: str_at(event, &["authid"]).map(str::to_owned),
     })
 }
 
@@ -240,6 +247,24 @@ mod tests {
         r.details
             .as_deref()
             .map(|d| serde_json::from_str(d).unwrap())
+    }
+
+    #[test]
+    fn authcontext_fills_the_auth_columns() {
+        let base = json!({
+            "specversion": "1.0", "id": "e1", "source": "urn:auth", "type": "auth.login",
+            "time": "2026-11-01T10:00:00Z",
+            "data": {"actor": {"id": "u-1"}, "action": "login", "outcome": "success"}
+        });
+        let r = row(base.clone());
+        assert_eq!((r.auth_type, r.auth_id), (None, None));
+        let mut with = base;
+        with["authtype"] = json!("api_key");
+        with["authid"] = json!("registry");
+        let r = row(with);
+        assert_eq!(r.auth_type.as_deref(), Some("api_key"));
+        assert_eq!(r.auth_id.as_deref(), Some("registry"));
+        assert!(r.details.is_none(), "authcontext is not part of details");
     }
 
     #[test]

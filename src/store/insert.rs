@@ -8,7 +8,7 @@
 //!   stored key fails as a whole (`23505`, nothing written) and is written again with `UNNEST`.
 //!   Redeliveries are rare, so nearly every batch takes the fast path;
 //! - [`InsertMethod::Unnest`]: one `INSERT … SELECT FROM UNNEST($1::text[], …) ON CONFLICT DO
-//!   NOTHING` with 14 array parameters;
+//!   NOTHING` with 16 array parameters;
 //! - [`InsertMethod::Copy`]: `COPY` into a per-session temporary table, then `INSERT … SELECT
 //!   … ON CONFLICT DO NOTHING` from it, in one transaction.
 //!
@@ -45,25 +45,28 @@ pub struct Inserted {
 }
 
 const COLUMNS: &str = "id, occurred_at, source, type, subject, actor_type, actor_id, \
-     resource_type, resource_id, action, outcome, reason, trace_id, details";
+     resource_type, resource_id, action, outcome, reason, trace_id, details, auth_type, auth_id";
 
 const UNNEST_SQL: &str = "
     INSERT INTO audit_events (id, occurred_at, source, type, subject, actor_type, actor_id,
-        resource_type, resource_id, action, outcome, reason, trace_id, details)
+        resource_type, resource_id, action, outcome, reason, trace_id, details, auth_type,
+        auth_id)
     SELECT id, occurred_at, source, type, subject, actor_type, actor_id,
-        resource_type, resource_id, action, outcome, reason, trace_id, details::jsonb
+        resource_type, resource_id, action, outcome, reason, trace_id, details::jsonb,
+        auth_type, auth_id
     FROM UNNEST($1::text[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[],
         $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[],
-        $14::text[])
+        $14::text[], $15::text[], $16::text[])
         AS t(id, occurred_at, source, type, subject, actor_type, actor_id,
-             resource_type, resource_id, action, outcome, reason, trace_id, details)
+             resource_type, resource_id, action, outcome, reason, trace_id, details, auth_type,
+             auth_id)
     ON CONFLICT DO NOTHING";
 
 const TEMP_TABLE_SQL: &str = "
     CREATE TEMP TABLE IF NOT EXISTS audit_events_load (
         id text, occurred_at timestamptz, source text, type text, subject text,
         actor_type text, actor_id text, resource_type text, resource_id text, action text,
-        outcome text, reason text, trace_id text, details text
+        outcome text, reason text, trace_id text, details text, auth_type text, auth_id text
     ) ON COMMIT DELETE ROWS";
 
 /// Batches smaller than this are written by one statement even when parallelism allows more.
@@ -153,6 +156,8 @@ impl Store {
             reason: None,
             trace_id: None,
             details: None,
+            auth_type: None,
+            auth_id: None,
             ..like.clone()
         };
         let err = |e| StoreError::new("inserting a probe row (rolled back)", e);
@@ -187,7 +192,8 @@ impl Store {
         let result = sqlx::query(&format!(
             "INSERT INTO audit_events ({COLUMNS})
              SELECT id, occurred_at, source, type, subject, actor_type, actor_id, resource_type,
-                    resource_id, action, outcome, reason, trace_id, details::jsonb
+                    resource_id, action, outcome, reason, trace_id, details::jsonb, auth_type,
+                    auth_id
              FROM audit_events_load ON CONFLICT DO NOTHING"
         ))
         .execute(&mut *tx)
@@ -236,6 +242,8 @@ fn unnest_query<'q>(
         .bind(col(rows, |r| r.reason.as_deref()))
         .bind(col(rows, |r| r.trace_id.as_deref()))
         .bind(col(rows, |r| r.details.as_deref()))
+        .bind(col(rows, |r| r.auth_type.as_deref()))
+        .bind(col(rows, |r| r.auth_id.as_deref()))
 }
 
 /// Streams `rows` into `table` with `COPY … FROM STDIN` (text format); returns the row count.
@@ -263,7 +271,7 @@ fn counted(batch: usize, inserted: u64) -> Inserted {
 pub fn copy_text(rows: &[&Row]) -> String {
     let mut out = String::with_capacity(rows.len() * 512);
     for r in rows {
-        let fields: [Option<&str>; 14] = [
+        let fields: [Option<&str>; 16] = [
             Some(&r.id),
             None, // occurred_at, written below
             Some(&r.source),
@@ -278,6 +286,8 @@ pub fn copy_text(rows: &[&Row]) -> String {
             r.reason.as_deref(),
             r.trace_id.as_deref(),
             r.details.as_deref(),
+            r.auth_type.as_deref(),
+            r.auth_id.as_deref(),
         ];
         for (i, f) in fields.iter().enumerate() {
             if i > 0 {
@@ -336,11 +346,13 @@ mod tests {
             reason: Some("r\r".into()),
             trace_id: None,
             details: Some(r#"{"k":"v\\n"}"#.into()),
+            auth_type: Some("api_key".into()),
+            auth_id: None,
         };
         assert_eq!(
             copy_text(&[&row]),
             "a\\tb\t2026-01-02 03:04:05.000000+00\ts\\\\x\tt\t\\N\tuser\tu\\n1\t\\N\t\\N\ta\t\
-             success\tr\\r\t\\N\t{\"k\":\"v\\\\\\\\n\"}\n",
+             success\tr\\r\t\\N\t{\"k\":\"v\\\\\\\\n\"}\tapi_key\t\\N\n",
             "JSON's own backslash is doubled again for COPY"
         );
     }

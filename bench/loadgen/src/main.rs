@@ -49,7 +49,7 @@ use clap::Parser;
 use hdrhistogram::Histogram;
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
-use reqwest::header::{CONTENT_TYPE, HeaderMap, RETRY_AFTER};
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
 use reqwest::{RequestBuilder, StatusCode};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
@@ -118,6 +118,16 @@ struct Args {
     #[arg(long, value_name = "STR")]
     id_prefix: Option<String>,
 
+    /// Send `Authorization: Bearer TOKEN` (a service with auth.mode token). Also read from
+    /// $AUDIT_LOADGEN_TOKEN, which keeps it out of the process list.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "AUDIT_LOADGEN_TOKEN",
+        hide_env_values = true
+    )]
+    token: Option<String>,
+
     /// On 503, wait for Retry-After and resend the same events (default: count it as failed).
     #[arg(long)]
     retry_503: bool,
@@ -160,6 +170,8 @@ struct Shared {
     client: reqwest::Client,
     /// `/events` or `/events/batch`, depending on the batch size.
     endpoint: reqwest::Url,
+    /// `Authorization` header value for `--token`.
+    authorization: Option<HeaderValue>,
     batch_size: u64,
     total_events: u64,
     subjects: u64,
@@ -217,10 +229,15 @@ impl Shared {
             body.push_str("]}");
             body
         };
-        self.client
+        let request = self
+            .client
             .post(self.endpoint.clone())
             .header(CONTENT_TYPE, "application/json")
-            .body(body)
+            .body(body);
+        match &self.authorization {
+            Some(value) => request.header(AUTHORIZATION, value.clone()),
+            None => request,
+        }
     }
 
     fn write_event(&self, out: &mut String, seq: u64, time: &str, rng: &mut StdRng) {
@@ -804,6 +821,16 @@ async fn run(args: Args) -> Result<Report> {
     let shared = Arc::new(Shared {
         client: build_client(concurrency)?,
         endpoint: endpoint.clone(),
+        authorization: args
+            .token
+            .as_deref()
+            .map(|t| {
+                let mut v = HeaderValue::from_str(&format!("Bearer {}", t.trim()))
+                    .context("--token must be visible ASCII")?;
+                v.set_sensitive(true);
+                anyhow::Ok(v)
+            })
+            .transpose()?,
         batch_size: args.batch_size,
         total_events: args.events,
         subjects: args.subjects,
@@ -1100,6 +1127,7 @@ mod tests {
         Shared {
             client: reqwest::Client::new(),
             endpoint: reqwest::Url::parse("http://127.0.0.1:1/").unwrap(),
+            authorization: None,
             batch_size,
             total_events,
             subjects: 1,
@@ -1110,6 +1138,22 @@ mod tests {
             next_event: AtomicU64::new(0),
             accepted: None,
         }
+    }
+
+    #[test]
+    fn a_token_becomes_the_authorization_header() {
+        let mut s = shared(1, 1, None);
+        let plain = s
+            .request(0..1, &mut StdRng::seed_from_u64(1))
+            .build()
+            .unwrap();
+        assert!(plain.headers().get(AUTHORIZATION).is_none());
+        s.authorization = Some(HeaderValue::from_static("Bearer abc"));
+        let authed = s
+            .request(0..1, &mut StdRng::seed_from_u64(1))
+            .build()
+            .unwrap();
+        assert_eq!(authed.headers()[AUTHORIZATION], "Bearer abc");
     }
 
     #[test]

@@ -25,6 +25,22 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
       "http" (dict "listen" (printf "0.0.0.0:%d" (int .Values.containerPort)))
       "spool" (dict "path" "/var/lib/audit-manager/spool" "max_bytes" (int64 .Values.spool.maxBytes))
       "kafka" (dict "topic_partitions" (int .Values.topicInit.partitions) "topic_replication" (int .Values.topicInit.replication)) -}}
+{{- if .Values.tls.secretName -}}
+{{- $tls := dict "cert_file" "/run/secrets/audit-manager/tls/tls.crt" "key_file" "/run/secrets/audit-manager/tls/tls.key" -}}
+{{- if eq .Values.auth.mode "mtls" -}}
+{{- $_ := set $tls "client_ca_file" "/run/secrets/audit-manager/tls/ca.crt" -}}
+{{- end -}}
+{{- $_ := set $owned.http "tls" $tls -}}
+{{- end -}}
+{{- if ne .Values.auth.mode "none" -}}
+{{- if not .Values.auth.tokensSecret -}}
+{{- fail (printf "auth.mode %s needs auth.tokensSecret: the Secret holding the principals file" .Values.auth.mode) -}}
+{{- end -}}
+{{- if and (eq .Values.auth.mode "mtls") (not .Values.tls.secretName) -}}
+{{- fail "auth.mode mtls needs tls.secretName: a Secret with tls.crt, tls.key and ca.crt (the CA of the client certificates)" -}}
+{{- end -}}
+{{- $_ := set $owned "auth" (dict "mode" .Values.auth.mode "tokens_file" (printf "/run/secrets/audit-manager/auth/%s" .Values.auth.tokensKey)) -}}
+{{- end -}}
 {{- $config := mergeOverwrite (deepCopy .Values.config) $owned -}}
 {{- dict "audit_manager" $config | toYaml -}}
 {{- end -}}

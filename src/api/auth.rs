@@ -1,0 +1,241 @@
+//! Authentication middleware: with `auth.mode` `token` or `mtls`, every route except the
+//! operational and documentation ones ([`is_public`]) needs a verified principal, put on the
+//! request as a [`Caller`] for the handlers. Route-level permissions are decided here too:
+//! `GET /config` needs a reader (403 AUD-012), the ingest routes an emitter (a reader gets 403
+//! AUD-011: it may emit no source). Which `source`s an emitter may use is checked by the ingest
+//! handlers, on the parsed events ([`check_sources`]).
+//!
+//! Refusals are counted in `audit_auth_rejected_total{code,principal}`. Tokens are never
+//! logged or echoed.
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::error::ApiError;
+use super::{AppState, BASE};
+use crate::auth::tls::PeerInfo;
+use crate::auth::{AuthType, Caller, Role, count_rejection};
+use crate::config::AuthMode;
+
+/// Paths under [`BASE`] anyone may call: probes, metrics, version and the API documentation.
+const PUBLIC: &[&str] = &[
+    "/health",
+    "/ready",
+    "/version",
+    "/metrics",
+    "/docs",
+    "/redoc",
+    "/openapi.json",
+];
+
+/// Whether `path` is served without credentials.
+pub fn is_public(path: &str) -> bool {
+    let Some(rel) = path.strip_prefix(BASE) else {
+        return false;
+    };
+    PUBLIC.contains(&rel)
+        || rel
+            .strip_prefix("/docs/assets/")
+            .is_some_and(|f| !f.is_empty() && !f.contains('/'))
+}
+
+/// The token of an `Authorization: Bearer <token>` header (scheme case-insensitive).
+fn bearer(headers: &HeaderMap) -> Option<&[u8]> {
+    let v = headers.get(header::AUTHORIZATION)?.as_bytes();
+    let (scheme, rest) = v.split_at_checked(7)?;
+    if !scheme.eq_ignore_ascii_case(b"bearer ") {
+        return None;
+    }
+    let token = rest.trim_ascii();
+    (!token.is_empty()).then_some(token)
+}
+
+fn refuse(e: ApiError, principal: Option<&str>) -> Response {
+    count_rejection(e.code(), principal);
+    e.into_response()
+}
+
+/// The middleware (see the module documentation).
+pub async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let Some(auth) = &state.auth else {
+        return next.run(req).await;
+    };
+    let path = req.uri().path();
+    if is_public(path) {
+        return next.run(req).await;
+    }
+    let caller = match auth.mode() {
+        AuthMode::None => return next.run(req).await,
+        AuthMode::Token => {
+            let Some(token) = bearer(req.headers()) else {
+                return refuse(
+                    ApiError::Unauthenticated(
+                        "no credentials: send `Authorization: Bearer <token>` (this service \
+                         runs with auth.mode token; ask its operator for a token)"
+                            .into(),
+                    ),
+                    None,
+                );
+            };
+            match auth.by_token(token) {
+                Some(principal) => Caller {
+                    principal,
+                    auth_type: AuthType::ApiKey,
+                },
+                None => {
+                    return refuse(
+                        ApiError::Unauthenticated(
+                            "the bearer token is not valid (unknown or revoked); check the \
+                             token, or ask the operator for a new one"
+                                .into(),
+                        ),
+                        None,
+                    );
+                }
+            }
+        }
+        AuthMode::Mtls => {
+            let peer = req.extensions().get::<ConnectInfo<PeerInfo>>();
+            let san = peer.and_then(|p| p.0.dns_san.clone());
+            let Some(san) = san else {
+                let why = if peer.is_some_and(|p| p.0.has_certificate) {
+                    "the client certificate has no DNS name in its subject alternative names; \
+                     issue one whose first DNS SAN is a principal's dns_san"
+                } else {
+                    "no client certificate: connect with TLS and a client certificate signed \
+                     by the CA in http.tls.client_ca_file"
+                };
+                return refuse(ApiError::Unauthenticated(why.into()), None);
+            };
+            match auth.by_dns_san(&san) {
+                Some(principal) => Caller {
+                    principal,
+                    auth_type: AuthType::ServiceAccount,
+                },
+                None => {
+                    return refuse(
+                        ApiError::Unauthenticated(format!(
+                            "the client certificate names {san:?}, which no principal of \
+                             auth.tokens_file has as dns_san; ask the operator to add it"
+                        )),
+                        None,
+                    );
+                }
+            }
+        }
+    };
+    let name = caller.principal.name.as_str();
+    let rel = path.strip_prefix(BASE).unwrap_or(path);
+    if rel == "/config" && !caller.principal.may_read() {
+        return refuse(
+            ApiError::ReadForbidden(format!(
+                "principal {name:?} is an emitter and may not read; use a reader's credentials"
+            )),
+            Some(name),
+        );
+    }
+    if (rel == "/events" || rel == "/events/batch") && caller.principal.role == Role::Reader {
+        return refuse(
+            ApiError::SourceForbidden(format!(
+                "principal {name:?} is a reader and may emit events with no source; use an \
+                 emitter's credentials"
+            )),
+            Some(name),
+        );
+    }
+    req.extensions_mut().insert(caller);
+    next.run(req).await
+}
+
+/// Refuses (403 AUD-011) when `caller` may not emit one of `sources` (the `source` of every
+/// event of the request, in order; `None` for an event without a string `source`, which
+/// validation refuses). Names the principal and each forbidden source once.
+pub fn check_sources<'a>(
+    caller: Option<&Caller>,
+    sources: impl IntoIterator<Item = Option<&'a str>>,
+) -> Result<(), ApiError> {
+    let Some(caller) = caller else {
+        return Ok(());
+    };
+    let mut forbidden: Vec<&str> = Vec::new();
+    for source in sources.into_iter().flatten() {
+        if !caller.principal.may_emit(source) && !forbidden.contains(&source) {
+            forbidden.push(source);
+        }
+    }
+    if forbidden.is_empty() {
+        return Ok(());
+    }
+    let name = &caller.principal.name;
+    let allowed: Vec<&str> = caller
+        .principal
+        .sources
+        .iter()
+        .map(|p| p.as_str())
+        .collect();
+    count_rejection("AUD-011", Some(name));
+    Err(ApiError::SourceForbidden(format!(
+        "principal {name:?} may not emit events with source {}; it may use {}; nothing was \
+         stored",
+        forbidden
+            .iter()
+            .map(|s| format!("{s:?}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        allowed.join(", ")
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn public_paths() {
+        for p in [
+            "/health",
+            "/ready",
+            "/version",
+            "/metrics",
+            "/docs",
+            "/redoc",
+            "/openapi.json",
+            "/docs/assets/swagger-ui.css",
+        ] {
+            assert!(is_public(&format!("{BASE}{p}")), "{p}");
+        }
+        for p in [
+            "/events",
+            "/events/batch",
+            "/config",
+            "/docs/assets/",
+            "/healthz",
+        ] {
+            assert!(!is_public(&format!("{BASE}{p}")), "{p}");
+        }
+        assert!(!is_public("/health"));
+    }
+
+    #[test]
+    fn bearer_parsing() {
+        let mut h = HeaderMap::new();
+        assert_eq!(bearer(&h), None);
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer abc "),
+        );
+        assert_eq!(bearer(&h), Some(&b"abc"[..]));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("bearer abc"),
+        );
+        assert_eq!(bearer(&h), Some(&b"abc"[..]));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
+        assert_eq!(bearer(&h), None);
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer "));
+        assert_eq!(bearer(&h), None);
+    }
+}
