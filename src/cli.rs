@@ -211,7 +211,7 @@ fn serve_exit_code(result: anyhow::Result<()>) -> anyhow::Result<ExitCode> {
 /// setup (`0.0.0.0:8000`, `./data/spool`, `postgres://postgres@localhost:5432/auditmanager`,
 /// a database the store creates when it is missing), and the environment still overrides them.
 pub fn apply_dev(config: &mut Config) {
-    config.roles = Role::ALL.to_vec();
+    config.roles = Role::DEFAULT.to_vec();
     if config.kafka.bootstrap_servers == crate::config::KafkaConfig::default().bootstrap_servers {
         config.kafka.bootstrap_servers = crate::serve::EMBEDDED_KAFKA.to_string();
     }
@@ -517,7 +517,7 @@ mod tests {
             ..Config::default()
         };
         apply_dev(&mut c);
-        assert_eq!(c.roles, Role::ALL.to_vec());
+        assert_eq!(c.roles, Role::DEFAULT.to_vec());
         assert_eq!(c.kafka.bootstrap_servers, crate::serve::EMBEDDED_KAFKA);
         assert_eq!(
             c.database.url,
