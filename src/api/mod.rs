@@ -10,6 +10,7 @@ mod ingest;
 pub mod openapi;
 mod ops;
 mod query;
+mod ui;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -94,6 +95,9 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/events", post(ingest::post_event).get(query::search))
         .route("/events/{id}", get(query::by_id))
+        .route("/ui", get(ui::index_no_slash))
+        .route("/ui/", get(ui::index))
+        .route("/ui/{file}", get(ui::asset))
         .route("/events/batch", post(ingest::post_batch))
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))
