@@ -284,12 +284,18 @@ fn serve_exit_code(result: anyhow::Result<()>) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// `serve --dev`: every role, and the in-process broker unless the configuration names a real
+/// `serve --dev`: every write role (and `query` when readers can be told apart, or anonymous
+/// reads are allowed), and the
+/// in-process broker unless the configuration names a real
 /// one. Everything else keeps its configured value: the defaults already are the development
 /// setup (`0.0.0.0:8000`, `./data/spool`, `postgres://postgres@localhost:5432/auditmanager`,
 /// a database the store creates when it is missing), and the environment still overrides them.
 pub fn apply_dev(config: &mut Config) {
-    config.roles = Role::ALL.to_vec();
+    config.roles = Role::DEFAULT.to_vec();
+    // The read side too, when the configuration says who may read.
+    if config.query.allow_anonymous || config.auth.mode != crate::config::AuthMode::None {
+        config.roles.push(Role::Query);
+    }
     if config.kafka.bootstrap_servers == crate::config::KafkaConfig::default().bootstrap_servers {
         config.kafka.bootstrap_servers = crate::serve::EMBEDDED_KAFKA.to_string();
     }
@@ -595,7 +601,7 @@ mod tests {
             ..Config::default()
         };
         apply_dev(&mut c);
-        assert_eq!(c.roles, Role::ALL.to_vec());
+        assert_eq!(c.roles, Role::DEFAULT.to_vec());
         assert_eq!(c.kafka.bootstrap_servers, crate::serve::EMBEDDED_KAFKA);
         assert_eq!(
             c.database.url,
@@ -603,6 +609,9 @@ mod tests {
         );
         let banner = dev_banner(&c);
         assert!(banner.contains("NOT DURABLE PAST KAFKA"), "{banner}");
+        c.query.allow_anonymous = true;
+        apply_dev(&mut c);
+        assert_eq!(c.roles.last(), Some(&Role::Query));
     }
 
     #[test]

@@ -33,6 +33,7 @@ pub mod health;
 pub mod logging;
 pub mod maintain;
 pub mod metrics;
+pub mod query;
 pub mod serve;
 pub mod shutdown;
 pub mod sink;

@@ -224,9 +224,30 @@ pub async fn start(
     } else {
         None
     };
+    let query = if config.has_role(Role::Query) {
+        refuse_anonymous_reads(&config)?;
+        let store = Store::connect_read_only(
+            &config.database.url,
+            QUERY_POOL_SIZE,
+            config.query.statement_timeout,
+        )
+        .context("invalid database.url")?;
+        health.register(
+            Role::Query,
+            &[Task::Http, Task::QueryMonitor],
+            database_check(store.clone()),
+        );
+        supervisor.watch(
+            Task::QueryMonitor,
+            store.spawn_monitor(shutdown.child_token()),
+        );
+        Some(store)
+    } else {
+        None
+    };
     let scheme = if tls.is_some() { "https" } else { "http" };
     let auth_mode = config.auth.mode;
-    let state = AppState::with_auth(
+    let mut state = AppState::with_auth(
         Arc::new(config),
         spool.clone(),
         health,
@@ -234,6 +255,9 @@ pub async fn start(
         shutdown.clone(),
         auth,
     );
+    if let Some(store) = &query {
+        state = state.with_query(store.clone());
+    }
     let app = api::router(state);
     let token = shutdown.clone();
     match tls {
@@ -280,6 +304,31 @@ pub async fn start(
 /// Connections for the sink (`DEFAULT_INSERT_PARALLELISM` statements per batch, plus partition
 /// creation), maintain and the health pings, which must not wait behind the inserts.
 const DB_POOL_SIZE: u32 = crate::store::DEFAULT_INSERT_PARALLELISM as u32 + 2;
+
+/// Read-only connections of the query role: its own pool, so searches and exports never wait
+/// behind the sink's inserts (nor the inserts behind them).
+const QUERY_POOL_SIZE: u32 = 8;
+
+/// The query role serves every stored event: without reader credentials it starts only when
+/// that is asked for explicitly.
+fn refuse_anonymous_reads(config: &Config) -> anyhow::Result<()> {
+    if config.auth.mode != crate::config::AuthMode::None {
+        return Ok(());
+    }
+    if config.query.allow_anonymous {
+        tracing::warn!(
+            listen = %config.http.listen,
+            "query.allow_anonymous is true: anyone who can reach this port can read every \
+             stored audit event (each read is still recorded)"
+        );
+        return Ok(());
+    }
+    anyhow::bail!(
+        "the query role needs reader credentials: set auth.mode to token or mtls with reader \
+         principals in auth.tokens_file, or (private test setups only) query.allow_anonymous: \
+         true"
+    )
+}
 
 /// Sink and maintain are down (AUD-006) while the database is unreachable; ingest is not
 /// affected.

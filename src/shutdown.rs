@@ -64,6 +64,8 @@ pub enum Task {
     Maintain,
     /// The database reachability monitor shared by sink and maintain.
     DatabaseMonitor,
+    /// The reachability monitor of the query role's read-only pool.
+    QueryMonitor,
 }
 
 impl fmt::Display for Task {
@@ -74,6 +76,7 @@ impl fmt::Display for Task {
             Task::Sink => "sink",
             Task::Maintain => "maintain",
             Task::DatabaseMonitor => "database monitor",
+            Task::QueryMonitor => "query database monitor",
         })
     }
 }

@@ -41,7 +41,11 @@ async fn the_reference_default_yaml_starts_every_role() {
     .map(|(k, v)| (k.to_string(), v))
     .collect();
     let (config, notices) = Config::load_with_notices(None, &env).expect("reference config loads");
-    assert_eq!(config.roles, Role::ALL.to_vec(), "every role by default");
+    assert_eq!(
+        config.roles,
+        Role::DEFAULT.to_vec(),
+        "every write role by default"
+    );
     let warned: Vec<&str> = notices
         .iter()
         .filter(|n| n.warning)

@@ -30,15 +30,22 @@ const PUBLIC: &[&str] = &[
     "/openapi.json",
 ];
 
-/// Whether `path` is served without credentials.
+/// Whether `path` is served without credentials. The investigators' page (`/ui/…`) is public
+/// too: it holds no data, and fetches every row through `GET /events` with the reader's own
+/// credentials.
 pub fn is_public(path: &str) -> bool {
     let Some(rel) = path.strip_prefix(BASE) else {
         return false;
     };
-    PUBLIC.contains(&rel)
-        || rel
-            .strip_prefix("/docs/assets/")
+    let asset = |dir: &str| {
+        rel.strip_prefix(dir)
             .is_some_and(|f| !f.is_empty() && !f.contains('/'))
+    };
+    PUBLIC.contains(&rel)
+        || rel == "/ui"
+        || rel == "/ui/"
+        || asset("/docs/assets/")
+        || asset("/ui/")
 }
 
 /// The token of an `Authorization: Bearer <token>` header (scheme case-insensitive).
@@ -136,7 +143,12 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
             Some(name),
         );
     }
-    if (rel == "/events" || rel == "/events/batch") && caller.principal.role == Role::Reader {
+    // Readers may search (`GET /events`, decided and recorded by the query handlers), not emit.
+    let emitting = req.method() == axum::http::Method::POST;
+    if emitting
+        && (rel == "/events" || rel == "/events/batch")
+        && caller.principal.role == Role::Reader
+    {
         return refuse(
             ApiError::SourceForbidden(format!(
                 "principal {name:?} is a reader and may emit events with no source; use an \

@@ -56,6 +56,18 @@ pub enum ApiError {
     /// AUD-012: the authenticated principal may not read.
     #[error("{0}")]
     ReadForbidden(String),
+    /// AUD-013: a bad query parameter (the message names it).
+    #[error("{0}")]
+    BadQuery(String),
+    /// AUD-006: the database could not answer a query (unreachable, timed out).
+    #[error("{message}")]
+    Database {
+        message: String,
+        retry_after: Duration,
+    },
+    /// AUD-404: nothing at this address (an unknown route, an event id with no row).
+    #[error("{0}")]
+    NotFound(String),
 }
 
 /// `WWW-Authenticate` of every 401.
@@ -75,12 +87,18 @@ impl ApiError {
             ApiError::Unauthenticated(_) => "AUD-010",
             ApiError::SourceForbidden(_) => "AUD-011",
             ApiError::ReadForbidden(_) => "AUD-012",
+            ApiError::BadQuery(_) => "AUD-013",
+            ApiError::Database { .. } => "AUD-006",
+            ApiError::NotFound(_) => "AUD-404",
         }
     }
 
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::NotJson(_) | ApiError::BatchTooLarge(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotJson(_) | ApiError::BatchTooLarge(_) | ApiError::BadQuery(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -88,7 +106,8 @@ impl ApiError {
             ApiError::SourceForbidden(_) | ApiError::ReadForbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Backpressure { .. }
             | ApiError::NotReady { .. }
-            | ApiError::SpoolWrite { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            | ApiError::SpoolWrite { .. }
+            | ApiError::Database { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -96,7 +115,8 @@ impl ApiError {
         match self {
             ApiError::Backpressure { retry_after, .. }
             | ApiError::NotReady { retry_after, .. }
-            | ApiError::SpoolWrite { retry_after, .. } => Some(*retry_after),
+            | ApiError::SpoolWrite { retry_after, .. }
+            | ApiError::Database { retry_after, .. } => Some(*retry_after),
             _ => None,
         }
     }
@@ -127,7 +147,13 @@ pub fn retry_after_secs(d: Duration) -> u64 {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        metrics::counter!("audit_events_rejected_total", "code" => self.code()).increment(1);
+        // Refused events are counted; a refused read is counted by the query role itself.
+        if !matches!(
+            self,
+            ApiError::BadQuery(_) | ApiError::Database { .. } | ApiError::NotFound(_)
+        ) {
+            metrics::counter!("audit_events_rejected_total", "code" => self.code()).increment(1);
+        }
         let mut resp = respond::<()>(self.status(), None, &self.items());
         if let Some(d) = self.retry_after() {
             resp.headers_mut()
@@ -160,6 +186,10 @@ mod tests {
                 retry_after: d,
             },
             ApiError::SpoolWrite {
+                message: "x".into(),
+                retry_after: d,
+            },
+            ApiError::Database {
                 message: "x".into(),
                 retry_after: d,
             },

@@ -183,7 +183,7 @@ fn not_ready_unless_accepting(state: &AppState) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn to_record(e: NormalizedEvent, accepted_at_ms: u64) -> Record {
+pub(super) fn to_record(e: NormalizedEvent, accepted_at_ms: u64) -> Record {
     Record {
         accepted_at_ms,
         id: e.id,
@@ -193,7 +193,7 @@ fn to_record(e: NormalizedEvent, accepted_at_ms: u64) -> Record {
 }
 
 /// Spools the records in one commit and maps refusals to their documented errors.
-async fn spool(state: &AppState, records: &[Record]) -> Result<(), ApiError> {
+pub(super) async fn spool(state: &AppState, records: &[Record]) -> Result<(), ApiError> {
     let Some(spool) = &state.spool else {
         return Err(ApiError::NotReady {
             message: "the ingest role is not enabled in this process".into(),

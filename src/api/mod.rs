@@ -10,6 +10,8 @@ pub mod error;
 mod ingest;
 pub mod openapi;
 mod ops;
+mod query;
+mod ui;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -27,6 +29,7 @@ use crate::config::Config;
 use crate::event::{Limits, Rule, ValidationMode};
 use crate::health::Health;
 use crate::spool::Spool;
+use crate::store::Store;
 
 pub const BASE: &str = "/v1/auditmanager";
 
@@ -52,6 +55,8 @@ pub struct AppInner {
     pub shutdown: CancellationToken,
     /// The principals, unless `auth.mode` is `none`.
     pub auth: Option<Authenticator>,
+    /// The read-only connections of the query role, when this process runs it.
+    pub query: Option<Store>,
 }
 
 impl AppState {
@@ -88,14 +93,28 @@ impl AppState {
             metrics,
             shutdown,
             auth,
+            query: None,
         }))
+    }
+
+    /// Serves the query role's routes from `store` (call before [`router`]).
+    pub fn with_query(mut self, store: Store) -> AppState {
+        if let Some(inner) = Arc::get_mut(&mut self.0) {
+            inner.query = Some(store);
+        }
+        self
     }
 }
 
 pub fn router(state: AppState) -> Router {
     let compatible = state.limits.mode == ValidationMode::Compatible;
+    // The query routes answer 503 AUD-005 naming the role when it does not run here.
     let api = Router::new()
-        .route("/events", post(ingest::post_event))
+        .route("/events", post(ingest::post_event).get(query::search))
+        .route("/events/{id}", get(query::by_id))
+        .route("/ui", get(ui::index_no_slash))
+        .route("/ui/", get(ui::index))
+        .route("/ui/{file}", get(ui::asset))
         .route("/events/batch", post(ingest::post_batch))
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))

@@ -35,6 +35,11 @@ use super::envelope::ErrorItem;
     paths(
         super::ingest::post_event,
         super::ingest::post_batch,
+        super::query::search,
+        super::query::by_id,
+        super::ui::index,
+        super::ui::index_no_slash,
+        super::ui::asset,
         super::ops::health,
         super::ops::ready,
         super::ops::version,
@@ -56,6 +61,7 @@ use super::envelope::ErrorItem;
     modifiers(&SecuritySchemes),
     tags(
         (name = "ingest", description = "Send audit events"),
+        (name = "query", description = "Read stored events (role `query`); every read is itself recorded"),
         (name = "operations", description = "Health, readiness, version, configuration, metrics"),
         (name = "documentation", description = "This document and the pages that render it"),
     ),
@@ -171,7 +177,7 @@ pub const ERROR_CODES: &[ErrorCodeDoc] = &[
     ErrorCodeDoc {
         code: "AUD-006",
         status: 503,
-        when: "database unreachable (`/health` of the sink and maintain roles)",
+        when: "database unreachable (`/health` of the sink and maintain roles), or a query it did not answer (unreachable, `query.statement_timeout`)",
     },
     ErrorCodeDoc {
         code: "AUD-007",
@@ -201,12 +207,17 @@ pub const ERROR_CODES: &[ErrorCodeDoc] = &[
     ErrorCodeDoc {
         code: "AUD-012",
         status: 403,
-        when: "the authenticated principal may not read (`GET /config` needs a reader)",
+        when: "the authenticated principal may not read (`GET /config` and the query role need a reader)",
+    },
+    ErrorCodeDoc {
+        code: "AUD-013",
+        status: 400,
+        when: "bad query parameter (unknown, repeated, empty, malformed); the message names it",
     },
     ErrorCodeDoc {
         code: "AUD-404",
         status: 404,
-        when: "no such route (the API lives under `/v1/auditmanager`)",
+        when: "no such route (the API lives under `/v1/auditmanager`), or no stored event with the id asked for",
     },
 ];
 
@@ -284,6 +295,16 @@ fn null_schema() -> Schema {
 pub struct Accepted {
     /// The event's `id` (as sent, or the one generated at ingest).
     pub accepted: String,
+}
+
+/// A page of stored rows (role `query`).
+#[derive(Serialize, ToSchema)]
+pub struct EventsPage {
+    /// The rows, newest first: every column of `audit_events` (`details` as JSON).
+    #[schema(value_type = Vec<Object>)]
+    pub events: Vec<serde_json::Value>,
+    /// Pass as `cursor` for the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
 }
 
 /// `POST /events/batch` answered 202: every event is durably spooled, in one commit.

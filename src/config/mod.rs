@@ -157,11 +157,22 @@ pub enum Role {
     Sink,
     /// Maintenance: partition creation/retention.
     Maintain,
+    /// The investigators' read API and page (never a default: it runs where it is asked for).
+    Query,
 }
 
 impl Role {
     /// All roles, in their canonical order.
-    pub const ALL: [Role; 4] = [Role::Ingest, Role::Forward, Role::Sink, Role::Maintain];
+    pub const ALL: [Role; 5] = [
+        Role::Ingest,
+        Role::Forward,
+        Role::Sink,
+        Role::Maintain,
+        Role::Query,
+    ];
+    /// The roles a process runs when `roles` is not set: the whole write pipeline. The read
+    /// API (`query`) is opt-in, so it can live behind its own boundary.
+    pub const DEFAULT: [Role; 4] = [Role::Ingest, Role::Forward, Role::Sink, Role::Maintain];
 
     /// The lowercase name used in configuration.
     pub fn as_str(self) -> &'static str {
@@ -170,6 +181,7 @@ impl Role {
             Role::Forward => "forward",
             Role::Sink => "sink",
             Role::Maintain => "maintain",
+            Role::Query => "query",
         }
     }
 }
@@ -188,7 +200,7 @@ impl fmt::Display for UnknownRole {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "unknown role `{}` (valid roles: ingest, forward, sink, maintain)",
+            "unknown role `{}` (valid roles: ingest, forward, sink, maintain, query)",
             self.0
         )
     }
@@ -236,6 +248,8 @@ pub struct Config {
     pub database: DatabaseConfig,
     /// Who may call the API: `none`, bearer tokens or client certificates.
     pub auth: AuthConfig,
+    /// The investigators' read API (role `query`).
+    pub query: QueryConfig,
     /// The `id` of every response envelope (the reference service's `service_id`).
     /// Default `openg2p.auditmanager`.
     pub service_id: String,
@@ -445,10 +459,38 @@ pub struct DatabaseConfig {
     pub partition_check_interval: Duration,
 }
 
+/// The investigators' read API (`audit_manager.query`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueryConfig {
+    /// Largest `limit` a page may ask for. Default `1000`.
+    #[serde(deserialize_with = "de_int")]
+    pub max_page_size: usize,
+    /// `statement_timeout` of every query statement (duration). Default `10s`.
+    #[serde(
+        deserialize_with = "de_duration",
+        serialize_with = "humantime_serde::serialize"
+    )]
+    pub statement_timeout: Duration,
+    /// Lets the `query` role start without reader credentials (`auth.mode: none`): every
+    /// caller can then read every event. Default `false`.
+    pub allow_anonymous: bool,
+}
+
+impl Default for QueryConfig {
+    fn default() -> Self {
+        QueryConfig {
+            max_page_size: 1000,
+            statement_timeout: Duration::from_secs(10),
+            allow_anonymous: false,
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
-            roles: Role::ALL.to_vec(),
+            roles: Role::DEFAULT.to_vec(),
             http: HttpConfig::default(),
             auth: AuthConfig::default(),
             ingest: IngestConfig::default(),
@@ -456,6 +498,7 @@ impl Default for Config {
             kafka: KafkaConfig::default(),
             sink: SinkConfig::default(),
             database: DatabaseConfig::default(),
+            query: QueryConfig::default(),
             service_id: "openg2p.auditmanager".to_string(),
             api_version: "1.0".to_string(),
             build_info: BuildInfo::default(),
@@ -622,8 +665,23 @@ impl Config {
         if self.roles.is_empty() {
             return Err(invalid(
                 "roles",
-                "must name at least one role (allowed: ingest, forward, sink, maintain)"
+                "must name at least one role (allowed: ingest, forward, sink, maintain, query)"
                     .to_string(),
+            ));
+        }
+        if self.has_role(Role::Query) && !self.has_role(Role::Forward) {
+            return Err(invalid(
+                "roles",
+                "the query role records every query as an audit event through the local spool, \
+                 which the forward role delivers: add `forward` (e.g. roles: [query, forward])"
+                    .to_string(),
+            ));
+        }
+        at_least_one("query.max_page_size", self.query.max_page_size as u64)?;
+        if self.query.statement_timeout.is_zero() {
+            return Err(invalid(
+                "query.statement_timeout",
+                "must be longer than 0s (0 would disable the timeout); e.g. \"10s\"".to_string(),
             ));
         }
         at_least_one("http.max_body_bytes", self.http.max_body_bytes)?;

@@ -155,6 +155,31 @@ impl Store {
         })
     }
 
+    /// A lazily connecting pool for reads only: every session is read-only
+    /// (`default_transaction_read_only`), bounds each statement by `statement_timeout`, renders
+    /// times in UTC and plans each statement for its actual values (`plan_cache_mode =
+    /// force_custom_plan`: partition pruning and index choice at plan time).
+    pub fn connect_read_only(
+        url: &str,
+        max_connections: u32,
+        statement_timeout: std::time::Duration,
+    ) -> Result<Store, StoreError> {
+        let mut store = Store::connect_lazy(url, max_connections)?;
+        let timeout_ms = statement_timeout.as_millis().max(1).to_string();
+        let options = store.options.clone().options([
+            ("default_transaction_read_only", "on"),
+            ("statement_timeout", timeout_ms.as_str()),
+            ("TimeZone", "UTC"),
+            ("plan_cache_mode", "force_custom_plan"),
+        ]);
+        store.pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_lazy_with(options.clone());
+        store.options = options;
+        Ok(store)
+    }
+
     /// Chooses how batches are written (both are idempotent; see `BENCHMARKS.md`).
     pub fn with_insert_method(mut self, method: InsertMethod) -> Store {
         self.method = method;

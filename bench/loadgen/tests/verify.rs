@@ -94,7 +94,7 @@ async fn verify_passes_through_the_whole_pipeline_and_fails_without_a_sink() {
     let url = db.url.clone();
     let app = start(
         move |c| {
-            c.roles = Role::ALL.to_vec();
+            c.roles = Role::DEFAULT.to_vec();
             c.kafka.bootstrap_servers = "embedded".into();
             c.kafka.topic_partitions = 2;
             c.sink.flush_interval = Duration::from_millis(50);

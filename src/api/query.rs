@@ -1,0 +1,231 @@
+//! The query role's routes: `GET /events` (a page, or an export with `Accept:
+//! application/x-ndjson` / `text/csv`) and `GET /events/{id}`. Each read is recorded as an
+//! audit event in the spool before any row is returned (see `query::trail`).
+
+use axum::body::Body;
+use axum::extract::{Extension, Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::Response;
+use serde_json::{Map, Value, json};
+
+use super::AppState;
+use super::envelope::respond;
+use super::error::ApiError;
+use super::ingest;
+use crate::auth::Caller;
+use crate::query::export::{self, Format};
+use crate::query::trail::{self, Action, Reader};
+use crate::query::{params, sql};
+use crate::store::Store;
+
+fn store(state: &AppState) -> Result<&Store, ApiError> {
+    state.query.as_ref().ok_or_else(|| ApiError::NotReady {
+        message: "the query role is not enabled in this process (see `roles`)".into(),
+        retry_after: state.config.spool.retry_after,
+    })
+}
+
+/// Who is reading. Without authentication (the role then runs only with
+/// `query.allow_anonymous`) everyone is `anonymous`; with it, only a reader principal may read,
+/// and a refusal is recorded too (outcome `denied`) before it is answered with 403 AUD-012.
+async fn reader(
+    state: &AppState,
+    caller: Option<Extension<Caller>>,
+    action: Action,
+    context: &Map<String, Value>,
+) -> Result<Reader, ApiError> {
+    let Some(Extension(caller)) = caller else {
+        return Ok(Reader::anonymous());
+    };
+    let reader = Reader {
+        name: Some(caller.principal.name.clone()),
+        auth_type: Some(caller.auth_type.as_str()),
+    };
+    if caller.principal.may_read() {
+        return Ok(reader);
+    }
+    record(state, &reader, action, "denied", context.clone()).await?;
+    let name = &caller.principal.name;
+    crate::auth::count_rejection("AUD-012", Some(name));
+    Err(ApiError::ReadForbidden(format!(
+        "principal {name:?} is an emitter and may not read audit events; use a reader's \
+         credentials"
+    )))
+}
+
+fn db_error(state: &AppState, e: sqlx::Error) -> ApiError {
+    let timeout = state.config.query.statement_timeout;
+    let hint = match &e {
+        sqlx::Error::Database(d) if d.code().as_deref() == Some("57014") => format!(
+            "the query ran longer than query.statement_timeout ({}); narrow it with a shorter \
+             from/to window or a more selective filter",
+            humantime::format_duration(timeout)
+        ),
+        _ => "the database did not answer the query; retry, and check /health".to_owned(),
+    };
+    tracing::warn!(error = %e, "query failed");
+    metrics::counter!("audit_query_failures_total").increment(1);
+    ApiError::Database {
+        message: format!("{hint} ({e})"),
+        retry_after: state.config.spool.retry_after,
+    }
+}
+
+/// Spools the audit event of this read; the read is refused when it cannot be recorded.
+async fn record(
+    state: &AppState,
+    reader: &Reader,
+    action: Action,
+    outcome: &str,
+    context: Map<String, Value>,
+) -> Result<(), ApiError> {
+    let now = chrono::Utc::now();
+    let event = trail::event(reader, action, outcome, context, now);
+    let normalized =
+        crate::event::normalize(event, now, &state.limits).map_err(|r| ApiError::NotReady {
+            message: format!("cannot record this read as an audit event: {}", r.message()),
+            retry_after: state.config.spool.retry_after,
+        })?;
+    ingest::spool(
+        state,
+        &[ingest::to_record(normalized, crate::spool::now_ms())],
+    )
+    .await?;
+    metrics::counter!("audit_query_requests_total", "action" => action.as_str(), "outcome" => outcome.to_owned())
+        .increment(1);
+    Ok(())
+}
+
+fn parse_rows(rows: Vec<String>) -> Vec<Value> {
+    rows.iter()
+        .map(|r| serde_json::from_str(r).unwrap_or(Value::Null))
+        .collect()
+}
+
+/// `GET /v1/auditmanager/events`: newest first, keyset-paged; or every match as an export.
+#[utoipa::path(
+    get,
+    path = "/v1/auditmanager/events",
+    tag = "query",
+    summary = "Search stored events (query role)",
+    description = "Filters (all optional, combined with AND): `actor_id`, `resource_type`, \
+                   `resource_id`, `type`, `outcome`, `subject`, `source`, `trace_id`, `from`, \
+                   `to` (RFC 3339, the window is [from, to)). Newest first by `(occurred_at, id)`; \
+                   `limit` (default 100, at most `query.max_page_size`) and `cursor` (the \
+                   previous page's `next_cursor`). With `Accept: application/x-ndjson` or \
+                   `text/csv` every match is streamed instead of a page. Every read is recorded \
+                   as an audit event (`org.openg2p.auditmanager.query`).",
+    params(
+        ("actor_id" = Option<String>, Query), ("resource_type" = Option<String>, Query),
+        ("resource_id" = Option<String>, Query), ("type" = Option<String>, Query),
+        ("outcome" = Option<String>, Query), ("subject" = Option<String>, Query),
+        ("source" = Option<String>, Query), ("trace_id" = Option<String>, Query),
+        ("from" = Option<String>, Query, description = "RFC 3339, inclusive"),
+        ("to" = Option<String>, Query, description = "RFC 3339, exclusive"),
+        ("limit" = Option<u32>, Query), ("cursor" = Option<String>, Query),
+    ),
+    responses(
+        (status = 200, description = "A page of rows (or the streamed export)", body = super::openapi::Envelope<super::openapi::EventsPage>),
+        (status = 400, description = "AUD-013: a bad parameter, named", body = super::openapi::ErrorEnvelope),
+        (status = 401, description = "AUD-010: no or invalid credentials", body = super::openapi::ErrorEnvelope),
+        (status = 403, description = "AUD-012: the principal is not a reader (the refusal is recorded)", body = super::openapi::ErrorEnvelope),
+        (status = 503, description = "AUD-006: the database did not answer; AUD-004/AUD-009: the read could not be recorded",
+         body = super::openapi::ErrorEnvelope),
+    ),
+)]
+pub async fn search(
+    State(state): State<AppState>,
+    caller: Option<Extension<Caller>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let store = store(&state)?;
+    let export = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(Format::from_accept);
+    let action = if export.is_some() {
+        Action::Export
+    } else {
+        Action::Query
+    };
+    let parsed = params::parse(query.as_deref(), state.config.query.max_page_size);
+    let asked = match &parsed {
+        Ok(req) => req.filter.to_json(),
+        Err(_) => Map::new(),
+    };
+    let reader = reader(&state, caller, action, &asked).await?;
+    let req = parsed.map_err(ApiError::BadQuery)?;
+    if let Some(format) = export {
+        if req.limit_given {
+            return Err(ApiError::BadQuery(
+                "parameter `limit` does not apply to an export, which streams every match; \
+                 leave it out (or ask for application/json pages)"
+                    .into(),
+            ));
+        }
+        let mut context = req.filter.to_json();
+        context.insert("format".into(), json!(format.content_type()));
+        record(&state, &reader, Action::Export, "success", context).await?;
+        let body = export::stream(store.pool().clone(), req.filter, req.after, format);
+        let mut resp = Response::new(Body::from_stream(body));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(format.content_type()),
+        );
+        return Ok(resp);
+    }
+    let result = sql::page(store.pool(), &req.filter, req.after.as_ref(), req.limit).await;
+    let page = result.map_err(|e| db_error(&state, e))?;
+    let mut context = req.filter.to_json();
+    context.insert("returned".into(), json!(page.rows.len()));
+    if req.after.is_some() {
+        context.insert("page".into(), json!("next"));
+    }
+    record(&state, &reader, Action::Query, "success", context).await?;
+    let payload = json!({
+        "events": parse_rows(page.rows),
+        "next_cursor": page.next.map(|c| c.encode()),
+    });
+    Ok(respond(StatusCode::OK, Some(&payload), &[]))
+}
+
+/// `GET /v1/auditmanager/events/{id}`: every row with this id.
+#[utoipa::path(
+    get,
+    path = "/v1/auditmanager/events/{id}",
+    tag = "query",
+    summary = "The stored rows of one event id (query role)",
+    params(("id" = String, Path, description = "The event's `id`")),
+    responses(
+        (status = 200, description = "The rows with this id, newest first", body = super::openapi::Envelope<super::openapi::EventsPage>),
+        (status = 401, description = "AUD-010: no or invalid credentials", body = super::openapi::ErrorEnvelope),
+        (status = 403, description = "AUD-012: the principal is not a reader (the refusal is recorded)", body = super::openapi::ErrorEnvelope),
+        (status = 404, description = "AUD-404: no row has this id", body = super::openapi::ErrorEnvelope),
+        (status = 503, description = "AUD-006: the database did not answer", body = super::openapi::ErrorEnvelope),
+    ),
+)]
+pub async fn by_id(
+    State(state): State<AppState>,
+    caller: Option<Extension<Caller>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let store = store(&state)?;
+    let mut asked = Map::new();
+    asked.insert("id".into(), json!(id));
+    let reader = reader(&state, caller, Action::Query, &asked).await?;
+    let rows = sql::by_id(store.pool(), &id)
+        .await
+        .map_err(|e| db_error(&state, e))?;
+    let mut context = Map::new();
+    context.insert("id".into(), json!(id));
+    context.insert("returned".into(), json!(rows.len()));
+    record(&state, &reader, Action::Query, "success", context).await?;
+    if rows.is_empty() {
+        return Err(ApiError::NotFound(format!(
+            "no stored event has id {id:?} (it may still be on its way: spool → Kafka → sink)"
+        )));
+    }
+    let payload = json!({ "events": parse_rows(rows), "next_cursor": null });
+    Ok(respond(StatusCode::OK, Some(&payload), &[]))
+}
