@@ -66,6 +66,20 @@ const TEMP_TABLE_SQL: &str = "
         outcome text, reason text, trace_id text, details text
     ) ON COMMIT DELETE ROWS";
 
+/// Begins a write transaction of `audit_events`: every one holds the seal write lock shared
+/// until it ends, which is what lets the sealer find a gap-free watermark (see
+/// `integrity::sealer`).
+async fn begin_write(
+    conn: &mut sqlx::PgConnection,
+) -> Result<sqlx::Transaction<'_, sqlx::Postgres>, sqlx::Error> {
+    let mut tx = conn.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
+        .bind(crate::integrity::SEAL_WRITE_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
+}
+
 /// Batches smaller than this are written by one statement even when parallelism allows more.
 const MIN_PARALLEL_CHUNK: usize = 500;
 
@@ -156,7 +170,8 @@ impl Store {
             ..like.clone()
         };
         let err = |e| StoreError::new("inserting a probe row (rolled back)", e);
-        let mut tx = self.pool.begin().await.map_err(err)?;
+        let mut conn = self.pool.acquire().await.map_err(err)?;
+        let mut tx = begin_write(&mut conn).await.map_err(err)?;
         unnest_query(&[&probe])
             .execute(&mut *tx)
             .await
@@ -165,10 +180,15 @@ impl Store {
     }
 
     async fn insert_unnest(&self, rows: &[&Row]) -> Result<Inserted, StoreError> {
-        let result = unnest_query(rows)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| StoreError::new(format!("inserting {} rows", rows.len()), e))?;
+        let result = async {
+            let mut conn = self.pool.acquire().await?;
+            let mut tx = begin_write(&mut conn).await?;
+            let r = unnest_query(rows).execute(&mut *tx).await?;
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(r)
+        }
+        .await
+        .map_err(|e| StoreError::new(format!("inserting {} rows", rows.len()), e))?;
         Ok(counted(rows.len(), result.rows_affected()))
     }
 
@@ -176,7 +196,7 @@ impl Store {
         let what = || format!("copying {} rows", rows.len());
         let err = |e| StoreError::new(what(), e);
         let mut conn = self.pool.acquire().await.map_err(err)?;
-        let mut tx = conn.begin().await.map_err(err)?;
+        let mut tx = begin_write(&mut conn).await.map_err(err)?;
         sqlx::query(TEMP_TABLE_SQL)
             .execute(&mut *tx)
             .await
@@ -202,7 +222,10 @@ impl Store {
     async fn insert_copy_first(&self, rows: &[&Row]) -> Result<Inserted, StoreError> {
         let copied = async {
             let mut conn = self.pool.acquire().await?;
-            copy_in(&mut conn, "audit_events", rows).await
+            let mut tx = begin_write(&mut conn).await?;
+            let n = copy_in(&mut tx, "audit_events", rows).await?;
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(n)
         }
         .await
         .map_err(|e| StoreError::new(format!("copying {} rows", rows.len()), e));
