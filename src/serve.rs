@@ -196,6 +196,10 @@ pub async fn start(
         metrics,
         shutdown.clone(),
     );
+    let state = match &store {
+        Some(store) => state.with_database(store.pool().clone()),
+        None => state,
+    };
     let app = api::router(state);
     let token = shutdown.clone();
     supervisor.spawn(Task::Http, async move {

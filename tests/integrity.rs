@@ -665,3 +665,98 @@ fn the_documented_worked_example_holds() {
     );
     assert_eq!(signed.signature.to_vec(), hex_block(doc, "signature"));
 }
+
+// ---------------------------------------------------------------------------------------------
+// The maintain role seals on its own; the seals and keys over HTTP
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_maintain_role_seals_and_serves_seals_and_keys() {
+    use audit_manager::config::Role;
+    let s = Sealed::new().await;
+    let kafka = common::TestKafka::new(1);
+    kafka
+        .cluster
+        .create_topic("openg2p.audit.seals", 1, 1)
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("k");
+    audit_manager::integrity::seal::keygen(&key).unwrap();
+    let public = dir.path().join("k.pub");
+    let (url, bootstrap) = (s.db.url.clone(), kafka.bootstrap.clone());
+    let (k2, p2) = (key.clone(), public.clone());
+    let mut app = common::TestApp::start_with(
+        move |c| {
+            c.roles = vec![Role::Maintain];
+            c.database.url = url.into();
+            c.kafka.bootstrap_servers = bootstrap;
+            c.integrity.signing_key_file = Some(k2);
+            c.integrity.public_key_files = vec![p2];
+            c.integrity.seal_interval = Duration::from_millis(50);
+        },
+        Default::default(),
+    )
+    .await;
+    s.insert(&rows("served", 12, Utc::now())).await;
+    let lines: Vec<SealLine> = eventually(Duration::from_secs(30), "the rows sealed", || async {
+        let text = reqwest::get(app.url("/seals"))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        let lines: Vec<SealLine> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a seal per line"))
+            .collect();
+        let sealed: usize = lines
+            .iter()
+            .map(|l| {
+                Seal::from_bytes(&l.decoded().unwrap())
+                    .unwrap()
+                    .leaves
+                    .len()
+            })
+            .sum();
+        (sealed == 12).then_some(lines)
+    })
+    .await;
+    assert_eq!(lines[0].seal_no, 1);
+    let public_key = audit_manager::integrity::seal::load_public_key(&public).unwrap();
+    let (r, out) = s
+        .verify_with(
+            &BTreeMap::from([(key_id(&public_key), public_key)]),
+            &VerifyOptions::default(),
+        )
+        .await;
+    assert!(r.is_clean(), "{out}");
+    // A window that ends before the first seal: nothing.
+    let (status, body) = app.get_text("/seals?to=2000-01-01T00:00:00Z").await;
+    assert_eq!((status, body.as_str()), (200, ""));
+    let (status, body) = app.get("/seals?from=yesterday").await;
+    assert_eq!(status, 400);
+    assert_eq!(common::code(&body), "AUD-013");
+    let (status, body) = app.get("/seals/keys").await;
+    assert_eq!(status, 200);
+    let keys = body["response"]["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 2);
+    assert_eq!(keys[0]["role"], "signing");
+    assert_eq!(keys[0]["key_id"], hex::encode(key_id(&public_key)));
+    assert_eq!(keys[1]["public_key"], hex::encode(public_key.as_bytes()));
+    let maintain = app.role_health("maintain").await;
+    assert_eq!(maintain["status"], "UP", "{maintain}");
+    assert!(
+        maintain["sealing"]["last_seal"].as_u64().is_some(),
+        "{maintain}"
+    );
+    let (_, metrics) = app.get_text("/metrics").await;
+    assert!(metrics.contains("audit_seals_written_total"), "{metrics}");
+    app.stop().await;
+
+    // Without a database (ingest only): 503 that says why.
+    let mut ingest = common::TestApp::start().await;
+    let (status, body) = ingest.get("/seals").await;
+    assert_eq!(status, 503);
+    assert_eq!(common::code(&body), "AUD-006");
+    ingest.stop().await;
+}

@@ -47,6 +47,15 @@ pub enum ApiError {
         message: String,
         retry_after: Duration,
     },
+    /// AUD-006: the database a read needs is unreachable (or this process has none).
+    #[error("{message}")]
+    Database {
+        message: String,
+        retry_after: Duration,
+    },
+    /// AUD-013: a bad query parameter (the message names it).
+    #[error("{0}")]
+    BadParameter(String),
 }
 
 impl ApiError {
@@ -60,18 +69,23 @@ impl ApiError {
             ApiError::BatchTooLarge(_) => "AUD-007",
             ApiError::UnsupportedMediaType(_) => "AUD-008",
             ApiError::SpoolWrite { .. } => "AUD-009",
+            ApiError::Database { .. } => "AUD-006",
+            ApiError::BadParameter(_) => "AUD-013",
         }
     }
 
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::NotJson(_) | ApiError::BatchTooLarge(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotJson(_) | ApiError::BatchTooLarge(_) | ApiError::BadParameter(_) => {
+                StatusCode::BAD_REQUEST
+            }
             ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Backpressure { .. }
             | ApiError::NotReady { .. }
-            | ApiError::SpoolWrite { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            | ApiError::SpoolWrite { .. }
+            | ApiError::Database { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -79,7 +93,8 @@ impl ApiError {
         match self {
             ApiError::Backpressure { retry_after, .. }
             | ApiError::NotReady { retry_after, .. }
-            | ApiError::SpoolWrite { retry_after, .. } => Some(*retry_after),
+            | ApiError::SpoolWrite { retry_after, .. }
+            | ApiError::Database { retry_after, .. } => Some(*retry_after),
             _ => None,
         }
     }

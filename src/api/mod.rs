@@ -9,6 +9,7 @@ pub mod error;
 mod ingest;
 pub mod openapi;
 mod ops;
+mod seals;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -48,6 +49,8 @@ pub struct AppInner {
     pub metrics: PrometheusHandle,
     /// Cancelled when the process starts draining: ingest answers 503 AUD-005 from then on.
     pub shutdown: CancellationToken,
+    /// The database, when this process runs a role that has one (sink, maintain): `/seals`.
+    pub database: Option<sqlx::PgPool>,
 }
 
 impl AppState {
@@ -71,7 +74,16 @@ impl AppState {
             health,
             metrics,
             shutdown,
+            database: None,
         }))
+    }
+
+    /// Serves `/seals` from `pool` (call before the state is shared).
+    pub fn with_database(mut self, pool: sqlx::PgPool) -> AppState {
+        if let Some(inner) = Arc::get_mut(&mut self.0) {
+            inner.database = Some(pool);
+        }
+        self
     }
 }
 
@@ -85,6 +97,8 @@ pub fn router(state: AppState) -> Router {
         .route("/version", get(ops::version))
         .route("/config", get(ops::config))
         .route("/metrics", get(ops::metrics))
+        .route("/seals", get(seals::seals))
+        .route("/seals/keys", get(seals::keys))
         .route("/openapi.json", get(openapi::serve))
         .route("/docs", get(docs::swagger_ui))
         .route("/redoc", get(docs::redoc))

@@ -40,6 +40,8 @@ use super::envelope::ErrorItem;
         super::ops::version,
         super::ops::config,
         super::ops::metrics,
+        super::seals::seals,
+        super::seals::keys,
         serve,
         super::docs::swagger_ui,
         super::docs::redoc,
@@ -52,11 +54,13 @@ use super::envelope::ErrorItem;
         ErrorCode,
         ErrorEnvelope,
         HealthStatus,
+        crate::integrity::SealLine,
     )),
     tags(
         (name = "ingest", description = "Send audit events"),
         (name = "operations", description = "Health, readiness, version, configuration, metrics"),
         (name = "documentation", description = "This document and the pages that render it"),
+        (name = "integrity", description = "Seals of the stored rows and the keys that sign them"),
     ),
 )]
 pub struct ApiDoc;
@@ -152,6 +156,11 @@ pub const ERROR_CODES: &[ErrorCodeDoc] = &[
         code: "AUD-009",
         status: 503,
         when: "spool write or fsync failed (disk full, I/O error); `Retry-After` set",
+    },
+    ErrorCodeDoc {
+        code: "AUD-013",
+        status: 400,
+        when: "a bad query parameter; the message names it",
     },
     ErrorCodeDoc {
         code: "AUD-404",
