@@ -299,6 +299,10 @@ fn maintain_check(
         }
         let limit = 3.0 * interval.as_secs_f64();
         let reason = match (&s.error, s.lag_seconds > limit) {
+            _ if s.selfcheck.is_some() => s
+                .selfcheck
+                .as_ref()
+                .map(|p| format!("the seal self-check failed: {p}")),
             (Some(e), _) => Some(format!("sealing is failing: {e}")),
             (None, true) => Some(format!(
                 "the oldest unsealed row is {:.0}s old, more than 3 x integrity.seal_interval; \

@@ -751,6 +751,24 @@ async fn the_maintain_role_seals_and_serves_seals_and_keys() {
     );
     let (_, metrics) = app.get_text("/metrics").await;
     assert!(metrics.contains("audit_seals_written_total"), "{metrics}");
+    // The periodic self-check of the newest seal notices a changed row.
+    let newest = Seal::from_bytes(&lines.last().unwrap().decoded().unwrap()).unwrap();
+    s.sql(&format!(
+        "UPDATE audit_events SET action = 'x' WHERE id = '{}'",
+        newest.leaves[0].id
+    ))
+    .await;
+    let reason = eventually(Duration::from_secs(30), "maintain DEGRADED", || async {
+        let m = app.role_health("maintain").await;
+        (m["status"] == "DEGRADED").then(|| m["reason"].as_str().unwrap_or("").to_string())
+    })
+    .await;
+    assert!(reason.contains("self-check"), "{reason}");
+    let (_, metrics) = app.get_text("/metrics").await;
+    assert!(
+        metrics.contains("audit_seal_selfcheck_total{result=\"mismatch\"}"),
+        "{metrics}"
+    );
     app.stop().await;
 
     // Without a database (ingest only): 503 that says why.

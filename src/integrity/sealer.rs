@@ -52,6 +52,8 @@ pub struct SealerStatus {
     pub error: Option<String>,
     /// The newest seal number.
     pub last_seal: Option<u64>,
+    /// What the last self-check of the newest seal found wrong, if anything.
+    pub selfcheck: Option<String>,
 }
 
 /// Shared view of the sealer.
@@ -358,6 +360,70 @@ pub async fn publish_pending(
     Ok(n)
 }
 
+/// Re-verifies the newest seal: its hash, its signature under this sealer's key, and every
+/// row it covers against its leaf. `Ok(None)` when it checks out (or there is no seal yet),
+/// `Ok(Some(problem))` when it does not.
+pub async fn selfcheck(pool: &PgPool, signer: &Signer) -> Result<Option<String>, IntegrityError> {
+    let newest: Option<(Vec<u8>, Vec<u8>, Vec<u8>)> = sqlx::query_as(
+        "SELECT bytes, hash, signature FROM audit_seals ORDER BY seal_no DESC LIMIT 1",
+    )
+    .fetch_optional(pool)
+    .await
+    .map_err(IntegrityError::db("reading the newest seal"))?;
+    let Some((bytes, stored_hash, signature)) = newest else {
+        return Ok(None);
+    };
+    let hash = seal_hash(&bytes);
+    let seal = match Seal::from_bytes(&bytes) {
+        Ok(s) => s,
+        Err(e) => return Ok(Some(format!("the newest seal cannot be read: {e}"))),
+    };
+    let no = seal.seal_no;
+    if stored_hash != hash {
+        return Ok(Some(format!("seal {no}: its bytes do not match its hash")));
+    }
+    if seal.key_id == signer.key_id()
+        && !super::seal::signature_valid(&signer.verifying_key(), &hash, &signature)
+    {
+        return Ok(Some(format!("seal {no}: its signature does not verify")));
+    }
+    let sql = format!(
+        "SELECT {SELECT_LIST} FROM audit_events WHERE seal_seq > $1 AND seal_seq <= $2 \
+         ORDER BY seal_seq"
+    );
+    let rows: Vec<StoredRow> = sqlx::query_as(&sql)
+        .bind(seal.lo)
+        .bind(seal.hi)
+        .fetch_all(pool)
+        .await
+        .map_err(IntegrityError::db("reading the rows of the newest seal"))?;
+    let mut stored = std::collections::HashMap::with_capacity(rows.len());
+    for r in &rows {
+        let key = (
+            r.seal_seq.unwrap_or_default(),
+            r.id.as_str(),
+            micros(r.occurred_at),
+        );
+        stored.insert(key, row_hash(r).ok());
+    }
+    let mut bad = 0usize;
+    for l in &seal.leaves {
+        match stored.remove(&(l.seal_seq, l.id.as_str(), l.occurred_at_us)) {
+            Some(Some(h)) if h == l.row_hash => {}
+            // A row dropped by retention since is not a mismatch.
+            None => {}
+            _ => bad += 1,
+        }
+    }
+    bad += stored.len();
+    Ok((bad > 0).then(|| {
+        format!(
+            "seal {no}: {bad} row(s) differ from what it sealed; run `audit-manager verify` \
+             for the details"
+        )
+    }))
+}
+
 /// Age of the oldest row no seal covers yet, and how many seals are unpublished.
 pub async fn observe(pool: &PgPool) -> Result<(f64, u64), IntegrityError> {
     let (lag, unpublished): (Option<f64>, i64) = sqlx::query_as(
@@ -396,6 +462,16 @@ pub fn spawn(
             }
             .await;
             let observed = observe(&pool).await;
+            let checked = selfcheck(&pool, &signer).await;
+            let result = match &checked {
+                Ok(None) => "ok",
+                Ok(Some(problem)) => {
+                    tracing::error!(%problem, "seal self-check failed: stored rows or seals changed");
+                    "mismatch"
+                }
+                Err(_) => "error",
+            };
+            metrics::counter!("audit_seal_selfcheck_total", "result" => result).increment(1);
             let mut s = state
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -403,6 +479,9 @@ pub fn spawn(
                 s.lag_seconds = lag;
                 s.unpublished = unpublished;
                 metrics::gauge!("audit_seal_lag_seconds").set(lag);
+            }
+            if let Ok(problem) = checked {
+                s.selfcheck = problem;
             }
             match outcome {
                 Ok(report) => {
