@@ -98,7 +98,10 @@ pub async fn start(
     let seals = config.has_role(Role::Maintain) && config.integrity.signing_key_file.is_some();
     let uses_kafka = config.has_role(Role::Forward) || config.has_role(Role::Sink) || seals;
     let embedded_kafka = if uses_kafka && config.kafka.bootstrap_servers == EMBEDDED_KAFKA {
-        let topics = [config.kafka.topic.clone(), config.kafka.dlq_topic.clone()];
+        let mut topics = vec![config.kafka.topic.clone(), config.kafka.dlq_topic.clone()];
+        if seals {
+            topics.push(config.integrity.seal_topic.clone());
+        }
         let partitions = config.kafka.topic_partitions;
         let k = tokio::task::spawn_blocking(move || EmbeddedKafka::start(partitions, &topics))
             .await??;
