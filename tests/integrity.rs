@@ -395,8 +395,10 @@ async fn deleting_the_newest_seals_is_found_against_the_published_copy() {
     let kafka = common::TestKafka::new(1);
     let topic = "openg2p.audit.seals";
     kafka.cluster.create_topic(topic, 1, 1).expect("seal topic");
-    let mut kc = audit_manager::config::KafkaConfig::default();
-    kc.bootstrap_servers = kafka.bootstrap.clone();
+    let kc = audit_manager::config::KafkaConfig {
+        bootstrap_servers: kafka.bootstrap.clone(),
+        ..Default::default()
+    };
     let publisher = Publisher::new(&kc, topic).expect("publisher");
     let s = Sealed::new().await;
     let t = Utc.with_ymd_and_hms(2026, 4, 1, 0, 0, 0).unwrap();

@@ -217,10 +217,9 @@ async fn killing_the_sealer_anywhere_loses_no_coverage() {
     }
 
     // verify agrees, including against the published copies.
-    let kc = {
-        let mut k = audit_manager::config::KafkaConfig::default();
-        k.bootstrap_servers = kafka.bootstrap.clone();
-        k
+    let kc = audit_manager::config::KafkaConfig {
+        bootstrap_servers: kafka.bootstrap.clone(),
+        ..Default::default()
     };
     let topic =
         tokio::task::spawn_blocking(move || read_topic(&kc, SEAL_TOPIC, Duration::from_secs(30)))

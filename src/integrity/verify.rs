@@ -348,7 +348,7 @@ pub async fn verify(
             }
             None if no == 1 && seal.prev_hash != [0u8; 32] => run.find(
                 "chain-broken",
-                format!("seal 1: its prev_hash is not 32 zero bytes"),
+                "seal 1: its prev_hash is not 32 zero bytes".to_string(),
             ),
             None => {}
         }
