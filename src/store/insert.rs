@@ -12,6 +12,10 @@
 //! - [`InsertMethod::Copy`]: `COPY` into a per-session temporary table, then `INSERT … SELECT
 //!   … ON CONFLICT DO NOTHING` from it, in one transaction.
 //!
+//! Every write runs in a transaction that first takes the seal write lock shared
+//! (`pg_advisory_xact_lock_shared`, see `integrity::sealer`), so the sealer can find a point
+//! where no write is in flight and no committed row can fall between two seals.
+//!
 //! `BENCHMARKS.md` has the measurements that chose the default.
 
 use std::fmt::Write as _;
