@@ -429,6 +429,7 @@ async fn verify_command(
         to,
         topic,
         progress: std::io::stderr().is_terminal(),
+        retention_months: Some(config.database.partition_retention_months),
     };
     let mut out = std::io::stdout().lock();
     let started = std::time::Instant::now();

@@ -186,6 +186,19 @@ async fn untouched_database_verifies_clean_across_retention_and_key_rotation() {
         "{out}"
     );
 
+    // The drop is judged against the configured retention: fine for 12 months, early for 120.
+    let strict = VerifyOptions {
+        retention_months: Some(12),
+        ..VerifyOptions::default()
+    };
+    assert!(s.verify_with(&both, &strict).await.0.is_clean());
+    let longer = VerifyOptions {
+        retention_months: Some(120),
+        ..VerifyOptions::default()
+    };
+    let (r, out) = s.verify_with(&both, &longer).await;
+    assert_eq!(kinds(&r), ["retention-early"], "{out}");
+    assert!(out.contains("audit_events_2019_01"), "{out}");
     // Only key B configured: the seal signed by A is not trusted.
     let (r, _) = s
         .verify_with(&keys(&[&key_b]), &VerifyOptions::default())
@@ -534,9 +547,15 @@ async fn many_rows_are_split_into_bounded_seals() {
     let r = s.seal().await;
     assert_eq!(r.sealed, [1, 2, 3]);
     assert_eq!(r.rows as usize, n);
+    // More aborted numbers in a row than a seal's window, then rows again.
+    s.sql("SELECT nextval('audit_events_seal_seq') FROM generate_series(1, 10000)")
+        .await;
+    s.insert(&rows("after-gap", 7, t)).await;
+    let r = s.seal().await;
+    assert_eq!((r.sealed.len(), r.rows), (1, 7));
     let (rep, out) = s.verify().await;
     assert!(rep.is_clean(), "{out}");
-    assert_eq!(rep.rows_ok as usize, n);
+    assert_eq!(rep.rows_ok as usize, n + 7);
 }
 
 #[test]

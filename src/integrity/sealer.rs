@@ -155,26 +155,31 @@ async fn pending_retention(
         .unzip())
 }
 
-/// Reads up to [`MAX_LEAVES`] rows with `seal_seq` in `(after, upto]` as leaves, stopping
-/// before [`MAX_SEAL_BYTES`]. Returns the leaves and whether the range was exhausted.
+/// Reads the rows with `seal_seq` in `(after, min(upto, after + MAX_LEAVES)]` as leaves,
+/// stopping before [`MAX_SEAL_BYTES`]. Returns the leaves and the `hi` they cover.
+///
+/// The window is bounded by `seal_seq` values rather than by `LIMIT`: with a large backlog
+/// PostgreSQL plans `ORDER BY seal_seq LIMIT n` over the whole range as a scan and a sort of
+/// every waiting row, once per seal (measured: 8 000 rows/s sealed); a window of at most
+/// `MAX_LEAVES` numbers is an index range scan of at most `MAX_LEAVES` rows.
 async fn read_leaves(
     conn: &mut PgConnection,
     after: i64,
     upto: i64,
-) -> Result<(Vec<Leaf>, bool), IntegrityError> {
+) -> Result<(Vec<Leaf>, i64), IntegrityError> {
+    let window_hi = upto.min(after.saturating_add(MAX_LEAVES as i64));
     let sql = format!(
         "SELECT {SELECT_LIST} FROM audit_events WHERE seal_seq > $1 AND seal_seq <= $2 \
-         ORDER BY seal_seq LIMIT {MAX_LEAVES}"
+         ORDER BY seal_seq"
     );
     let rows: Vec<StoredRow> = sqlx::query_as(&sql)
         .bind(after)
-        .bind(upto)
+        .bind(window_hi)
         .fetch(&mut *conn)
         .try_collect()
         .await
         .map_err(IntegrityError::db("reading rows to seal"))?;
-    let fetched = rows.len();
-    let mut leaves = Vec::with_capacity(fetched);
+    let mut leaves = Vec::with_capacity(rows.len());
     let mut bytes = 256;
     for r in rows {
         let leaf = Leaf {
@@ -189,12 +194,16 @@ async fn read_leaves(
             id: r.id,
         };
         bytes += leaf.encoded_len();
-        if bytes > MAX_SEAL_BYTES && !leaves.is_empty() {
-            return Ok((leaves, false));
+        if bytes > MAX_SEAL_BYTES
+            && let Some(last) = leaves.last().map(|l: &Leaf| l.seal_seq)
+            && last < leaf.seal_seq
+        {
+            // Close the seal after the last complete seal_seq.
+            return Ok((leaves, last));
         }
         leaves.push(leaf);
     }
-    Ok((leaves, fetched < MAX_LEAVES))
+    Ok((leaves, window_hi))
 }
 
 async fn insert_seal(
@@ -290,20 +299,25 @@ async fn seal_locked(
     let (upto, watermark_at_us) = watermark(conn).await?;
     fault_point("after_watermark");
     let tip = tip(conn).await?;
-    let (mut seal_no, mut prev_hash, mut after) = match &tip {
+    // The next seal covers (lo, hi]; rows are read from `cursor` on (lo < cursor only after
+    // windows holding nothing but gaps).
+    let (mut seal_no, mut prev_hash, mut lo) = match &tip {
         Some(t) => (t.seal_no + 1, t.hash, t.hi),
         None => (1, [0u8; 32], 0),
     };
+    let mut cursor = lo;
     let (mut retention_ids, mut retention) = pending_retention(conn).await?;
-    while after < upto || !retention.is_empty() {
-        let (leaves, exhausted) = read_leaves(conn, after, upto).await?;
+    while cursor < upto || !retention.is_empty() {
+        let (leaves, hi) = read_leaves(conn, cursor, upto).await?;
+        let hi = hi.max(cursor);
         fault_point("rows_read");
-        let hi = match (exhausted, leaves.last()) {
-            (true, _) | (false, None) => upto.max(after),
-            (false, Some(l)) => l.seal_seq,
-        };
         if leaves.is_empty() && retention.is_empty() {
-            // Only gaps (aborted inserts) up to the watermark: nothing to seal.
+            if hi < upto {
+                // A window of gaps only (aborted inserts): look further.
+                cursor = hi;
+                continue;
+            }
+            // Only gaps up to the watermark: nothing to seal.
             break;
         }
         let seal = Seal {
@@ -311,7 +325,7 @@ async fn seal_locked(
             key_id: signer.key_id(),
             created_at_us: micros(Utc::now()),
             watermark_at_us,
-            lo: after,
+            lo,
             hi,
             prev_hash,
             leaves,
@@ -341,7 +355,8 @@ async fn seal_locked(
         }
         prev_hash = signed.hash;
         seal_no += 1;
-        after = hi;
+        lo = hi;
+        cursor = hi;
     }
     Ok(report)
 }

@@ -17,6 +17,9 @@
 //!   `ingested_at` is older than the *previous* seal pass's watermark (a row stored by the
 //!   sink in time for that pass is always covered by the newest one, see `sealer.rs`); a row
 //!   without `seal_seq` stored after the first seal's watermark;
+//! - **retention early**: a retention record of a partition that was not yet past
+//!   `database.partition_retention_months` when it was dropped (the command line passes the
+//!   configured value);
 //! - with `--seals-from-topic`: a seal on the topic that the database lacks (the newest seals
 //!   deleted: truncation), a seal that differs from its published copy, or a seal marked
 //!   published that the topic lacks.
@@ -47,13 +50,17 @@ pub struct VerifyOptions {
     pub topic: Option<BTreeMap<u64, Vec<SealLine>>>,
     /// Show a progress bar on stderr.
     pub progress: bool,
+    /// `database.partition_retention_months`: a retention record of a partition that was not
+    /// yet expired when it was dropped is a finding (`0` = nothing may be dropped).
+    pub retention_months: Option<u32>,
 }
 
 /// One thing found wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Finding {
     /// Stable kind: `row-changed`, `row-missing`, `row-unsealed`, `seal-missing`,
-    /// `seal-changed`, `signature-invalid`, `unknown-key`, `chain-broken`, `seal-truncated`.
+    /// `seal-changed`, `signature-invalid`, `unknown-key`, `chain-broken`, `seal-truncated`,
+    /// `retention-early`.
     pub kind: &'static str,
     pub detail: String,
 }
@@ -520,6 +527,27 @@ pub async fn verify(
                 "seal-truncated",
                 format!("seal {no}: on the seal topic but absent from audit_seals (newest seals deleted)"),
             );
+        }
+    }
+    if let Some(months) = opts.retention_months {
+        for r in &retention {
+            let cutoff = from_micros(r.dropped_at_us)
+                .and_then(|at| crate::store::retention_cutoff(at, months));
+            let expired = cutoff.is_some_and(|c| r.upper_us <= micros(c));
+            if !expired {
+                run.find(
+                    "retention-early",
+                    format!(
+                        "partition {} [{}, {}) was dropped at {} although \
+                         database.partition_retention_months ({months}) kept it (deleted, not \
+                         expired)",
+                        r.partition,
+                        ts(r.lower_us),
+                        ts(r.upper_us),
+                        ts(r.dropped_at_us)
+                    ),
+                );
+            }
         }
     }
     for (r, n) in retention.iter().zip(retained_by) {
