@@ -4,7 +4,8 @@
 //! cargo test --release --test integrity_bench -- --ignored --nocapture --test-threads 1
 //! ```
 //!
-//! `BENCH_EVENTS` (default 1 000 000) sets the number of rows. Each variant uses a fresh
+//! `BENCH_EVENTS` (default 1 000 000) sets the number of rows, `BENCH_VARIANTS` picks variants
+//! (`NoSealSchema,SealingOff,SealingOn`), `BENCH_ROUNDS` repeats them interleaved. Each variant uses a fresh
 //! database; rows are written the sink's way (`Store::insert`, batches of 5 000, COPY, four
 //! statements per batch).
 
@@ -128,11 +129,17 @@ async fn bench_sink_with_and_without_sealing_then_verify() {
         .collect();
     let variants = std::env::var("BENCH_VARIANTS")
         .unwrap_or_else(|_| "NoSealSchema,SealingOff,SealingOn".into());
-    for variant in [
+    // BENCH_ROUNDS > 1 interleaves the variants, so a busy neighbour hurts them alike.
+    let rounds: usize = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let all = [
         Variant::NoSealSchema,
         Variant::SealingOff,
         Variant::SealingOn,
-    ] {
+    ];
+    for variant in (0..rounds).flat_map(|_| all) {
         if !variants.split(',').any(|v| v == format!("{variant:?}")) {
             continue;
         }
