@@ -80,6 +80,18 @@ pub enum IntegrityError {
 }
 
 impl IntegrityError {
+    /// The database or the integrity schema does not exist yet (`3D000`, `42P01`): the
+    /// maintain role is still creating them.
+    pub fn is_schema_missing(&self) -> bool {
+        match self {
+            IntegrityError::Database { source, .. } => matches!(
+                source.as_database_error().and_then(|d| d.code()).as_deref(),
+                Some("3D000" | "42P01")
+            ),
+            _ => false,
+        }
+    }
+
     /// `map_err` helper naming what was being done.
     pub fn db(what: impl Into<String>) -> impl FnOnce(sqlx::Error) -> IntegrityError {
         let what = what.into();

@@ -521,6 +521,11 @@ pub fn spawn(
                     }
                     crate::maintain::PassOutcome::Done
                 }
+                Err(e) if e.is_schema_missing() => {
+                    // The maintain loop creates the database and schema at start.
+                    tracing::debug!(error = %e, "sealer waiting for the schema");
+                    crate::maintain::PassOutcome::Failed
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "sealing failed; will retry");
                     s.error = Some(e.to_string());
