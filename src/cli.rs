@@ -93,9 +93,10 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum TopicsCommand {
-    /// Create kafka.topic and kafka.dlq_topic, or add partitions, so each has at least N.
+    /// Create kafka.topic and kafka.dlq_topic, or add partitions, so each has at least N; with
+    /// integrity.signing_key_file set, also integrity.seal_topic (one partition).
     ///
-    /// Exits 0 when both topics exist with enough partitions, 1 when Kafka refused.
+    /// Exits 0 when every topic exists with enough partitions, 1 when Kafka refused.
     Ensure {
         /// Partitions each topic must have at least (default: kafka.topic_partitions).
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(1..=10_000))]
@@ -325,7 +326,12 @@ async fn topics_ensure(
         .operation_timeout(Some(timeout));
     let replication = kafka.topic_replication;
     let mut ok = true;
-    for topic in [&kafka.topic, &kafka.dlq_topic] {
+    let mut topics = vec![(&kafka.topic, partitions), (&kafka.dlq_topic, partitions)];
+    if config.integrity.signing_key_file.is_some() {
+        // Seals are few and read whole by verify: one partition is enough.
+        topics.push((&config.integrity.seal_topic, 1));
+    }
+    for (topic, partitions) in topics {
         let name = topic.clone();
         let client = admin.inner();
         let metadata = tokio::task::block_in_place(|| client.fetch_metadata(Some(&name), timeout))
