@@ -799,3 +799,25 @@ async fn the_maintain_role_seals_and_serves_seals_and_keys() {
     assert_eq!(common::code(&body), "AUD-006");
     ingest.stop().await;
 }
+
+#[tokio::test]
+async fn a_second_sealer_skips_while_one_is_working() {
+    let s = Sealed::new().await;
+    s.insert(&rows("one", 3, Utc::now())).await;
+    let mut holder = sqlx::PgConnection::connect(&s.db.url).await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(audit_manager::integrity::SEALER_LOCK)
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let mut conn = sqlx::PgConnection::connect(&s.db.url).await.unwrap();
+    let skipped = seal_pass(&mut conn, &s.signer, None).await.unwrap();
+    assert!(!skipped.locked && skipped.sealed.is_empty(), "{skipped:?}");
+    let seals: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_seals")
+        .fetch_one(&s.pool)
+        .await
+        .unwrap();
+    assert_eq!(seals, 0);
+    holder.close().await.unwrap();
+    assert_eq!(s.seal().await.rows, 3);
+}
