@@ -821,3 +821,22 @@ async fn a_second_sealer_skips_while_one_is_working() {
     holder.close().await.unwrap();
     assert_eq!(s.seal().await.rows, 3);
 }
+
+#[tokio::test]
+async fn prepare_restores_the_seal_seq_default_and_is_idempotent() {
+    let s = Sealed::new().await;
+    s.store.prepare().await.expect("again");
+    s.sql("ALTER TABLE audit_events ALTER COLUMN seal_seq DROP DEFAULT")
+        .await;
+    s.insert(&[row("unnumbered", Utc::now())]).await;
+    s.store.prepare().await.expect("restores");
+    s.insert(&[row("numbered", Utc::now())]).await;
+    let got: Vec<(String, Option<i64>)> =
+        sqlx::query_as("SELECT id, seal_seq FROM audit_events ORDER BY id")
+            .fetch_all(&s.pool)
+            .await
+            .unwrap();
+    assert_eq!(got[0].0, "numbered");
+    assert!(got[0].1.is_some());
+    assert_eq!(got[1], ("unnumbered".to_string(), None));
+}

@@ -26,15 +26,16 @@ pub const SEAL_WRITE_LOCK: i64 = 0x6175_6469_7400_0004;
 /// Held (per session, try-lock) by the one sealer working at a time.
 pub const SEALER_LOCK: i64 = 0x6175_6469_7400_0005;
 
-/// The schema integrity adds to the `audit_events` DDL, applied by `Store::prepare` after the
-/// table's own columns. `seal_seq` is added without a default first (a volatile default in
-/// `ADD COLUMN` would rewrite every row of an adopted table); the default applies to rows
-/// stored from then on, and older rows keep NULL ("legacy, stored before sealing").
-pub const SCHEMA: &[&str] = &[
-    // CACHE 1: values are handed out in order, so `last_value` is the highest value drawn.
-    "CREATE SEQUENCE IF NOT EXISTS audit_events_seal_seq AS bigint CACHE 1",
-    "ALTER TABLE audit_events ADD COLUMN IF NOT EXISTS seal_seq bigint",
-    "ALTER TABLE audit_events ALTER COLUMN seal_seq SET DEFAULT nextval('audit_events_seal_seq')",
+/// The sequence numbering rows for sealing. `CACHE 1`: values are handed out in order, so
+/// `last_value` is the highest value drawn (see [`sealer`]).
+pub const SEQUENCE_DDL: &str =
+    "CREATE SEQUENCE IF NOT EXISTS audit_events_seal_seq AS bigint CACHE 1";
+
+/// The default every new row's `seal_seq` takes.
+pub const SEAL_SEQ_DEFAULT: &str = "nextval('audit_events_seal_seq'::regclass)";
+
+/// The tables of the seals and of the retention drops waiting to be sealed.
+pub const TABLES_DDL: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS audit_seals (
         seal_no           bigint      PRIMARY KEY,
         bytes             bytea       NOT NULL,
@@ -59,6 +60,47 @@ pub const SCHEMA: &[&str] = &[
         sealed_in   bigint
     )",
 ];
+
+/// Applies the schema integrity adds to `audit_events` (called by `Store::prepare` inside its
+/// schema transaction, after the table's own columns).
+///
+/// `seal_seq` is added without a default first (a volatile default in `ADD COLUMN` would
+/// rewrite every row of an adopted table); the default then applies to rows stored from then
+/// on, and older rows keep NULL ("legacy, stored before sealing"). Both `ALTER TABLE`s run only
+/// when needed: they take an exclusive lock on `audit_events`, which would queue every insert
+/// behind any long-running query at every start and maintenance pass.
+pub async fn apply_schema(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query(SEQUENCE_DDL).execute(&mut *conn).await?;
+    let column: Option<(Option<String>,)> = sqlx::query_as(
+        "SELECT pg_get_expr(d.adbin, d.adrelid)
+           FROM pg_attribute a
+           LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+          WHERE a.attrelid = 'audit_events'::regclass AND a.attname = 'seal_seq'
+            AND NOT a.attisdropped",
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    if column.is_none() {
+        sqlx::query("ALTER TABLE audit_events ADD COLUMN IF NOT EXISTS seal_seq bigint")
+            .execute(&mut *conn)
+            .await?;
+    }
+    let default = column.and_then(|(d,)| d);
+    if default.as_deref() != Some(SEAL_SEQ_DEFAULT) {
+        if let Some(other) = &default {
+            tracing::warn!(found = %other, "audit_events.seal_seq had another default; restoring it");
+        }
+        sqlx::query(&format!(
+            "ALTER TABLE audit_events ALTER COLUMN seal_seq SET DEFAULT {SEAL_SEQ_DEFAULT}"
+        ))
+        .execute(&mut *conn)
+        .await?;
+    }
+    for ddl in TABLES_DDL {
+        sqlx::query(ddl).execute(&mut *conn).await?;
+    }
+    Ok(())
+}
 
 /// Why an integrity operation could not run (not a finding: see [`verify::Finding`]).
 #[derive(Debug, thiserror::Error)]

@@ -174,16 +174,15 @@ impl Store {
             .execute(&mut *tx)
             .await
             .map_err(|e| StoreError::new(what, e))?;
-        let integrity = crate::integrity::SCHEMA.iter().copied();
-        for stmt in std::iter::once(TABLE_DDL)
-            .chain(ADDED_COLUMNS.iter().copied())
-            .chain(integrity)
-        {
+        for stmt in std::iter::once(TABLE_DDL).chain(ADDED_COLUMNS.iter().copied()) {
             sqlx::query(stmt)
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| StoreError::new(what, e))?;
         }
+        crate::integrity::apply_schema(&mut tx)
+            .await
+            .map_err(|e| StoreError::new(what, e))?;
         let existing = table_indexes(&mut tx)
             .await
             .map_err(|e| StoreError::new(what, e))?;
