@@ -44,6 +44,7 @@ VARIANTS = {
         "database": {"urlSecret": {"name": "audit-db-url", "key": "url"}},
         "auth": {"mode": "token", "tokensSecret": "audit-manager-tokens"},
         "tls": {"secretName": "audit-manager-tls"},
+        "integrity": {"signingKeySecret": "audit-manager-sealer"},
         "env": [
             {
                 "name": "AUDIT_MANAGER__KAFKA__PRODUCER__SASL_PASSWORD",

@@ -62,6 +62,28 @@ pub enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
+    /// Check stored rows and seals for tampering (see docs/integrity.md).
+    ///
+    /// Prints one line per finding. Exits 0 when everything checks out, 1 when something was
+    /// found, 2 when the check could not run.
+    Verify {
+        /// Only rows that occurred at or after this instant (RFC 3339).
+        #[arg(long, value_name = "RFC3339", value_parser = parse_rfc3339)]
+        from: Option<chrono::DateTime<chrono::Utc>>,
+        /// Only rows that occurred before this instant (RFC 3339).
+        #[arg(long, value_name = "RFC3339", value_parser = parse_rfc3339)]
+        to: Option<chrono::DateTime<chrono::Utc>>,
+        /// Also compare the seals with their published copies on integrity.seal_topic (finds
+        /// deleted newest seals).
+        #[arg(long)]
+        seals_from_topic: bool,
+    },
+    /// Create an ed25519 signing key for the sealer: FILE (mode 0600) and FILE.pub.
+    Keygen {
+        /// Where to write the signing key; never overwritten.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
     /// Kafka topics kafka.topic and kafka.dlq_topic (provisioning, e.g. a Helm hook Job).
     Topics {
         #[command(subcommand)]
@@ -91,9 +113,10 @@ pub enum TokenCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum TopicsCommand {
-    /// Create kafka.topic and kafka.dlq_topic, or add partitions, so each has at least N.
+    /// Create kafka.topic and kafka.dlq_topic, or add partitions, so each has at least N; with
+    /// integrity.signing_key_file set, also integrity.seal_topic (one partition).
     ///
-    /// Exits 0 when both topics exist with enough partitions, 1 when Kafka refused.
+    /// Exits 0 when every topic exists with enough partitions, 1 when Kafka refused.
     Ensure {
         /// Partitions each topic must have at least (default: kafka.topic_partitions).
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(1..=10_000))]
@@ -157,6 +180,12 @@ fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
     Config::load(path).context("invalid configuration")
 }
 
+fn parse_rfc3339(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .map_err(|e| format!("not an RFC 3339 time ({e}); e.g. 2026-01-31T00:00:00Z"))
+}
+
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     // Token commands need no configuration: they run wherever tokens are made.
     match cli.command {
@@ -186,8 +215,27 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         _ => {}
     }
+    if let Command::Keygen { out } = &cli.command {
+        let id = crate::integrity::seal::keygen(out)?;
+        println!(
+            "wrote signing key {} and public key {}.pub (key id {})",
+            out.display(),
+            out.display(),
+            hex::encode(id)
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut config = load_config(cli.config.as_deref())?;
     match cli.command {
+        Command::Keygen { .. } => unreachable!("handled above"),
+        Command::Verify {
+            from,
+            to,
+            seals_from_topic,
+        } => {
+            let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            rt.block_on(verify_command(&config, from, to, seals_from_topic))
+        }
         Command::Serve { roles, dev } => {
             if let Some(roles) = roles {
                 config.roles = roles;
@@ -362,7 +410,12 @@ async fn topics_ensure(
         .operation_timeout(Some(timeout));
     let replication = kafka.topic_replication;
     let mut ok = true;
-    for topic in [&kafka.topic, &kafka.dlq_topic] {
+    let mut topics = vec![(&kafka.topic, partitions), (&kafka.dlq_topic, partitions)];
+    if config.integrity.signing_key_file.is_some() {
+        // Seals are few and read whole by verify: one partition is enough.
+        topics.push((&config.integrity.seal_topic, 1));
+    }
+    for (topic, partitions) in topics {
         let name = topic.clone();
         let client = admin.inner();
         let metadata = tokio::task::block_in_place(|| client.fetch_metadata(Some(&name), timeout))
@@ -427,6 +480,70 @@ async fn topics_ensure(
         }
     }
     Ok(ok)
+}
+
+async fn verify_command(
+    config: &Config,
+    from: Option<chrono::DateTime<chrono::Utc>>,
+    to: Option<chrono::DateTime<chrono::Utc>>,
+    seals_from_topic: bool,
+) -> anyhow::Result<ExitCode> {
+    use crate::integrity::{publish, seal, verify};
+    use std::io::{IsTerminal as _, Write as _};
+    let files = &config.integrity.public_key_files;
+    if files.is_empty() {
+        anyhow::bail!(
+            "integrity.public_key_files is empty: verify trusts only the public keys in its \
+             configuration. List the sealer's FILE.pub (and every earlier key) there"
+        );
+    }
+    let mut keys = std::collections::BTreeMap::new();
+    for f in files {
+        let k = seal::load_public_key(f)?;
+        keys.insert(seal::key_id(&k), k);
+    }
+    let topic = if seals_from_topic {
+        let kafka = config.kafka.clone();
+        let name = config.integrity.seal_topic.clone();
+        let t = tokio::task::spawn_blocking(move || {
+            publish::read_topic(&kafka, &name, std::time::Duration::from_secs(60))
+        })
+        .await??;
+        Some(t)
+    } else {
+        None
+    };
+    let store = crate::store::Store::connect_lazy(&config.database.url, 3)?;
+    let opts = verify::VerifyOptions {
+        from,
+        to,
+        topic,
+        progress: std::io::stderr().is_terminal(),
+        retention_months: Some(config.database.partition_retention_months),
+    };
+    let mut out = std::io::stdout().lock();
+    let started = std::time::Instant::now();
+    let report = verify::verify(store.pool(), &keys, &opts, &mut out)
+        .await
+        .context("verify could not run")?;
+    out.flush()?;
+    store.close().await;
+    eprintln!(
+        "verify: {} seal(s), {} row(s) checked in {:.1}s; {} pending (newer than the newest \
+         seal), {} legacy (stored before sealing began), {} dropped by retention; {} finding(s)",
+        report.seals,
+        report.rows_ok,
+        started.elapsed().as_secs_f64(),
+        report.pending_rows,
+        report.legacy_rows,
+        report.retained_rows,
+        report.findings.len()
+    );
+    Ok(if report.is_clean() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 async fn partitions_command(

@@ -14,6 +14,7 @@
 //! - [`store`]: PostgreSQL — schema, monthly partitions, inserts, reachability for `/health`;
 //! - [`maintain`]: the role that keeps partitions created ahead and drops expired ones;
 //! - [`auth`]: principals (tokens file, reloaded on change), TLS/mTLS on the listener;
+//! - [`integrity`]: tamper evidence — row encoding, seals, the sealer, `verify`;
 //! - [`health`], [`metrics`], [`logging`]: what operators see;
 //! - [`config`]: layered configuration (defaults < YAML < environment);
 //! - [`serve`]: wires the roles of one process together; [`shutdown`]: signals and draining;
@@ -30,6 +31,7 @@ pub mod devkafka;
 pub mod event;
 pub mod forward;
 pub mod health;
+pub mod integrity;
 pub mod logging;
 pub mod maintain;
 pub mod metrics;

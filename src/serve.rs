@@ -97,9 +97,13 @@ pub async fn start(
     if let Some((task, trigger)) = opts.inject_panic {
         supervisor.inject_panic(task, trigger);
     }
-    let uses_kafka = config.has_role(Role::Forward) || config.has_role(Role::Sink);
+    let seals = config.has_role(Role::Maintain) && config.integrity.signing_key_file.is_some();
+    let uses_kafka = config.has_role(Role::Forward) || config.has_role(Role::Sink) || seals;
     let embedded_kafka = if uses_kafka && config.kafka.bootstrap_servers == EMBEDDED_KAFKA {
-        let topics = [config.kafka.topic.clone(), config.kafka.dlq_topic.clone()];
+        let mut topics = vec![config.kafka.topic.clone(), config.kafka.dlq_topic.clone()];
+        if seals {
+            topics.push(config.integrity.seal_topic.clone());
+        }
         let partitions = config.kafka.topic_partitions;
         let k = tokio::task::spawn_blocking(move || EmbeddedKafka::start(partitions, &topics))
             .await??;
@@ -206,10 +210,11 @@ pub async fn start(
             store.spawn_monitor(shutdown.child_token()),
         );
         if config.has_role(Role::Maintain) {
+            let sealer = start_sealer(&config, &store, &supervisor, &shutdown)?;
             health.register(
                 Role::Maintain,
                 &[Task::Maintain, Task::DatabaseMonitor],
-                database_check(store.clone()),
+                maintain_check(store.clone(), sealer, config.integrity.seal_interval),
             );
             supervisor.watch(
                 Task::Maintain,
@@ -241,7 +246,15 @@ pub async fn start(
             Task::QueryMonitor,
             store.spawn_monitor(shutdown.child_token()),
         );
-        Some(store)
+        // The keys each event's integrity is checked with; never keys from the database.
+        let keys = config
+            .integrity
+            .public_key_files
+            .iter()
+            .map(|p| crate::integrity::seal::load_public_key(p))
+            .collect::<Result<Vec<_>, _>>()
+            .context("cannot load integrity.public_key_files for the query role")?;
+        Some((store, keys))
     } else {
         None
     };
@@ -255,8 +268,11 @@ pub async fn start(
         shutdown.clone(),
         auth,
     );
-    if let Some(store) = &query {
-        state = state.with_query(store.clone());
+    if let Some((store, keys)) = query {
+        state = state.with_query(store, keys);
+    }
+    if let Some(store) = &store {
+        state = state.with_database(store.pool().clone());
     }
     let app = api::router(state);
     let token = shutdown.clone();
@@ -328,6 +344,95 @@ fn refuse_anonymous_reads(config: &Config) -> anyhow::Result<()> {
          principals in auth.tokens_file, or (private test setups only) query.allow_anonymous: \
          true"
     )
+}
+
+/// Starts the sealer when `integrity.signing_key_file` is set; warns when it is not.
+fn start_sealer(
+    config: &Config,
+    store: &Store,
+    supervisor: &Supervisor,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<crate::integrity::sealer::SealerState>> {
+    use crate::integrity::{publish::Publisher, seal, sealer};
+    let Some(path) = &config.integrity.signing_key_file else {
+        tracing::warn!(
+            "integrity.signing_key_file is not set: stored rows are NOT sealed, so changes to \
+             them cannot be detected. Create a key with `audit-manager keygen --out FILE` and \
+             set integrity.signing_key_file (see docs/integrity.md)"
+        );
+        return Ok(None);
+    };
+    let key = seal::load_signing_key(path).context("cannot load integrity.signing_key_file")?;
+    let signer = seal::Signer::new(key);
+    tracing::info!(key_id = %hex::encode(signer.key_id()), "sealing stored rows");
+    let publisher = Publisher::new(&config.kafka, &config.integrity.seal_topic)?;
+    let state = sealer::SealerState::default();
+    supervisor.watch(
+        Task::Sealer,
+        sealer::spawn(
+            store.pool().clone(),
+            signer,
+            Some(publisher),
+            config.integrity.seal_interval,
+            state.clone(),
+            shutdown.child_token(),
+        ),
+    );
+    Ok(Some(state))
+}
+
+/// The maintain role: the database check, and DEGRADED while the sealer lags more than three
+/// seal intervals behind or fails.
+fn maintain_check(
+    store: Store,
+    sealer: Option<crate::integrity::sealer::SealerState>,
+    interval: std::time::Duration,
+) -> crate::health::Check {
+    let db = database_check(store);
+    Arc::new(move || {
+        let mut report = db();
+        let Some(sealer) = &sealer else {
+            report.detail.insert(
+                "sealing".into(),
+                json!("off (no integrity.signing_key_file)"),
+            );
+            return report;
+        };
+        let s = sealer
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_else(|e| e.into_inner().clone());
+        report.detail.insert(
+            "sealing".into(),
+            json!({
+                "lag_seconds": s.lag_seconds,
+                "last_seal": s.last_seal,
+                "unpublished": s.unpublished,
+            }),
+        );
+        if report.status != Status::Up {
+            return report;
+        }
+        let limit = 3.0 * interval.as_secs_f64();
+        let reason = match (&s.error, s.lag_seconds > limit) {
+            _ if s.selfcheck.is_some() => s
+                .selfcheck
+                .as_ref()
+                .map(|p| format!("the seal self-check failed: {p}")),
+            (Some(e), _) => Some(format!("sealing is failing: {e}")),
+            (None, true) => Some(format!(
+                "the oldest unsealed row is {:.0}s old, more than 3 x integrity.seal_interval; \
+                 check the sealer's log",
+                s.lag_seconds
+            )),
+            _ => None,
+        };
+        if let Some(reason) = reason {
+            report.status = Status::Degraded;
+            report.reason = Some(reason);
+        }
+        report
+    })
 }
 
 /// Sink and maintain are down (AUD-006) while the database is unreachable; ingest is not

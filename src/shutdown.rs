@@ -62,6 +62,8 @@ pub enum Task {
     Sink,
     /// Partition maintenance.
     Maintain,
+    /// Sealing stored rows (maintain role).
+    Sealer,
     /// The database reachability monitor shared by sink and maintain.
     DatabaseMonitor,
     /// The reachability monitor of the query role's read-only pool.
@@ -75,6 +77,7 @@ impl fmt::Display for Task {
             Task::Forward => "forward",
             Task::Sink => "sink",
             Task::Maintain => "maintain",
+            Task::Sealer => "sealer",
             Task::DatabaseMonitor => "database monitor",
             Task::QueryMonitor => "query database monitor",
         })

@@ -276,6 +276,16 @@ async fn config_needs_a_reader() {
     let (status, body) = get(&app, "/config", Some(READER_TOKEN)).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["response"]["auth"]["mode"], "token");
+    // The seals are read by auditors: readers only (this process has no database: 503 after).
+    for path in ["/seals", "/seals/keys"] {
+        let (status, body) = get(&app, path, None).await;
+        assert_eq!((status, code(&body)), (401, "AUD-010"), "{path}: {body}");
+        let (status, body) = get(&app, path, Some(EMITTER_TOKEN)).await;
+        assert_eq!((status, code(&body)), (403, "AUD-012"), "{path}: {body}");
+        let (status, body) = get(&app, path, Some(READER_TOKEN)).await;
+        assert_ne!(status, 401, "{path}: {body}");
+        assert_ne!(status, 403, "{path}: {body}");
+    }
     let (_, metrics) = app.get_text("/metrics").await;
     assert_eq!(
         metric(
@@ -283,7 +293,7 @@ async fn config_needs_a_reader() {
             "audit_auth_rejected_total",
             &["code=\"AUD-012\"", "principal=\"registry\""]
         ),
-        1.0
+        3.0
     );
 }
 

@@ -276,6 +276,9 @@ async fn prepare_creates_a_missing_database() {
             .fetch_one(&pool)
             .await
             .unwrap();
-    assert_eq!(indexes, 6, "primary key and the five indexes");
+    assert_eq!(
+        indexes, 7,
+        "primary key, the five indexes and the seal_seq index"
+    );
     store.close().await;
 }

@@ -15,12 +15,13 @@ const WAIT: Duration = Duration::from_secs(60);
 /// The reference's DDL and a few of its rows.
 const REFERENCE_SCHEMA: &str = include_str!("fixtures/reference-schema.sql");
 
-/// The reference's index names, and the primary key's.
-const REFERENCE_INDEXES: [&str; 6] = [
+/// The reference's index names, the primary key's, and the sealer's `seal_seq` index.
+const REFERENCE_INDEXES: [&str; 7] = [
     "audit_events_pkey",
     "idx_audit_events_actor",
     "idx_audit_events_occurred_at",
     "idx_audit_events_resource",
+    "idx_audit_events_seal_seq",
     "idx_audit_events_trace",
     "idx_audit_events_type",
 ];
@@ -59,9 +60,10 @@ async fn indexes(pool: &sqlx::PgPool) -> Vec<(String, String, String)> {
     .expect("list indexes")
 }
 
-/// Asserts the parent and each partition carry exactly six indexes with distinct definitions;
-/// returns the parent's index names.
-async fn assert_six_indexes_everywhere(pool: &sqlx::PgPool, partitions: &[&str]) -> Vec<String> {
+/// Asserts the parent and each partition carry exactly seven indexes (the primary key, the
+/// reference's five, the `seal_seq` index) with distinct definitions; returns the parent's
+/// index names.
+async fn assert_seven_indexes_everywhere(pool: &sqlx::PgPool, partitions: &[&str]) -> Vec<String> {
     let all = indexes(pool).await;
     let mut tables: Vec<&str> = vec!["audit_events"];
     tables.extend_from_slice(partitions);
@@ -73,15 +75,15 @@ async fn assert_six_indexes_everywhere(pool: &sqlx::PgPool, partitions: &[&str])
             .collect();
         assert_eq!(
             defs.len(),
-            6,
-            "{table}: PK + 5 indexes expected, got {all:#?}"
+            7,
+            "{table}: PK + 6 indexes expected, got {all:#?}"
         );
         let mut distinct = defs.clone();
         distinct.sort_unstable();
         distinct.dedup();
         assert_eq!(
             distinct.len(),
-            6,
+            7,
             "{table}: duplicate index definitions: {defs:?}"
         );
     }
@@ -146,7 +148,7 @@ async fn sink_adopts_a_reference_database_without_duplicate_indexes_or_rows() {
     );
     assert_eq!(details["changes"][0]["field"], "phone");
 
-    let mut names = assert_six_indexes_everywhere(
+    let mut names = assert_seven_indexes_everywhere(
         &pool,
         &[
             "audit_events_2026_10",
@@ -162,7 +164,7 @@ async fn sink_adopts_a_reference_database_without_duplicate_indexes_or_rows() {
     );
 
     let cols = columns(&pool).await;
-    for added in ["auth_type", "auth_id"] {
+    for added in ["auth_type", "auth_id", "seal_seq"] {
         assert!(cols.iter().any(|c| c == added), "{added} added: {cols:?}");
     }
 }
@@ -196,7 +198,7 @@ async fn an_equivalent_index_under_another_name_is_not_built_again() {
     .await;
 
     let mut names =
-        assert_six_indexes_everywhere(&pool, &["audit_events_2026_10", "audit_events_2026_11"])
+        assert_seven_indexes_everywhere(&pool, &["audit_events_2026_10", "audit_events_2026_11"])
             .await;
     names.sort_unstable();
     assert_eq!(
@@ -208,6 +210,7 @@ async fn an_equivalent_index_under_another_name_is_not_built_again() {
             "audit_events_resource_idx",
             "audit_events_trace_id_idx",
             "audit_events_type_idx",
+            "idx_audit_events_seal_seq",
         ]
     );
 }

@@ -86,3 +86,24 @@ fn an_unreachable_broker_fails_with_the_address() {
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains(&bootstrap), "{stderr}");
 }
+
+#[test]
+fn the_seal_topic_is_ensured_when_sealing_is_configured() {
+    let kafka = MockKafka::new(1, 4);
+    let (code, stdout, stderr) = run_cli(
+        &["topics", "ensure", "--timeout", "3s", "--partitions", "4"],
+        &[
+            ("AUDIT_MANAGER__KAFKA__BOOTSTRAP_SERVERS", &kafka.bootstrap),
+            (
+                "AUDIT_MANAGER__INTEGRITY__SIGNING_KEY_FILE",
+                "/keys/sealer.key",
+            ),
+        ],
+    );
+    // The mock cannot create it: the hook fails and names it.
+    assert_eq!(code, 1, "stdout: {stdout}\nstderr: {stderr}");
+    assert!(
+        stderr.contains("openg2p.audit.seals: ") && stderr.contains("created with 1 partitions"),
+        "{stderr}"
+    );
+}

@@ -84,18 +84,44 @@ async fn the_investigators_page_searches_pages_shows_detail_and_exports() {
         "playwright-core is not installed: run `npm ci --prefix tests/browser` (and \
          `apt-get install chromium`), as .ci/run does"
     );
-    let data = rows(250);
+    let mut data = rows(250);
     let db = TestDb::new().await;
     let store = Store::connect_lazy(&db.url, 2).expect("store");
     store.prepare().await.expect("schema");
     store.insert(&data).await.expect("rows");
+    // Seal them, then change one sealed row and store a few more after the seal.
+    let keys = tempfile::tempdir().unwrap();
+    let key_file = keys.path().join("sealer.key");
+    audit_manager::integrity::seal::keygen(&key_file).expect("keygen");
+    let signer = audit_manager::integrity::seal::Signer::new(
+        audit_manager::integrity::seal::load_signing_key(&key_file).unwrap(),
+    );
+    {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+        audit_manager::integrity::sealer::seal_pass(&mut conn, &signer, None)
+            .await
+            .expect("seal");
+        sqlx::query("UPDATE audit_events SET outcome = 'success' WHERE id = 'evt-0007'")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+    let mut late = rows(255).split_off(250);
+    for r in &mut late {
+        r.id = r.id.replace("evt-", "late-");
+    }
+    store.insert(&late).await.expect("late rows");
+    data.extend(late.iter().cloned());
     store.close().await;
+    let public_key = keys.path().join("sealer.key.pub");
     let kafka = TestKafka::new(1);
     let url = db.url.clone();
     let mut app = TestApp::with_kafka(&kafka.bootstrap.clone(), move |c| {
         c.roles = vec![Role::Query, Role::Forward];
         c.database.url = url.into();
         c.query.allow_anonymous = true;
+        c.integrity.public_key_files = vec![public_key];
     })
     .await;
 
@@ -107,6 +133,8 @@ async fn the_investigators_page_searches_pages_shows_detail_and_exports() {
         "actorCount": data.iter().filter(|r| r.actor_id == actor).count(),
         "traceOf": { "id": traced.id, "actor": traced.actor_id, "trace_id": traced.trace_id },
         "traceCount": data.iter().filter(|r| r.trace_id == traced.trace_id).count(),
+        "late": late.len(),
+        "tampered": { "id": "evt-0007", "actor": data[7].actor_id },
         "changeField": "address.city",
         "changeBefore": "Kisumu",
         "changeAfter": "Nakuru",

@@ -135,7 +135,8 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
     };
     let name = caller.principal.name.as_str();
     let rel = path.strip_prefix(BASE).unwrap_or(path);
-    if rel == "/config" && !caller.principal.may_read() {
+    let reads = rel == "/config" || rel == "/seals" || rel == "/seals/keys";
+    if reads && !caller.principal.may_read() {
         return refuse(
             ApiError::ReadForbidden(format!(
                 "principal {name:?} is an emitter and may not read; use a reader's credentials"

@@ -11,6 +11,7 @@ mod ingest;
 pub mod openapi;
 mod ops;
 mod query;
+mod seals;
 mod ui;
 
 use std::sync::Arc;
@@ -57,6 +58,10 @@ pub struct AppInner {
     pub auth: Option<Authenticator>,
     /// The read-only connections of the query role, when this process runs it.
     pub query: Option<Store>,
+    /// Public keys the query role checks seals with (`integrity.public_key_files`).
+    pub trusted_keys: Vec<ed25519_dalek::VerifyingKey>,
+    /// The database, when this process runs a role that has one (sink, maintain): `/seals`.
+    pub database: Option<sqlx::PgPool>,
 }
 
 impl AppState {
@@ -94,13 +99,24 @@ impl AppState {
             shutdown,
             auth,
             query: None,
+            trusted_keys: Vec::new(),
+            database: None,
         }))
     }
 
+    /// Serves `/seals` from `pool` (call before the state is shared).
+    pub fn with_database(mut self, pool: sqlx::PgPool) -> AppState {
+        if let Some(inner) = Arc::get_mut(&mut self.0) {
+            inner.database = Some(pool);
+        }
+        self
+    }
+
     /// Serves the query role's routes from `store` (call before [`router`]).
-    pub fn with_query(mut self, store: Store) -> AppState {
+    pub fn with_query(mut self, store: Store, keys: Vec<ed25519_dalek::VerifyingKey>) -> AppState {
         if let Some(inner) = Arc::get_mut(&mut self.0) {
             inner.query = Some(store);
+            inner.trusted_keys = keys;
         }
         self
     }
@@ -121,6 +137,8 @@ pub fn router(state: AppState) -> Router {
         .route("/version", get(ops::version))
         .route("/config", get(ops::config))
         .route("/metrics", get(ops::metrics))
+        .route("/seals", get(seals::seals))
+        .route("/seals/keys", get(seals::keys))
         .route("/openapi.json", get(openapi::serve))
         .route("/docs", get(docs::swagger_ui))
         .route("/redoc", get(docs::redoc))

@@ -45,6 +45,8 @@ use super::envelope::ErrorItem;
         super::ops::version,
         super::ops::config,
         super::ops::metrics,
+        super::seals::seals,
+        super::seals::keys,
         serve,
         super::docs::swagger_ui,
         super::docs::redoc,
@@ -57,6 +59,7 @@ use super::envelope::ErrorItem;
         ErrorCode,
         ErrorEnvelope,
         HealthStatus,
+        crate::integrity::SealLine,
     )),
     modifiers(&SecuritySchemes),
     tags(
@@ -64,6 +67,7 @@ use super::envelope::ErrorItem;
         (name = "query", description = "Read stored events (role `query`); every read is itself recorded"),
         (name = "operations", description = "Health, readiness, version, configuration, metrics"),
         (name = "documentation", description = "This document and the pages that render it"),
+        (name = "integrity", description = "Seals of the stored rows and the keys that sign them"),
     ),
 )]
 pub struct ApiDoc;

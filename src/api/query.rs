@@ -15,7 +15,7 @@ use super::ingest;
 use crate::auth::Caller;
 use crate::query::export::{self, Format};
 use crate::query::trail::{self, Action, Reader};
-use crate::query::{params, sql};
+use crate::query::{integrity, params, sql};
 use crate::store::Store;
 
 fn store(state: &AppState) -> Result<&Store, ApiError> {
@@ -177,14 +177,22 @@ pub async fn search(
     }
     let result = sql::page(store.pool(), &req.filter, req.after.as_ref(), req.limit).await;
     let page = result.map_err(|e| db_error(&state, e))?;
+    let sealed_up_to = integrity::sealed_up_to(store.pool()).await;
     let mut context = req.filter.to_json();
     context.insert("returned".into(), json!(page.rows.len()));
     if req.after.is_some() {
         context.insert("page".into(), json!("next"));
     }
     record(&state, &reader, Action::Query, "success", context).await?;
+    let mut events = parse_rows(page.rows);
+    for e in &mut events {
+        let status = integrity::page_status(e, sealed_up_to);
+        if let Value::Object(m) = e {
+            m.insert("integrity".into(), json!({ "status": status }));
+        }
+    }
     let payload = json!({
-        "events": parse_rows(page.rows),
+        "events": events,
         "next_cursor": page.next.map(|c| c.encode()),
     });
     Ok(respond(StatusCode::OK, Some(&payload), &[]))
@@ -226,6 +234,20 @@ pub async fn by_id(
             "no stored event has id {id:?} (it may still be on its way: spool → Kafka → sink)"
         )));
     }
-    let payload = json!({ "events": parse_rows(rows), "next_cursor": null });
+    let mut events = parse_rows(rows);
+    for e in &mut events {
+        let at = e["occurred_at"]
+            .as_str()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.timestamp_micros());
+        let status = match at {
+            Some(at) => integrity::check_row(store.pool(), &state.trusted_keys, &id, at).await,
+            None => json!({ "status": "unknown", "detail": "the row's time cannot be read" }),
+        };
+        if let Value::Object(m) = e {
+            m.insert("integrity".into(), status);
+        }
+    }
+    let payload = json!({ "events": events, "next_cursor": null });
     Ok(respond(StatusCode::OK, Some(&payload), &[]))
 }

@@ -250,6 +250,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// The investigators' read API (role `query`).
     pub query: QueryConfig,
+    /// Tamper evidence: sealing stored rows and verifying them.
+    pub integrity: IntegrityConfig,
     /// The `id` of every response envelope (the reference service's `service_id`).
     /// Default `openg2p.auditmanager`.
     pub service_id: String,
@@ -487,6 +489,38 @@ impl Default for QueryConfig {
     }
 }
 
+/// Tamper evidence (`audit_manager.integrity`); see `docs/integrity.md`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IntegrityConfig {
+    /// The sealer's ed25519 signing key (from `audit-manager keygen`), used by the maintain
+    /// role. Without it nothing is sealed (a warning at start). Default: none.
+    pub signing_key_file: Option<PathBuf>,
+    /// Public keys (`FILE.pub` from `keygen`) that `verify` trusts; keys stored in the
+    /// database are never trusted. List every key that ever signed (rotation). Default: none.
+    pub public_key_files: Vec<PathBuf>,
+    /// How often stored rows are sealed (duration). Default `1m`.
+    #[serde(
+        deserialize_with = "de_duration",
+        serialize_with = "humantime_serde::serialize"
+    )]
+    pub seal_interval: Duration,
+    /// Kafka topic every seal is also published to (the off-database copy).
+    /// Default `openg2p.audit.seals`.
+    pub seal_topic: String,
+}
+
+impl Default for IntegrityConfig {
+    fn default() -> Self {
+        IntegrityConfig {
+            signing_key_file: None,
+            public_key_files: Vec::new(),
+            seal_interval: Duration::from_secs(60),
+            seal_topic: "openg2p.audit.seals".to_string(),
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -499,6 +533,7 @@ impl Default for Config {
             sink: SinkConfig::default(),
             database: DatabaseConfig::default(),
             query: QueryConfig::default(),
+            integrity: IntegrityConfig::default(),
             service_id: "openg2p.auditmanager".to_string(),
             api_version: "1.0".to_string(),
             build_info: BuildInfo::default(),
@@ -742,6 +777,13 @@ impl Config {
             "database.partition_pre_create_months",
             self.database.partition_pre_create_months,
         )?;
+        non_empty("integrity.seal_topic", &self.integrity.seal_topic)?;
+        if self.integrity.seal_interval.is_zero() {
+            return Err(invalid(
+                "integrity.seal_interval",
+                "must be longer than 0 (e.g. \"1m\")".to_string(),
+            ));
+        }
         non_empty("service_id", &self.service_id)?;
         non_empty("api_version", &self.api_version)?;
         self.validate_auth()

@@ -4,6 +4,9 @@
 //! retried sooner (after at most [`RETRY_AFTER_FAILURE`]). Every pass runs under a session
 //! advisory lock (`pg_try_advisory_lock`), so of several maintainers only one works at a time;
 //! the others skip that pass.
+//!
+//! With `integrity.signing_key_file` set, the role also runs the sealer
+//! ([`crate::integrity::sealer`]) on its own schedule (`integrity.seal_interval`).
 
 use std::future::Future;
 use std::time::Duration;

@@ -9,6 +9,7 @@
 //! - [`trail`]: the audit event that records each read (who, what filters, outcome).
 
 pub mod export;
+pub mod integrity;
 pub mod params;
 pub mod sql;
 pub mod trail;

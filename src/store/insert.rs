@@ -12,6 +12,10 @@
 //! - [`InsertMethod::Copy`]: `COPY` into a per-session temporary table, then `INSERT … SELECT
 //!   … ON CONFLICT DO NOTHING` from it, in one transaction.
 //!
+//! Every write runs in a transaction that first takes the seal write lock shared
+//! (`pg_advisory_xact_lock_shared`, see `integrity::sealer`), so the sealer can find a point
+//! where no write is in flight and no committed row can fall between two seals.
+//!
 //! `BENCHMARKS.md` has the measurements that chose the default.
 
 use std::fmt::Write as _;
@@ -68,6 +72,20 @@ const TEMP_TABLE_SQL: &str = "
         actor_type text, actor_id text, resource_type text, resource_id text, action text,
         outcome text, reason text, trace_id text, details text, auth_type text, auth_id text
     ) ON COMMIT DELETE ROWS";
+
+/// Begins a write transaction of `audit_events`: every one holds the seal write lock shared
+/// until it ends, which is what lets the sealer find a gap-free watermark (see
+/// `integrity::sealer`).
+async fn begin_write(
+    conn: &mut sqlx::PgConnection,
+) -> Result<sqlx::Transaction<'_, sqlx::Postgres>, sqlx::Error> {
+    let mut tx = conn.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
+        .bind(crate::integrity::SEAL_WRITE_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
+}
 
 /// Batches smaller than this are written by one statement even when parallelism allows more.
 const MIN_PARALLEL_CHUNK: usize = 500;
@@ -161,7 +179,8 @@ impl Store {
             ..like.clone()
         };
         let err = |e| StoreError::new("inserting a probe row (rolled back)", e);
-        let mut tx = self.pool.begin().await.map_err(err)?;
+        let mut conn = self.pool.acquire().await.map_err(err)?;
+        let mut tx = begin_write(&mut conn).await.map_err(err)?;
         unnest_query(&[&probe])
             .execute(&mut *tx)
             .await
@@ -170,10 +189,15 @@ impl Store {
     }
 
     async fn insert_unnest(&self, rows: &[&Row]) -> Result<Inserted, StoreError> {
-        let result = unnest_query(rows)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| StoreError::new(format!("inserting {} rows", rows.len()), e))?;
+        let result = async {
+            let mut conn = self.pool.acquire().await?;
+            let mut tx = begin_write(&mut conn).await?;
+            let r = unnest_query(rows).execute(&mut *tx).await?;
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(r)
+        }
+        .await
+        .map_err(|e| StoreError::new(format!("inserting {} rows", rows.len()), e))?;
         Ok(counted(rows.len(), result.rows_affected()))
     }
 
@@ -181,7 +205,7 @@ impl Store {
         let what = || format!("copying {} rows", rows.len());
         let err = |e| StoreError::new(what(), e);
         let mut conn = self.pool.acquire().await.map_err(err)?;
-        let mut tx = conn.begin().await.map_err(err)?;
+        let mut tx = begin_write(&mut conn).await.map_err(err)?;
         sqlx::query(TEMP_TABLE_SQL)
             .execute(&mut *tx)
             .await
@@ -208,7 +232,10 @@ impl Store {
     async fn insert_copy_first(&self, rows: &[&Row]) -> Result<Inserted, StoreError> {
         let copied = async {
             let mut conn = self.pool.acquire().await?;
-            copy_in(&mut conn, "audit_events", rows).await
+            let mut tx = begin_write(&mut conn).await?;
+            let n = copy_in(&mut tx, "audit_events", rows).await?;
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(n)
         }
         .await
         .map_err(|e| StoreError::new(format!("copying {} rows", rows.len()), e));

@@ -238,9 +238,17 @@ impl Store {
                 if upper > cutoff {
                     continue;
                 }
-                sqlx::query(&format!("DROP TABLE IF EXISTS {}", quote_ident(&p.name)))
-                    .execute(&mut *conn)
-                    .await
+                // The drop and its retention record (for verify) commit together.
+                let dropped = async {
+                    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+                    crate::integrity::record_retention(&mut tx, &p.name, p.lower, p.upper).await?;
+                    sqlx::query(&format!("DROP TABLE IF EXISTS {}", quote_ident(&p.name)))
+                        .execute(&mut *tx)
+                        .await?;
+                    tx.commit().await
+                }
+                .await;
+                dropped
                     .map_err(|e| StoreError::new(format!("dropping partition {}", p.name), e))?;
                 tracing::info!(
                     partition = %p.name, upper = %upper, cutoff = %cutoff,

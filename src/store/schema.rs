@@ -54,7 +54,7 @@ pub struct IndexSpec {
     pub definition: &'static str,
 }
 
-/// The five secondary indexes, named as the reference names them.
+/// The secondary indexes: the reference's five under its names, and the sealer's.
 pub const INDEXES: &[IndexSpec] = &[
     IndexSpec {
         name: "idx_audit_events_occurred_at",
@@ -75,6 +75,11 @@ pub const INDEXES: &[IndexSpec] = &[
     IndexSpec {
         name: "idx_audit_events_trace",
         definition: "btree (trace_id) WHERE (trace_id IS NOT NULL)",
+    },
+    // Not the reference's: sealing and verify read rows in `seal_seq` order.
+    IndexSpec {
+        name: "idx_audit_events_seal_seq",
+        definition: "btree (seal_seq)",
     },
 ];
 
@@ -175,6 +180,9 @@ impl Store {
                 .await
                 .map_err(|e| StoreError::new(what, e))?;
         }
+        crate::integrity::apply_schema(&mut tx)
+            .await
+            .map_err(|e| StoreError::new(what, e))?;
         let existing = table_indexes(&mut tx)
             .await
             .map_err(|e| StoreError::new(what, e))?;
@@ -244,7 +252,8 @@ mod tests {
             [
                 "idx_audit_events_occurred_at",
                 "idx_audit_events_resource",
-                "idx_audit_events_type"
+                "idx_audit_events_type",
+                "idx_audit_events_seal_seq"
             ]
         );
     }

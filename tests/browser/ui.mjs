@@ -45,6 +45,10 @@ try {
     `scrolling loaded all ${expect.total} events, each once`);
   const times = await rows.evaluateAll((trs) => trs.map((tr) => tr.cells[0].textContent));
   check(times.every((t, i) => i === 0 || times[i - 1] >= t), 'the timeline is newest first');
+  const integrity = await rows.evaluateAll((trs) => trs.map((tr) => tr.cells[6].textContent));
+  check(integrity.filter((t) => t === 'not yet sealed').length === expect.late
+    && integrity.filter((t) => t === 'sealed').length === expect.total - expect.late,
+    `the integrity column shows ${expect.late} rows not yet sealed and the rest sealed`);
 
   // 2. Search by actor (keyboard: type, Enter).
   await page.fill('input[name=actor_id]', expect.actor);
@@ -74,12 +78,33 @@ try {
   check(change[0] === expect.changeField && change[1] === expect.changeBefore && change[2] === expect.changeAfter,
     `the changes table shows ${expect.changeField}: ${expect.changeBefore} → ${expect.changeAfter}`);
   check((await page.textContent('#details-json')).includes('"changes"'), 'the details JSON is shown');
+  await page.waitForFunction(() => document.querySelector('#integrity-status').textContent !== 'checking…');
+  check((await page.textContent('#integrity-status')).startsWith('sealed and verified'),
+    `the detail verifies the row against its seal (${await page.textContent('#integrity-status')})`);
 
   // 4. Pivot: everything in this trace.
   await page.click('#by-trace');
   await page.waitForFunction((n) => document.querySelector('#status').textContent === `${n} event${n === 1 ? '' : 's'}.`, expect.traceCount);
   check(await page.inputValue('input[name=trace_id]') === expect.traceOf.trace_id, 'the pivot fills the trace id into the search');
   check(await rows.count() === expect.traceCount, `"everything in this trace" shows its ${expect.traceCount} events`);
+  await page.keyboard.press('Escape');
+
+  // 4b. A row changed after sealing is shown as failed.
+  await page.fill('input[name=trace_id]', '');
+  await page.fill('input[name=actor_id]', expect.tampered.actor);
+  await page.press('input[name=actor_id]', 'Enter');
+  await page.waitForFunction(() => /^\d+ events?\.$/.test(document.querySelector('#status').textContent));
+  const tampered = page.locator(`#timeline tbody tr[data-id="${expect.tampered.id}"]`);
+  for (let i = 0; i < 10 && (await tampered.count()) === 0; i++) {
+    await page.locator('#sentinel').scrollIntoViewIfNeeded();
+    await page.waitForTimeout(100);
+  }
+  await tampered.click();
+  await page.waitForFunction(() => document.querySelector('#integrity-status').textContent !== 'checking…'
+    && document.querySelector('#integrity-status').textContent !== '—');
+  const verdict = await page.textContent('#integrity-status');
+  check(verdict.startsWith('FAILED verification') && verdict.includes('changed after sealing'),
+    `a row changed after sealing is shown as failed (${verdict})`);
   await page.keyboard.press('Escape');
 
   // 5. Export the current search as CSV.

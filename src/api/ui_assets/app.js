@@ -152,12 +152,16 @@ function cell(text, cls) {
   return td;
 }
 
-// Integrity of a row as the service reports it (`integrity` on each row once sealing is on).
-function integrityOf(ev) {
-  switch (ev.integrity) {
-    case 'verified': return ['sealed · verified', 'integrity verified'];
+// Integrity of a row as the service reports it: on a page `sealed` / `unsealed` / `legacy`;
+// for one event (the detail) the full check: `verified`, `failed`, `unverifiable`, ….
+function integrityOf(status) {
+  switch (status) {
+    case 'verified': return ['sealed and verified', 'integrity verified'];
+    case 'sealed': return ['sealed', 'integrity verified'];
     case 'unsealed': return ['not yet sealed', 'integrity'];
+    case 'legacy': return ['before sealing', 'integrity'];
     case 'failed': return ['FAILED verification', 'integrity failed'];
+    case 'unverifiable': return ['sealed, key not configured', 'integrity'];
     default: return ['—', 'integrity'];
   }
 }
@@ -167,7 +171,7 @@ function rowFor(ev) {
   tr.tabIndex = 0;
   tr.dataset.id = ev.id;
   const resource = [ev.resource_type, ev.resource_id].filter(Boolean).join(' / ');
-  const [integrity, integrityClass] = integrityOf(ev);
+  const [integrity, integrityClass] = integrityOf(ev.integrity && ev.integrity.status);
   tr.append(
     cell(formatTime(ev.occurred_at)),
     cell(ev.actor_id),
@@ -196,7 +200,7 @@ function showDetail(ev, tr) {
   const dl = $('#fields');
   dl.replaceChildren();
   for (const [k, v] of Object.entries(ev)) {
-    if (k === 'details') continue;
+    if (k === 'details' || k === 'integrity') continue;
     const dt = document.createElement('dt');
     dt.textContent = k;
     const dd = document.createElement('dd');
@@ -223,6 +227,34 @@ function showDetail(ev, tr) {
   $('#by-actor').onclick = () => pivot({ actor_id: ev.actor_id });
   detail.hidden = false;
   detail.focus();
+  checkIntegrity(ev);
+}
+
+// The full integrity check of one event (its seal, signature and row hash), from the service.
+async function checkIntegrity(ev) {
+  const out = $('#integrity-status');
+  out.className = 'integrity';
+  out.textContent = 'checking…';
+  let text = 'could not be checked';
+  let cls = 'integrity';
+  try {
+    const resp = await fetch(`${BASE}/events/${encodeURIComponent(ev.id)}`, { headers: authHeaders({ Accept: 'application/json' }) });
+    if (resp.ok) {
+      const body = await resp.json();
+      const same = body.response.events.find((r) => r.occurred_at === ev.occurred_at) || {};
+      const result = same.integrity || {};
+      const [label, klass] = integrityOf(result.status);
+      text = result.detail ? `${label}: ${result.detail}` : label;
+      cls = klass;
+    } else {
+      text = await errorText(resp);
+    }
+  } catch (e) {
+    text = `could not be checked (${e.message})`;
+  }
+  if ($('#detail-title').textContent !== `Event ${ev.id}`) return; // another event is open
+  out.className = cls;
+  out.textContent = text;
 }
 
 function closeDetail() {
