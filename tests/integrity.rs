@@ -46,6 +46,8 @@ fn row(id: &str, at: DateTime<Utc>) -> Row {
         outcome: "success".into(),
         reason: None,
         trace_id: None,
+        auth_type: Some("api_key".into()),
+        auth_id: Some("registry".into()),
         details: Some(r#"{"changes":[{"field":"phone","new":"2"}],"amount":12.5}"#.into()),
     }
 }

@@ -108,6 +108,8 @@ fn row(i: u64) -> Row {
         outcome: "success".into(),
         reason: None,
         trace_id: None,
+        auth_type: None,
+        auth_id: None,
         details: Some(format!(r#"{{"n":{i}}}"#)),
     }
 }
