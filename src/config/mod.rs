@@ -72,7 +72,7 @@ use serde::{Deserialize, Serialize};
 pub use redact::{Redacted, redact_url};
 pub use reference::Notice;
 pub use value::parse_byte_size;
-use value::{de_byte_size, de_duration, de_int, de_roles, de_socket_addr, de_string_map};
+use value::{de_bool, de_byte_size, de_duration, de_int, de_roles, de_socket_addr, de_string_map};
 
 /// Root key of the YAML file; every setting lives below it.
 pub const ROOT_KEY: &str = "audit_manager";
@@ -476,6 +476,7 @@ pub struct QueryConfig {
     pub statement_timeout: Duration,
     /// Lets the `query` role start without reader credentials (`auth.mode: none`): every
     /// caller can then read every event. Default `false`.
+    #[serde(deserialize_with = "de_bool")]
     pub allow_anonymous: bool,
 }
 

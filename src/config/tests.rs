@@ -205,6 +205,24 @@ fn env_overrides_yaml_with_nesting_and_property_maps() {
 }
 
 #[test]
+fn boolean_env_strings_are_accepted_and_others_named() {
+    let c = with_env(&[("AUDIT_MANAGER__QUERY__ALLOW_ANONYMOUS", "true")]).unwrap();
+    assert!(c.query.allow_anonymous);
+    let c = Config::from_yaml_str(
+        "audit_manager:\n  query:\n    allow_anonymous: true\n",
+        &env(&[]),
+    )
+    .unwrap();
+    assert!(c.query.allow_anonymous);
+    let e = with_env(&[("AUDIT_MANAGER__QUERY__ALLOW_ANONYMOUS", "yes please")]).unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("allow_anonymous") && msg.contains("true or false"),
+        "{msg}"
+    );
+}
+
+#[test]
 fn numeric_env_strings_are_accepted() {
     let c = with_env(&[
         ("AUDIT_MANAGER__INGEST__MAX_BATCH_SIZE", "10"),

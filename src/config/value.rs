@@ -114,6 +114,25 @@ pub(crate) fn de_int<'de, D: Deserializer<'de>, T: IntField>(d: D) -> Result<T, 
     })
 }
 
+/// A boolean given as YAML `true`/`false` or as the string `"true"`/`"false"` (the form every
+/// environment variable takes, e.g. `AUDIT_MANAGER__QUERY__ALLOW_ANONYMOUS=true`).
+pub(crate) fn de_bool<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    match Scalar::deserialize(d)? {
+        Scalar::Bool(b) => Ok(b),
+        Scalar::Str(s) => match s.trim().to_ascii_lowercase().as_str() {
+            "true" => Ok(true),
+            "false" => Ok(false),
+            _ => Err(de::Error::custom(format!(
+                "expected true or false, got `{s}`"
+            ))),
+        },
+        other => Err(de::Error::custom(format!(
+            "expected true or false, got {}",
+            other.into_string()
+        ))),
+    }
+}
+
 /// A byte size: an integer, or a string like `"4MiB"` / `"1GB"` (see [`parse_byte_size`]).
 pub(crate) fn de_byte_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     match Scalar::deserialize(d)? {
