@@ -214,3 +214,27 @@ async fn an_equivalent_index_under_another_name_is_not_built_again() {
         ]
     );
 }
+
+/// Preparing a table that already has every column, index and sequence takes no exclusive lock:
+/// a long read (an investigator's export, a report) holding `audit_events` does not make a
+/// restart or a maintenance pass wait, and so cannot queue every insert behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preparing_an_up_to_date_table_does_not_wait_for_readers() {
+    let db = TestDb::new().await;
+    let store = audit_manager::store::Store::connect_lazy(&db.url, 2).expect("store");
+    store.prepare().await.expect("first prepare");
+    let mut reader = PgConnection::connect(&db.url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut reader).await.unwrap();
+    sqlx::query("LOCK TABLE audit_events IN ACCESS SHARE MODE")
+        .execute(&mut reader)
+        .await
+        .unwrap();
+    let again = tokio::time::timeout(Duration::from_secs(10), store.prepare()).await;
+    sqlx::query("ROLLBACK").execute(&mut reader).await.unwrap();
+    assert!(
+        again.is_ok(),
+        "prepare waited for a reader's lock: an ALTER TABLE ran on an up-to-date table"
+    );
+    again.unwrap().expect("second prepare");
+    store.close().await;
+}

@@ -37,11 +37,20 @@ pub const TABLE_DDL: &str = "CREATE TABLE IF NOT EXISTS audit_events (
         PRIMARY KEY (id, occurred_at)
     ) PARTITION BY RANGE (occurred_at)";
 
-/// Columns a table created by the reference (or an older release) may lack. Nullable, so adding
-/// them to a partitioned table with rows is a catalog change, not a rewrite.
-pub const ADDED_COLUMNS: &[&str] = &[
-    "ALTER TABLE audit_events ADD COLUMN IF NOT EXISTS auth_type text",
-    "ALTER TABLE audit_events ADD COLUMN IF NOT EXISTS auth_id text",
+/// Columns a table created by the reference (or an older release) may lack: `(name, DDL)`.
+/// Nullable, so adding them to a partitioned table with rows is a catalog change, not a
+/// rewrite. Each `ALTER TABLE` runs only when its column is missing: it takes an exclusive lock
+/// on `audit_events`, which would wait behind any long-running read (an investigator's export)
+/// and queue every insert behind itself, at every start and maintenance pass.
+pub const ADDED_COLUMNS: &[(&str, &str)] = &[
+    (
+        "auth_type",
+        "ALTER TABLE audit_events ADD COLUMN IF NOT EXISTS auth_type text",
+    ),
+    (
+        "auth_id",
+        "ALTER TABLE audit_events ADD COLUMN IF NOT EXISTS auth_id text",
+    ),
 ];
 
 /// One secondary index of `audit_events`.
@@ -174,8 +183,22 @@ impl Store {
             .execute(&mut *tx)
             .await
             .map_err(|e| StoreError::new(what, e))?;
-        for stmt in std::iter::once(TABLE_DDL).chain(ADDED_COLUMNS.iter().copied()) {
-            sqlx::query(stmt)
+        sqlx::query(TABLE_DDL)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| StoreError::new(what, e))?;
+        let present: Vec<String> = sqlx::query_scalar(
+            "SELECT attname::text FROM pg_attribute \
+             WHERE attrelid = 'audit_events'::regclass AND attnum > 0 AND NOT attisdropped",
+        )
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(|e| StoreError::new(what, e))?;
+        for (column, ddl) in ADDED_COLUMNS {
+            if present.iter().any(|p| p == column) {
+                continue;
+            }
+            sqlx::query(ddl)
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| StoreError::new(what, e))?;
