@@ -18,9 +18,13 @@ use crate::query::trail::{self, Action, Reader};
 use crate::query::{integrity, params, sql};
 use crate::store::Store;
 
-fn store(state: &AppState) -> Result<&Store, ApiError> {
+/// The query role's connections, or 503 AUD-005 where the role does not run (the page's
+/// files answer the same).
+pub(super) fn store(state: &AppState) -> Result<&Store, ApiError> {
     state.query.as_ref().ok_or_else(|| ApiError::NotReady {
-        message: "the query role is not enabled in this process (see `roles`)".into(),
+        message: "the query role is not enabled in this process: add `query` (and `forward`) \
+                  to `roles` here, or ask the deployment that runs it"
+            .into(),
         retry_after: state.config.spool.retry_after,
     })
 }

@@ -29,12 +29,7 @@ const ASSETS: &[(&str, &str, &str)] = &[
 ];
 
 fn serve(state: &AppState, name: &str) -> Result<Response, ApiError> {
-    if state.query.is_none() {
-        return Err(ApiError::NotReady {
-            message: "the query role is not enabled in this process (see `roles`)".into(),
-            retry_after: state.config.spool.retry_after,
-        });
-    }
+    super::query::store(state)?;
     let Some((_, content_type, body)) = ASSETS.iter().find(|(n, _, _)| *n == name) else {
         return Err(ApiError::NotFound(format!(
             "no such file of the investigators' page: {name}"

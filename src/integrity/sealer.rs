@@ -459,7 +459,8 @@ pub async fn observe(pool: &PgPool) -> Result<(f64, u64), IntegrityError> {
     let (lag, unpublished): (Option<f64>, i64) = sqlx::query_as(
         "SELECT (SELECT extract(epoch FROM now() - min(ingested_at))::float8
                    FROM audit_events
-                  WHERE seal_seq > COALESCE((SELECT max(hi_seq) FROM audit_seals), 0)),
+                  WHERE seal_seq > COALESCE((SELECT hi_seq FROM audit_seals
+                                              ORDER BY seal_no DESC LIMIT 1), 0)),
                 (SELECT count(*) FROM audit_seals WHERE published_at IS NULL)",
     )
     .fetch_one(pool)

@@ -17,10 +17,12 @@ use sqlx::PgPool;
 use crate::integrity::encoding::{SELECT_LIST, StoredRow, micros, row_hash};
 use crate::integrity::seal::{Seal, key_id, seal_hash, signature_valid};
 
-/// The highest `seal_seq` any seal covers (0 when there is no seal or no seal table).
+/// The highest `seal_seq` any seal covers (0 when there is no seal or no seal table). Seals
+/// cover consecutive ranges, so that is the newest seal's `hi_seq`: read through the primary
+/// key, one row, however many seals there are (this runs for every page).
 pub async fn sealed_up_to(pool: &PgPool) -> i64 {
-    sqlx::query_scalar::<_, Option<i64>>("SELECT max(hi_seq) FROM audit_seals")
-        .fetch_one(pool)
+    sqlx::query_scalar::<_, i64>("SELECT hi_seq FROM audit_seals ORDER BY seal_no DESC LIMIT 1")
+        .fetch_optional(pool)
         .await
         .ok()
         .flatten()
