@@ -172,7 +172,7 @@ pub async fn start(
     }
     let forwarder = match (config.has_role(Role::Forward), &spool) {
         (true, Some(spool)) => {
-            let settings = opts.forward.unwrap_or_default();
+            let settings = opts.forward.unwrap_or_default().bounded_by(&config);
             let mut f = Forwarder::new(&config, spool.clone(), settings)?;
             if embedded_kafka.is_some() {
                 f = f.topics_precreated();
