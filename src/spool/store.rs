@@ -422,7 +422,8 @@ pub(crate) fn take(
                 let end = key + index.len() as u64;
                 let mut gone = removed_of(removed, key, index.len())?;
                 {
-                    let frame = events.get(key)?;
+                    // The record frames are only needed when they are kept (quarantine).
+                    let frame = if keep_raw { events.get(key)? } else { None };
                     let frame = frame.as_ref().map(|f| f.value()).unwrap_or_default();
                     while i < seqs.len() && seqs[i] < end {
                         let at = (seqs[i] - key) as usize;
