@@ -127,7 +127,7 @@ pub async fn start(
             }
             None => tokio::task::spawn_blocking(move || Spool::open(&so)).await?,
         };
-        Some(spool?)
+        Some(spool?.with_max_pending_bytes(config.spool.max_pending_bytes))
     } else {
         None
     };

@@ -391,6 +391,11 @@ pub struct SpoolConfig {
     /// The reference's `ingest.queue_max_size` sets it. Default `4096`.
     #[serde(deserialize_with = "de_int")]
     pub max_pending_appends: usize,
+    /// Bytes of encoded appends (byte size) queued for the group-commit writer before new ones
+    /// get 503 (overload): bounds the memory the queue can hold, which `max_pending_appends`
+    /// cannot (a 500-event batch is ~400 KB). Default `64MiB`.
+    #[serde(deserialize_with = "de_byte_size")]
+    pub max_pending_bytes: u64,
     /// Value of `Retry-After` on 503 responses (duration; rounded up to whole seconds when
     /// rendered, see [`SpoolConfig::retry_after_secs`]). Default `1s`.
     #[serde(
@@ -608,6 +613,7 @@ impl Default for SpoolConfig {
             path: PathBuf::from("./data/spool"),
             max_bytes: 1024 * 1024 * 1024,
             max_pending_appends: 4096,
+            max_pending_bytes: 64 * 1024 * 1024,
             retry_after: Duration::from_secs(1),
         }
     }
@@ -778,6 +784,7 @@ impl Config {
             "spool.max_pending_appends",
             self.spool.max_pending_appends as u64,
         )?;
+        at_least_one("spool.max_pending_bytes", self.spool.max_pending_bytes)?;
         non_empty("spool.path", &self.spool.path.to_string_lossy())?;
         non_empty("kafka.bootstrap_servers", &self.kafka.bootstrap_servers)?;
         non_empty("kafka.topic", &self.kafka.topic)?;
