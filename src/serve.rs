@@ -125,7 +125,14 @@ pub async fn start(
                 let file = spool::store::file_path(&so.dir);
                 tokio::task::spawn_blocking(move || Spool::open_with(opener, file, &so)).await?
             }
-            None => tokio::task::spawn_blocking(move || Spool::open(&so)).await?,
+            None => {
+                let cache = usize::try_from(config.spool.cache_bytes).unwrap_or(usize::MAX);
+                tokio::task::spawn_blocking(move || {
+                    let opener = spool::store::file_opener_with_cache(&so.dir, cache)?;
+                    Spool::open_with(opener, spool::store::file_path(&so.dir), &so)
+                })
+                .await?
+            }
         };
         Some(spool?.with_max_pending_bytes(config.spool.max_pending_bytes))
     } else {

@@ -260,6 +260,57 @@ async fn the_forwarder_hands_kafka_at_most_its_byte_bound() {
     app.stop().await;
 }
 
+/// `spool.cache_bytes`: writing and reading back 24 MB of events keeps redb's page cache within
+/// the bound the service opens the file with (redb's own default is 1 GiB); the same work with
+/// the default bound fills more than the small one allows, so the bound is what holds it.
+#[test]
+fn the_spool_page_cache_stays_within_its_bound() {
+    use audit_manager::spool::{Record, store};
+    use redb::ReadableDatabase as _;
+
+    fn fill_and_read(cache: usize) -> usize {
+        let dir = tempfile::tempdir().unwrap();
+        let db = (store::file_opener_with_cache(dir.path(), cache).unwrap())().unwrap();
+        store::recover(&db, &store::file_path(dir.path()), store::OnDamage::Report).unwrap();
+        let value = padded("cache", 4096).to_string().into_bytes();
+        let mut peak = 0;
+        for batch in 0..60u64 {
+            let txn = store::begin_write(&db).unwrap();
+            {
+                let mut events = txn.open_table(store::EVENTS).unwrap();
+                for i in 0..100u64 {
+                    let r = Record {
+                        accepted_at_ms: 1,
+                        id: format!("c-{batch}-{i}"),
+                        key: None,
+                        value: value.clone(),
+                    };
+                    events
+                        .insert(batch * 100 + i, r.encode().as_slice())
+                        .unwrap();
+                }
+            }
+            txn.commit().unwrap();
+            peak = peak.max(db.cache_stats().used_bytes());
+        }
+        let read = store::read_from(&db, 0, usize::MAX, usize::MAX).unwrap();
+        assert_eq!(read.len(), 6000);
+        peak.max(db.cache_stats().used_bytes())
+    }
+
+    const SMALL: usize = 2 << 20;
+    let small = fill_and_read(SMALL);
+    assert!(
+        small <= SMALL,
+        "{small} bytes cached with a {SMALL}-byte bound"
+    );
+    let default = fill_and_read(store::CACHE_BYTES);
+    assert!(
+        default > SMALL,
+        "the default bound lets {default} bytes be cached"
+    );
+}
+
 /// The value of an unlabelled gauge or counter from `/metrics` (0 when not yet exported).
 async fn metric(app: &TestApp, name: &str) -> f64 {
     let (_, text) = app.get_text("/metrics").await;

@@ -18,7 +18,8 @@ use super::error::ApiError;
 use crate::auth::Caller;
 use crate::event::authcontext::{self, AuthContext};
 use crate::event::{
-    self, FieldError, JsonError, Normalizations, NormalizedEvent, Rejection, Rule, ValidationMode,
+    self, BatchBody, FieldError, JsonError, Normalizations, NormalizedEvent, Rejection, Rule,
+    ValidationMode,
 };
 use crate::spool::{AppendError, Record, now_ms};
 
@@ -399,19 +400,13 @@ pub async fn post_batch(
         ));
     }
     let (body, _held) = read_body(&state, &headers, body).await?;
-    let value = parse_json(&body)
-        // A bare array's paths start with `[i]`: name them as in `{"events":[...]}`.
-        .map_err(|e| match e.field_error() {
-            Some(f) if f.field.starts_with('[') => json_error(e.under("events")),
-            _ => json_error(e),
-        })?;
-    let events = match value {
-        Value::Array(events) => events,
-        Value::Object(mut obj) => match obj.remove("events") {
-            Some(Value::Array(events)) => events,
-            _ => return Err(invalid("events", "required: an array of CloudEvents")),
-        },
-        _ => {
+    // Split only: each event is parsed when its turn comes (one parsed event alive at a time).
+    let events = match event::split_batch(&body).map_err(json_error)? {
+        BatchBody::Events(events) => events,
+        BatchBody::NoEventsArray => {
+            return Err(invalid("events", "required: an array of CloudEvents"));
+        }
+        BatchBody::NotABatch => {
             return Err(invalid(
                 "events",
                 "body must be {\"events\":[...]} or a JSON array of CloudEvents",
@@ -438,8 +433,6 @@ pub async fn post_batch(
             &[],
         ));
     }
-    // Before anything is validated or spooled: one forbidden source refuses the whole batch.
-    check_sources(caller.as_ref(), events.iter().map(source_of))?;
     let ctx = auth_context(caller.as_ref());
     let now = chrono::Utc::now();
     let accepted_at = now_ms();
@@ -447,7 +440,11 @@ pub async fn post_batch(
     let mut rules = Vec::with_capacity(events.len());
     let mut problems: Vec<FieldError> = Vec::new();
     let mut too_large: Option<Rejection> = None;
-    for (i, mut ev) in events.into_iter().enumerate() {
+    for (i, raw) in events.into_iter().enumerate() {
+        let mut ev = parse_json(raw.get().as_bytes())
+            .map_err(|e| json_error(e.under(&format!("events[{i}]"))))?;
+        // One forbidden source refuses the whole batch; nothing of it is spooled.
+        check_sources(caller.as_ref(), [source_of(&ev)])?;
         authcontext::apply(&mut ev, ctx);
         match event::normalize(ev, now, &state.limits) {
             Ok(n) => {

@@ -290,8 +290,8 @@ pub struct HttpConfig {
     /// Bytes of ingest request bodies held at once by the whole process, from the moment a
     /// request announces (`Content-Length`) or delivers them until it is answered; a request
     /// that does not fit gets 503 AUD-004 at once. Bounds the memory a flood of batches can
-    /// take (each body byte costs a few more while it is decoded and spooled). At least
-    /// `max_body_bytes`. Default `32MiB`.
+    /// take (a batch costs about 3.3 bytes more per body byte while it is decoded and spooled,
+    /// see `docs/memory.md`). At least `max_body_bytes`. Default `8MiB`.
     #[serde(deserialize_with = "de_byte_size")]
     pub max_in_flight_bytes: u64,
     /// TLS on the listener (plain HTTP when `cert_file` is not set).
@@ -387,6 +387,11 @@ pub struct SpoolConfig {
     /// Live spooled bytes (byte size) above which ingest answers 503. Default `1GiB`.
     #[serde(deserialize_with = "de_byte_size")]
     pub max_bytes: u64,
+    /// Memory for redb's page cache of the spool file (byte size). Each event is written once
+    /// and read once shortly after, so a small cache costs little; reads beyond it come from
+    /// the operating system's page cache. Default `16MiB`.
+    #[serde(deserialize_with = "de_byte_size")]
+    pub cache_bytes: u64,
     /// Append requests queued for the group-commit writer before new ones get 503 (overload).
     /// The reference's `ingest.queue_max_size` sets it. Default `4096`.
     #[serde(deserialize_with = "de_int")]
@@ -590,7 +595,7 @@ impl Default for HttpConfig {
         HttpConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 8000)),
             max_body_bytes: 4 * 1024 * 1024,
-            max_in_flight_bytes: 32 * 1024 * 1024,
+            max_in_flight_bytes: 8 * 1024 * 1024,
             tls: TlsConfig::default(),
         }
     }
@@ -612,6 +617,7 @@ impl Default for SpoolConfig {
         SpoolConfig {
             path: PathBuf::from("./data/spool"),
             max_bytes: 1024 * 1024 * 1024,
+            cache_bytes: 16 * 1024 * 1024,
             max_pending_appends: 4096,
             max_pending_bytes: 64 * 1024 * 1024,
             retry_after: Duration::from_secs(1),
@@ -780,6 +786,7 @@ impl Config {
         at_least_one("ingest.max_batch_size", self.ingest.max_batch_size as u64)?;
         at_least_one("ingest.max_event_bytes", self.ingest.max_event_bytes)?;
         at_least_one("spool.max_bytes", self.spool.max_bytes)?;
+        at_least_one("spool.cache_bytes", self.spool.cache_bytes)?;
         at_least_one(
             "spool.max_pending_appends",
             self.spool.max_pending_appends as u64,

@@ -289,7 +289,7 @@ fn unknown_key_in_yaml_names_full_path() {
             assert_eq!(key, "audit_manager.spool.max_byte");
             assert_eq!(
                 expected,
-                "path, max_bytes, max_pending_appends, max_pending_bytes, retry_after"
+                "path, max_bytes, cache_bytes, max_pending_appends, max_pending_bytes, retry_after"
             );
             assert_eq!(origin, "YAML input");
         }
@@ -298,7 +298,7 @@ fn unknown_key_in_yaml_names_full_path() {
     assert_eq!(
         e.to_string(),
         "unknown key audit_manager.spool.max_byte in YAML input; valid keys here: path, \
-         max_bytes, max_pending_appends, max_pending_bytes, retry_after"
+         max_bytes, cache_bytes, max_pending_appends, max_pending_bytes, retry_after"
     );
     let e = yaml("audit_manager:\n  nope: 1\n").unwrap_err();
     assert!(

@@ -36,15 +36,20 @@ pub const OLDEST_FORMAT_VERSION: u64 = 1;
 /// The file inside `spool.path`.
 pub const FILE_NAME: &str = "spool.redb";
 
-/// redb's page cache. The spool is written once and read once per record (by the forwarder,
-/// shortly after the append), so a large cache buys nothing and would count against the
-/// process's memory budget; redb's default is 1 GiB.
-pub const CACHE_BYTES: usize = 32 << 20;
+/// redb's page cache by default (`spool.cache_bytes`). The spool is written once and read once
+/// per record (by the forwarder, shortly after the append), so a large cache buys nothing and
+/// would count against the process's memory budget; redb's own default is 1 GiB.
+pub const CACHE_BYTES: usize = 16 << 20;
 
 /// A redb builder with the spool's settings.
 pub fn builder() -> Builder {
+    builder_with_cache(CACHE_BYTES)
+}
+
+/// [`builder`] with a page cache of `cache_bytes`.
+pub fn builder_with_cache(cache_bytes: usize) -> Builder {
     let mut b = Builder::new();
-    b.set_cache_size(CACHE_BYTES);
+    b.set_cache_size(cache_bytes);
     b
 }
 
@@ -148,6 +153,11 @@ pub fn file_path(dir: &Path) -> PathBuf {
 /// `spool.redb` is always a file redb finished creating. An empty or unreadable one is damage
 /// (a truncation, a botched copy): it is refused, never silently replaced by a new spool.
 pub fn file_opener(dir: &Path) -> Result<Opener, SpoolError> {
+    file_opener_with_cache(dir, CACHE_BYTES)
+}
+
+/// [`file_opener`] with a page cache of `cache_bytes` (`spool.cache_bytes`).
+pub fn file_opener_with_cache(dir: &Path, cache_bytes: usize) -> Result<Opener, SpoolError> {
     std::fs::create_dir_all(dir).map_err(|source| SpoolError::CreateDir {
         dir: dir.to_path_buf(),
         source,
@@ -159,14 +169,14 @@ pub fn file_opener(dir: &Path) -> Result<Opener, SpoolError> {
              recovered"
                 .into(),
         ))),
-        Ok(_) => builder().open(&file),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => create_new(&file),
+        Ok(_) => builder_with_cache(cache_bytes).open(&file),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => create_new(&file, cache_bytes),
         Err(e) => Err(e.into()),
     }))
 }
 
 /// Creates an empty spool at `file` atomically: initialized as `<file>.new`, then renamed.
-fn create_new(file: &Path) -> Result<Database, DatabaseError> {
+fn create_new(file: &Path, cache_bytes: usize) -> Result<Database, DatabaseError> {
     let tmp = file.with_extension("redb.new");
     match std::fs::remove_file(&tmp) {
         Ok(()) => {}
@@ -178,7 +188,7 @@ fn create_new(file: &Path) -> Result<Database, DatabaseError> {
     if let Some(dir) = file.parent() {
         std::fs::File::open(dir)?.sync_all()?;
     }
-    builder().open(file)
+    builder_with_cache(cache_bytes).open(file)
 }
 
 /// Runs `f`, turning a panic into [`SpoolError::Damaged`] for `file`.
