@@ -13,8 +13,9 @@
 #   RTT=50ms bench/ratios.sh            # the broker answers every request 50 ms late
 #
 # The broker is `audit-manager dev-kafka` in its own process (RTT slows it down); PostgreSQL on
-# $DATABASE_URL's server (database audit_bench_ratios, recreated). Needs wrk (apt-get install
-# wrk). Peak RSS is VmHWM from /proc/PID/status, reset before every load (clear_refs 5).
+# $PGURL (database audit_bench_ratios, recreated). Needs wrk (apt-get install wrk). Peak RSS
+# is VmHWM from /proc/PID/status, reset before every load (clear_refs 5). The ingest-only
+# process has nobody draining its spool, so its spool bound is raised (a few GB of disk).
 set -euo pipefail
 
 SECONDS_EACH=${SECONDS_EACH:-15}
@@ -45,16 +46,17 @@ pids+=($!)
 for _ in $(seq 1 500); do [ -s "$DIR/bootstrap" ] && break; sleep 0.02; done
 BOOTSTRAP=$(cat "$DIR/bootstrap")
 
-# start NAME ROLES PORT: a fresh spool per process; prints the pid.
+# start NAME ROLES PORT: a fresh spool per process; its pid in $started.
 start() {
   local name=$1 roles=$2 port=$3
   env AUDIT_MANAGER__SPOOL__PATH="$DIR/spool-$name" AUDIT_MANAGER__HTTP__LISTEN="127.0.0.1:$port" \
     AUDIT_MANAGER__ROLES="$roles" AUDIT_MANAGER__KAFKA__BOOTSTRAP_SERVERS="$BOOTSTRAP" \
+    AUDIT_MANAGER__SPOOL__MAX_BYTES=64GiB \
     DATABASE_URL="$PGURL/$DB" RUST_LOG=warn "$BIN" serve >"$DIR/$name.log" 2>&1 &
-  local pid=$!
-  pids+=("$pid")
+  started=$!
+  pids+=("$started")
   for _ in $(seq 1 1000); do
-    curl -sf "http://127.0.0.1:$port/v1/auditmanager/ready" >/dev/null 2>&1 && { echo "$pid"; return 0; }
+    curl -sf "http://127.0.0.1:$port/v1/auditmanager/ready" >/dev/null 2>&1 && return 0
     sleep 0.02
   done
   echo "$name did not become ready; its log:" >&2
@@ -78,7 +80,7 @@ load() {
       awk '/^Requests\/sec/ { printf "%.0f", $2 }' ;;
   batch*)
     "$LOADGEN" --url "$URL" --events 1000000000 --duration "$SECONDS_EACH" --concurrency 8 \
-      --batch-size "${1#batch}" | awk '/^throughput:/ { printf "%.0f", $2 }' ;;
+      --batch-size "${1#batch}" --retry-503 | awk '/^throughput:/ { printf "%.0f", $2 }' ;;
   esac
 }
 
@@ -100,16 +102,16 @@ measure() {
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo);" \
   "load average $(cut -d' ' -f1-3 /proc/loadavg); broker RTT ${RTT:-none}; ${SECONDS_EACH}s per load" >&2
 
-p=$(start ingest ingest "$PORT")
+start ingest ingest "$PORT" && p=$started
 measure ingest-only "bare single batch100 batch500" "$p"
 stop "$p"
 
-p=$(start all ingest,forward,sink,maintain "$PORT")
+start all ingest,forward,sink,maintain "$PORT" && p=$started
 measure all-roles "single batch100 batch500" "$p"
 stop "$p"
 
-a=$(start agent ingest,forward "$PORT")
-s=$(start sink sink,maintain "$SINK_PORT")
+start agent ingest,forward "$PORT" && a=$started
+start sink sink,maintain "$SINK_PORT" && s=$started
 measure "agent+sink" "single batch100 batch500" "$a" "$s"
 stop "$a"
 stop "$s"

@@ -6,6 +6,8 @@
 //! |---|---|---|
 //! | `audit_http_requests_total{route,status}` | counter | HTTP requests answered |
 //! | `audit_http_request_duration_seconds{route}` | histogram | time to answer |
+//! | `audit_http_body_bytes_in_flight` | gauge | request-body bytes held by ingest requests (bounded by `http.max_in_flight_bytes`) |
+//! | `audit_http_body_budget_refused_total` | counter | requests answered 503 AUD-004 because that bound was reached |
 //! | `audit_events_accepted_total` | counter | events answered 202 (durable) |
 //! | `audit_events_rejected_total{code}` | counter | events refused, by error code |
 //! | `audit_events_normalized_total{rule}` | counter | `compatible`-mode rules applied (docs/validation.md) |
@@ -22,10 +24,13 @@
 //! | `audit_forward_delivery_errors_total{kind}` | counter | failed deliveries by librdkafka code |
 //! | `audit_forward_quarantined_total` | counter | records quarantined on permanent rejection |
 //! | `audit_forward_in_flight_events` | gauge | records handed to the producer, no report yet |
+//! | `audit_forward_in_flight_bytes` | gauge | their bytes (bounded by `forward.max_in_flight_bytes`) |
 //! | `audit_forward_oldest_event_age_seconds` | gauge | age of the oldest undelivered record |
 //! | `audit_sink_rows_inserted_total` | counter | new rows written to `audit_events` |
 //! | `audit_sink_duplicates_total` | counter | redelivered events collapsed on the primary key |
 //! | `audit_sink_batch_events` | histogram | records per sink batch |
+//! | `audit_sink_batch_bytes` | gauge | bytes of the batch being filled or written (bounded by `sink.batch_max_bytes`) |
+//! | `audit_sink_carried_bytes` | gauge | bytes consumed ahead while a batch is written (same bound) |
 //! | `audit_sink_batch_duration_seconds` | histogram | decode + DLQ + insert time of a batch |
 //! | `audit_sink_batch_failures_total` | counter | batch attempts that failed and were retried |
 //! | `audit_sink_dead_letters_total{reason}` | counter | records sent to the DLQ, by reason kind |
