@@ -1,6 +1,7 @@
 //! Tamper evidence for stored rows (guarantee 8), in data-flow order:
 //!
-//! - [`encoding`]: the canonical bytes and hash of one stored row (pure);
+//! - [`encoding`]: the canonical bytes and hash of one stored row (pure), with [`jcs`], the
+//!   canonical form of its `details`;
 //! - [`seal`]: the seal format, its hash and ed25519 signature, key files (pure);
 //! - [`sealer`]: the maintain role's loop that seals new rows, gap-proof by a lock;
 //! - [`verify`]: `audit-manager verify`, recomputing everything from the rows;
@@ -12,6 +13,7 @@
 //! error but a [`verify::Finding`].
 
 pub mod encoding;
+pub mod jcs;
 pub mod publish;
 pub mod seal;
 pub mod sealer;
