@@ -46,6 +46,9 @@ pub enum Command {
         /// Also write the bootstrap address to this file (replaced atomically; removed on stop).
         #[arg(long, value_name = "FILE")]
         bootstrap_file: Option<PathBuf>,
+        /// Answer every request this late (e.g. `50ms`): a slow broker, for benchmarks.
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        rtt: Option<std::time::Duration>,
     },
     /// Inspect or repair the spool offline (stop the service first).
     Spool {
@@ -268,7 +271,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::DevKafka {
             partitions,
             bootstrap_file,
-        } => dev_kafka(&config, partitions, bootstrap_file.as_deref()),
+            rtt,
+        } => dev_kafka(&config, partitions, bootstrap_file.as_deref(), rtt),
         Command::Topics {
             command:
                 TopicsCommand::Ensure {
@@ -622,11 +626,12 @@ fn dev_kafka(
     config: &Config,
     partitions: Option<i32>,
     bootstrap_file: Option<&Path>,
+    rtt: Option<std::time::Duration>,
 ) -> anyhow::Result<ExitCode> {
     use std::io::Write as _;
     let partitions = partitions.unwrap_or(config.kafka.topic_partitions);
     let topics = [config.kafka.topic.clone(), config.kafka.dlq_topic.clone()];
-    let kafka = crate::devkafka::EmbeddedKafka::start(partitions, &topics)?;
+    let kafka = crate::devkafka::EmbeddedKafka::start_with_rtt(partitions, &topics, rtt)?;
     let bootstrap = kafka.bootstrap_servers().to_string();
     eprintln!("{}", crate::devkafka::NOT_DURABLE);
     eprintln!(

@@ -33,6 +33,16 @@ pub struct EmbeddedKafka {
 impl EmbeddedKafka {
     /// Starts one mock broker with `topics` created, each with `partitions` partitions.
     pub fn start(partitions: i32, topics: &[String]) -> Result<EmbeddedKafka, DevKafkaError> {
+        EmbeddedKafka::start_with_rtt(partitions, topics, None)
+    }
+
+    /// Like [`EmbeddedKafka::start`], with every request to the broker answered `rtt` late: a
+    /// slow or distant broker, for benchmarks that must not depend on the broker's speed.
+    pub fn start_with_rtt(
+        partitions: i32,
+        topics: &[String],
+        rtt: Option<std::time::Duration>,
+    ) -> Result<EmbeddedKafka, DevKafkaError> {
         let (ready_tx, ready_rx) = mpsc::channel::<Result<String, String>>();
         let (stop_tx, stop_rx) = mpsc::channel::<()>();
         let topics = topics.to_vec();
@@ -51,6 +61,12 @@ impl EmbeddedKafka {
                         let _ = ready_tx.send(Err(format!("cannot create topic {t}: {e}")));
                         return;
                     }
+                }
+                if let Some(rtt) = rtt
+                    && let Err(e) = cluster.broker_round_trip_time(-1, rtt)
+                {
+                    let _ = ready_tx.send(Err(format!("cannot set the round-trip time: {e}")));
+                    return;
                 }
                 let _ = ready_tx.send(Ok(cluster.bootstrap_servers()));
                 // Until told to stop, or until the handle is dropped (the sender goes away).

@@ -14,6 +14,7 @@
 //! | `audit_spool_quarantined_events` | gauge | records in the quarantine table |
 //! | `audit_spool_quarantined_bytes` | gauge | bytes of quarantined records (they count toward `spool.max_bytes`) |
 //! | `audit_spool_quarantined_total` | counter | records moved to quarantine |
+//! | `audit_spool_pending_bytes` | gauge | bytes of appends waiting for the group commit (bounded by `spool.max_pending_bytes`) |
 //! | `audit_spool_commit_batch_events` | histogram | events per group commit |
 //! | `audit_spool_commit_duration_seconds` | histogram | write transaction + fsync time |
 //! | `audit_spool_commit_failures_total` | counter | commits that failed (AUD-009) |

@@ -125,9 +125,16 @@ pub async fn start(
                 let file = spool::store::file_path(&so.dir);
                 tokio::task::spawn_blocking(move || Spool::open_with(opener, file, &so)).await?
             }
-            None => tokio::task::spawn_blocking(move || Spool::open(&so)).await?,
+            None => {
+                let cache = usize::try_from(config.spool.cache_bytes).unwrap_or(usize::MAX);
+                tokio::task::spawn_blocking(move || {
+                    let opener = spool::store::file_opener_with_cache(&so.dir, cache)?;
+                    Spool::open_with(opener, spool::store::file_path(&so.dir), &so)
+                })
+                .await?
+            }
         };
-        Some(spool?)
+        Some(spool?.with_max_pending_bytes(config.spool.max_pending_bytes))
     } else {
         None
     };
@@ -172,7 +179,7 @@ pub async fn start(
     }
     let forwarder = match (config.has_role(Role::Forward), &spool) {
         (true, Some(spool)) => {
-            let settings = opts.forward.unwrap_or_default();
+            let settings = opts.forward.unwrap_or_default().bounded_by(&config);
             let mut f = Forwarder::new(&config, spool.clone(), settings)?;
             if embedded_kafka.is_some() {
                 f = f.topics_precreated();

@@ -12,12 +12,14 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::auth::check_sources;
+use super::budget::Held;
 use super::envelope::respond;
 use super::error::ApiError;
 use crate::auth::Caller;
 use crate::event::authcontext::{self, AuthContext};
 use crate::event::{
-    self, FieldError, JsonError, Normalizations, NormalizedEvent, Rejection, Rule, ValidationMode,
+    self, BatchBody, FieldError, JsonError, Normalizations, NormalizedEvent, Rejection, Rule,
+    ValidationMode,
 };
 use crate::spool::{AppendError, Record, now_ms};
 
@@ -81,9 +83,27 @@ fn content_type_error(headers: &HeaderMap, expected: &str) -> ApiError {
 
 /// Reads the body, refusing more than `http.max_body_bytes` (413 AUD-003). A body that fails
 /// to arrive (the client disconnected, broken chunked encoding) is 400 AUD-001: only a body
-/// over the limit is "too large".
-async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+/// over the limit is "too large". The body's bytes are charged to `http.max_in_flight_bytes`
+/// (see `budget.rs`) until the returned [`Held`] is dropped; no room there is 503 AUD-004.
+async fn read_body(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(Bytes, Held), ApiError> {
     use futures_util::StreamExt as _;
+    let mut held = state.bodies.none();
+    let no_room = |state: &AppState| {
+        metrics::counter!("audit_http_body_budget_refused_total").increment(1);
+        ApiError::Backpressure {
+            message: format!(
+                "request bodies being processed already use the {}-byte bound \
+                 (http.max_in_flight_bytes); nothing was stored, retry after the Retry-After \
+                 delay (operators: raise the bound or add instances)",
+                state.bodies.total()
+            ),
+            retry_after: state.config.spool.retry_after,
+        }
+    };
     let limit = state.config.http.max_body_bytes;
     let too_large = |n: Option<u64>| {
         let size = n.map(|n| format!(" ({n} bytes)")).unwrap_or_default();
@@ -98,6 +118,11 @@ async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large(declared));
+    }
+    // Charged before a byte is read: a flood of announced bodies is refused, not buffered.
+    let announced = declared.map_or(0, |n| n as usize);
+    if !held.take(announced) {
+        return Err(no_room(state));
     }
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
     let broken = |e: axum::Error| {
@@ -116,17 +141,25 @@ async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<
     let mut chunks = body.into_data_stream();
     // Most bodies arrive as one chunk: keep it without copying.
     let Some(first) = chunks.next().await.transpose().map_err(broken)? else {
-        return Ok(Bytes::new());
+        return Ok((Bytes::new(), held));
     };
     let mut buf: Option<bytes::BytesMut> = None;
     let mut len = first.len();
     if len > limit {
         return Err(too_large(None));
     }
+    // Without (or beyond) a Content-Length, bytes are charged as they arrive.
+    let charge = |held: &mut Held, len: usize| held.take(len.saturating_sub(held.bytes()));
+    if !charge(&mut held, len) {
+        return Err(no_room(state));
+    }
     while let Some(chunk) = chunks.next().await.transpose().map_err(broken)? {
         len += chunk.len();
         if len > limit {
             return Err(too_large(None));
+        }
+        if !charge(&mut held, len) {
+            return Err(no_room(state));
         }
         let buf = buf.get_or_insert_with(|| {
             let capacity = declared.map_or(len, |n| n as usize).min(limit);
@@ -136,7 +169,7 @@ async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<
         });
         buf.extend_from_slice(&chunk);
     }
-    Ok(buf.map_or(first, bytes::BytesMut::freeze))
+    Ok((buf.map_or(first, bytes::BytesMut::freeze), held))
 }
 
 /// Parses the body; a NUL character or a duplicated key anywhere is 422 naming the field (in
@@ -273,9 +306,10 @@ pub async fn post_event(
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let body = read_body(&state, &headers, body).await?;
+        let (body, held) = read_body(&state, &headers, body).await?;
         let pairs = headers.iter().map(|(k, v)| (k.as_str(), v.as_bytes()));
-        event::from_binary(pairs, ct.as_deref(), &body).map_err(binary_error)?
+        let value = event::from_binary(pairs, ct.as_deref(), &body).map_err(binary_error)?;
+        (value, held)
     } else {
         match media(&headers, mode, &mut rules) {
             Some(Media::Json | Media::CloudEvent) => {}
@@ -287,9 +321,11 @@ pub async fn post_event(
                 ));
             }
         }
-        parse_json(&read_body(&state, &headers, body).await?).map_err(json_error)?
+        let (body, held) = read_body(&state, &headers, body).await?;
+        (parse_json(&body).map_err(json_error)?, held)
     };
-    let mut value = value;
+    // Held until the answer: the decoded event and its record count against the same bytes.
+    let (mut value, _held) = value;
     check_sources(caller.as_ref(), [source_of(&value)])?;
     authcontext::apply(&mut value, auth_context(caller.as_ref()));
     let now = chrono::Utc::now();
@@ -363,19 +399,14 @@ pub async fn post_batch(
              with a JSON array",
         ));
     }
-    let value = parse_json(&read_body(&state, &headers, body).await?)
-        // A bare array's paths start with `[i]`: name them as in `{"events":[...]}`.
-        .map_err(|e| match e.field_error() {
-            Some(f) if f.field.starts_with('[') => json_error(e.under("events")),
-            _ => json_error(e),
-        })?;
-    let events = match value {
-        Value::Array(events) => events,
-        Value::Object(mut obj) => match obj.remove("events") {
-            Some(Value::Array(events)) => events,
-            _ => return Err(invalid("events", "required: an array of CloudEvents")),
-        },
-        _ => {
+    let (body, _held) = read_body(&state, &headers, body).await?;
+    // Split only: each event is parsed when its turn comes (one parsed event alive at a time).
+    let events = match event::split_batch(&body).map_err(json_error)? {
+        BatchBody::Events(events) => events,
+        BatchBody::NoEventsArray => {
+            return Err(invalid("events", "required: an array of CloudEvents"));
+        }
+        BatchBody::NotABatch => {
             return Err(invalid(
                 "events",
                 "body must be {\"events\":[...]} or a JSON array of CloudEvents",
@@ -402,8 +433,6 @@ pub async fn post_batch(
             &[],
         ));
     }
-    // Before anything is validated or spooled: one forbidden source refuses the whole batch.
-    check_sources(caller.as_ref(), events.iter().map(source_of))?;
     let ctx = auth_context(caller.as_ref());
     let now = chrono::Utc::now();
     let accepted_at = now_ms();
@@ -411,7 +440,11 @@ pub async fn post_batch(
     let mut rules = Vec::with_capacity(events.len());
     let mut problems: Vec<FieldError> = Vec::new();
     let mut too_large: Option<Rejection> = None;
-    for (i, mut ev) in events.into_iter().enumerate() {
+    for (i, raw) in events.into_iter().enumerate() {
+        let mut ev = parse_json(raw.get().as_bytes())
+            .map_err(|e| json_error(e.under(&format!("events[{i}]"))))?;
+        // One forbidden source refuses the whole batch; nothing of it is spooled.
+        check_sources(caller.as_ref(), [source_of(&ev)])?;
         authcontext::apply(&mut ev, ctx);
         match event::normalize(ev, now, &state.limits) {
             Ok(n) => {

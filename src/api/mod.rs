@@ -4,6 +4,7 @@
 //! (`docs.rs`).
 
 pub mod auth;
+mod budget;
 mod docs;
 pub mod envelope;
 pub mod error;
@@ -62,6 +63,8 @@ pub struct AppInner {
     pub trusted_keys: Vec<ed25519_dalek::VerifyingKey>,
     /// The database, when this process runs a role that has one (sink, maintain): `/seals`.
     pub database: Option<sqlx::PgPool>,
+    /// Bytes of request bodies in flight (`http.max_in_flight_bytes`).
+    pub bodies: budget::BodyBudget,
 }
 
 impl AppState {
@@ -90,6 +93,7 @@ impl AppState {
             max_future_skew: config.ingest.max_future_skew,
             max_event_bytes: usize::try_from(config.ingest.max_event_bytes).unwrap_or(usize::MAX),
         };
+        let bodies = budget::BodyBudget::new(config.http.max_in_flight_bytes);
         AppState(Arc::new(AppInner {
             config,
             limits,
@@ -101,6 +105,7 @@ impl AppState {
             query: None,
             trusted_keys: Vec::new(),
             database: None,
+            bodies,
         }))
     }
 

@@ -242,6 +242,8 @@ pub struct Config {
     pub spool: SpoolConfig,
     /// Kafka connection and topic settings.
     pub kafka: KafkaConfig,
+    /// Spool -> Kafka forwarding.
+    pub forward: ForwardConfig,
     /// Kafka -> PostgreSQL sink batching.
     pub sink: SinkConfig,
     /// PostgreSQL connection and partition maintenance.
@@ -285,6 +287,13 @@ pub struct HttpConfig {
     /// Default `4MiB`.
     #[serde(deserialize_with = "de_byte_size")]
     pub max_body_bytes: u64,
+    /// Bytes of ingest request bodies held at once by the whole process, from the moment a
+    /// request announces (`Content-Length`) or delivers them until it is answered; a request
+    /// that does not fit gets 503 AUD-004 at once. Bounds the memory a flood of batches can
+    /// take (a batch costs about 3.3 bytes more per body byte while it is decoded and spooled,
+    /// see `docs/memory.md`). At least `max_body_bytes`. Default `8MiB`.
+    #[serde(deserialize_with = "de_byte_size")]
+    pub max_in_flight_bytes: u64,
     /// TLS on the listener (plain HTTP when `cert_file` is not set).
     pub tls: TlsConfig,
 }
@@ -378,10 +387,20 @@ pub struct SpoolConfig {
     /// Live spooled bytes (byte size) above which ingest answers 503. Default `1GiB`.
     #[serde(deserialize_with = "de_byte_size")]
     pub max_bytes: u64,
+    /// Memory for redb's page cache of the spool file (byte size). Each event is written once
+    /// and read once shortly after, so a small cache costs little; reads beyond it come from
+    /// the operating system's page cache. Default `16MiB`.
+    #[serde(deserialize_with = "de_byte_size")]
+    pub cache_bytes: u64,
     /// Append requests queued for the group-commit writer before new ones get 503 (overload).
     /// The reference's `ingest.queue_max_size` sets it. Default `4096`.
     #[serde(deserialize_with = "de_int")]
     pub max_pending_appends: usize,
+    /// Bytes of encoded appends (byte size) queued for the group-commit writer before new ones
+    /// get 503 (overload): bounds the memory the queue can hold, which `max_pending_appends`
+    /// cannot (a 500-event batch is ~400 KB). Default `64MiB`.
+    #[serde(deserialize_with = "de_byte_size")]
+    pub max_pending_bytes: u64,
     /// Value of `Retry-After` on 503 responses (duration; rounded up to whole seconds when
     /// rendered, see [`SpoolConfig::retry_after_secs`]). Default `1s`.
     #[serde(
@@ -422,6 +441,27 @@ pub struct KafkaConfig {
     pub consumer: KafkaProperties,
 }
 
+/// Spool -> Kafka forwarding (`audit_manager.forward`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ForwardConfig {
+    /// Bytes (key + value, byte size) of events handed to the Kafka producer and not yet
+    /// acknowledged by the broker. The forwarder stops reading the spool while they are out,
+    /// and librdkafka's own queue (`queue.buffering.max.kbytes`) is sized from it, so a slow or
+    /// unreachable broker leaves events in the spool on disk, not in memory. At least
+    /// `ingest.max_event_bytes`. Default `16MiB`.
+    #[serde(deserialize_with = "de_byte_size")]
+    pub max_in_flight_bytes: u64,
+}
+
+impl Default for ForwardConfig {
+    fn default() -> Self {
+        ForwardConfig {
+            max_in_flight_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
 /// Kafka -> PostgreSQL sink batching (`audit_manager.sink`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -429,6 +469,13 @@ pub struct SinkConfig {
     /// Maximum number of records written to PostgreSQL in one batch. Default `5000`.
     #[serde(deserialize_with = "de_int")]
     pub batch_max_records: usize,
+    /// Bytes (key + value as consumed, byte size) of the records in one batch: a batch is
+    /// written once it holds this much, and at most this much more is consumed and decoded
+    /// ahead while it is being written. With the consumer's prefetch
+    /// (`kafka.consumer.queued.max.messages.kbytes`) this bounds the sink's memory whatever the
+    /// size of the events. Default `8MiB`.
+    #[serde(deserialize_with = "de_byte_size")]
+    pub batch_max_bytes: u64,
     /// Longest time a partial batch waits before it is flushed (duration). Default `200ms`.
     #[serde(
         deserialize_with = "de_duration",
@@ -531,6 +578,7 @@ impl Default for Config {
             ingest: IngestConfig::default(),
             spool: SpoolConfig::default(),
             kafka: KafkaConfig::default(),
+            forward: ForwardConfig::default(),
             sink: SinkConfig::default(),
             database: DatabaseConfig::default(),
             query: QueryConfig::default(),
@@ -547,6 +595,7 @@ impl Default for HttpConfig {
         HttpConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 8000)),
             max_body_bytes: 4 * 1024 * 1024,
+            max_in_flight_bytes: 8 * 1024 * 1024,
             tls: TlsConfig::default(),
         }
     }
@@ -568,7 +617,9 @@ impl Default for SpoolConfig {
         SpoolConfig {
             path: PathBuf::from("./data/spool"),
             max_bytes: 1024 * 1024 * 1024,
+            cache_bytes: 16 * 1024 * 1024,
             max_pending_appends: 4096,
+            max_pending_bytes: 64 * 1024 * 1024,
             retry_after: Duration::from_secs(1),
         }
     }
@@ -594,6 +645,7 @@ impl Default for SinkConfig {
     fn default() -> Self {
         SinkConfig {
             batch_max_records: 5000,
+            batch_max_bytes: 8 * 1024 * 1024,
             flush_interval: Duration::from_millis(200),
         }
     }
@@ -721,13 +773,25 @@ impl Config {
             ));
         }
         at_least_one("http.max_body_bytes", self.http.max_body_bytes)?;
+        if self.http.max_in_flight_bytes < self.http.max_body_bytes {
+            return Err(invalid(
+                "http.max_in_flight_bytes",
+                format!(
+                    "must be at least http.max_body_bytes ({} bytes), or a request of the \
+                     largest allowed size could never be accepted (got {} bytes)",
+                    self.http.max_body_bytes, self.http.max_in_flight_bytes
+                ),
+            ));
+        }
         at_least_one("ingest.max_batch_size", self.ingest.max_batch_size as u64)?;
         at_least_one("ingest.max_event_bytes", self.ingest.max_event_bytes)?;
         at_least_one("spool.max_bytes", self.spool.max_bytes)?;
+        at_least_one("spool.cache_bytes", self.spool.cache_bytes)?;
         at_least_one(
             "spool.max_pending_appends",
             self.spool.max_pending_appends as u64,
         )?;
+        at_least_one("spool.max_pending_bytes", self.spool.max_pending_bytes)?;
         non_empty("spool.path", &self.spool.path.to_string_lossy())?;
         non_empty("kafka.bootstrap_servers", &self.kafka.bootstrap_servers)?;
         non_empty("kafka.topic", &self.kafka.topic)?;
@@ -754,6 +818,17 @@ impl Config {
             ));
         }
         at_least_one("sink.batch_max_records", self.sink.batch_max_records as u64)?;
+        at_least_one("sink.batch_max_bytes", self.sink.batch_max_bytes)?;
+        if self.forward.max_in_flight_bytes < self.ingest.max_event_bytes {
+            return Err(invalid(
+                "forward.max_in_flight_bytes",
+                format!(
+                    "must be at least ingest.max_event_bytes ({} bytes), or the largest event \
+                     could never be sent (got {} bytes)",
+                    self.ingest.max_event_bytes, self.forward.max_in_flight_bytes
+                ),
+            ));
+        }
         non_empty("database.url", &self.database.url)?;
         let scheme_ok = matches!(
             self.database.url.split_once("://").map(|(s, _)| s),

@@ -31,6 +31,7 @@ fn defaults_match_the_table() {
     assert_eq!(c.spool.path, PathBuf::from("./data/spool"));
     assert_eq!(c.spool.max_bytes, 1_073_741_824);
     assert_eq!(c.spool.max_pending_appends, 4096);
+    assert_eq!(c.spool.max_pending_bytes, 64 * 1024 * 1024);
     assert_eq!(c.spool.retry_after, Duration::from_secs(1));
     assert_eq!(c.kafka.bootstrap_servers, "kafka:9092");
     assert_eq!(c.kafka.topic, "openg2p.audit.events");
@@ -288,7 +289,7 @@ fn unknown_key_in_yaml_names_full_path() {
             assert_eq!(key, "audit_manager.spool.max_byte");
             assert_eq!(
                 expected,
-                "path, max_bytes, max_pending_appends, retry_after"
+                "path, max_bytes, cache_bytes, max_pending_appends, max_pending_bytes, retry_after"
             );
             assert_eq!(origin, "YAML input");
         }
@@ -297,7 +298,7 @@ fn unknown_key_in_yaml_names_full_path() {
     assert_eq!(
         e.to_string(),
         "unknown key audit_manager.spool.max_byte in YAML input; valid keys here: path, \
-         max_bytes, max_pending_appends, retry_after"
+         max_bytes, cache_bytes, max_pending_appends, max_pending_bytes, retry_after"
     );
     let e = yaml("audit_manager:\n  nope: 1\n").unwrap_err();
     assert!(

@@ -18,6 +18,7 @@ use std::fmt;
 
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::map::Entry;
+use serde_json::value::RawValue;
 use serde_json::{Map, Number, Value};
 
 use super::validate::FieldError;
@@ -91,6 +92,112 @@ pub fn parse_json(bytes: &[u8]) -> Result<Value, JsonError> {
     match found.into_inner() {
         Some(problem) => Err(problem),
         None => Ok(value),
+    }
+}
+
+/// A batch request body split into its events, each left unparsed: a slice of the body. The
+/// batch handler parses, checks and normalizes one event at a time, so only one event's parsed
+/// form is alive at once instead of the whole batch's (a parsed event takes several times its
+/// JSON size; `docs/memory.md`).
+#[derive(Debug)]
+pub enum BatchBody<'a> {
+    /// A JSON array, or an object whose `events` member is one.
+    Events(Vec<&'a RawValue>),
+    /// An object without an `events` array.
+    NoEventsArray,
+    /// Neither an object nor an array.
+    NotABatch,
+}
+
+/// Splits a batch body (`{"events":[...]}` or a bare array) into its events without parsing
+/// them. Syntax is checked for the whole body, as [`parse_json`] would; its other checks (NUL,
+/// duplicated keys) apply to the object around the events here, and to each event when it is
+/// parsed with [`parse_json`].
+pub fn split_batch(bytes: &[u8]) -> Result<BatchBody<'_>, JsonError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    de.deserialize_any(Outer)
+        .and_then(|v| de.end().map(|()| v))
+        .map_err(|e| JsonError::Syntax(e.to_string()))?
+}
+
+/// The top level of a batch body.
+struct Outer;
+
+impl<'de> Visitor<'de> for Outer {
+    type Value = Result<BatchBody<'de>, JsonError>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut events = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
+        while let Some(e) = seq.next_element::<&'de RawValue>()? {
+            events.push(e);
+        }
+        Ok(Ok(BatchBody::Events(events)))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut keys: Vec<String> = Vec::new();
+        let mut events = None;
+        let mut problem = None;
+        while let Some(key) = map.next_key::<String>()? {
+            let raw: &'de RawValue = map.next_value()?;
+            let field = || key.replace('\0', "\\u0000");
+            let this = if key.contains('\0') {
+                Some(JsonError::Nul(FieldError::new(field(), NUL_KEY_MESSAGE)))
+            } else if keys.contains(&key) {
+                Some(JsonError::DuplicateKey(FieldError::new(
+                    field(),
+                    DUPLICATE_MESSAGE,
+                )))
+            } else if key == "events" && raw.get().starts_with('[') {
+                events = Some(
+                    serde_json::from_str::<Vec<&'de RawValue>>(raw.get())
+                        .map_err(serde::de::Error::custom)?,
+                );
+                None
+            } else {
+                // Not an event: checked whole, as the rest of the body always was.
+                parse_json(raw.get().as_bytes())
+                    .err()
+                    .map(|e| e.under(&field()))
+            };
+            if problem.is_none() {
+                problem = this;
+            }
+            keys.push(key);
+        }
+        Ok(match (problem, events) {
+            (Some(p), _) => Err(p),
+            (None, Some(events)) => Ok(BatchBody::Events(events)),
+            (None, None) => Ok(BatchBody::NoEventsArray),
+        })
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(Ok(BatchBody::NotABatch))
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(Ok(BatchBody::NotABatch))
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(Ok(BatchBody::NotABatch))
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(Ok(BatchBody::NotABatch))
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(Ok(BatchBody::NotABatch))
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(Ok(BatchBody::NotABatch))
     }
 }
 
@@ -261,6 +368,58 @@ impl<'de> Visitor<'de> for Seed<'_, '_> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    fn split(body: &str) -> Result<Vec<String>, JsonError> {
+        match split_batch(body.as_bytes())? {
+            BatchBody::Events(e) => Ok(e.iter().map(|r| r.get().to_owned()).collect()),
+            BatchBody::NoEventsArray => Ok(vec!["<no events array>".into()]),
+            BatchBody::NotABatch => Ok(vec!["<not a batch>".into()]),
+        }
+    }
+
+    #[test]
+    fn a_batch_is_split_into_unparsed_events() {
+        assert_eq!(
+            split(r#"[{"a":1}, {"b":[2]}]"#).unwrap(),
+            [r#"{"a":1}"#, r#"{"b":[2]}"#]
+        );
+        assert_eq!(
+            split(r#"{"x":{"y":1},"events":[ {"a":1} ]}"#).unwrap(),
+            [r#"{"a":1}"#]
+        );
+        assert_eq!(split(r#"{"events":[]}"#).unwrap(), Vec::<String>::new());
+        assert_eq!(
+            split(r#"{"events":{"a":1}}"#).unwrap(),
+            ["<no events array>"]
+        );
+        assert_eq!(split(r#"{"other":1}"#).unwrap(), ["<no events array>"]);
+        assert_eq!(split("\"text\"").unwrap(), ["<not a batch>"]);
+        // An event's own problems wait for its turn: splitting does not look inside it.
+        assert_eq!(split(r#"[{"a":1,"a":2}]"#).unwrap(), [r#"{"a":1,"a":2}"#]);
+    }
+
+    #[test]
+    fn problems_around_the_events_are_found_when_splitting() {
+        let e = split(r#"{"events":[],"events":[]}"#).unwrap_err();
+        assert!(
+            matches!(&e, JsonError::DuplicateKey(f) if f.field == "events"),
+            "{e:?}"
+        );
+        let e = split(r#"{"meta":{"k":1,"k":2},"events":[]}"#).unwrap_err();
+        assert!(
+            matches!(&e, JsonError::DuplicateKey(f) if f.field == "meta.k"),
+            "{e:?}"
+        );
+        let e = split(r#"{"n\u0000":1,"events":[]}"#).unwrap_err();
+        assert!(matches!(&e, JsonError::Nul(_)), "{e:?}");
+        let e = split(r#"{"events":[{"a":1}]"#).unwrap_err();
+        assert!(matches!(e, JsonError::Syntax(_)), "unterminated: {e:?}");
+        let e = split(r#"[{"a":1}] x"#).unwrap_err();
+        assert!(
+            matches!(e, JsonError::Syntax(_)),
+            "trailing characters: {e:?}"
+        );
+    }
 
     fn problem(body: &str) -> FieldError {
         match parse_json(body.as_bytes()) {

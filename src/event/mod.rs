@@ -49,7 +49,7 @@ mod validate;
 
 pub use authcontext::AuthContext;
 pub use binary::{BinaryError, from_binary, is_binary_mode, percent_decode};
-pub use json::{JsonError, parse_json};
+pub use json::{BatchBody, JsonError, parse_json, split_batch};
 pub use mode::ValidationMode;
 pub use row::{Row, RowError, row_from_record, row_from_record_counted, to_row};
 pub use rules::{Normalizations, Rule};

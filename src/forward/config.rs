@@ -42,11 +42,23 @@ pub struct ForwardSettings {
     pub message_timeout: Duration,
 }
 
+impl ForwardSettings {
+    /// These settings with the bounds the configuration sets (`forward.max_in_flight_bytes`):
+    /// the configuration always decides them, whoever chose the timings.
+    pub fn bounded_by(self, config: &Config) -> ForwardSettings {
+        ForwardSettings {
+            max_in_flight_bytes: usize::try_from(config.forward.max_in_flight_bytes)
+                .unwrap_or(usize::MAX),
+            ..self
+        }
+    }
+}
+
 impl Default for ForwardSettings {
     fn default() -> Self {
         ForwardSettings {
             max_in_flight_events: 20_000,
-            max_in_flight_bytes: 32 * 1024 * 1024,
+            max_in_flight_bytes: 16 * 1024 * 1024,
             read_batch_events: 2_000,
             idle_poll: Duration::from_millis(10),
             retry_backoff_min: Duration::from_millis(200),
@@ -101,6 +113,14 @@ pub fn producer_properties(
     set(
         "queue.buffering.max.messages",
         (settings.max_in_flight_events * 2).max(100_000).to_string(),
+    );
+    // ... and by bytes: librdkafka's default (1 GiB) would let its queue, not the spool, hold
+    // the backlog of a slow broker. Twice the window leaves room for its own copies and framing.
+    set(
+        "queue.buffering.max.kbytes",
+        (settings.max_in_flight_bytes / 1024 * 2)
+            .max(1024)
+            .to_string(),
     );
     layered_properties(&config.kafka, defaults)
 }

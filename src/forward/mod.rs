@@ -17,7 +17,8 @@
 //! - Records are handed to the producer in sequence order, so one key's events reach their
 //!   partition in the order they were accepted. After a failed delivery nothing new is sent
 //!   until every outstanding report is in; then the loop re-reads from the oldest live record.
-//! - At most `max_in_flight_events` / `max_in_flight_bytes` are outstanding at any time.
+//! - At most `max_in_flight_events` / `max_in_flight_bytes` (`forward.max_in_flight_bytes`)
+//!   are outstanding at any time.
 //!
 //! # Metrics
 //!
@@ -27,6 +28,7 @@
 //! | `audit_forward_delivery_errors_total{kind}` | counter | failed deliveries by error code |
 //! | `audit_forward_quarantined_total` | counter | records quarantined on permanent rejection |
 //! | `audit_forward_in_flight_events` | gauge | records handed to the producer, no report yet |
+//! | `audit_forward_in_flight_bytes` | gauge | their bytes (key + value), at most `forward.max_in_flight_bytes` |
 //! | `audit_forward_oldest_event_age_seconds` | gauge | age of the oldest record not yet delivered |
 //!
 //! The backlog is the spool's depth, `audit_spool_events`.

@@ -218,6 +218,7 @@ impl Runner {
         let s = &self.settings;
         let room_events = s.max_in_flight_events.saturating_sub(l.in_flight_events);
         let room_bytes = s.max_in_flight_bytes.saturating_sub(l.in_flight_bytes);
+        let max_bytes = s.max_in_flight_bytes;
         if room_events == 0 || room_bytes == 0 {
             return Fill::Full;
         }
@@ -238,6 +239,14 @@ impl Runner {
         }
         for stored in batch {
             match stored {
+                // The window is bytes handed over: a record that would overflow it waits (the
+                // cursor stays) unless nothing is out, so the largest event always fits.
+                Stored::Live { ref record, .. }
+                    if l.in_flight_bytes > 0
+                        && l.in_flight_bytes + record_bytes(record) > max_bytes =>
+                {
+                    return Fill::Full;
+                }
                 Stored::Live { seq, record, .. } => match self.producer.send(seq, &record) {
                     Ok(bytes) => {
                         l.in_flight_events += 1;
@@ -425,6 +434,7 @@ impl Runner {
     fn publish(&self, l: &Loop) {
         self.state.set_in_flight(l.in_flight_events);
         metrics::gauge!("audit_forward_in_flight_events").set(l.in_flight_events as f64);
+        metrics::gauge!("audit_forward_in_flight_bytes").set(l.in_flight_bytes as f64);
         let age = self.spool.stats().oldest_age_secs(now_ms());
         metrics::gauge!("audit_forward_oldest_event_age_seconds").set(age);
     }
@@ -476,6 +486,12 @@ impl Loop {
             && self.delivered.is_empty()
             && self.rejected.is_empty()
     }
+}
+
+/// What a record counts against the in-flight window: its key and value (what the producer
+/// copies).
+fn record_bytes(r: &crate::spool::Record) -> usize {
+    r.value.len() + r.key.as_ref().map_or(0, String::len)
 }
 
 fn count_error(e: &KafkaError) {

@@ -83,6 +83,70 @@ impl Consumed {
     }
 }
 
+impl Consumed {
+    /// What this record counts against `sink.batch_max_bytes`: its key and value as consumed.
+    /// (The decoded row takes about as much again; see `docs/memory.md`.)
+    pub fn bytes(&self) -> usize {
+        self.record.key.as_ref().map_or(0, Vec::len)
+            + self.record.value.as_ref().map_or(0, Vec::len)
+    }
+}
+
+/// Decoded records waiting for the database, in consumption order, with their byte count kept
+/// up to date (the sink bounds the records it holds by bytes, not only by count).
+#[derive(Debug, Default)]
+pub struct Queue {
+    items: std::collections::VecDeque<Consumed>,
+    bytes: usize,
+}
+
+impl Queue {
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub fn push(&mut self, c: Consumed) {
+        self.bytes += c.bytes();
+        self.items.push_back(c);
+    }
+
+    pub fn pop(&mut self) -> Option<Consumed> {
+        let c = self.items.pop_front()?;
+        self.bytes -= c.bytes();
+        Some(c)
+    }
+
+    /// Drops the records of `revoked` partitions; returns how many.
+    pub fn drop_revoked(&mut self, revoked: &HashSet<(String, i32)>) -> usize {
+        if revoked.is_empty() {
+            return 0;
+        }
+        let before = self.items.len();
+        self.items.retain(|c| !is_revoked(&c.record, revoked));
+        self.bytes = self.items.iter().map(Consumed::bytes).sum();
+        before - self.items.len()
+    }
+
+    /// Everything held, emptying the queue.
+    pub fn take(&mut self) -> Vec<Consumed> {
+        self.bytes = 0;
+        std::mem::take(&mut self.items).into()
+    }
+
+    /// True while it holds fewer than `max_records` records and `max_bytes` bytes.
+    pub fn has_room(&self, max_records: usize, max_bytes: usize) -> bool {
+        self.items.len() < max_records && self.bytes < max_bytes
+    }
+}
+
 /// Splits a batch of decoded records into the records (for their offsets and dead letters) and
 /// the [`Plan`].
 pub fn assemble(batch: Vec<Consumed>) -> (Vec<Record>, Plan) {

@@ -9,7 +9,7 @@
 //! - the consumer keeps being polled while retrying, so the group does not evict it and
 //!   rebalances are served.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +19,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::batch::{self, Consumed, DeadReason, Record};
+use super::batch::{self, Consumed, DeadReason, Queue, Record};
 use super::client::SinkContext;
 use super::dlq::DeadLetters;
 use crate::config::Config;
@@ -42,6 +42,9 @@ pub fn backoff(attempt: u32) -> Duration {
 pub struct SinkSettings {
     pub topic: String,
     pub batch_max_records: usize,
+    /// `sink.batch_max_bytes`: a batch is flushed once it holds this many bytes, and no more than
+    /// this is consumed ahead while a batch is being written.
+    pub batch_max_bytes: usize,
     pub flush_interval: Duration,
     pub retention_months: u32,
     /// `ingest.validation`: records are decoded with the ingest's rule set.
@@ -53,6 +56,7 @@ impl SinkSettings {
         SinkSettings {
             topic: c.kafka.topic.clone(),
             batch_max_records: c.sink.batch_max_records,
+            batch_max_bytes: usize::try_from(c.sink.batch_max_bytes).unwrap_or(usize::MAX),
             flush_interval: c.sink.flush_interval,
             retention_months: c.database.partition_retention_months,
             validation: c.ingest.validation,
@@ -105,22 +109,27 @@ impl SinkLoop {
         }
         self.consumer.subscribe(&[&self.settings.topic])?;
         tracing::info!(topic = %self.settings.topic, "sink consuming");
-        let mut batch: Vec<Consumed> = Vec::new();
-        let mut carry: VecDeque<Consumed> = VecDeque::new();
+        let (max_records, max_bytes) = (
+            self.settings.batch_max_records,
+            self.settings.batch_max_bytes,
+        );
+        let mut batch = Queue::default();
+        let mut carry = Queue::default();
         let mut deadline: Option<Instant> = None;
         loop {
-            while batch.len() < self.settings.batch_max_records
-                && let Some(r) = carry.pop_front()
+            while batch.has_room(max_records, max_bytes)
+                && let Some(r) = carry.pop()
             {
                 batch.push(r);
             }
+            publish_buffered(&batch, &carry);
             if !batch.is_empty() && deadline.is_none() {
                 deadline = Some(Instant::now() + self.settings.flush_interval);
             }
             let due = deadline.is_some_and(|d| Instant::now() >= d);
-            if batch.len() >= self.settings.batch_max_records || (due && !batch.is_empty()) {
+            if !batch.has_room(max_records, max_bytes) || (due && !batch.is_empty()) {
                 self.forget_revoked(&mut batch, &mut carry);
-                let records = std::mem::take(&mut batch);
+                let records = batch.take();
                 deadline = None;
                 if !self
                     .flush(records, &mut carry, &token, CommitMode::Async)
@@ -150,7 +159,7 @@ impl SinkLoop {
         }
         // Shutdown: store what we hold if the database answers at once, commit, and leave.
         if !batch.is_empty() {
-            let records = std::mem::take(&mut batch);
+            let records = batch.take();
             let stop_now = CancellationToken::new();
             stop_now.cancel();
             // Synchronous: the commit must reach the broker before the consumer leaves.
@@ -172,15 +181,12 @@ impl SinkLoop {
         )
     }
 
-    fn forget_revoked(&self, batch: &mut Vec<Consumed>, carry: &mut VecDeque<Consumed>) {
+    fn forget_revoked(&self, batch: &mut Queue, carry: &mut Queue) {
         let revoked = self.consumer.context().take_revoked();
         if revoked.is_empty() {
             return;
         }
-        let mut dropped = batch::drop_revoked(batch, &revoked);
-        let before = carry.len();
-        carry.retain(|c| !batch::is_revoked(&c.record, &revoked));
-        dropped += before - carry.len();
+        let dropped = batch.drop_revoked(&revoked) + carry.drop_revoked(&revoked);
         if dropped > 0 {
             tracing::info!(
                 dropped,
@@ -195,7 +201,7 @@ impl SinkLoop {
     async fn flush(
         &self,
         batch: Vec<Consumed>,
-        carry: &mut VecDeque<Consumed>,
+        carry: &mut Queue,
         token: &CancellationToken,
         mode: CommitMode,
     ) -> bool {
@@ -243,7 +249,7 @@ impl SinkLoop {
                 .await;
             // Revoked after the last carried record: those records are theirs too.
             let late = self.consumer.context().take_revoked();
-            carry.retain(|c| !batch::is_revoked(&c.record, &late));
+            carry.drop_revoked(&late);
             revoked.extend(late);
             if !revoked.is_empty() {
                 self.drop_revoked_from_pending(&mut p, &revoked);
@@ -277,16 +283,20 @@ impl SinkLoop {
         &self,
         p: &mut Pending,
         total: &mut Inserted,
-        carry: &mut VecDeque<Consumed>,
+        carry: &mut Queue,
         revoked: &mut HashSet<(String, i32)>,
     ) -> Result<(), AttemptError> {
+        let (max_records, max_bytes) = (
+            self.settings.batch_max_records,
+            self.settings.batch_max_bytes,
+        );
         let attempt = self.attempt(p, total);
         tokio::pin!(attempt);
         loop {
             tokio::select! {
                 biased;
                 r = &mut attempt => return r,
-                m = self.consumer.recv(), if carry.len() < self.settings.batch_max_records => {
+                m = self.consumer.recv(), if carry.has_room(max_records, max_bytes) => {
                     match m {
                         Ok(m) => self.carry_message(&m, carry, revoked),
                         Err(e) => tracing::debug!(error = %e, "Kafka consumer error (retrying)"),
@@ -302,15 +312,16 @@ impl SinkLoop {
     fn carry_message<M: rdkafka::Message>(
         &self,
         m: &M,
-        carry: &mut VecDeque<Consumed>,
+        carry: &mut Queue,
         revoked: &mut HashSet<(String, i32)>,
     ) {
         let now_revoked = self.consumer.context().take_revoked();
         if !now_revoked.is_empty() {
-            carry.retain(|c| !batch::is_revoked(&c.record, &now_revoked));
+            carry.drop_revoked(&now_revoked);
             revoked.extend(now_revoked);
         }
-        carry.push_back(self.decode(m));
+        carry.push(self.decode(m));
+        metrics::gauge!("audit_sink_carried_bytes").set(carry.bytes() as f64);
     }
 
     /// One try at the whole batch: unacknowledged dead letters, then the rows. Idempotent.
@@ -386,7 +397,7 @@ impl SinkLoop {
     async fn wait_polling(
         &self,
         d: Duration,
-        carry: &mut VecDeque<Consumed>,
+        carry: &mut Queue,
         revoked: &mut HashSet<(String, i32)>,
         token: &CancellationToken,
     ) -> bool {
@@ -523,6 +534,13 @@ fn every_row_failed_alike(
         "inserting {rows} rows: every row failed the same way, so audit_events rejects rows of \
          this shape"
     )))
+}
+
+/// The decoded records the sink holds, by bytes: the batch being filled and what was consumed
+/// ahead while the previous one was written (`sink.batch_max_bytes` bounds each).
+fn publish_buffered(batch: &Queue, carry: &Queue) {
+    metrics::gauge!("audit_sink_batch_bytes").set(batch.bytes() as f64);
+    metrics::gauge!("audit_sink_carried_bytes").set(carry.bytes() as f64);
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {

@@ -69,6 +69,7 @@ fn stats_unguarded(dir: &Path, out: &mut impl Write) -> anyhow::Result<()> {
     writeln!(out, "quarantined:       {}", rec.quarantined)?;
     writeln!(out, "damaged (live):    {}", rec.damaged.len())?;
     writeln!(out, "next sequence:     {}", rec.next_seq)?;
+    writeln!(out, "format version:    {}", rec.format_version)?;
     Ok(())
 }
 

@@ -1,9 +1,9 @@
 //! The durable spool: every accepted event lives here, fsynced, until Kafka acknowledged it.
 //!
-//! - `record.rs`: the frame codec (version, CRC-32, postcard body);
+//! - `record.rs`: the frame codecs (record frames, batch frames, the removed-records set);
 //! - `store.rs`: the redb file, its tables, open-time recovery, reads;
 //! - `writer.rs`: the single group-commit writer thread;
-//! - `cli.rs`: the offline `spool stats|verify|export` commands.
+//! - `cli.rs`: the offline `spool stats|verify|export|requeue` commands.
 //!
 //! [`Spool`] is the cheap-to-clone handle the rest of the service uses. The on-disk format is
 //! documented byte for byte in `spool-format.md` at the repository root.
@@ -58,8 +58,9 @@ pub enum SpoolError {
         source: std::io::Error,
     },
     #[error(
-        "spool file {file} has format version {found}, this build reads version {}; run the \
-         audit-manager release that wrote it to drain the spool first",
+        "spool file {file} has format version {found}, this build reads versions {} to {}; \
+         run the audit-manager release that wrote it to drain the spool first",
+        store::OLDEST_FORMAT_VERSION,
         store::FORMAT_VERSION
     )]
     FormatVersion { file: PathBuf, found: u64 },
@@ -128,7 +129,10 @@ pub enum AppendError {
         quarantined_bytes: u64,
         max_bytes: u64,
     },
-    #[error("too many requests are waiting for the spool writer")]
+    #[error(
+        "too many requests are waiting for the spool writer (spool.max_pending_appends or \
+         spool.max_pending_bytes)"
+    )]
     Overloaded,
     #[error("spool write failed: {0}")]
     Storage(String),
@@ -195,6 +199,25 @@ pub struct SpoolOptions {
     pub max_pending_appends: usize,
 }
 
+/// Default of `spool.max_pending_bytes`; see [`Spool::with_max_pending_bytes`].
+pub const DEFAULT_MAX_PENDING_BYTES: u64 = 64 << 20;
+
+/// An append's share of the bytes waiting for the writer. Given back when dropped, which the
+/// writer does right after answering the append (or the queue, when the append never got in).
+pub(crate) struct Reservation {
+    shared: Arc<Shared>,
+    bytes: u64,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.shared
+            .pending_bytes
+            .fetch_sub(self.bytes, Ordering::AcqRel);
+        metrics::gauge!("audit_spool_pending_bytes").decrement(self.bytes as f64);
+    }
+}
+
 pub(crate) struct Shared {
     file: PathBuf,
     max_bytes: u64,
@@ -204,11 +227,43 @@ pub(crate) struct Shared {
     oldest_accepted_ms: AtomicU64,
     quarantined: AtomicU64,
     quarantined_bytes: AtomicU64,
+    /// Bytes of encoded appends handed to the writer and not yet answered.
+    pending_bytes: AtomicU64,
+    /// `spool.max_pending_bytes`.
+    max_pending_bytes: AtomicU64,
     last_error: Mutex<Option<String>>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Shared {
+    /// Takes `bytes` of the pending-bytes bound, or refuses. An append larger than the whole
+    /// bound is let through when nothing else waits, so a request that is legal by its size is
+    /// never refused forever; the bound is exceeded by that one append only.
+    fn reserve(self: &Arc<Self>, bytes: u64) -> Result<Reservation, AppendError> {
+        let max = self.max_pending_bytes.load(Ordering::Relaxed);
+        let mut current = self.pending_bytes.load(Ordering::Acquire);
+        loop {
+            let next = current.saturating_add(bytes);
+            if next > max && current > 0 {
+                return Err(AppendError::Overloaded);
+            }
+            match self.pending_bytes.compare_exchange_weak(
+                current,
+                next,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break,
+                Err(actual) => current = actual,
+            }
+        }
+        metrics::gauge!("audit_spool_pending_bytes").increment(bytes as f64);
+        Ok(Reservation {
+            shared: self.clone(),
+            bytes,
+        })
+    }
+
     fn set_db(&self, db: Option<Arc<Database>>) {
         *self.db.write().unwrap_or_else(PoisonError::into_inner) = db;
     }
@@ -320,6 +375,8 @@ impl Spool {
             oldest_accepted_ms: AtomicU64::new(0),
             quarantined: AtomicU64::new(0),
             quarantined_bytes: AtomicU64::new(0),
+            pending_bytes: AtomicU64::new(0),
+            max_pending_bytes: AtomicU64::new(DEFAULT_MAX_PENDING_BYTES),
             last_error: Mutex::new(None),
             thread: Mutex::new(None),
         });
@@ -333,6 +390,7 @@ impl Spool {
             next_seq: rec.next_seq,
             counters,
             max_bytes: opts.max_bytes,
+            format_version: rec.format_version,
             suspect: false,
         };
         let handle = std::thread::Builder::new()
@@ -343,31 +401,50 @@ impl Spool {
         Ok(Spool { shared, tx })
     }
 
-    /// Makes `records` durable in one commit, all or none. Returns their sequence numbers once
-    /// the commit holding them has been fsynced.
+    /// Bounds the bytes of encoded appends waiting for the writer (`spool.max_pending_bytes`,
+    /// default [`DEFAULT_MAX_PENDING_BYTES`]); appends beyond it get [`AppendError::Overloaded`].
+    /// `spool.max_pending_appends` bounds their number; this bounds their memory, which a count
+    /// cannot (a 500-event batch is ~400 KB).
+    pub fn with_max_pending_bytes(self, bytes: u64) -> Spool {
+        self.shared
+            .max_pending_bytes
+            .store(bytes.max(1), Ordering::Relaxed);
+        self
+    }
+
+    /// Bytes of encoded appends handed to the writer and not yet answered (the gauge
+    /// `audit_spool_pending_bytes`).
+    pub fn pending_bytes(&self) -> u64 {
+        self.shared.pending_bytes.load(Ordering::Acquire)
+    }
+
+    /// Makes `records` durable in one commit, all or none, as one value of the events table (a
+    /// batch frame). Returns their sequence numbers, consecutive, once the commit holding them
+    /// has been fsynced.
     pub async fn append(&self, records: &[Record]) -> Result<Vec<u64>, AppendError> {
-        let frames: Vec<writer::Frame> = records
-            .iter()
-            .map(|r| writer::Frame { bytes: r.encode() })
-            .collect();
-        let bytes = frames.iter().map(|f| f.bytes.len() as u64).sum();
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        let batch = record::encode_batch(records);
         // Refused here, without a commit, when the last published figures already leave no room:
         // a flood of appends against a full spool costs no fsyncs and writes nothing. The writer
         // checks again against its exact figures.
         let stats = self.stats();
-        if stats.is_full_for(bytes) {
+        if stats.is_full_for(batch.record_bytes) {
             return Err(AppendError::Full {
                 live_bytes: stats.live_bytes,
                 quarantined_bytes: stats.quarantined_bytes,
                 max_bytes: stats.max_bytes,
             });
         }
+        let reservation = self.shared.reserve(batch.frame.len() as u64)?;
         let (reply, rx) = oneshot::channel();
         let cmd = writer::Command::Append {
-            frames,
-            bytes,
+            batch,
+            reservation,
             reply,
         };
+        // A refused command is dropped here, and its reservation with it.
         self.tx.try_send(cmd).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => AppendError::Overloaded,
             mpsc::error::TrySendError::Closed(_) => AppendError::Closed,

@@ -17,9 +17,9 @@ use std::time::Instant;
 use redb::{Database, ReadableTable};
 use tokio::sync::{mpsc, oneshot};
 
-use super::record::{QuarantineEntry, Record};
-use super::store::{self, EVENTS, META, OnDamage, Opener, QUARANTINE};
-use super::{AppendError, Counters, Shared, SpoolError, now_ms};
+use super::record::{Batch, QuarantineEntry};
+use super::store::{self, EVENTS, META, OnDamage, Opener, QUARANTINE, REMOVED};
+use super::{AppendError, Counters, Reservation, Shared, SpoolError, now_ms};
 
 /// Upper bounds for one transaction, so a commit's latency stays bounded under a flood.
 const MAX_EVENTS_PER_COMMIT: usize = 20_000;
@@ -27,8 +27,9 @@ const MAX_BYTES_PER_COMMIT: u64 = 32 << 20;
 
 pub(super) enum Command {
     Append {
-        frames: Vec<Frame>,
-        bytes: u64,
+        batch: Batch,
+        /// Its share of `spool.max_pending_bytes`, given back once it was answered.
+        reservation: Reservation,
         reply: oneshot::Sender<Result<Vec<u64>, AppendError>>,
     },
     Ack {
@@ -46,15 +47,10 @@ pub(super) enum Command {
     Shutdown,
 }
 
-/// An encoded record on its way into the events table.
-pub(super) struct Frame {
-    pub bytes: Vec<u8>,
-}
-
 impl Command {
     fn weight(&self) -> (usize, u64) {
         match self {
-            Command::Append { frames, bytes, .. } => (frames.len(), *bytes),
+            Command::Append { batch, .. } => (batch.events as usize, batch.frame.len() as u64),
             Command::Ack { seqs, .. } => (seqs.len(), 0),
             _ => (1, 0),
         }
@@ -68,6 +64,8 @@ pub(super) struct Writer {
     pub next_seq: u64,
     pub counters: Counters,
     pub max_bytes: u64,
+    /// `meta.format_version` of the open file: 1 until the first batch frame is committed.
+    pub format_version: u64,
     /// Set when redb panicked inside a transaction (an inconsistent page in a file that passed
     /// the open-time scan, e.g. damaged allocator state): the next open runs redb's integrity
     /// check and repair before trusting the file again.
@@ -87,12 +85,21 @@ struct Outcome {
     requeued_bytes: u64,
     oldest_accepted_ms: u64,
     next_seq: u64,
+    format_version: u64,
 }
 
 /// The reply owed to each command of a batch once the commit's fate is known.
 enum Pending {
-    Appended(oneshot::Sender<Result<Vec<u64>, AppendError>>, Vec<u64>),
-    Refused(oneshot::Sender<Result<Vec<u64>, AppendError>>, AppendError),
+    Appended(
+        oneshot::Sender<Result<Vec<u64>, AppendError>>,
+        Vec<u64>,
+        Reservation,
+    ),
+    Refused(
+        oneshot::Sender<Result<Vec<u64>, AppendError>>,
+        AppendError,
+        Reservation,
+    ),
     Done(oneshot::Sender<Result<(), SpoolError>>),
     Requeued(oneshot::Sender<Result<u64, SpoolError>>),
 }
@@ -163,10 +170,11 @@ impl Writer {
                 metrics::histogram!("audit_spool_commit_batch_events")
                     .record(outcome.appended_events as f64);
                 self.shared.set_error(None);
+                // A reservation is given back right after its answer (end of each arm).
                 for p in pending {
                     match p {
-                        Pending::Appended(tx, seqs) => drop(tx.send(Ok(seqs))),
-                        Pending::Refused(tx, e) => drop(tx.send(Err(e))),
+                        Pending::Appended(tx, seqs, _r) => drop(tx.send(Ok(seqs))),
+                        Pending::Refused(tx, e, _r) => drop(tx.send(Err(e))),
                         Pending::Done(tx) => drop(tx.send(Ok(()))),
                         Pending::Requeued(tx) => drop(tx.send(Ok(outcome.requeued))),
                     }
@@ -194,7 +202,7 @@ impl Writer {
                 for p in pending {
                     let err = || SpoolError::Commit(msg.clone());
                     match p {
-                        Pending::Appended(tx, _) | Pending::Refused(tx, _) => {
+                        Pending::Appended(tx, _, _r) | Pending::Refused(tx, _, _r) => {
                             drop(tx.send(Err(AppendError::Storage(msg.clone()))))
                         }
                         Pending::Done(tx) => drop(tx.send(Err(err()))),
@@ -225,6 +233,7 @@ impl Writer {
         })?;
         self.suspect = false;
         self.next_seq = rec.next_seq;
+        self.format_version = rec.format_version;
         self.counters = Counters::from(&rec);
         self.shared.publish(&self.counters);
         let db = Arc::new(db);
@@ -246,61 +255,69 @@ impl Writer {
         let txn = store::begin_write(db)?;
         let mut out = Outcome {
             next_seq: self.next_seq,
+            format_version: self.format_version,
             ..Outcome::default()
         };
         {
             let mut events = txn.open_table(EVENTS)?;
+            let mut removed = txn.open_table(REMOVED)?;
             let mut quarantine = txn.open_table(QUARANTINE)?;
+            let mut meta = txn.open_table(META)?;
             for cmd in batch {
                 match cmd {
-                    Command::Ack { seqs, reply } => {
-                        for seq in seqs {
-                            if let Some(v) = events.remove(seq)? {
-                                out.deleted_events += 1;
-                                out.deleted_bytes += v.value().len() as u64;
-                            }
+                    Command::Ack { mut seqs, reply } => {
+                        seqs.sort_unstable();
+                        seqs.dedup();
+                        for t in store::take(&mut events, &mut removed, &seqs, false)? {
+                            out.deleted_events += 1;
+                            out.deleted_bytes += t.bytes;
                         }
                         pending.push(Pending::Done(reply));
                     }
                     Command::Append {
-                        frames,
-                        bytes,
+                        batch,
+                        reservation,
                         reply,
                     } => {
                         // Quarantined records count toward the bound: a quarantine flood must
                         // end in 503 AUD-004, not in a full disk.
                         let c = &self.counters;
-                        let live = c.live_bytes + out.appended_bytes - out.deleted_bytes;
-                        let held = c.quarantined_bytes + out.quarantined_bytes - out.requeued_bytes;
-                        if live + held + bytes > self.max_bytes {
+                        let live =
+                            (c.live_bytes + out.appended_bytes).saturating_sub(out.deleted_bytes);
+                        let held = (c.quarantined_bytes + out.quarantined_bytes)
+                            .saturating_sub(out.requeued_bytes);
+                        if live + held + batch.record_bytes > self.max_bytes {
                             let e = AppendError::Full {
                                 live_bytes: live,
                                 quarantined_bytes: held,
                                 max_bytes: self.max_bytes,
                             };
-                            pending.push(Pending::Refused(reply, e));
+                            pending.push(Pending::Refused(reply, e, reservation));
                             continue;
                         }
-                        let mut seqs = Vec::with_capacity(frames.len());
-                        for f in &frames {
-                            events.insert(out.next_seq, f.bytes.as_slice())?;
-                            seqs.push(out.next_seq);
-                            out.next_seq += 1;
-                            out.appended_events += 1;
-                            out.appended_bytes += f.bytes.len() as u64;
+                        // The whole request is one value, keyed by its first sequence number.
+                        events.insert(out.next_seq, batch.frame.as_slice())?;
+                        if out.format_version < store::FORMAT_VERSION {
+                            // In the same commit as the first batch frame: a release that reads
+                            // only version 1 refuses the file from now on, never misreads it.
+                            meta.insert("format_version", store::FORMAT_VERSION)?;
+                            out.format_version = store::FORMAT_VERSION;
                         }
-                        pending.push(Pending::Appended(reply, seqs));
+                        let seqs: Vec<u64> = (out.next_seq..out.next_seq + batch.events).collect();
+                        out.next_seq += batch.events;
+                        out.appended_events += batch.events;
+                        out.appended_bytes += batch.record_bytes;
+                        pending.push(Pending::Appended(reply, seqs, reservation));
                     }
                     Command::Quarantine { seq, reason, reply } => {
-                        if let Some(v) = events.remove(seq)? {
-                            let raw = v.value().to_vec();
-                            drop(v);
+                        let taken = store::take(&mut events, &mut removed, &[seq], true)?;
+                        if let Some(t) = taken.into_iter().next() {
                             out.deleted_events += 1;
-                            out.deleted_bytes += raw.len() as u64;
+                            out.deleted_bytes += t.bytes;
                             let entry = QuarantineEntry {
                                 quarantined_at_ms: now_ms(),
                                 reason,
-                                raw,
+                                raw: t.raw.unwrap_or_default(),
                             };
                             let frame = entry.encode();
                             quarantine.insert(seq, frame.as_slice())?;
@@ -310,9 +327,10 @@ impl Writer {
                         pending.push(Pending::Done(reply));
                     }
                     Command::Requeue { reply } => {
-                        // Quarantined records go back under their original sequence numbers.
-                        // An entry whose own frame is damaged stays: its contents cannot be
-                        // trusted to be the record that was quarantined.
+                        // Quarantined records go back under their original sequence numbers
+                        // (into their batch when it is still there). An entry whose own frame is
+                        // damaged stays: its contents cannot be trusted to be the record that
+                        // was quarantined.
                         let mut back = Vec::new();
                         for entry in quarantine.iter()? {
                             let (seq, frame) = entry?;
@@ -324,36 +342,38 @@ impl Writer {
                         for (seq, frame_len, raw) in back {
                             quarantine.remove(seq)?;
                             out.requeued_bytes += frame_len;
-                            out.appended_bytes += raw.len() as u64;
-                            out.appended_events += 1;
-                            events.insert(seq, raw.as_slice())?;
                             out.requeued += 1;
+                            if let Some(bytes) =
+                                store::put_back(&mut events, &mut removed, seq, &raw)?
+                            {
+                                out.appended_bytes += bytes;
+                                out.appended_events += 1;
+                            }
                         }
                         pending.push(Pending::Requeued(reply));
                     }
                     Command::Shutdown => {}
                 }
             }
-            out.oldest_accepted_ms = match events.first()? {
-                Some((_, frame)) => Record::decode(frame.value())
-                    .map(|r| r.accepted_at_ms)
-                    .unwrap_or_else(|_| now_ms()),
-                None => 0,
-            };
-            let mut meta = txn.open_table(META)?;
+            out.oldest_accepted_ms = store::oldest_accepted_ms(&events, &removed)?;
             meta.insert("next_seq", out.next_seq)?;
         }
         txn.commit()?;
         Ok(out)
     }
 
+    /// Saturating: the figures are exact while the file is intact (`spool-format.md`,
+    /// invariant 5); a batch whose index is damaged while the service runs is taken out as one
+    /// unreadable value, and the next open recounts from the file.
     fn apply(&mut self, o: &Outcome) {
         self.next_seq = o.next_seq;
+        self.format_version = o.format_version;
         let c = &mut self.counters;
-        c.live_events = c.live_events + o.appended_events - o.deleted_events;
-        c.live_bytes = c.live_bytes + o.appended_bytes - o.deleted_bytes;
-        c.quarantined = c.quarantined + o.quarantined - o.requeued;
-        c.quarantined_bytes = c.quarantined_bytes + o.quarantined_bytes - o.requeued_bytes;
+        c.live_events = (c.live_events + o.appended_events).saturating_sub(o.deleted_events);
+        c.live_bytes = (c.live_bytes + o.appended_bytes).saturating_sub(o.deleted_bytes);
+        c.quarantined = (c.quarantined + o.quarantined).saturating_sub(o.requeued);
+        c.quarantined_bytes =
+            (c.quarantined_bytes + o.quarantined_bytes).saturating_sub(o.requeued_bytes);
         c.oldest_accepted_ms = o.oldest_accepted_ms;
         self.shared.publish(c);
     }

@@ -1,0 +1,124 @@
+//! What one byte of a request body costs while the ingest holds it: the body, the normalized
+//! events and their spool frames are alive together until the answer (events are parsed one at
+//! a time, so only one parsed event is). The `http.max_in_flight_bytes` bound counts body bytes
+//! only, so `docs/memory.md` states this factor; the test pins it (parsing the whole batch into
+//! one DOM, as before, cost 8.6x and fails here) and prints it (`--nocapture`).
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use audit_manager::event::{self, Limits, ValidationMode};
+use audit_manager::spool::Record;
+use serde_json::{Value, json};
+
+/// The system allocator, counting live bytes and their peak.
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            let now = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
+            PEAK.fetch_max(now, Ordering::Relaxed);
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) };
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+/// A realistic event of about 700 bytes (the shape `audit-loadgen` sends).
+fn event(n: usize) -> Value {
+    json!({
+        "specversion": "1.0",
+        "id": format!("0b6e3c1e-5f7a-4d7e-9a53-{n:012}"),
+        "source": "urn:openg2p:registry",
+        "type": "org.openg2p.beneficiary.updated",
+        "subject": format!("beneficiary/{}", n % 1000),
+        "time": "2026-11-22T10:00:00.000Z",
+        "data": {
+            "actor": {"type": "user", "id": format!("user-{}", n % 1000), "name": "Alice",
+                      "roles": ["officer"], "ip": "10.1.2.3"},
+            "action": "beneficiary.update",
+            "outcome": "success",
+            "resource": {"type": "beneficiary", "id": format!("{}", n * 7)},
+            "changes": [{"field": "phone", "old": "+254700000001", "new": "+254700000002"}],
+            "context": {"trace_id": "4bf92f3577b34da6a3ce929d0e0e4736", "channel": "web"}
+        }
+    })
+}
+
+/// What the batch handler keeps alive at its peak: the body, then the events parsed from it,
+/// normalized one by one into records, then their frames for the spool.
+fn ingest_like(body: &[u8]) -> usize {
+    let limits = Limits {
+        mode: ValidationMode::Compatible,
+        max_future_skew: Duration::from_secs(3600),
+        max_event_bytes: 1 << 20,
+    };
+    // As the batch handler does: split the body, then parse and normalize one event at a time.
+    let event::BatchBody::Events(events) = event::split_batch(body).expect("json") else {
+        panic!("not a batch")
+    };
+    let now = chrono::Utc::now();
+    let records: Vec<Record> = events
+        .into_iter()
+        .map(|raw| {
+            let e = event::parse_json(raw.get().as_bytes()).expect("json");
+            let n = event::normalize(e, now, &limits).expect("valid");
+            Record {
+                accepted_at_ms: 0,
+                id: n.id,
+                key: n.key,
+                value: n.json,
+            }
+        })
+        .collect();
+    let frames: Vec<Vec<u8>> = records.iter().map(Record::encode).collect();
+    frames.iter().map(Vec::len).sum::<usize>() + records.len()
+}
+
+#[test]
+fn a_body_byte_costs_a_bounded_few_bytes_while_it_is_ingested() {
+    for batch in [1usize, 100, 500] {
+        let body = if batch == 1 {
+            json!({ "events": [event(0)] })
+        } else {
+            json!({ "events": (0..batch).map(event).collect::<Vec<_>>() })
+        }
+        .to_string()
+        .into_bytes();
+        let before = LIVE.load(Ordering::Relaxed);
+        PEAK.store(before, Ordering::Relaxed);
+        let kept = ingest_like(&body);
+        let peak = PEAK.load(Ordering::Relaxed) - before;
+        let factor = peak as f64 / body.len() as f64;
+        println!(
+            "batch of {batch}: body {} bytes, peak {peak} bytes more while ingested: {factor:.1}x \
+             ({kept} bytes of frames)",
+            body.len()
+        );
+        if batch == 1 {
+            assert!(
+                peak < 16 * 1024,
+                "one event costs {peak} bytes while ingested"
+            );
+        } else {
+            assert!(
+                factor < 4.5,
+                "a batch of {batch} costs {factor:.1}x its body while ingested; docs/memory.md \
+                 says about 3.3x"
+            );
+        }
+    }
+}
