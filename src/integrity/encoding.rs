@@ -123,9 +123,7 @@ pub fn micros(t: DateTime<Utc>) -> i64 {
 
 /// RFC 8785 form of a JSON text. Numbers are IEEE-754 doubles, as JCS defines them.
 pub fn canonical_json(text: &str) -> Result<String, EncodingError> {
-    let value: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| EncodingError::Details(e.to_string()))?;
-    serde_json_canonicalizer::to_string(&value).map_err(|e| EncodingError::Details(e.to_string()))
+    super::jcs::canonicalize(text).map_err(|e| EncodingError::Details(e.to_string()))
 }
 
 fn put_len_bytes(out: &mut Vec<u8>, tag: u8, bytes: &[u8]) -> Result<(), EncodingError> {
@@ -170,7 +168,16 @@ pub fn encode(row: &StoredRow) -> Result<Vec<u8>, EncodingError> {
     put_text(&mut out, row.trace_id.as_deref())?;
     match &row.details {
         None => out.push(TAG_NULL),
-        Some(text) => put_len_bytes(&mut out, TAG_JSON, canonical_json(text)?.as_bytes())?,
+        Some(text) => {
+            // Canonicalised in place: the length is written once the value is.
+            out.push(TAG_JSON);
+            let at = out.len();
+            out.extend_from_slice(&[0; 4]);
+            super::jcs::write_canonical(&mut out, text)
+                .map_err(|e| EncodingError::Details(e.to_string()))?;
+            let len = u32::try_from(out.len() - at - 4).map_err(|_| EncodingError::TooLong)?;
+            out[at..at + 4].copy_from_slice(&len.to_be_bytes());
+        }
     }
     put_text(&mut out, row.auth_type.as_deref())?;
     put_text(&mut out, row.auth_id.as_deref())?;

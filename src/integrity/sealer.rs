@@ -455,12 +455,19 @@ pub async fn selfcheck(pool: &PgPool, signer: &Signer) -> Result<Option<String>,
 }
 
 /// Age of the oldest row no seal covers yet, and how many seals are unpublished.
+///
+/// "Oldest" is the unsealed row with the lowest `seal_seq`, read through the index: one row,
+/// where `min(ingested_at)` read every unsealed row (about 100 ms per 100 000 waiting rows, at
+/// every pass, on the cores the sink writes with). Numbers are drawn in order, so this row's
+/// transaction drew first; another could only be older by the time its transaction spent
+/// before drawing (waiting for the write lock), far below any lag worth an alert.
 pub async fn observe(pool: &PgPool) -> Result<(f64, u64), IntegrityError> {
     let (lag, unpublished): (Option<f64>, i64) = sqlx::query_as(
-        "SELECT (SELECT extract(epoch FROM now() - min(ingested_at))::float8
+        "SELECT (SELECT extract(epoch FROM now() - ingested_at)::float8
                    FROM audit_events
                   WHERE seal_seq > COALESCE((SELECT hi_seq FROM audit_seals
-                                              ORDER BY seal_no DESC LIMIT 1), 0)),
+                                              ORDER BY seal_no DESC LIMIT 1), 0)
+                  ORDER BY seal_seq LIMIT 1),
                 (SELECT count(*) FROM audit_seals WHERE published_at IS NULL)",
     )
     .fetch_one(pool)
