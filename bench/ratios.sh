@@ -46,12 +46,14 @@ pids+=($!)
 for _ in $(seq 1 500); do [ -s "$DIR/bootstrap" ] && break; sleep 0.02; done
 BOOTSTRAP=$(cat "$DIR/bootstrap")
 
-# start NAME ROLES PORT: a fresh spool per process; its pid in $started.
+# start NAME ROLES PORT: a fresh spool per process; its pid in $started. Each process has a
+# consumer group of its own (a sink joining the group a stopped one left would wait out that
+# member's session timeout), so a sink starts from the oldest record in the topic.
 start() {
   local name=$1 roles=$2 port=$3
   env AUDIT_MANAGER__SPOOL__PATH="$DIR/spool-$name" AUDIT_MANAGER__HTTP__LISTEN="127.0.0.1:$port" \
     AUDIT_MANAGER__ROLES="$roles" AUDIT_MANAGER__KAFKA__BOOTSTRAP_SERVERS="$BOOTSTRAP" \
-    AUDIT_MANAGER__SPOOL__MAX_BYTES=64GiB \
+    AUDIT_MANAGER__SPOOL__MAX_BYTES=64GiB AUDIT_MANAGER__KAFKA__CONSUMER_GROUP="bench-$name" \
     DATABASE_URL="$PGURL/$DB" RUST_LOG=warn "$BIN" serve >"$DIR/$name.log" 2>&1 &
   started=$!
   pids+=("$started")
