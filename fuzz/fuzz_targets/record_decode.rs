@@ -2,8 +2,11 @@
 //! the body decoding (postcard) instead of stopping at the checksum. Decoding returns an error
 //! or a record/quarantine entry, never panics, and what decodes re-encodes to a frame that
 //! decodes to the same value. Raw frames (bad versions, bad CRCs, truncation) are tried too.
+//! The same bytes are read as a version-2 batch frame: its index is refused or names record
+//! frames that lie inside the frame; and as a `removed` bitmap.
 #![no_main]
 
+use audit_manager::spool::record::{BatchIndex, Removed};
 use audit_manager::spool::{QuarantineEntry, Record};
 use libfuzzer_sys::fuzz_target;
 
@@ -32,6 +35,16 @@ fuzz_target!(|data: &[u8]| {
                 QuarantineEntry::decode(&entry.encode()).as_ref(),
                 Ok(&entry)
             );
+        }
+        if let Ok(index) = BatchIndex::read(f) {
+            for i in 0..index.len() {
+                let record = index.record(f, i);
+                assert_eq!(record.len() as u64, index.record_len(i));
+                let _ = Record::decode(record);
+            }
+        }
+        for n in [0, 1, 7, 8, 9, 500] {
+            let _ = Removed::decode(f, n);
         }
     }
 });

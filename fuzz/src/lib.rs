@@ -3,7 +3,8 @@
 
 use arbitrary::Arbitrary;
 use audit_manager::event::{
-    JsonError, Limits, ValidationMode, normalize, parse_json, row_from_record,
+    BatchBody, JsonError, Limits, ValidationMode, normalize, parse_json, row_from_record,
+    split_batch,
 };
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::Value;
@@ -260,6 +261,7 @@ pub fn limits(mode: ValidationMode) -> Limits {
 pub fn check_body(body: &[u8]) {
     let ours = parse_json(body);
     let theirs = serde_json::from_slice::<Value>(body);
+    check_split(body, theirs.as_ref(), ours.is_ok());
     let value = match (ours, theirs) {
         (Ok(v), Ok(t)) => {
             assert_eq!(v, t, "same value as serde_json");
@@ -271,6 +273,45 @@ pub fn check_body(body: &[u8]) {
         (ours, theirs) => panic!("parse disagrees: ours {ours:?}, serde_json {theirs:?}"),
     };
     check_value(value);
+}
+
+/// Splitting a body as a batch agrees with parsing it whole: the same syntax verdict, the same
+/// events in the same order, no refusal that parsing it whole would not make.
+/// (Nesting deeper than serde_json's limit is the one exception: the split skips over events
+/// without recursing, and each event is then parsed, with the limit, on its own.)
+fn check_split(body: &[u8], whole: Result<&Value, &serde_json::Error>, whole_ok: bool) {
+    let split = split_batch(body);
+    let whole = match whole {
+        Ok(whole) => whole,
+        Err(e) => {
+            assert!(
+                matches!(split, Err(JsonError::Syntax(_)))
+                    || e.to_string().contains("recursion limit"),
+                "split accepts what serde_json refuses ({e}): {split:?}"
+            );
+            return;
+        }
+    };
+    match split {
+        Err(JsonError::Syntax(e)) => panic!("split refuses valid JSON: {e}"),
+        Err(e) => assert!(!whole_ok, "split finds {e:?}, parsing it whole does not"),
+        Ok(BatchBody::Events(raws)) => {
+            let events = match whole {
+                Value::Array(a) => a,
+                Value::Object(o) => o["events"].as_array().expect("an events array"),
+                other => panic!("events split out of {other}"),
+            };
+            assert_eq!(raws.len(), events.len());
+            for (raw, event) in raws.iter().zip(events) {
+                let parsed: Value = serde_json::from_str(raw.get()).expect("a split event parses");
+                assert_eq!(&parsed, event);
+            }
+        }
+        Ok(BatchBody::NoEventsArray) => {
+            assert!(whole.is_object() && !whole.get("events").is_some_and(Value::is_array));
+        }
+        Ok(BatchBody::NotABatch) => assert!(!whole.is_object() && !whole.is_array()),
+    }
 }
 
 pub fn check_value(value: Value) {
