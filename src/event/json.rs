@@ -396,6 +396,11 @@ mod tests {
         assert_eq!(split("\"text\"").unwrap(), ["<not a batch>"]);
         // An event's own problems wait for its turn: splitting does not look inside it.
         assert_eq!(split(r#"[{"a":1,"a":2}]"#).unwrap(), [r#"{"a":1,"a":2}"#]);
+        let lone = split(r#"[{"a":"\ud800"}]"#).unwrap();
+        assert!(matches!(
+            parse_json(lone[0].as_bytes()),
+            Err(JsonError::Syntax(_))
+        ));
     }
 
     #[test]
