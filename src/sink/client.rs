@@ -26,17 +26,15 @@ const DEFAULT_CONSUMER: &[(&str, &str)] = &[
     ("auto.offset.reset", "earliest"),
     // Feeds the consumer-lag gauge.
     ("statistics.interval.ms", "5000"),
-    // Prefetch at most 8 MiB of records (librdkafka's default is 64 MiB): a batch or two ahead
-    // of the database is plenty. A full prefetch queue pauses fetching for
-    // `fetch.queue.backoff.ms`; the default 1 s then starves the sink (measured: -15% rows/s),
-    // 100 ms does not.
-    ("queued.max.messages.kbytes", "8192"),
+    // Prefetch at most 16 MiB (librdkafka's default is 64 MiB): several batches ahead of the
+    // database. A full prefetch queue pauses fetching for `fetch.queue.backoff.ms`; the default
+    // 1 s then starves the sink (measured: -15% rows/s), 100 ms does not. The bound is checked
+    // before each fetch, so one fetch response (`fetch.max.bytes`, 50 MiB) can overshoot it: a
+    // heap profile under batch load found 25 MiB of decompressed fetch buffers. 8 MiB and a
+    // 4 MiB `fetch.max.bytes` took ~12 MiB off the peak but cost the sink 10-20 % of its rows/s
+    // (BENCHMARKS.md, "Memory and the lean path"), so they are left to `kafka.consumer`.
+    ("queued.max.messages.kbytes", "16384"),
     ("fetch.queue.backoff.ms", "100"),
-    // The prefetch bound is checked before a fetch is sent, so one fetch response can overshoot
-    // it by up to `fetch.max.bytes` (default 50 MiB, compressed: a heap profile under batch
-    // load found 25 MiB of decompressed fetch buffers with a 16 MiB prefetch bound). 4 MiB
-    // keeps the overshoot small; a larger record batch is still fetched whole.
-    ("fetch.max.bytes", "4194304"),
 ];
 
 /// The sink's group consumer configuration.
