@@ -14,7 +14,7 @@ use audit_manager::spool::record::BatchIndex;
 use audit_manager::spool::store::{self, EVENTS, META, QUARANTINE, REMOVED};
 use audit_manager::spool::{QuarantineEntry, Record, Spool, SpoolOptions, Stored};
 use common::kafka::{MockKafka, TOPIC, TopicTail, eventually};
-use common::{TestApp, run_cli};
+use common::{TestApp, exported_ids, run_cli};
 use redb::{ReadableDatabase, ReadableTableMetadata};
 use serde_json::{Value, json};
 
@@ -96,20 +96,6 @@ fn live(spool: &Spool) -> Vec<(u64, String, usize)> {
 fn cli(spool_dir: &Path, args: &[&str]) -> (i32, String, String) {
     let dir = spool_dir.to_string_lossy();
     run_cli(args, &[("AUDIT_MANAGER__SPOOL__PATH", dir.as_ref())])
-}
-
-fn exported(spool_dir: &Path) -> Vec<String> {
-    let (code, stdout, stderr) = cli(spool_dir, &["spool", "export"]);
-    assert_eq!(code, 0, "{stderr}");
-    stdout
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<Value>(l).unwrap()["id"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -266,7 +252,7 @@ async fn version_1_and_2_frames_are_read_side_by_side() {
         "{out}"
     );
     assert!(out.contains("records damaged:   0"), "{out}");
-    assert_eq!(exported(dir), expected);
+    assert_eq!(exported_ids(dir), expected);
     let (code, out, err) = cli(dir, &["spool", "export", "--quarantine"]);
     assert_eq!(code, 0, "{err}");
     let ids: Vec<(u64, String)> = out
@@ -293,7 +279,7 @@ async fn version_1_and_2_frames_are_read_side_by_side() {
     after.extend(old_ids[5..].iter().cloned());
     after.extend([29, 30, 31, 32, 33, 34, 35, 36].map(|i| format!("v2-b{}", i - 27)));
     after.push("v2-s".into());
-    assert_eq!(exported(dir), after);
+    assert_eq!(exported_ids(dir), after);
 
     let spool = Spool::open(&options(dir)).unwrap();
     let stats = spool.stats();
