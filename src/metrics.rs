@@ -29,7 +29,7 @@
 //! | `audit_sink_rows_inserted_total` | counter | new rows written to `audit_events` |
 //! | `audit_sink_duplicates_total` | counter | redelivered events collapsed on the primary key |
 //! | `audit_sink_batch_events` | histogram | records per sink batch |
-//! | `audit_sink_batch_bytes` | gauge | bytes of the batch being filled or written (bounded by `sink.batch_max_bytes`) |
+//! | `audit_sink_batch_bytes` | gauge | bytes of the batch being written, 0 between batches (bounded by `sink.batch_max_bytes`) |
 //! | `audit_sink_carried_bytes` | gauge | bytes consumed ahead while a batch is written (same bound) |
 //! | `audit_sink_batch_duration_seconds` | histogram | decode + DLQ + insert time of a batch |
 //! | `audit_sink_batch_failures_total` | counter | batch attempts that failed and were retried |

@@ -93,14 +93,24 @@ impl Consumed {
 }
 
 /// Decoded records waiting for the database, in consumption order, with their byte count kept
-/// up to date (the sink bounds the records it holds by bytes, not only by count).
+/// up to date (the sink bounds the records it holds by bytes, not only by count) and, when it
+/// has one, mirrored in a gauge (a handle taken once: a store per change, no registry lookup).
 #[derive(Debug, Default)]
 pub struct Queue {
     items: std::collections::VecDeque<Consumed>,
     bytes: usize,
+    gauge: Option<metrics::Gauge>,
 }
 
 impl Queue {
+    /// A queue whose byte count is published in `gauge`.
+    pub fn gauged(gauge: metrics::Gauge) -> Queue {
+        Queue {
+            gauge: Some(gauge),
+            ..Queue::default()
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.items.len()
     }
@@ -116,11 +126,13 @@ impl Queue {
     pub fn push(&mut self, c: Consumed) {
         self.bytes += c.bytes();
         self.items.push_back(c);
+        self.publish();
     }
 
     pub fn pop(&mut self) -> Option<Consumed> {
         let c = self.items.pop_front()?;
         self.bytes -= c.bytes();
+        self.publish();
         Some(c)
     }
 
@@ -132,18 +144,26 @@ impl Queue {
         let before = self.items.len();
         self.items.retain(|c| !is_revoked(&c.record, revoked));
         self.bytes = self.items.iter().map(Consumed::bytes).sum();
+        self.publish();
         before - self.items.len()
     }
 
     /// Everything held, emptying the queue.
     pub fn take(&mut self) -> Vec<Consumed> {
         self.bytes = 0;
+        self.publish();
         std::mem::take(&mut self.items).into()
     }
 
     /// True while it holds fewer than `max_records` records and `max_bytes` bytes.
     pub fn has_room(&self, max_records: usize, max_bytes: usize) -> bool {
         self.items.len() < max_records && self.bytes < max_bytes
+    }
+
+    fn publish(&self) {
+        if let Some(g) = &self.gauge {
+            g.set(self.bytes as f64);
+        }
     }
 }
 
@@ -219,16 +239,6 @@ pub fn commit_offsets(records: &[Record]) -> BTreeMap<(String, i32), i64> {
             .or_insert(next);
     }
     out
-}
-
-/// Drops the records of revoked partitions; returns how many were dropped.
-pub fn drop_revoked(records: &mut Vec<Consumed>, revoked: &HashSet<(String, i32)>) -> usize {
-    if revoked.is_empty() {
-        return 0;
-    }
-    let before = records.len();
-    records.retain(|c| !is_revoked(&c.record, revoked));
-    before - records.len()
 }
 
 /// Whether `r` belongs to one of the `revoked` partitions.
@@ -339,13 +349,16 @@ mod tests {
     #[test]
     fn revoked_partitions_leave_the_batch() {
         let now = Utc::now();
-        let mut records: Vec<Consumed> = [rec(0, 1, b""), rec(1, 1, b""), rec(0, 2, b"")]
-            .into_iter()
-            .map(|r| Consumed::new(r, now, None, ValidationMode::Strict))
-            .collect();
+        let mut queue = Queue::default();
+        for r in [rec(0, 1, b"ab"), rec(1, 1, b"cde"), rec(0, 2, b"f")] {
+            queue.push(Consumed::new(r, now, None, ValidationMode::Strict));
+        }
+        assert_eq!(queue.bytes(), 6);
         let revoked: HashSet<_> = [("t".to_string(), 0)].into_iter().collect();
-        assert_eq!(drop_revoked(&mut records, &revoked), 2);
-        assert_eq!(records.len(), 1);
-        assert_eq!(records[0].record, rec(1, 1, b""));
+        assert_eq!(queue.drop_revoked(&revoked), 2);
+        assert_eq!(queue.bytes(), 3, "the byte count follows");
+        let left = queue.take();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].record, rec(1, 1, b"cde"));
     }
 }

@@ -114,7 +114,7 @@ impl SinkLoop {
             self.settings.batch_max_bytes,
         );
         let mut batch = Queue::default();
-        let mut carry = Queue::default();
+        let mut carry = Queue::gauged(metrics::gauge!("audit_sink_carried_bytes"));
         let mut deadline: Option<Instant> = None;
         loop {
             while batch.has_room(max_records, max_bytes)
@@ -122,7 +122,6 @@ impl SinkLoop {
             {
                 batch.push(r);
             }
-            publish_buffered(&batch, &carry);
             if !batch.is_empty() && deadline.is_none() {
                 deadline = Some(Instant::now() + self.settings.flush_interval);
             }
@@ -206,6 +205,7 @@ impl SinkLoop {
         mode: CommitMode,
     ) -> bool {
         let started = std::time::Instant::now();
+        let _writing = Writing::start(batch.iter().map(Consumed::bytes).sum());
         let (records, plan) = batch::assemble(batch);
         let mut p = Pending {
             records,
@@ -321,7 +321,6 @@ impl SinkLoop {
             revoked.extend(now_revoked);
         }
         carry.push(self.decode(m));
-        metrics::gauge!("audit_sink_carried_bytes").set(carry.bytes() as f64);
     }
 
     /// One try at the whole batch: unacknowledged dead letters, then the rows. Idempotent.
@@ -536,11 +535,21 @@ fn every_row_failed_alike(
     )))
 }
 
-/// The decoded records the sink holds, by bytes: the batch being filled and what was consumed
-/// ahead while the previous one was written (`sink.batch_max_bytes` bounds each).
-fn publish_buffered(batch: &Queue, carry: &Queue) {
-    metrics::gauge!("audit_sink_batch_bytes").set(batch.bytes() as f64);
-    metrics::gauge!("audit_sink_carried_bytes").set(carry.bytes() as f64);
+/// `audit_sink_batch_bytes`: the bytes of the batch being written, 0 once it is done.
+struct Writing(metrics::Gauge);
+
+impl Writing {
+    fn start(bytes: usize) -> Writing {
+        let gauge = metrics::gauge!("audit_sink_batch_bytes");
+        gauge.set(bytes as f64);
+        Writing(gauge)
+    }
+}
+
+impl Drop for Writing {
+    fn drop(&mut self) {
+        self.0.set(0.0);
+    }
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {
