@@ -17,6 +17,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 pub struct BodyBudget {
     sem: Arc<Semaphore>,
     total: usize,
+    /// `audit_http_body_bytes_in_flight`, looked up once.
+    gauge: metrics::Gauge,
 }
 
 /// Bytes held by one request; given back when dropped.
@@ -33,6 +35,7 @@ impl BodyBudget {
         BodyBudget {
             sem: Arc::new(Semaphore::new(total)),
             total,
+            gauge: metrics::gauge!("audit_http_body_bytes_in_flight"),
         }
     }
 
@@ -54,7 +57,7 @@ impl BodyBudget {
     }
 
     fn publish(&self) {
-        metrics::gauge!("audit_http_body_bytes_in_flight").set(self.in_flight() as f64);
+        self.gauge.set(self.in_flight() as f64);
     }
 }
 

@@ -214,7 +214,7 @@ impl Drop for Reservation {
         self.shared
             .pending_bytes
             .fetch_sub(self.bytes, Ordering::AcqRel);
-        metrics::gauge!("audit_spool_pending_bytes").decrement(self.bytes as f64);
+        self.shared.pending_gauge.decrement(self.bytes as f64);
     }
 }
 
@@ -231,6 +231,8 @@ pub(crate) struct Shared {
     pending_bytes: AtomicU64,
     /// `spool.max_pending_bytes`.
     max_pending_bytes: AtomicU64,
+    /// `audit_spool_pending_bytes`, looked up once.
+    pending_gauge: metrics::Gauge,
     last_error: Mutex<Option<String>>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
@@ -257,7 +259,7 @@ impl Shared {
                 Err(actual) => current = actual,
             }
         }
-        metrics::gauge!("audit_spool_pending_bytes").increment(bytes as f64);
+        self.pending_gauge.increment(bytes as f64);
         Ok(Reservation {
             shared: self.clone(),
             bytes,
@@ -377,6 +379,7 @@ impl Spool {
             quarantined_bytes: AtomicU64::new(0),
             pending_bytes: AtomicU64::new(0),
             max_pending_bytes: AtomicU64::new(DEFAULT_MAX_PENDING_BYTES),
+            pending_gauge: metrics::gauge!("audit_spool_pending_bytes"),
             last_error: Mutex::new(None),
             thread: Mutex::new(None),
         });
