@@ -203,7 +203,7 @@ pub struct SpoolOptions {
 pub const DEFAULT_MAX_PENDING_BYTES: u64 = 64 << 20;
 
 /// An append's share of the bytes waiting for the writer. Given back when dropped, which the
-/// writer does right after answering the append (or the queue, when the append never got in).
+/// writer does just before answering the append (or the queue, when the append never got in).
 pub(crate) struct Reservation {
     shared: Arc<Shared>,
     bytes: u64,

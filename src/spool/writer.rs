@@ -170,11 +170,18 @@ impl Writer {
                 metrics::histogram!("audit_spool_commit_batch_events")
                     .record(outcome.appended_events as f64);
                 self.shared.set_error(None);
-                // A reservation is given back right after its answer (end of each arm).
+                // A reservation is given back before its answer: an appender that has its answer
+                // never sees its bytes still counted as pending.
                 for p in pending {
                     match p {
-                        Pending::Appended(tx, seqs, _r) => drop(tx.send(Ok(seqs))),
-                        Pending::Refused(tx, e, _r) => drop(tx.send(Err(e))),
+                        Pending::Appended(tx, seqs, r) => {
+                            drop(r);
+                            drop(tx.send(Ok(seqs)))
+                        }
+                        Pending::Refused(tx, e, r) => {
+                            drop(r);
+                            drop(tx.send(Err(e)))
+                        }
                         Pending::Done(tx) => drop(tx.send(Ok(()))),
                         Pending::Requeued(tx) => drop(tx.send(Ok(outcome.requeued))),
                     }
@@ -202,7 +209,8 @@ impl Writer {
                 for p in pending {
                     let err = || SpoolError::Commit(msg.clone());
                     match p {
-                        Pending::Appended(tx, _, _r) | Pending::Refused(tx, _, _r) => {
+                        Pending::Appended(tx, _, r) | Pending::Refused(tx, _, r) => {
+                            drop(r);
                             drop(tx.send(Err(AppendError::Storage(msg.clone()))))
                         }
                         Pending::Done(tx) => drop(tx.send(Err(err()))),
