@@ -84,14 +84,21 @@ pub enum FrameError {
 
 /// Frames any serializable body: version, CRC, postcard bytes.
 pub fn encode_frame<T: Serialize>(body: &T) -> Vec<u8> {
-    let mut out = vec![FRAME_VERSION, 0, 0, 0, 0];
+    append_frame(body, Vec::new())
+}
+
+/// Appends `body` framed (version, CRC, postcard bytes) to `out`: a batch frame writes its
+/// record frames back to back into one buffer this way.
+fn append_frame<T: Serialize>(body: &T, mut out: Vec<u8>) -> Vec<u8> {
+    let start = out.len();
+    out.extend_from_slice(&[FRAME_VERSION, 0, 0, 0, 0]);
     // Serializing plain structs of integers, strings and byte vectors into a Vec cannot fail.
     out = match postcard::to_extend(body, out) {
         Ok(v) => v,
         Err(e) => unreachable!("postcard cannot fail writing to a Vec: {e}"),
     };
-    let crc = crc32fast::hash(&out[HEADER_LEN..]);
-    out[1..HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
+    let crc = crc32fast::hash(&out[start + HEADER_LEN..]);
+    out[start + 1..start + HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
     out
 }
 
@@ -150,13 +157,7 @@ pub fn encode_batch(records: &[Record]) -> Batch {
     let mut lengths = Vec::with_capacity(n);
     for r in records {
         let start = out.len();
-        out.extend_from_slice(&[FRAME_VERSION, 0, 0, 0, 0]);
-        out = match postcard::to_extend(r, out) {
-            Ok(v) => v,
-            Err(e) => unreachable!("postcard cannot fail writing to a Vec: {e}"),
-        };
-        let crc = crc32fast::hash(&out[start + HEADER_LEN..]);
-        out[start + 1..start + HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
+        out = append_frame(r, out);
         lengths.push((out.len() - start) as u32);
     }
     for (i, len) in lengths.iter().enumerate() {
@@ -192,6 +193,12 @@ impl BatchIndex {
     /// to be 2 (it lies outside both CRCs; a flipped version byte must not cost n records): the
     /// caller treats a frame whose version byte is 1 as a record frame and tries this otherwise.
     pub fn read(frame: &[u8]) -> Result<BatchIndex, FrameError> {
+        if frame.len() < BATCH_FIXED_LEN + 8 {
+            return Err(FrameError::Index(format!(
+                "frame is {} bytes, too short for a batch",
+                frame.len()
+            )));
+        }
         let front = Self::front(frame);
         match front {
             Ok(index) => Ok(index),
@@ -200,13 +207,8 @@ impl BatchIndex {
         }
     }
 
+    /// The front copy (the frame is at least a minimal batch long).
     fn front(frame: &[u8]) -> Result<BatchIndex, String> {
-        if frame.len() < BATCH_FIXED_LEN + 8 {
-            return Err(format!(
-                "frame is {} bytes, too short for a batch",
-                frame.len()
-            ));
-        }
         let n = u32_at(frame, HEADER_LEN) as usize;
         let end = n
             .checked_mul(4)
@@ -217,13 +219,8 @@ impl BatchIndex {
         Self::slots(frame, n, |i| u32_at(frame, HEADER_LEN + 4 + 4 * i))
     }
 
+    /// The back copy (the frame is at least a minimal batch long).
     fn back(frame: &[u8]) -> Result<BatchIndex, String> {
-        if frame.len() < BATCH_FIXED_LEN + 8 {
-            return Err(format!(
-                "frame is {} bytes, too short for a batch",
-                frame.len()
-            ));
-        }
         let len = frame.len();
         let n = u32_at(frame, len - 8) as usize;
         let start = n
