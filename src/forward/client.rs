@@ -122,7 +122,7 @@ impl Producer {
     /// Hands one record to librdkafka (never blocks). On success returns the bytes it counts
     /// against the in-flight window; its [`Outcome`] follows on the channel.
     pub fn send(&self, seq: u64, record: &Record) -> Result<usize, KafkaError> {
-        let bytes = record.value.len() + record.key.as_ref().map_or(0, String::len);
+        let bytes = produced_bytes(record);
         let headers = OwnedHeaders::new_with_capacity(1).insert(Header {
             key: "content-type",
             value: Some(CONTENT_TYPE),
@@ -325,6 +325,12 @@ pub async fn ensure_topics(kafka: &KafkaConfig, client_config: &ClientConfig) {
             }
         }
     }
+}
+
+/// What a record counts against the forwarder's in-flight window: its key and value, the bytes
+/// the producer copies.
+pub(super) fn produced_bytes(record: &Record) -> usize {
+    record.value.len() + record.key.as_ref().map_or(0, String::len)
 }
 
 #[cfg(test)]

@@ -243,7 +243,8 @@ impl Runner {
                 // cursor stays) unless nothing is out, so the largest event always fits.
                 Stored::Live { ref record, .. }
                     if l.in_flight_bytes > 0
-                        && l.in_flight_bytes + record_bytes(record) > max_bytes =>
+                        && l.in_flight_bytes + super::client::produced_bytes(record)
+                            > max_bytes =>
                 {
                     return Fill::Full;
                 }
@@ -486,12 +487,6 @@ impl Loop {
             && self.delivered.is_empty()
             && self.rejected.is_empty()
     }
-}
-
-/// What a record counts against the in-flight window: its key and value (what the producer
-/// copies).
-fn record_bytes(r: &crate::spool::Record) -> usize {
-    r.value.len() + r.key.as_ref().map_or(0, String::len)
 }
 
 fn count_error(e: &KafkaError) {
