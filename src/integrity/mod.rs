@@ -36,9 +36,6 @@ pub const SEQUENCE_DDL: &str =
 /// The default every new row's `seal_seq` takes.
 pub const SEAL_SEQ_DEFAULT: &str = "nextval('audit_events_seal_seq'::regclass)";
 
-/// The default of `ingested_at`, which the sink's row hashes rely on (`store::stamp`).
-pub const INGESTED_AT_DEFAULT: &str = "now()";
-
 /// The tables of the seals and of the retention drops waiting to be sealed.
 pub const TABLES_DDL: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS audit_seals (
@@ -104,28 +101,6 @@ pub async fn apply_schema(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Err
         sqlx::query("ALTER TABLE audit_events ADD COLUMN IF NOT EXISTS row_hash bytea")
             .execute(&mut *conn)
             .await?;
-    }
-    // The sink hashes rows with the transaction's now() and leaves the column to its default.
-    let ingested_default: Option<String> = sqlx::query_scalar(
-        "SELECT pg_get_expr(d.adbin, d.adrelid)
-           FROM pg_attribute a
-           LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
-          WHERE a.attrelid = 'audit_events'::regclass AND a.attname = 'ingested_at'
-            AND NOT a.attisdropped",
-    )
-    .fetch_optional(&mut *conn)
-    .await?
-    .flatten();
-    if ingested_default.as_deref() != Some(INGESTED_AT_DEFAULT) {
-        tracing::warn!(
-            found = ingested_default.as_deref().unwrap_or("none"),
-            "audit_events.ingested_at had another default; restoring now()"
-        );
-        sqlx::query(&format!(
-            "ALTER TABLE audit_events ALTER COLUMN ingested_at SET DEFAULT {INGESTED_AT_DEFAULT}"
-        ))
-        .execute(&mut *conn)
-        .await?;
     }
     let default = column.and_then(|(d,)| d);
     if default.as_deref() != Some(SEAL_SEQ_DEFAULT) {
