@@ -159,17 +159,7 @@ async fn bench_sink_with_and_without_sealing_then_verify() {
         Variant::SealingOn,
         Variant::UnstampedOn,
     ];
-    // Every other round runs the variants in reverse order, so a variant's position (what the
-    // database still does for the one before it: checkpoints, dropping its database) weighs
-    // on every variant alike.
-    let order = (0..rounds).flat_map(|round| {
-        let mut this = all;
-        if round % 2 == 1 {
-            this.reverse();
-        }
-        this
-    });
-    for variant in order {
+    for variant in (0..rounds).flat_map(|_| all) {
         if !variants.split(',').any(|v| v == format!("{variant:?}")) {
             continue;
         }
@@ -211,32 +201,6 @@ async fn bench_sink_with_and_without_sealing_then_verify() {
             report.rows_ok,
             report.seals,
             report.rows_ok as f64 / secs
-        );
-    }
-}
-
-/// What stamping costs the sink per row: hashing each row as it will be stored
-/// (`store::stamp::hashes`, the canonical encoding with `details` in RFC 8785 form, then
-/// SHA-256), on one core, with no database.
-#[test]
-#[ignore = "benchmark: run explicitly with --ignored --nocapture"]
-fn bench_row_hashes_in_the_sink() {
-    let n = events().min(250_000);
-    let now = chrono::Utc::now();
-    let rows: Vec<Row> = (0..n)
-        .map(|i| row_from_record(&payload(i), now, ValidationMode::default()).unwrap())
-        .collect();
-    let refs: Vec<&Row> = rows.iter().collect();
-    let seqs: Vec<i64> = (1..=n as i64).collect();
-    for round in 1..=3 {
-        let started = Instant::now();
-        let hashes = audit_manager::store::stamp::hashes(&refs, now.timestamp_micros(), &seqs);
-        let secs = started.elapsed().as_secs_f64();
-        assert!(hashes.iter().all(Option::is_some));
-        println!(
-            "round {round}: {n} row hashes in {secs:.3}s: {:.0} ns/row, {:.0} rows/s",
-            secs * 1e9 / n as f64,
-            n as f64 / secs
         );
     }
 }

@@ -15,7 +15,8 @@
 //! Every write runs in a transaction that first takes the seal write lock shared
 //! (`pg_advisory_xact_lock_shared`, see `integrity::sealer`), so the sealer can find a point
 //! where no write is in flight and no committed row can fall between two seals. It then draws
-//! the rows' `seal_seq` and stores each row with its hash ([`super::stamp`]).
+//! the rows' sealing stamps (`ingested_at`, `seal_seq`) and stores each row with its hash
+//! ([`super::stamp`]).
 //!
 //! `BENCHMARKS.md` has the measurements that chose the default.
 
@@ -24,7 +25,7 @@ use std::fmt::Write as _;
 use chrono::{DateTime, Utc};
 use sqlx::Connection as _;
 
-use super::stamp::{self, Encoded, Stamps, stored_time};
+use super::stamp::{self, Stamps, stored_time};
 use super::{Month, Operation, Store, StoreError};
 use crate::event::Row;
 
@@ -54,10 +55,9 @@ const COLUMNS: &str = "id, occurred_at, source, type, subject, actor_type, actor
      resource_type, resource_id, action, outcome, reason, trace_id, details, auth_type, auth_id";
 
 /// The stamp columns, written after [`COLUMNS`] when rows are stamped.
-const STAMP_COLUMNS: &str = "seal_seq, row_hash";
+const STAMP_COLUMNS: &str = "ingested_at, seal_seq, row_hash";
 
-/// The columns a write names: without stamps the default fills `seal_seq` (and always
-/// `ingested_at`).
+/// The columns a write names: without stamps the defaults fill `ingested_at` and `seal_seq`.
 fn columns(stamped: bool) -> String {
     if stamped {
         format!("{COLUMNS}, {STAMP_COLUMNS}")
@@ -81,17 +81,17 @@ const UNNEST_SQL: &str = "
              auth_id)
     ON CONFLICT DO NOTHING";
 
-/// [`UNNEST_SQL`] with the stamps.
+/// [`UNNEST_SQL`] with the stamps: `$17` is the transaction's `ingested_at`.
 const UNNEST_STAMPED_SQL: &str = "
     INSERT INTO audit_events (id, occurred_at, source, type, subject, actor_type, actor_id,
         resource_type, resource_id, action, outcome, reason, trace_id, details, auth_type,
-        auth_id, seal_seq, row_hash)
+        auth_id, ingested_at, seal_seq, row_hash)
     SELECT id, occurred_at, source, type, subject, actor_type, actor_id,
         resource_type, resource_id, action, outcome, reason, trace_id, details::jsonb,
-        auth_type, auth_id, seal_seq, row_hash
+        auth_type, auth_id, $17::timestamptz, seal_seq, row_hash
     FROM UNNEST($1::text[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[],
         $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[],
-        $14::text[], $15::text[], $16::text[], $17::int8[], $18::bytea[])
+        $14::text[], $15::text[], $16::text[], $18::int8[], $19::bytea[])
         AS t(id, occurred_at, source, type, subject, actor_type, actor_id,
              resource_type, resource_id, action, outcome, reason, trace_id, details, auth_type,
              auth_id, seal_seq, row_hash)
@@ -102,7 +102,7 @@ const TEMP_TABLE_SQL: &str = "
         id text, occurred_at timestamptz, source text, type text, subject text,
         actor_type text, actor_id text, resource_type text, resource_id text, action text,
         outcome text, reason text, trace_id text, details text, auth_type text, auth_id text,
-        seal_seq int8, row_hash bytea
+        ingested_at timestamptz, seal_seq int8, row_hash bytea
     ) ON COMMIT DELETE ROWS";
 
 /// A write transaction of `audit_events` and the stamps of the rows it writes.
@@ -110,20 +110,22 @@ type Write<'c> = (sqlx::Transaction<'c, sqlx::Postgres>, Option<Stamps>);
 
 /// Begins a write transaction of `audit_events`: every one holds the seal write lock shared
 /// until it ends, which is what lets the sealer find a gap-free watermark (see
-/// `integrity::sealer`). With `encoded` rows, it then draws their stamps (under the lock, as the
-/// column default would) and hashes them.
+/// `integrity::sealer`). With `stamped`, it then draws the stamps of `rows` (under the lock,
+/// as the column defaults would).
 async fn begin_write<'c>(
     conn: &'c mut sqlx::PgConnection,
-    encoded: Option<&mut Encoded>,
+    rows: &[&Row],
+    stamped: bool,
 ) -> Result<Write<'c>, sqlx::Error> {
     let mut tx = conn.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
         .bind(crate::integrity::SEAL_WRITE_LOCK)
         .execute(&mut *tx)
         .await?;
-    let stamps = match encoded {
-        Some(e) => Some(stamp::draw(&mut tx, e).await?),
-        None => None,
+    let stamps = if stamped {
+        Some(stamp::draw(&mut tx, rows).await?)
+    } else {
+        None
     };
     Ok((tx, stamps))
 }
@@ -168,20 +170,11 @@ impl Store {
             Ok(_) => {
                 let n = self.parallelism.min(rows.len() / MIN_PARALLEL_CHUNK).max(1);
                 let groups = split_by_id(rows, n);
-                let mut encoded: Vec<Option<Encoded>> = if self.stamps {
-                    stamp::encode_groups(&groups)
-                        .into_iter()
-                        .map(Some)
-                        .collect()
-                } else {
-                    groups.iter().map(|_| None).collect()
-                };
-                let writes = groups.iter().zip(&mut encoded).map(|(g, e)| async move {
-                    let e = e.as_mut();
+                let writes = groups.iter().map(|g| async move {
                     match self.method {
-                        InsertMethod::Unnest => self.insert_unnest(g, e).await,
-                        InsertMethod::Copy => self.insert_copy(g, e).await,
-                        InsertMethod::CopyFirst => self.insert_copy_first(g, e).await,
+                        InsertMethod::Unnest => self.insert_unnest(g).await,
+                        InsertMethod::Copy => self.insert_copy(g).await,
+                        InsertMethod::CopyFirst => self.insert_copy_first(g).await,
                     }
                 });
                 futures_util::future::try_join_all(writes)
@@ -230,8 +223,7 @@ impl Store {
         };
         let err = |e| StoreError::new("inserting a probe row (rolled back)", e);
         let mut conn = self.pool.acquire().await.map_err(err)?;
-        let mut encoded = self.stamps.then(|| Encoded::new(&[&probe]));
-        let (mut tx, stamps) = begin_write(&mut conn, encoded.as_mut())
+        let (mut tx, stamps) = begin_write(&mut conn, &[&probe], self.stamps)
             .await
             .map_err(err)?;
         unnest_query(&[&probe], stamps.as_ref())
@@ -241,14 +233,10 @@ impl Store {
         tx.rollback().await.map_err(err)
     }
 
-    async fn insert_unnest(
-        &self,
-        rows: &[&Row],
-        encoded: Option<&mut Encoded>,
-    ) -> Result<Inserted, StoreError> {
+    async fn insert_unnest(&self, rows: &[&Row]) -> Result<Inserted, StoreError> {
         let result = async {
             let mut conn = self.pool.acquire().await?;
-            let (mut tx, stamps) = begin_write(&mut conn, encoded).await?;
+            let (mut tx, stamps) = begin_write(&mut conn, rows, self.stamps).await?;
             let r = unnest_query(rows, stamps.as_ref())
                 .execute(&mut *tx)
                 .await?;
@@ -260,15 +248,13 @@ impl Store {
         Ok(counted(rows.len(), result.rows_affected()))
     }
 
-    async fn insert_copy(
-        &self,
-        rows: &[&Row],
-        encoded: Option<&mut Encoded>,
-    ) -> Result<Inserted, StoreError> {
+    async fn insert_copy(&self, rows: &[&Row]) -> Result<Inserted, StoreError> {
         let what = || format!("copying {} rows", rows.len());
         let err = |e| StoreError::new(what(), e);
         let mut conn = self.pool.acquire().await.map_err(err)?;
-        let (mut tx, stamps) = begin_write(&mut conn, encoded).await.map_err(err)?;
+        let (mut tx, stamps) = begin_write(&mut conn, rows, self.stamps)
+            .await
+            .map_err(err)?;
         sqlx::query(TEMP_TABLE_SQL)
             .execute(&mut *tx)
             .await
@@ -297,14 +283,10 @@ impl Store {
 
     /// `COPY` into `audit_events` itself; a group holding a stored key (`23505`, nothing
     /// written) goes again through [`Self::insert_unnest`], which skips that key.
-    async fn insert_copy_first(
-        &self,
-        rows: &[&Row],
-        mut encoded: Option<&mut Encoded>,
-    ) -> Result<Inserted, StoreError> {
+    async fn insert_copy_first(&self, rows: &[&Row]) -> Result<Inserted, StoreError> {
         let copied = async {
             let mut conn = self.pool.acquire().await?;
-            let (mut tx, stamps) = begin_write(&mut conn, encoded.as_deref_mut()).await?;
+            let (mut tx, stamps) = begin_write(&mut conn, rows, self.stamps).await?;
             let n = copy_in(&mut tx, "audit_events", rows, stamps.as_ref()).await?;
             tx.commit().await?;
             Ok::<_, sqlx::Error>(n)
@@ -313,10 +295,7 @@ impl Store {
         .map_err(|e| StoreError::new(format!("copying {} rows", rows.len()), e));
         match copied {
             Ok(n) => Ok(counted(rows.len(), n)),
-            // Stamps are drawn afresh: the failed transaction's numbers are gaps now.
-            Err(e) if e.code().as_deref() == Some("23505") => {
-                self.insert_unnest(rows, encoded).await
-            }
+            Err(e) if e.code().as_deref() == Some("23505") => self.insert_unnest(rows).await,
             Err(e) => Err(e),
         }
     }
@@ -355,7 +334,7 @@ fn unnest_query<'q>(
     .bind(col(rows, |r| r.auth_id.as_deref()));
     match stamps {
         None => q,
-        Some(s) => q.bind(&s.seal_seq).bind(
+        Some(s) => q.bind(s.ingested_at).bind(&s.seal_seq).bind(
             s.row_hash
                 .iter()
                 .map(|h| h.as_ref().map(|h| &h[..]))
@@ -388,9 +367,14 @@ fn counted(batch: usize, inserted: u64) -> Inserted {
 
 /// The rows in `COPY … FROM STDIN` text format: tab-separated, `\N` for NULL, backslash
 /// escapes for backslash, tab, newline and carriage return. With `stamps`, each line ends with
-/// the row's `seal_seq` and `row_hash` ([`STAMP_COLUMNS`]).
+/// the row's `ingested_at`, `seal_seq` and `row_hash` ([`STAMP_COLUMNS`]).
 pub fn copy_text(rows: &[&Row], stamps: Option<&Stamps>) -> String {
     let mut out = String::with_capacity(rows.len() * 512);
+    let ingested_at = stamps.map(|s| {
+        let mut t = String::new();
+        write_time(&mut t, s.ingested_at);
+        t
+    });
     for (n, r) in rows.iter().enumerate() {
         let fields: [Option<&str>; 16] = [
             Some(&r.id),
@@ -423,7 +407,9 @@ pub fn copy_text(rows: &[&Row], stamps: Option<&Stamps>) -> String {
                 Some(s) => escape_into(&mut out, s),
             }
         }
-        if let Some(s) = stamps {
+        if let (Some(s), Some(at)) = (stamps, &ingested_at) {
+            out.push('\t');
+            out.push_str(at);
             let _ = write!(out, "\t{}\t", s.seal_seq[n]);
             match &s.row_hash[n] {
                 // bytea's hex input `\x…`, its backslash doubled for COPY.
