@@ -5,9 +5,9 @@
 //! ```
 //!
 //! `BENCH_EVENTS` (default 1 000 000) sets the number of rows, `BENCH_VARIANTS` picks variants
-//! (`NoSealSchema,UnstampedOff,SealingOff,SealingOn,UnstampedOn`), `BENCH_ROUNDS` repeats them
-//! interleaved. Each variant uses a fresh database; rows are written the sink's way
-//! (`Store::insert`, batches of 5 000, COPY, four statements per batch).
+//! (`NoSealSchema,SealingOff,SealingOn`), `BENCH_ROUNDS` repeats them interleaved. Each variant uses a fresh
+//! database; rows are written the sink's way (`Store::insert`, batches of 5 000, COPY, four
+//! statements per batch).
 
 mod common;
 
@@ -53,19 +53,12 @@ fn payload(i: usize) -> Vec<u8> {
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Variant {
-    /// The table as it was before sealing existed: no `seal_seq` default, no index, rows
-    /// written without stamps.
+    /// The table as it was before sealing existed: no `seal_seq` default, no index.
     NoSealSchema,
-    /// The shipped schema, rows written without stamps (the sink before it hashed rows), no
-    /// sealer.
-    UnstampedOff,
-    /// The shipped schema and sink (rows stamped and hashed), no sealer running.
+    /// The shipped schema, no sealer running.
     SealingOff,
-    /// The shipped schema and sink and a sealer sealing every second while rows are written.
+    /// The shipped schema and a sealer sealing every second while rows are written.
     SealingOn,
-    /// Rows written without stamps and a sealer sealing every second: it reads every row
-    /// back and hashes it (sealing before the sink hashed rows).
-    UnstampedOn,
 }
 
 struct Outcome {
@@ -77,14 +70,8 @@ struct Outcome {
 
 async fn run(variant: Variant, rows: &[Row]) -> (Outcome, TestDb) {
     let db = TestDb::new().await;
-    let mut store = Store::connect_lazy(&db.url, 6).unwrap();
+    let store = Store::connect_lazy(&db.url, 6).unwrap();
     store.prepare().await.unwrap();
-    if matches!(
-        variant,
-        Variant::NoSealSchema | Variant::UnstampedOff | Variant::UnstampedOn
-    ) {
-        store = store.without_row_stamps();
-    }
     let pool = db.pool().await;
     if variant == Variant::NoSealSchema {
         sqlx::query("ALTER TABLE audit_events ALTER COLUMN seal_seq DROP DEFAULT")
@@ -97,7 +84,7 @@ async fn run(variant: Variant, rows: &[Row]) -> (Outcome, TestDb) {
             .unwrap();
     }
     let stop = Arc::new(AtomicBool::new(false));
-    let sealer = matches!(variant, Variant::SealingOn | Variant::UnstampedOn).then(|| {
+    let sealer = (variant == Variant::SealingOn).then(|| {
         let (url, stop, pool) = (db.url.clone(), stop.clone(), pool.clone());
         tokio::spawn(async move {
             let signer = Signer::new(SigningKey::from_bytes(&[3; 32]));
@@ -146,7 +133,7 @@ async fn bench_sink_with_and_without_sealing_then_verify() {
         .map(|i| row_from_record(&payload(i), now, ValidationMode::default()).unwrap())
         .collect();
     let variants = std::env::var("BENCH_VARIANTS")
-        .unwrap_or_else(|_| "NoSealSchema,UnstampedOff,SealingOff,SealingOn,UnstampedOn".into());
+        .unwrap_or_else(|_| "NoSealSchema,SealingOff,SealingOn".into());
     // BENCH_ROUNDS > 1 interleaves the variants, so a busy neighbour hurts them alike.
     let rounds: usize = std::env::var("BENCH_ROUNDS")
         .ok()
@@ -154,10 +141,8 @@ async fn bench_sink_with_and_without_sealing_then_verify() {
         .unwrap_or(1);
     let all = [
         Variant::NoSealSchema,
-        Variant::UnstampedOff,
         Variant::SealingOff,
         Variant::SealingOn,
-        Variant::UnstampedOn,
     ];
     for variant in (0..rounds).flat_map(|_| all) {
         if !variants.split(',').any(|v| v == format!("{variant:?}")) {
@@ -168,11 +153,11 @@ async fn bench_sink_with_and_without_sealing_then_verify() {
             "{variant:?}: {n} rows in batches of 5000: {:.0} rows/s",
             o.rows_per_sec
         );
-        if !matches!(variant, Variant::SealingOn | Variant::UnstampedOn) {
+        if variant != Variant::SealingOn {
             continue;
         }
         println!(
-            "{variant:?}: largest seal lag seen by the sealer: {:.1}s; sealed by the passes begun \
+            "SealingOn: largest seal lag seen by the sealer: {:.1}s; sealed by the passes begun \
              while writing: {} rows",
             o.max_lag_secs, o.sealed_while_writing
         );

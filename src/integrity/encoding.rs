@@ -144,96 +144,43 @@ fn put_text(out: &mut Vec<u8>, v: Option<&str>) -> Result<(), EncodingError> {
     }
 }
 
-fn put_time(out: &mut Vec<u8>, micros: i64) {
+fn put_time(out: &mut Vec<u8>, t: DateTime<Utc>) {
     out.push(TAG_TIME);
-    out.extend_from_slice(&micros.to_be_bytes());
+    out.extend_from_slice(&micros(t).to_be_bytes());
 }
 
-/// One row's columns, borrowed: what the encoding reads. A [`StoredRow`] read back gives one
-/// ([`StoredRow::fields`]); so does the sink for a row it is about to store, with the
-/// `ingested_at` and `seal_seq` it stores the row with (`store::insert`).
-#[derive(Debug, Clone, Copy)]
-pub struct RowFields<'a> {
-    pub id: &'a str,
-    /// Microseconds since the Unix epoch ([`micros`]).
-    pub occurred_at_us: i64,
-    /// Microseconds since the Unix epoch ([`micros`]).
-    pub ingested_at_us: i64,
-    pub source: &'a str,
-    pub r#type: &'a str,
-    pub subject: Option<&'a str>,
-    pub actor_type: &'a str,
-    pub actor_id: &'a str,
-    pub resource_type: Option<&'a str>,
-    pub resource_id: Option<&'a str>,
-    pub action: &'a str,
-    pub outcome: &'a str,
-    pub reason: Option<&'a str>,
-    pub trace_id: Option<&'a str>,
-    /// `details` as JSON text (any formatting: it is canonicalised).
-    pub details: Option<&'a str>,
-    pub auth_type: Option<&'a str>,
-    pub auth_id: Option<&'a str>,
-    pub seal_seq: Option<i64>,
-}
-
-impl StoredRow {
-    /// The row's columns as the encoding reads them.
-    pub fn fields(&self) -> RowFields<'_> {
-        RowFields {
-            id: &self.id,
-            occurred_at_us: micros(self.occurred_at),
-            ingested_at_us: micros(self.ingested_at),
-            source: &self.source,
-            r#type: &self.r#type,
-            subject: self.subject.as_deref(),
-            actor_type: &self.actor_type,
-            actor_id: &self.actor_id,
-            resource_type: self.resource_type.as_deref(),
-            resource_id: self.resource_id.as_deref(),
-            action: &self.action,
-            outcome: &self.outcome,
-            reason: self.reason.as_deref(),
-            trace_id: self.trace_id.as_deref(),
-            details: self.details.as_deref(),
-            auth_type: self.auth_type.as_deref(),
-            auth_id: self.auth_id.as_deref(),
-            seal_seq: self.seal_seq,
-        }
-    }
-}
-
-/// Appends the canonical encoding of `row` (without the domain prefix) to `out`.
-pub fn encode_into(out: &mut Vec<u8>, row: &RowFields<'_>) -> Result<(), EncodingError> {
-    put_text(out, Some(row.id))?;
-    put_time(out, row.occurred_at_us);
-    put_time(out, row.ingested_at_us);
-    put_text(out, Some(row.source))?;
-    put_text(out, Some(row.r#type))?;
-    put_text(out, row.subject)?;
-    put_text(out, Some(row.actor_type))?;
-    put_text(out, Some(row.actor_id))?;
-    put_text(out, row.resource_type)?;
-    put_text(out, row.resource_id)?;
-    put_text(out, Some(row.action))?;
-    put_text(out, Some(row.outcome))?;
-    put_text(out, row.reason)?;
-    put_text(out, row.trace_id)?;
-    match row.details {
+/// The canonical encoding of `row` (without the domain prefix).
+pub fn encode(row: &StoredRow) -> Result<Vec<u8>, EncodingError> {
+    let mut out = Vec::with_capacity(256 + row.details.as_ref().map_or(0, String::len));
+    put_text(&mut out, Some(&row.id))?;
+    put_time(&mut out, row.occurred_at);
+    put_time(&mut out, row.ingested_at);
+    put_text(&mut out, Some(&row.source))?;
+    put_text(&mut out, Some(&row.r#type))?;
+    put_text(&mut out, row.subject.as_deref())?;
+    put_text(&mut out, Some(&row.actor_type))?;
+    put_text(&mut out, Some(&row.actor_id))?;
+    put_text(&mut out, row.resource_type.as_deref())?;
+    put_text(&mut out, row.resource_id.as_deref())?;
+    put_text(&mut out, Some(&row.action))?;
+    put_text(&mut out, Some(&row.outcome))?;
+    put_text(&mut out, row.reason.as_deref())?;
+    put_text(&mut out, row.trace_id.as_deref())?;
+    match &row.details {
         None => out.push(TAG_NULL),
         Some(text) => {
             // Canonicalised in place: the length is written once the value is.
             out.push(TAG_JSON);
             let at = out.len();
             out.extend_from_slice(&[0; 4]);
-            super::jcs::write_canonical(out, text)
+            super::jcs::write_canonical(&mut out, text)
                 .map_err(|e| EncodingError::Details(e.to_string()))?;
             let len = u32::try_from(out.len() - at - 4).map_err(|_| EncodingError::TooLong)?;
             out[at..at + 4].copy_from_slice(&len.to_be_bytes());
         }
     }
-    put_text(out, row.auth_type)?;
-    put_text(out, row.auth_id)?;
+    put_text(&mut out, row.auth_type.as_deref())?;
+    put_text(&mut out, row.auth_id.as_deref())?;
     match row.seal_seq {
         None => out.push(TAG_NULL),
         Some(n) => {
@@ -241,23 +188,7 @@ pub fn encode_into(out: &mut Vec<u8>, row: &RowFields<'_>) -> Result<(), Encodin
             out.extend_from_slice(&n.to_be_bytes());
         }
     }
-    Ok(())
-}
-
-/// The canonical encoding of `row` (without the domain prefix).
-pub fn encode(row: &StoredRow) -> Result<Vec<u8>, EncodingError> {
-    let mut out = Vec::with_capacity(256 + row.details.as_ref().map_or(0, String::len));
-    encode_into(&mut out, &row.fields())?;
     Ok(out)
-}
-
-/// `SHA-256(ROW_DOMAIN || encoding)` of `row`, encoding into `scratch` (cleared first; pass
-/// the same buffer for every row of a batch to encode without allocating).
-pub fn fields_hash(row: &RowFields<'_>, scratch: &mut Vec<u8>) -> Result<[u8; 32], EncodingError> {
-    scratch.clear();
-    scratch.extend_from_slice(ROW_DOMAIN);
-    encode_into(scratch, row)?;
-    Ok(Sha256::digest(&scratch[..]).into())
 }
 
 /// `SHA-256(ROW_DOMAIN || encode(row))`.

@@ -66,9 +66,6 @@ pub const TABLES_DDL: &[&str] = &[
 /// Applies the schema integrity adds to `audit_events` (called by `Store::prepare` inside its
 /// schema transaction, after the table's own columns).
 ///
-/// `row_hash` is the row's hash as the sink computed it while storing the row
-/// (`store::stamp`), which the sealer reads instead of the row; NULL for a row stored otherwise.
-///
 /// `seal_seq` is added without a default first (a volatile default in `ADD COLUMN` would
 /// rewrite every row of an adopted table); the default then applies to rows stored from then
 /// on, and older rows keep NULL ("legacy, stored before sealing"). Both `ALTER TABLE`s run only
@@ -87,18 +84,6 @@ pub async fn apply_schema(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Err
     .await?;
     if column.is_none() {
         sqlx::query("ALTER TABLE audit_events ADD COLUMN IF NOT EXISTS seal_seq bigint")
-            .execute(&mut *conn)
-            .await?;
-    }
-    let hashed: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM pg_attribute
-                         WHERE attrelid = 'audit_events'::regclass AND attname = 'row_hash'
-                           AND NOT attisdropped)",
-    )
-    .fetch_one(&mut *conn)
-    .await?;
-    if !hashed {
-        sqlx::query("ALTER TABLE audit_events ADD COLUMN IF NOT EXISTS row_hash bytea")
             .execute(&mut *conn)
             .await?;
     }

@@ -162,53 +162,36 @@ async fn pending_retention(
 /// PostgreSQL plans `ORDER BY seal_seq LIMIT n` over the whole range as a scan and a sort of
 /// every waiting row, once per seal (measured: 8 000 rows/s sealed); a window of at most
 /// `MAX_LEAVES` numbers is an index range scan of at most `MAX_LEAVES` rows.
-///
-/// Each row's hash is the `row_hash` the sink stored with it (`store::stamp`): the window reads
-/// four narrow columns, not the row. Only rows without one (stored by another program) are
-/// read whole and hashed here.
 async fn read_leaves(
     conn: &mut PgConnection,
     after: i64,
     upto: i64,
 ) -> Result<(Vec<Leaf>, i64), IntegrityError> {
     let window_hi = upto.min(after.saturating_add(MAX_LEAVES as i64));
-    let rows: Vec<Stamped> = sqlx::query_as(
-        "SELECT seal_seq, id, occurred_at, row_hash FROM audit_events \
-          WHERE seal_seq > $1 AND seal_seq <= $2 ORDER BY seal_seq",
-    )
-    .bind(after)
-    .bind(window_hi)
-    .fetch(&mut *conn)
-    .try_collect()
-    .await
-    .map_err(IntegrityError::db("reading rows to seal"))?;
-    let mut unhashed = rows
-        .iter()
-        .any(|(_, _, _, h)| h.as_ref().is_none_or(|h| h.len() != 32))
-        .then(std::collections::HashMap::new);
-    if let Some(map) = &mut unhashed {
-        *map = hash_unstamped(conn, after, window_hi).await?;
-    }
+    let sql = format!(
+        "SELECT {SELECT_LIST} FROM audit_events WHERE seal_seq > $1 AND seal_seq <= $2 \
+         ORDER BY seal_seq"
+    );
+    let rows: Vec<StoredRow> = sqlx::query_as(&sql)
+        .bind(after)
+        .bind(window_hi)
+        .fetch(&mut *conn)
+        .try_collect()
+        .await
+        .map_err(IntegrityError::db("reading rows to seal"))?;
     let mut leaves = Vec::with_capacity(rows.len());
     let mut bytes = 256;
-    for (seal_seq, id, occurred_at, stored) in rows {
-        let row_hash = match stored.as_deref().and_then(|h| <[u8; 32]>::try_from(h).ok()) {
-            Some(h) => h,
-            None => unhashed
-                .as_mut()
-                .and_then(|m| m.remove(&seal_seq))
-                .ok_or_else(|| {
-                    IntegrityError::Corrupt(format!(
-                        "row id={id} occurred_at={occurred_at} (seal_seq {seal_seq}) changed \
-                         while it was being sealed; the next pass seals it"
-                    ))
-                })??,
-        };
+    for r in rows {
         let leaf = Leaf {
-            seal_seq,
-            occurred_at_us: micros(occurred_at),
-            row_hash,
-            id,
+            seal_seq: r.seal_seq.unwrap_or_default(),
+            occurred_at_us: micros(r.occurred_at),
+            row_hash: row_hash(&r).map_err(|e| {
+                IntegrityError::Corrupt(format!(
+                    "row id={} occurred_at={} cannot be encoded: {e}",
+                    r.id, r.occurred_at
+                ))
+            })?,
+            id: r.id,
         };
         bytes += leaf.encoded_len();
         if bytes > MAX_SEAL_BYTES
@@ -221,40 +204,6 @@ async fn read_leaves(
         leaves.push(leaf);
     }
     Ok((leaves, window_hi))
-}
-
-/// `(seal_seq, id, occurred_at, row_hash)` of a row to seal.
-type Stamped = (i64, String, chrono::DateTime<Utc>, Option<Vec<u8>>);
-
-/// Reads whole and hashes the rows of `(after, hi]` stored without a 32-byte `row_hash`.
-async fn hash_unstamped(
-    conn: &mut PgConnection,
-    after: i64,
-    hi: i64,
-) -> Result<std::collections::HashMap<i64, Result<[u8; 32], IntegrityError>>, IntegrityError> {
-    let sql = format!(
-        "SELECT {SELECT_LIST} FROM audit_events WHERE seal_seq > $1 AND seal_seq <= $2 \
-           AND (row_hash IS NULL OR length(row_hash) <> 32)"
-    );
-    let rows: Vec<StoredRow> = sqlx::query_as(&sql)
-        .bind(after)
-        .bind(hi)
-        .fetch(&mut *conn)
-        .try_collect()
-        .await
-        .map_err(IntegrityError::db("reading rows to seal"))?;
-    Ok(rows
-        .into_iter()
-        .map(|r| {
-            let hash = row_hash(&r).map_err(|e| {
-                IntegrityError::Corrupt(format!(
-                    "row id={} occurred_at={} cannot be encoded: {e}",
-                    r.id, r.occurred_at
-                ))
-            });
-            (r.seal_seq.unwrap_or_default(), hash)
-        })
-        .collect())
 }
 
 async fn insert_seal(

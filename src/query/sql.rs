@@ -13,15 +13,7 @@ use sqlx::{Execute as _, PgPool, Postgres, QueryBuilder, Row as _};
 
 use super::params::{Cursor, Filter};
 
-/// A row as the API shows it: every column of the table but `row_hash` (the sink's copy of the
-/// row's hash for the sealer, which the API's integrity status recomputes instead), in table
-/// order. `e` is the row of `audit_events`.
-const ROW_JSON: &str = "row_to_json(r)::text";
-const ROW_COLUMNS: &str = "CROSS JOIN LATERAL (SELECT e.id, e.occurred_at, e.ingested_at, e.source, \
-     e.type, e.subject, e.actor_type, e.actor_id, e.resource_type, e.resource_id, e.action, \
-     e.outcome, e.reason, e.trace_id, e.details, e.auth_type, e.auth_id, e.seal_seq) r";
-
-/// A page of rows, each the JSON text of [`ROW_JSON`].
+/// A page of rows, each the JSON text of `row_to_json` (every column, in table order).
 #[derive(Debug, Default)]
 pub struct Page {
     pub rows: Vec<String>,
@@ -35,9 +27,9 @@ pub fn select<'a>(
     after: Option<&'a Cursor>,
     limit: usize,
 ) -> QueryBuilder<'a, Postgres> {
-    let mut q = QueryBuilder::new(format!(
-        "SELECT {ROW_JSON} AS row, e.occurred_at, e.id FROM audit_events e {ROW_COLUMNS} WHERE TRUE"
-    ));
+    let mut q = QueryBuilder::new(
+        "SELECT row_to_json(e)::text AS row, e.occurred_at, e.id FROM audit_events e WHERE TRUE",
+    );
     for (column, value) in filter.text() {
         // `column` comes from a fixed list (params::TEXT_FILTERS), never from the request.
         q.push(format_args!(" AND e.{column} = ")).push_bind(value);
@@ -93,10 +85,10 @@ pub async fn page(
 
 /// Every row with this `id` (one per `occurred_at`), newest first.
 pub async fn by_id(pool: &PgPool, id: &str) -> Result<Vec<String>, sqlx::Error> {
-    sqlx::query_scalar(&format!(
-        "SELECT {ROW_JSON} FROM audit_events e {ROW_COLUMNS} WHERE e.id = $1 \
-         ORDER BY e.occurred_at DESC"
-    ))
+    sqlx::query_scalar(
+        "SELECT row_to_json(e)::text FROM audit_events e WHERE e.id = $1 \
+         ORDER BY e.occurred_at DESC",
+    )
     .bind(id)
     .fetch_all(pool)
     .await

@@ -14,9 +14,7 @@
 //!
 //! Every write runs in a transaction that first takes the seal write lock shared
 //! (`pg_advisory_xact_lock_shared`, see `integrity::sealer`), so the sealer can find a point
-//! where no write is in flight and no committed row can fall between two seals. It then draws
-//! the rows' sealing stamps (`ingested_at`, `seal_seq`) and stores each row with its hash
-//! ([`super::stamp`]).
+//! where no write is in flight and no committed row can fall between two seals.
 //!
 //! `BENCHMARKS.md` has the measurements that chose the default.
 
@@ -25,7 +23,6 @@ use std::fmt::Write as _;
 use chrono::{DateTime, Utc};
 use sqlx::Connection as _;
 
-use super::stamp::{self, Stamps, stored_time};
 use super::{Month, Operation, Store, StoreError};
 use crate::event::Row;
 
@@ -54,18 +51,6 @@ pub struct Inserted {
 const COLUMNS: &str = "id, occurred_at, source, type, subject, actor_type, actor_id, \
      resource_type, resource_id, action, outcome, reason, trace_id, details, auth_type, auth_id";
 
-/// The stamp columns, written after [`COLUMNS`] when rows are stamped.
-const STAMP_COLUMNS: &str = "ingested_at, seal_seq, row_hash";
-
-/// The columns a write names: without stamps the defaults fill `ingested_at` and `seal_seq`.
-fn columns(stamped: bool) -> String {
-    if stamped {
-        format!("{COLUMNS}, {STAMP_COLUMNS}")
-    } else {
-        COLUMNS.to_string()
-    }
-}
-
 const UNNEST_SQL: &str = "
     INSERT INTO audit_events (id, occurred_at, source, type, subject, actor_type, actor_id,
         resource_type, resource_id, action, outcome, reason, trace_id, details, auth_type,
@@ -81,53 +66,25 @@ const UNNEST_SQL: &str = "
              auth_id)
     ON CONFLICT DO NOTHING";
 
-/// [`UNNEST_SQL`] with the stamps: `$17` is the transaction's `ingested_at`.
-const UNNEST_STAMPED_SQL: &str = "
-    INSERT INTO audit_events (id, occurred_at, source, type, subject, actor_type, actor_id,
-        resource_type, resource_id, action, outcome, reason, trace_id, details, auth_type,
-        auth_id, ingested_at, seal_seq, row_hash)
-    SELECT id, occurred_at, source, type, subject, actor_type, actor_id,
-        resource_type, resource_id, action, outcome, reason, trace_id, details::jsonb,
-        auth_type, auth_id, $17::timestamptz, seal_seq, row_hash
-    FROM UNNEST($1::text[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[],
-        $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[],
-        $14::text[], $15::text[], $16::text[], $18::int8[], $19::bytea[])
-        AS t(id, occurred_at, source, type, subject, actor_type, actor_id,
-             resource_type, resource_id, action, outcome, reason, trace_id, details, auth_type,
-             auth_id, seal_seq, row_hash)
-    ON CONFLICT DO NOTHING";
-
 const TEMP_TABLE_SQL: &str = "
     CREATE TEMP TABLE IF NOT EXISTS audit_events_load (
         id text, occurred_at timestamptz, source text, type text, subject text,
         actor_type text, actor_id text, resource_type text, resource_id text, action text,
-        outcome text, reason text, trace_id text, details text, auth_type text, auth_id text,
-        ingested_at timestamptz, seal_seq int8, row_hash bytea
+        outcome text, reason text, trace_id text, details text, auth_type text, auth_id text
     ) ON COMMIT DELETE ROWS";
-
-/// A write transaction of `audit_events` and the stamps of the rows it writes.
-type Write<'c> = (sqlx::Transaction<'c, sqlx::Postgres>, Option<Stamps>);
 
 /// Begins a write transaction of `audit_events`: every one holds the seal write lock shared
 /// until it ends, which is what lets the sealer find a gap-free watermark (see
-/// `integrity::sealer`). With `stamped`, it then draws the stamps of `rows` (under the lock,
-/// as the column defaults would).
-async fn begin_write<'c>(
-    conn: &'c mut sqlx::PgConnection,
-    rows: &[&Row],
-    stamped: bool,
-) -> Result<Write<'c>, sqlx::Error> {
+/// `integrity::sealer`).
+async fn begin_write(
+    conn: &mut sqlx::PgConnection,
+) -> Result<sqlx::Transaction<'_, sqlx::Postgres>, sqlx::Error> {
     let mut tx = conn.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
         .bind(crate::integrity::SEAL_WRITE_LOCK)
         .execute(&mut *tx)
         .await?;
-    let stamps = if stamped {
-        Some(stamp::draw(&mut tx, rows).await?)
-    } else {
-        None
-    };
-    Ok((tx, stamps))
+    Ok(tx)
 }
 
 /// Batches smaller than this are written by one statement even when parallelism allows more.
@@ -223,10 +180,8 @@ impl Store {
         };
         let err = |e| StoreError::new("inserting a probe row (rolled back)", e);
         let mut conn = self.pool.acquire().await.map_err(err)?;
-        let (mut tx, stamps) = begin_write(&mut conn, &[&probe], self.stamps)
-            .await
-            .map_err(err)?;
-        unnest_query(&[&probe], stamps.as_ref())
+        let mut tx = begin_write(&mut conn).await.map_err(err)?;
+        unnest_query(&[&probe])
             .execute(&mut *tx)
             .await
             .map_err(err)?;
@@ -236,10 +191,8 @@ impl Store {
     async fn insert_unnest(&self, rows: &[&Row]) -> Result<Inserted, StoreError> {
         let result = async {
             let mut conn = self.pool.acquire().await?;
-            let (mut tx, stamps) = begin_write(&mut conn, rows, self.stamps).await?;
-            let r = unnest_query(rows, stamps.as_ref())
-                .execute(&mut *tx)
-                .await?;
+            let mut tx = begin_write(&mut conn).await?;
+            let r = unnest_query(rows).execute(&mut *tx).await?;
             tx.commit().await?;
             Ok::<_, sqlx::Error>(r)
         }
@@ -252,26 +205,19 @@ impl Store {
         let what = || format!("copying {} rows", rows.len());
         let err = |e| StoreError::new(what(), e);
         let mut conn = self.pool.acquire().await.map_err(err)?;
-        let (mut tx, stamps) = begin_write(&mut conn, rows, self.stamps)
-            .await
-            .map_err(err)?;
+        let mut tx = begin_write(&mut conn).await.map_err(err)?;
         sqlx::query(TEMP_TABLE_SQL)
             .execute(&mut *tx)
             .await
             .map_err(err)?;
-        copy_in(&mut tx, "audit_events_load", rows, stamps.as_ref())
+        copy_in(&mut tx, "audit_events_load", rows)
             .await
             .map_err(err)?;
-        let stamp_columns = if stamps.is_some() {
-            format!(", {STAMP_COLUMNS}")
-        } else {
-            String::new()
-        };
         let result = sqlx::query(&format!(
-            "INSERT INTO audit_events ({COLUMNS}{stamp_columns})
+            "INSERT INTO audit_events ({COLUMNS})
              SELECT id, occurred_at, source, type, subject, actor_type, actor_id, resource_type,
                     resource_id, action, outcome, reason, trace_id, details::jsonb, auth_type,
-                    auth_id{stamp_columns}
+                    auth_id
              FROM audit_events_load ON CONFLICT DO NOTHING"
         ))
         .execute(&mut *tx)
@@ -286,8 +232,8 @@ impl Store {
     async fn insert_copy_first(&self, rows: &[&Row]) -> Result<Inserted, StoreError> {
         let copied = async {
             let mut conn = self.pool.acquire().await?;
-            let (mut tx, stamps) = begin_write(&mut conn, rows, self.stamps).await?;
-            let n = copy_in(&mut tx, "audit_events", rows, stamps.as_ref()).await?;
+            let mut tx = begin_write(&mut conn).await?;
+            let n = copy_in(&mut tx, "audit_events", rows).await?;
             tx.commit().await?;
             Ok::<_, sqlx::Error>(n)
         }
@@ -301,46 +247,30 @@ impl Store {
     }
 }
 
-/// The `UNNEST` insert of `rows` (with their `stamps`, if any), bound.
+/// The `UNNEST` insert of `rows`, bound.
 fn unnest_query<'q>(
     rows: &[&'q Row],
-    stamps: Option<&'q Stamps>,
 ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
     fn col<'a, T>(rows: &[&'a Row], f: impl Fn(&'a Row) -> T) -> Vec<T> {
         rows.iter().map(|r| f(r)).collect()
     }
-    let q = sqlx::query(if stamps.is_some() {
-        UNNEST_STAMPED_SQL
-    } else {
-        UNNEST_SQL
-    })
-    .bind(col(rows, |r| r.id.as_str()))
-    // Whole microseconds rounded down, as hashed: binding the value as it is would truncate
-    // toward zero, a microsecond off for a fraction below one before 2000.
-    .bind(col(rows, |r| stored_time(r.occurred_at)))
-    .bind(col(rows, |r| r.source.as_str()))
-    .bind(col(rows, |r| r.r#type.as_str()))
-    .bind(col(rows, |r| r.subject.as_deref()))
-    .bind(col(rows, |r| r.actor_type.as_str()))
-    .bind(col(rows, |r| r.actor_id.as_str()))
-    .bind(col(rows, |r| r.resource_type.as_deref()))
-    .bind(col(rows, |r| r.resource_id.as_deref()))
-    .bind(col(rows, |r| r.action.as_str()))
-    .bind(col(rows, |r| r.outcome.as_str()))
-    .bind(col(rows, |r| r.reason.as_deref()))
-    .bind(col(rows, |r| r.trace_id.as_deref()))
-    .bind(col(rows, |r| r.details.as_deref()))
-    .bind(col(rows, |r| r.auth_type.as_deref()))
-    .bind(col(rows, |r| r.auth_id.as_deref()));
-    match stamps {
-        None => q,
-        Some(s) => q.bind(s.ingested_at).bind(&s.seal_seq).bind(
-            s.row_hash
-                .iter()
-                .map(|h| h.as_ref().map(|h| &h[..]))
-                .collect::<Vec<_>>(),
-        ),
-    }
+    sqlx::query(UNNEST_SQL)
+        .bind(col(rows, |r| r.id.as_str()))
+        .bind(col(rows, |r| r.occurred_at))
+        .bind(col(rows, |r| r.source.as_str()))
+        .bind(col(rows, |r| r.r#type.as_str()))
+        .bind(col(rows, |r| r.subject.as_deref()))
+        .bind(col(rows, |r| r.actor_type.as_str()))
+        .bind(col(rows, |r| r.actor_id.as_str()))
+        .bind(col(rows, |r| r.resource_type.as_deref()))
+        .bind(col(rows, |r| r.resource_id.as_deref()))
+        .bind(col(rows, |r| r.action.as_str()))
+        .bind(col(rows, |r| r.outcome.as_str()))
+        .bind(col(rows, |r| r.reason.as_deref()))
+        .bind(col(rows, |r| r.trace_id.as_deref()))
+        .bind(col(rows, |r| r.details.as_deref()))
+        .bind(col(rows, |r| r.auth_type.as_deref()))
+        .bind(col(rows, |r| r.auth_id.as_deref()))
 }
 
 /// Streams `rows` into `table` with `COPY … FROM STDIN` (text format); returns the row count.
@@ -348,13 +278,11 @@ async fn copy_in(
     conn: &mut sqlx::PgConnection,
     table: &str,
     rows: &[&Row],
-    stamps: Option<&Stamps>,
 ) -> Result<u64, sqlx::Error> {
-    let columns = columns(stamps.is_some());
     let mut copy = conn
-        .copy_in_raw(&format!("COPY {table} ({columns}) FROM STDIN"))
+        .copy_in_raw(&format!("COPY {table} ({COLUMNS}) FROM STDIN"))
         .await?;
-    copy.send(copy_text(rows, stamps).into_bytes()).await?;
+    copy.send(copy_text(rows).into_bytes()).await?;
     copy.finish().await
 }
 
@@ -366,16 +294,10 @@ fn counted(batch: usize, inserted: u64) -> Inserted {
 }
 
 /// The rows in `COPY … FROM STDIN` text format: tab-separated, `\N` for NULL, backslash
-/// escapes for backslash, tab, newline and carriage return. With `stamps`, each line ends with
-/// the row's `ingested_at`, `seal_seq` and `row_hash` ([`STAMP_COLUMNS`]).
-pub fn copy_text(rows: &[&Row], stamps: Option<&Stamps>) -> String {
+/// escapes for backslash, tab, newline and carriage return.
+pub fn copy_text(rows: &[&Row]) -> String {
     let mut out = String::with_capacity(rows.len() * 512);
-    let ingested_at = stamps.map(|s| {
-        let mut t = String::new();
-        write_time(&mut t, s.ingested_at);
-        t
-    });
-    for (n, r) in rows.iter().enumerate() {
+    for r in rows {
         let fields: [Option<&str>; 16] = [
             Some(&r.id),
             None, // occurred_at, written below
@@ -405,19 +327,6 @@ pub fn copy_text(rows: &[&Row], stamps: Option<&Stamps>) -> String {
             match f {
                 None => out.push_str("\\N"),
                 Some(s) => escape_into(&mut out, s),
-            }
-        }
-        if let (Some(s), Some(at)) = (stamps, &ingested_at) {
-            out.push('\t');
-            out.push_str(at);
-            let _ = write!(out, "\t{}\t", s.seal_seq[n]);
-            match &s.row_hash[n] {
-                // bytea's hex input `\x…`, its backslash doubled for COPY.
-                Some(h) => {
-                    out.push_str("\\\\x");
-                    out.push_str(&hex::encode(h));
-                }
-                None => out.push_str("\\N"),
             }
         }
         out.push('\n');
@@ -468,7 +377,7 @@ mod tests {
             auth_id: None,
         };
         assert_eq!(
-            copy_text(&[&row], None),
+            copy_text(&[&row]),
             "a\\tb\t2026-01-02 03:04:05.000000+00\ts\\\\x\tt\t\\N\tuser\tu\\n1\t\\N\t\\N\ta\t\
              success\tr\\r\t\\N\t{\"k\":\"v\\\\\\\\n\"}\tapi_key\t\\N\n",
             "JSON's own backslash is doubled again for COPY"

@@ -18,7 +18,6 @@ pub mod insert;
 pub mod month;
 pub mod partitions;
 pub mod schema;
-pub mod stamp;
 
 use std::collections::HashSet;
 use std::str::FromStr;
@@ -127,8 +126,6 @@ pub struct Store {
     method: InsertMethod,
     /// Concurrent insert statements per batch.
     parallelism: usize,
-    /// Whether rows are stored with their sealing stamps (see `insert`).
-    stamps: bool,
 }
 
 impl Store {
@@ -155,7 +152,6 @@ impl Store {
             state: Arc::new(Mutex::new(observed)),
             method: InsertMethod::default(),
             parallelism: DEFAULT_INSERT_PARALLELISM,
-            stamps: true,
         })
     }
 
@@ -194,15 +190,6 @@ impl Store {
     /// connection, so keep it below the pool size.
     pub fn with_insert_parallelism(mut self, n: usize) -> Store {
         self.parallelism = n.max(1);
-        self
-    }
-
-    /// Stores rows without their sealing stamps: `ingested_at` and `seal_seq` take the column
-    /// defaults and `row_hash` stays NULL, as for a row written by another program, so the
-    /// sealer reads such rows back to hash them. Only for comparisons (the sealing benchmark
-    /// measures the table as it was before sealing with it); the sink always stamps.
-    pub fn without_row_stamps(mut self) -> Store {
-        self.stamps = false;
         self
     }
 
