@@ -121,11 +121,6 @@ pub fn micros(t: DateTime<Utc>) -> i64 {
     t.timestamp_micros()
 }
 
-/// RFC 8785 form of a JSON text. Numbers are IEEE-754 doubles, as JCS defines them.
-pub fn canonical_json(text: &str) -> Result<String, EncodingError> {
-    super::jcs::canonicalize(text).map_err(|e| EncodingError::Details(e.to_string()))
-}
-
 fn put_len_bytes(out: &mut Vec<u8>, tag: u8, bytes: &[u8]) -> Result<(), EncodingError> {
     let len = u32::try_from(bytes.len()).map_err(|_| EncodingError::TooLong)?;
     out.push(tag);
@@ -238,7 +233,7 @@ pub(crate) mod tests {
     #[test]
     fn details_are_canonicalised() {
         assert_eq!(
-            canonical_json(r#"{"b": 1.0, "a": "é", "c": [1e2, -0]}"#).unwrap(),
+            crate::integrity::jcs::canonicalize(r#"{"b": 1.0, "a": "é", "c": [1e2, -0]}"#).unwrap(),
             r#"{"a":"é","b":1,"c":[100,0]}"#
         );
         let mut b = sample();
