@@ -39,16 +39,24 @@ rm -rf "$DIR" && mkdir -p "$DIR"
 
 psql -q "$PGURL/postgres" -c "DROP DATABASE IF EXISTS $DB" -c "CREATE DATABASE $DB" >/dev/null
 
-kafka_args=(dev-kafka --bootstrap-file "$DIR/bootstrap")
-[ -n "$RTT" ] && kafka_args+=(--rtt "$RTT")
-RUST_LOG=warn "$BIN" "${kafka_args[@]}" >"$DIR/dev-kafka.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 1 500); do [ -s "$DIR/bootstrap" ] && break; sleep 0.02; done
-BOOTSTRAP=$(cat "$DIR/bootstrap")
+# start_broker: a fresh, empty broker (its pid in $broker, its address in $BOOTSTRAP). Each
+# shape with a sink starts on an empty topic (the ingest-only shape forwards nothing), so no
+# sink starts behind on what an earlier shape produced: its peak memory would depend on that
+# backlog.
+start_broker() {
+  local args=(dev-kafka --bootstrap-file "$DIR/bootstrap")
+  [ -n "$RTT" ] && args+=(--rtt "$RTT")
+  rm -f "$DIR/bootstrap"
+  RUST_LOG=warn "$BIN" "${args[@]}" >>"$DIR/dev-kafka.log" 2>&1 &
+  broker=$!
+  pids+=("$broker")
+  for _ in $(seq 1 500); do [ -s "$DIR/bootstrap" ] && break; sleep 0.02; done
+  BOOTSTRAP=$(cat "$DIR/bootstrap")
+}
 
 # start NAME ROLES PORT: a fresh spool per process; its pid in $started. Each process has a
 # consumer group of its own (a sink joining the group a stopped one left would wait out that
-# member's session timeout), so a sink starts from the oldest record in the topic.
+# member's session timeout).
 start() {
   local name=$1 roles=$2 port=$3
   env AUDIT_MANAGER__SPOOL__PATH="$DIR/spool-$name" AUDIT_MANAGER__HTTP__LISTEN="127.0.0.1:$port" \
@@ -104,6 +112,7 @@ measure() {
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo);" \
   "load average $(cut -d' ' -f1-3 /proc/loadavg); broker RTT ${RTT:-none}; ${SECONDS_EACH}s per load" >&2
 
+start_broker
 start ingest ingest "$PORT" && p=$started
 measure ingest-only "bare single batch100 batch500" "$p"
 stop "$p"
@@ -111,12 +120,15 @@ stop "$p"
 start all ingest,forward,sink,maintain "$PORT" && p=$started
 measure all-roles "single batch100 batch500" "$p"
 stop "$p"
+stop "$broker"
 
+start_broker
 start agent ingest,forward "$PORT" && a=$started
 start sink sink,maintain "$SINK_PORT" && s=$started
 measure "agent+sink" "single batch100 batch500" "$a" "$s"
 stop "$a"
 stop "$s"
+stop "$broker"
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 max_rss=0

@@ -4,7 +4,8 @@
 //! cargo test --release --test sink_bench -- --ignored --nocapture --test-threads 1
 //! ```
 //!
-//! `BENCH_EVENTS` (default 1 000 000) sets the number of events. Each benchmark uses a fresh
+//! `BENCH_EVENTS` (default 1 000 000) sets the number of events (per variant and round in
+//! `bench_sink_with_sealing_off_and_on`). Each benchmark uses a fresh
 //! database, so every insert lands in the indexed, partitioned `audit_events`.
 
 mod common;
@@ -170,45 +171,11 @@ async fn bench_sink_kafka_to_postgres() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark: run explicitly with --ignored --nocapture"]
 async fn bench_sink_drains_a_preloaded_topic() {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::consumer::Consumer;
     let n = events();
-    let partitions: i32 = std::env::var("BENCH_PARTITIONS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(64);
+    let partitions = partitions();
     let kafka = TestKafka::new(partitions);
-    let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &kafka.bootstrap)
-        .set("enable.idempotence", "true")
-        .set("compression.type", "lz4")
-        .set("linger.ms", "20")
-        .create()
-        .expect("producer");
-    let started = Instant::now();
-    for start in (0..n).step_by(20_000) {
-        produce_events(&producer, start..(start + 20_000).min(n)).await;
-    }
-    println!(
-        "preloaded {n} events into {partitions} partitions in {:.1}s",
-        started.elapsed().as_secs_f64()
-    );
-    let probe: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &kafka.bootstrap)
-        .create()
-        .expect("probe consumer");
-    let mut held = 0i64;
-    for p in 0..partitions {
-        let (low, high) = probe
-            .fetch_watermarks(TOPIC, p, Duration::from_secs(10))
-            .expect("watermarks");
-        assert_eq!(
-            low, 0,
-            "the mock broker evicted records of partition {p}: raise BENCH_PARTITIONS"
-        );
-        held += high;
-    }
-    assert_eq!(held, n as i64);
-    drop(producer);
+    preload(&kafka, n, partitions).await;
 
     // The consumer alone (same settings as the sink's, nothing stored): the sink's ceiling.
     {
@@ -262,6 +229,190 @@ async fn bench_sink_drains_a_preloaded_topic() {
     );
 }
 
+/// Produces events `0..n` into the topic (compressed, so the mock broker's ~5 MB per partition
+/// holds them) and checks that the broker kept every record.
+async fn preload(kafka: &TestKafka, n: usize, partitions: i32) {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &kafka.bootstrap)
+        .set("enable.idempotence", "true")
+        .set("compression.type", "lz4")
+        .set("linger.ms", "20")
+        .create()
+        .expect("producer");
+    let started = Instant::now();
+    for start in (0..n).step_by(20_000) {
+        produce_events(&producer, start..(start + 20_000).min(n)).await;
+    }
+    println!(
+        "preloaded {n} events into {partitions} partitions in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    let probe: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &kafka.bootstrap)
+        .create()
+        .expect("probe consumer");
+    let mut held = 0i64;
+    for p in 0..partitions {
+        let (low, high) = probe
+            .fetch_watermarks(TOPIC, p, Duration::from_secs(10))
+            .expect("watermarks");
+        assert_eq!(
+            low, 0,
+            "the mock broker evicted records of partition {p}: raise BENCH_PARTITIONS"
+        );
+        held += high;
+    }
+    assert_eq!(held, n as i64);
+    drop(producer);
+}
+
+fn partitions() -> i32 {
+    std::env::var("BENCH_PARTITIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64)
+}
+
+/// The sink with sealing off and on, as deployed: one process with the sink and maintain roles
+/// draining a preloaded topic into a fresh database, the maintain role sealing every
+/// `BENCH_SEAL_INTERVAL` seconds (default 1; the shipped default is 60) in the "on" variant,
+/// nothing else differing. `BENCH_ROUNDS` (default 3) interleaves the two, reversing their
+/// order every other round; each drains the whole topic with a consumer group of its own.
+///
+/// After "on" it waits for the sealer to cover every row and runs `verify` over them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: run explicitly with --ignored --nocapture"]
+async fn bench_sink_with_sealing_off_and_on() {
+    let n = events();
+    let partitions = partitions();
+    let rounds: usize = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let interval = Duration::from_secs_f64(
+        std::env::var("BENCH_SEAL_INTERVAL")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1.0),
+    );
+    let kafka = TestKafka::new(partitions);
+    kafka
+        .cluster
+        .create_topic("openg2p.audit.seals", 1, 1)
+        .unwrap();
+    preload(&kafka, n, partitions).await;
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("seal.key");
+    audit_manager::integrity::seal::keygen(&key).unwrap();
+    let public = keys.path().join("seal.key.pub");
+    let mut rates: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    for round in 0..rounds {
+        let order = if round % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        for sealing in order {
+            let db = TestDb::new().await;
+            let pool = db.pool().await;
+            let baseline = rows_inserted();
+            let (key, public_file) = (key.clone(), public.clone());
+            let app = TestApp::start_with(
+                |c| {
+                    *c = sink_config(&kafka, &db.url, &[Role::Sink, Role::Maintain]);
+                    c.kafka.consumer_group = format!("bench-seal-{}", uuid::Uuid::new_v4());
+                    if sealing {
+                        c.integrity.signing_key_file = Some(key);
+                        c.integrity.public_key_files = vec![public_file];
+                        c.integrity.seal_interval = interval;
+                    }
+                },
+                StartOptions::default(),
+            )
+            .await;
+            let mut max_lag: f64 = 0.0;
+            let (t0, c0) = wait_until_stored(baseline, n, |_| {
+                if sealing {
+                    max_lag = max_lag.max(gauge("audit_seal_lag_seconds"));
+                }
+            })
+            .await;
+            let secs = t0.elapsed().as_secs_f64();
+            let rate = (n as u64 - c0) as f64 / secs;
+            assert_eq!(count_rows(&pool).await, n as i64, "every event stored once");
+            let label = if sealing { "on" } else { "off" };
+            rates[usize::from(sealing)].push(rate);
+            let mut line = format!(
+                "round {}: sealing {label}: {} rows in {secs:.1}s after the first batch = \
+                 {rate:.0} rows/s",
+                round + 1,
+                n as u64 - c0
+            );
+            if sealing {
+                let finished = Instant::now();
+                let sealed: i64 = loop {
+                    let sealed: i64 = sqlx::query_scalar(
+                        "SELECT COALESCE(sum(leaves), 0)::int8 FROM audit_seals",
+                    )
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+                    if sealed >= n as i64 || finished.elapsed() > Duration::from_secs(600) {
+                        break sealed;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                };
+                assert_eq!(sealed, n as i64, "the sealer covered every row");
+                let pk = audit_manager::integrity::seal::load_public_key(&public).unwrap();
+                let keyring = std::collections::BTreeMap::from([(
+                    audit_manager::integrity::seal::key_id(&pk),
+                    pk,
+                )]);
+                let mut out = Vec::new();
+                let report = audit_manager::integrity::verify::verify(
+                    &pool,
+                    &keyring,
+                    &Default::default(),
+                    &mut out,
+                )
+                .await
+                .unwrap();
+                assert!(report.is_clean(), "{}", String::from_utf8_lossy(&out));
+                line += &format!(
+                    "; largest seal lag {max_lag:.1}s; every row sealed {:.1}s after the last \
+                     was stored; verify clean",
+                    finished.elapsed().as_secs_f64()
+                );
+            }
+            println!("{line}");
+            app.shutdown().await;
+        }
+    }
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        let m = v.len() / 2;
+        if v.len().is_multiple_of(2) {
+            (v[m - 1] + v[m]) / 2.0
+        } else {
+            v[m]
+        }
+    };
+    let (off, on) = (median(&rates[0]), median(&rates[1]));
+    let per_round: Vec<f64> = rates[1]
+        .iter()
+        .zip(&rates[0])
+        .map(|(on, off)| (on / off - 1.0) * 100.0)
+        .collect();
+    println!(
+        "medians of {rounds} rounds: sealing off {off:.0} rows/s, on {on:.0} rows/s: {:+.1} %; \
+         median of the rounds' own differences {:+.1} %",
+        (on / off - 1.0) * 100.0,
+        median(&per_round)
+    );
+}
+
 /// Polls the sink's own counter every 100 ms (a `count(*)` this often would cost PostgreSQL a
 /// large share of a core on a table this size), handing each reading to `progress`, until `n`
 /// rows more than `baseline` are stored (the count before the sink started). Returns when, and
@@ -290,13 +441,18 @@ async fn wait_until_stored(
     }
 }
 
-/// `audit_sink_rows_inserted_total`. The recorder is global to the process, so the count
-/// includes earlier benchmarks of the same run: callers measure from a baseline.
-fn rows_inserted() -> u64 {
+/// A gauge or counter of this process's metrics recorder (0 when absent).
+fn gauge(name: &str) -> f64 {
     audit_manager::metrics::install()
         .render()
         .lines()
-        .find_map(|l| l.strip_prefix("audit_sink_rows_inserted_total "))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
+        .unwrap_or(0.0)
+}
+
+/// `audit_sink_rows_inserted_total`. The recorder is global to the process, so the count
+/// includes earlier benchmarks of the same run: callers measure from a baseline.
+fn rows_inserted() -> u64 {
+    gauge("audit_sink_rows_inserted_total") as u64
 }
