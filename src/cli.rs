@@ -517,7 +517,7 @@ async fn verify_command(
     } else {
         None
     };
-    let store = crate::store::Store::connect_lazy(&config.database.url, 3)?;
+    let store = crate::store::Store::connect_lazy(&config.database.url, 3)?.for_long_reads();
     let opts = verify::VerifyOptions {
         from,
         to,

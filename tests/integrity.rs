@@ -226,6 +226,39 @@ async fn untouched_database_verifies_clean_across_retention_and_key_rotation() {
     let cfg = cfg.to_string_lossy().to_string();
     let (code, stdout, stderr) = run_cli(&["verify", "--config", &cfg], &[]);
     assert_eq!(code, 0, "{stdout}{stderr}");
+    // Reading for long is what verify does: a statement kept waiting past a second (here
+    // behind a lock) is no "slow statement" warning on the operator's terminal.
+    let mut locker = sqlx::PgConnection::connect(&s.db.url).await.unwrap();
+    let mut tx = locker.begin().await.unwrap();
+    sqlx::query("LOCK TABLE audit_events IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let running = {
+        let cfg = cfg.clone();
+        tokio::task::spawn_blocking(move || run_cli(&["verify", "--config", &cfg], &[]))
+    };
+    eventually(
+        Duration::from_secs(30),
+        "verify waiting for the lock",
+        || async {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity
+              WHERE application_name = 'audit-manager' AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(&s.pool)
+            .await
+            .ok()?;
+            (waiting > 0).then_some(())
+        },
+    )
+    .await;
+    // Past the one-second threshold of a slow statement, then let it go.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    tx.commit().await.unwrap();
+    let (code, stdout, stderr) = running.await.unwrap();
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(!stderr.contains("slow statement"), "{stderr}");
     // Tampered: exit 1 with the row named on stdout.
     s.sql("UPDATE audit_events SET outcome = 'failure' WHERE id = 'new-3'")
         .await;

@@ -43,6 +43,9 @@ pub const DEFAULT_INSERT_PARALLELISM: usize = 4;
 /// How often the health monitor pings the database.
 const PING_INTERVAL: Duration = Duration::from_secs(2);
 
+/// Above this a statement of [`Store::for_long_reads`] is logged, at debug level only.
+const SLOW_READ: Duration = Duration::from_secs(1);
+
 /// Reachability of the database as last observed.
 #[derive(Debug, Clone, Default)]
 pub struct DbState {
@@ -153,6 +156,17 @@ impl Store {
             method: InsertMethod::default(),
             parallelism: DEFAULT_INSERT_PARALLELISM,
         })
+    }
+
+    /// The same store for a command that reads on purpose for long (`verify` streams every
+    /// row in one statement): statements over a second are not logged as slow warnings.
+    pub fn for_long_reads(self) -> Store {
+        let options = self
+            .options
+            .clone()
+            .log_slow_statements(tracing::log::LevelFilter::Debug, SLOW_READ);
+        self.pool.set_connect_options(options.clone());
+        Store { options, ..self }
     }
 
     /// A lazily connecting pool for reads only: every session is read-only
