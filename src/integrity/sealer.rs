@@ -172,16 +172,19 @@ async fn read_leaves(
         "SELECT {SELECT_LIST} FROM audit_events WHERE seal_seq > $1 AND seal_seq <= $2 \
          ORDER BY seal_seq"
     );
-    let rows: Vec<StoredRow> = sqlx::query_as(&sql)
+    // Each row is hashed as it arrives and only its leaf is kept: a window of rows is never
+    // held whole (measured: sealing raised the sink+maintain peak by 20–27 MiB when it was).
+    let mut rows = sqlx::query_as::<_, StoredRow>(&sql)
         .bind(after)
         .bind(window_hi)
-        .fetch(&mut *conn)
-        .try_collect()
-        .await
-        .map_err(IntegrityError::db("reading rows to seal"))?;
-    let mut leaves = Vec::with_capacity(rows.len());
+        .fetch(&mut *conn);
+    let mut leaves = Vec::new();
     let mut bytes = 256;
-    for r in rows {
+    while let Some(r) = rows
+        .try_next()
+        .await
+        .map_err(IntegrityError::db("reading rows to seal"))?
+    {
         let leaf = Leaf {
             seal_seq: r.seal_seq.unwrap_or_default(),
             occurred_at_us: micros(r.occurred_at),
@@ -421,31 +424,31 @@ pub async fn selfcheck(pool: &PgPool, signer: &Signer) -> Result<Option<String>,
         "SELECT {SELECT_LIST} FROM audit_events WHERE seal_seq > $1 AND seal_seq <= $2 \
          ORDER BY seal_seq"
     );
-    let rows: Vec<StoredRow> = sqlx::query_as(&sql)
+    // The seal's leaves by row; each stored row is checked against its leaf as it arrives
+    // (rows are not held). A leaf without a row (dropped by retention since) is no mismatch; a
+    // row without a leaf, or with a different hash, is.
+    let mut sealed: std::collections::HashMap<(i64, String, i64), [u8; 32]> = seal
+        .leaves
+        .iter()
+        .map(|l| ((l.seal_seq, l.id.clone(), l.occurred_at_us), l.row_hash))
+        .collect();
+    let mut rows = sqlx::query_as::<_, StoredRow>(&sql)
         .bind(seal.lo)
         .bind(seal.hi)
-        .fetch_all(pool)
-        .await
-        .map_err(IntegrityError::db("reading the rows of the newest seal"))?;
-    let mut stored = std::collections::HashMap::with_capacity(rows.len());
-    for r in &rows {
-        let key = (
-            r.seal_seq.unwrap_or_default(),
-            r.id.as_str(),
-            micros(r.occurred_at),
-        );
-        stored.insert(key, row_hash(r).ok());
-    }
+        .fetch(pool);
     let mut bad = 0usize;
-    for l in &seal.leaves {
-        match stored.remove(&(l.seal_seq, l.id.as_str(), l.occurred_at_us)) {
-            Some(Some(h)) if h == l.row_hash => {}
-            // A row dropped by retention since is not a mismatch.
-            None => {}
+    while let Some(r) = rows
+        .try_next()
+        .await
+        .map_err(IntegrityError::db("reading the rows of the newest seal"))?
+    {
+        let hash = row_hash(&r).ok();
+        let key = (r.seal_seq.unwrap_or_default(), r.id, micros(r.occurred_at));
+        match (sealed.remove(&key), hash) {
+            (Some(sealed), Some(stored)) if sealed == stored => {}
             _ => bad += 1,
         }
     }
-    bad += stored.len();
     Ok((bad > 0).then(|| {
         format!(
             "seal {no}: {bad} row(s) differ from what it sealed; run `audit-manager verify` \
