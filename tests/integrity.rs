@@ -593,6 +593,29 @@ async fn many_rows_are_split_into_bounded_seals() {
     assert_eq!(rep.rows_ok as usize, n + 7);
 }
 
+#[tokio::test]
+async fn a_seal_closes_before_its_byte_bound_and_the_next_one_goes_on() {
+    use audit_manager::integrity::seal::{MAX_LEAVES, MAX_SEAL_BYTES};
+    let s = Sealed::new().await;
+    let t = Utc.with_ymd_and_hms(2026, 6, 1, 0, 0, 0).unwrap();
+    // Long ids: a window of MAX_LEAVES rows would be twice the byte bound, so the sealer stops
+    // reading in the middle of the window's rows and the next seal starts where it stopped.
+    let n = 4000;
+    assert!(n <= MAX_LEAVES && n * 350 > 2 * MAX_SEAL_BYTES);
+    s.insert(&rows(&"x".repeat(300), n, t)).await;
+    let r = s.seal().await;
+    assert_eq!(r.rows as usize, n);
+    assert!(r.sealed.len() >= 3, "{r:?}");
+    let largest: i32 = sqlx::query_scalar("SELECT max(octet_length(bytes)) FROM audit_seals")
+        .fetch_one(&s.pool)
+        .await
+        .unwrap();
+    assert!(largest as usize <= MAX_SEAL_BYTES, "{largest}");
+    let (rep, out) = s.verify().await;
+    assert!(rep.is_clean(), "{out}");
+    assert_eq!(rep.rows_ok as usize, n);
+}
+
 #[test]
 fn keygen_writes_a_private_key_and_refuses_to_overwrite() {
     use std::os::unix::fs::PermissionsExt as _;
