@@ -321,3 +321,106 @@ async fn metric(app: &TestApp, name: &str) -> f64 {
         })
         .unwrap_or(0.0)
 }
+
+/// `kafka.consumer.queued.max.messages.kbytes` (librdkafka's own bound, passed through by the
+/// sink's consumer configuration): while nothing takes records, the consumer fetches ahead at
+/// most that many bytes plus one fetch response, and the rest stays in Kafka; once records are
+/// taken, the rest is fetched and every record arrives. Measured from librdkafka's statistics
+/// of the partition: the bytes in its fetch queue and the next offset it would fetch.
+#[test]
+fn the_sinks_consumer_prefetches_at_most_its_byte_bound() {
+    use std::sync::{Arc, Mutex};
+    use std::time::Instant;
+
+    use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+    use rdkafka::{ClientContext, Offset, Statistics, TopicPartitionList};
+
+    /// The newest (bytes in the fetch queue, next offset to fetch) of partition 0.
+    #[derive(Default)]
+    struct Fetching(Mutex<Option<(u64, i64)>>);
+    impl ClientContext for Fetching {
+        fn stats(&self, s: Statistics) {
+            if let Some(p) = s.topics.get(TOPIC).and_then(|t| t.partitions.get(&0)) {
+                *self.0.lock().unwrap() = Some((p.fetchq_size, p.next_offset));
+            }
+        }
+    }
+    impl ConsumerContext for Fetching {}
+
+    const RECORDS: usize = 1000;
+    const RECORD: usize = 2048;
+    const BOUND_KIB: usize = 256;
+    const FETCH: usize = 64 * 1024;
+    let kafka = TestKafka::new(1);
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        // A fetch brings whole record batches: batches of at most one fetch's size keep the
+        // overshoot to one fetch.
+        let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &kafka.bootstrap)
+            .set("batch.size", FETCH.to_string())
+            .create()
+            .unwrap();
+        let value = vec![b'x'; RECORD];
+        let sends = (0..RECORDS).map(|_| kafka.produce(&producer, TOPIC, "k", &value));
+        futures_util::future::join_all(sends).await;
+    });
+
+    let mut kcfg = sink_config(&kafka, "postgres://unused", &[Role::Sink]).kafka;
+    kcfg.consumer
+        .insert("queued.max.messages.kbytes".into(), BOUND_KIB.to_string());
+    kcfg.consumer
+        .insert("max.partition.fetch.bytes".into(), FETCH.to_string());
+    let mut cc = audit_manager::sink::client::consumer_config(&kcfg, "prefetch-bound");
+    cc.set("statistics.interval.ms", "50");
+    let consumer: Arc<BaseConsumer<Fetching>> =
+        Arc::new(cc.create_with_context(Fetching::default()).unwrap());
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(TOPIC, 0, Offset::Beginning)
+        .unwrap();
+    consumer.assign(&tpl).unwrap();
+    // The records go to a queue of their own, which nobody reads yet; polling the consumer
+    // serves the statistics only.
+    let records = consumer.split_partition_queue(TOPIC, 0).unwrap();
+
+    // Fetching has stopped when the next offset to fetch has not moved for 20 statistics
+    // intervals (1 s).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (mut largest_queue, mut next, mut unchanged) = (0u64, -1i64, 0);
+    while unchanged < 20 || next <= 0 {
+        assert!(Instant::now() < deadline, "fetching never settled");
+        assert!(consumer.poll(Duration::from_millis(50)).is_none());
+        let Some((queued, at)) = consumer.context().0.lock().unwrap().take() else {
+            continue;
+        };
+        largest_queue = largest_queue.max(queued);
+        if at == next {
+            unchanged += 1;
+        } else {
+            (next, unchanged) = (at, 0);
+        }
+    }
+    let bound = BOUND_KIB * 1024 + FETCH;
+    assert!(
+        largest_queue as usize <= bound,
+        "{largest_queue} bytes queued ahead, bound {bound}"
+    );
+    let fetched = usize::try_from(next).unwrap();
+    assert!(
+        fetched * RECORD <= bound,
+        "{fetched} records of {RECORD} bytes fetched ahead, bound {bound} bytes"
+    );
+
+    // Taking the records lets the rest be fetched: every record arrives.
+    let mut taken = 0;
+    while taken < RECORDS {
+        assert!(
+            Instant::now() < deadline,
+            "only {taken} of {RECORDS} records arrived"
+        );
+        let _ = consumer.poll(Duration::ZERO);
+        if let Some(r) = records.poll(Duration::from_millis(100)) {
+            r.unwrap();
+            taken += 1;
+        }
+    }
+}
