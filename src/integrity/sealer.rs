@@ -424,14 +424,11 @@ pub async fn selfcheck(pool: &PgPool, signer: &Signer) -> Result<Option<String>,
         "SELECT {SELECT_LIST} FROM audit_events WHERE seal_seq > $1 AND seal_seq <= $2 \
          ORDER BY seal_seq"
     );
-    // The seal's leaves by row; each stored row is checked against its leaf as it arrives
-    // (rows are not held). A leaf without a row (dropped by retention since) is no mismatch; a
-    // row without a leaf, or with a different hash, is.
-    let mut sealed: std::collections::HashMap<(i64, String, i64), [u8; 32]> = seal
-        .leaves
-        .iter()
-        .map(|l| ((l.seal_seq, l.id.clone(), l.occurred_at_us), l.row_hash))
-        .collect();
+    // The seal's leaves by `seal_seq` (one number per row); each stored row is checked against
+    // its leaf as it arrives (rows are not held). A leaf without a row (dropped by retention
+    // since) is no mismatch; a row without a leaf, or with another id, time or hash, is.
+    let mut sealed: std::collections::HashMap<i64, &Leaf> =
+        seal.leaves.iter().map(|l| (l.seal_seq, l)).collect();
     let mut rows = sqlx::query_as::<_, StoredRow>(&sql)
         .bind(seal.lo)
         .bind(seal.hi)
@@ -442,11 +439,15 @@ pub async fn selfcheck(pool: &PgPool, signer: &Signer) -> Result<Option<String>,
         .await
         .map_err(IntegrityError::db("reading the rows of the newest seal"))?
     {
-        let hash = row_hash(&r).ok();
-        let key = (r.seal_seq.unwrap_or_default(), r.id, micros(r.occurred_at));
-        match (sealed.remove(&key), hash) {
-            (Some(sealed), Some(stored)) if sealed == stored => {}
-            _ => bad += 1,
+        let matches = sealed
+            .remove(&r.seal_seq.unwrap_or_default())
+            .is_some_and(|l| {
+                l.id == r.id
+                    && l.occurred_at_us == micros(r.occurred_at)
+                    && row_hash(&r).is_ok_and(|h| h == l.row_hash)
+            });
+        if !matches {
+            bad += 1;
         }
     }
     Ok((bad > 0).then(|| {
