@@ -651,12 +651,33 @@ pub fn spawn_batch_clients(
     acked: &std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
+    spawn_paced_batch_clients(url, round, clients, Duration::ZERO, acked, stop)
+}
+
+/// [`spawn_batch_clients`], each client starting at most one batch of 10 per `every` (none
+/// waits when `every` is zero): a load whose rate does not depend on how fast the machine is.
+pub fn spawn_paced_batch_clients(
+    url: &str,
+    round: u64,
+    clients: usize,
+    every: Duration,
+    acked: &std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
     (0..clients)
         .map(|c| {
             let (url, acked, stop) = (url.to_owned(), acked.clone(), stop.clone());
             tokio::spawn(async move {
                 let client = reqwest::Client::new();
+                let mut pace = (!every.is_zero()).then(|| {
+                    let mut i = tokio::time::interval(every);
+                    i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    i
+                });
                 for n in 0.. {
+                    if let Some(pace) = pace.as_mut() {
+                        pace.tick().await;
+                    }
                     if stop.load(std::sync::atomic::Ordering::Relaxed) {
                         break;
                     }
