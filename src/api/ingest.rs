@@ -8,7 +8,7 @@ use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 use bytes::Bytes;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::AppState;
 use super::auth::check_sources;
@@ -16,10 +16,10 @@ use super::budget::Held;
 use super::envelope::respond;
 use super::error::ApiError;
 use crate::auth::Caller;
-use crate::event::authcontext::{self, AuthContext};
+use crate::event::authcontext::AuthContext;
 use crate::event::{
-    self, BatchBody, FieldError, JsonError, Normalizations, NormalizedEvent, Rejection, Rule,
-    ValidationMode,
+    self, BatchBody, FieldError, Incoming, JsonError, Normalizations, NormalizedEvent, Rejection,
+    Rule, ValidationMode,
 };
 use crate::spool::{AppendError, Record, now_ms};
 
@@ -172,13 +172,6 @@ async fn read_body(
     Ok((buf.map_or(first, bytes::BytesMut::freeze), held))
 }
 
-/// Parses the body; a NUL character or a duplicated key anywhere is 422 naming the field (in
-/// both modes: see `event::parse_json`).
-fn parse_json(body: &[u8]) -> Result<Value, JsonError> {
-    // serde_json caps nesting at 128 levels, so hostile depth is an error, not a stack overflow.
-    event::parse_json(body)
-}
-
 fn json_error(e: JsonError) -> ApiError {
     match e {
         JsonError::Syntax(e) => ApiError::NotJson(format!(
@@ -301,15 +294,8 @@ pub async fn post_event(
     let mode = state.limits.mode;
     let mut rules = Normalizations::default();
     let binary = event::is_binary_mode(headers.keys().map(|k| k.as_str()));
-    let value = if binary {
-        let ct = headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let (body, held) = read_body(&state, &headers, body).await?;
-        let pairs = headers.iter().map(|(k, v)| (k.as_str(), v.as_bytes()));
-        let value = event::from_binary(pairs, ct.as_deref(), &body).map_err(binary_error)?;
-        (value, held)
+    let (body, _held) = if binary {
+        read_body(&state, &headers, body).await?
     } else {
         match media(&headers, mode, &mut rules) {
             Some(Media::Json | Media::CloudEvent) => {}
@@ -321,15 +307,23 @@ pub async fn post_event(
                 ));
             }
         }
-        let (body, held) = read_body(&state, &headers, body).await?;
-        (parse_json(&body).map_err(json_error)?, held)
+        read_body(&state, &headers, body).await?
     };
-    // Held until the answer: the decoded event and its record count against the same bytes.
-    let (mut value, _held) = value;
-    check_sources(caller.as_ref(), [source_of(&value)])?;
-    authcontext::apply(&mut value, auth_context(caller.as_ref()));
+    // `_held` lasts until the answer: the event and its record count against the body's bytes.
+    let incoming = if binary {
+        let ct = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok());
+        let pairs = headers.iter().map(|(k, v)| (k.as_str(), v.as_bytes()));
+        Incoming::Tree(event::from_binary(pairs, ct, &body).map_err(binary_error)?)
+    } else {
+        Incoming::parse(&body, mode).map_err(json_error)?
+    };
+    check_sources(caller.as_ref(), [incoming.source()])?;
     let now = chrono::Utc::now();
-    let normalized = event::normalize(value, now, &state.limits).map_err(reject)?;
+    let normalized = incoming
+        .normalize(auth_context(caller.as_ref()), now, &state.limits)
+        .map_err(reject)?;
     let id = normalized.id.clone();
     normalized.normalized.iter().for_each(|r| rules.add(r));
     spool(&state, &[to_record(normalized, now_ms())]).await?;
@@ -441,12 +435,11 @@ pub async fn post_batch(
     let mut problems: Vec<FieldError> = Vec::new();
     let mut too_large: Option<Rejection> = None;
     for (i, raw) in events.into_iter().enumerate() {
-        let mut ev = parse_json(raw.get().as_bytes())
+        let ev = Incoming::parse(raw.get().as_bytes(), mode)
             .map_err(|e| json_error(e.under(&format!("events[{i}]"))))?;
         // One forbidden source refuses the whole batch; nothing of it is spooled.
-        check_sources(caller.as_ref(), [source_of(&ev)])?;
-        authcontext::apply(&mut ev, ctx);
-        match event::normalize(ev, now, &state.limits) {
+        check_sources(caller.as_ref(), [ev.source()])?;
+        match ev.normalize(ctx, now, &state.limits) {
             Ok(n) => {
                 rules.push(n.normalized);
                 records.push(to_record(n, accepted_at));
@@ -477,11 +470,6 @@ pub async fn post_batch(
         Some(&json!({ "accepted": ids, "count": ids.len() })),
         &[],
     ))
-}
-
-/// The event's `source`, when it is a string (validation refuses anything else).
-fn source_of(event: &Value) -> Option<&str> {
-    event.get("source").and_then(Value::as_str)
 }
 
 /// The `authtype`/`authid` to record for `caller` (none without authentication).

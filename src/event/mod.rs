@@ -6,6 +6,11 @@
 //! [`FieldError`]s named by path (`data.actor.id: required`), fills in defaults and serializes
 //! it compactly into a [`NormalizedEvent`] ready to spool.
 //!
+//! Ingest reads structured events through [`Incoming`]: an event valid as sent is checked
+//! without a tree and stored as its own bytes (whitespace between tokens dropped) with the
+//! defaults appended; anything else goes through [`parse_json`] and [`normalize`]. Both give
+//! the same event (see `borrowed.rs`).
+//!
 //! # Normalization
 //! Defaults are filled in before the event is stored, so the stored JSON is what gets replayed
 //! and every replay maps to the same `(id, time)`:
@@ -40,6 +45,7 @@
 
 pub mod authcontext;
 mod binary;
+mod borrowed;
 mod json;
 mod lenient_time;
 mod mode;
@@ -49,6 +55,7 @@ mod validate;
 
 pub use authcontext::AuthContext;
 pub use binary::{BinaryError, from_binary, is_binary_mode, percent_decode};
+pub use borrowed::{Borrowed, Incoming, MAX_DEPTH};
 pub use json::{BatchBody, JsonError, parse_json, split_batch};
 pub use mode::ValidationMode;
 pub use row::{Row, RowError, row_from_record, row_from_record_counted, to_row};

@@ -600,7 +600,7 @@ fn str_field<'a>(map: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
     map.get(key).and_then(Value::as_str)
 }
 
-fn check_skew(
+pub(super) fn check_skew(
     raw: &str,
     t: DateTime<FixedOffset>,
     now: DateTime<Utc>,
