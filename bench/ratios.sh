@@ -12,10 +12,15 @@
 #   bench/ratios.sh                     # SECONDS_EACH=15 per load
 #   RTT=50ms bench/ratios.sh            # the broker answers every request 50 ms late
 #
-# The broker is `audit-manager dev-kafka` in its own process (RTT slows it down); PostgreSQL on
+# The broker is `audit-manager dev-kafka` in its own process (RTT slows it down). It keeps only
+# the newest 5 MB of each partition (librdkafka's mock cluster), so a sink that falls further
+# behind under batch loads skips what was dropped: its log says "offset reset"; PostgreSQL on
 # $PGURL (database audit_bench_ratios, recreated). Needs wrk (apt-get install wrk). Peak RSS
-# is VmHWM from /proc/PID/status, reset before every load (clear_refs 5). The ingest-only
-# process has nobody draining its spool, so its spool bound is raised (a few GB of disk).
+# is VmHWM from /proc/PID/status, reset before every load (clear_refs 5). CPU per event is the
+# process's user + system time during the load (/proc/PID/stat) over the events accepted in it:
+# with the split shape, the agent's minus the ingest-only process's is what forwarding costs,
+# and the sink process's is what storing costs. The ingest-only process has nobody draining its
+# spool, so its spool bound is raised (a few GB of disk).
 set -euo pipefail
 
 SECONDS_EACH=${SECONDS_EACH:-15}
@@ -77,6 +82,9 @@ start() {
 stop() { kill -TERM "$1"; wait "$1" 2>/dev/null || true; }
 
 reset_peak() { for p in "$@"; do echo 5 >"/proc/$p/clear_refs"; done; }
+TICKS=$(getconf CLK_TCK)
+# cpu_ticks PID: user + system time so far, in clock ticks (the fields after the command name).
+cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'; }
 peak_mib() { awk '/^VmHWM/ { printf "%.0f", $2 / 1024 }' "/proc/$1/status"; }
 
 # load KIND: runs one load for SECONDS_EACH against $URL, prints events/s.
@@ -94,18 +102,29 @@ load() {
   esac
 }
 
-declare -A rate rss
+declare -A rate rss cpu
 # measure SHAPE LOADS PIDS...: each load with fresh peak counters on every pid.
 measure() {
   local shape=$1 loads=$2
   shift 2
   for l in $loads; do
     reset_peak "$@"
+    local before=() p i
+    for p in "$@"; do before+=("$(cpu_ticks "$p")"); done
     rate[$shape/$l]=$(load "$l")
-    local peaks=""
-    for p in "$@"; do peaks+="$(peak_mib "$p") "; done
+    local peaks="" cpus=""
+    i=0
+    for p in "$@"; do
+      peaks+="$(peak_mib "$p") "
+      cpus+="$(awk -v t="$(( $(cpu_ticks "$p") - before[i] ))" -v hz="$TICKS" \
+        -v r="${rate[$shape/$l]}" -v s="$SECONDS_EACH" \
+        'BEGIN { if (r > 0) printf "%.1f", t / hz * 1e6 / (r * s); else print "n/a" }') "
+      i=$((i + 1))
+    done
     rss[$shape/$l]=${peaks% }
-    echo "$shape $l: ${rate[$shape/$l]} events/s, peak RSS ${rss[$shape/$l]} MiB" >&2
+    cpu[$shape/$l]=${cpus% }
+    echo "$shape $l: ${rate[$shape/$l]} events/s, peak RSS ${rss[$shape/$l]} MiB," \
+      "CPU ${cpu[$shape/$l]} µs/event" >&2
   done
 }
 
@@ -137,12 +156,12 @@ for k in "${!rss[@]}"; do
 done
 
 echo
-echo "| shape | load | events/s | peak RSS (MiB) |"
-echo "|---|---|---|---|"
+echo "| shape | load | events/s | peak RSS (MiB) | CPU per event (µs) |"
+echo "|---|---|---|---|---|"
 for shape in ingest-only all-roles agent+sink; do
   for l in bare single batch100 batch500; do
     [ -n "${rate[$shape/$l]:-}" ] || continue
-    echo "| $shape | $l | ${rate[$shape/$l]} | ${rss[$shape/$l]// / + } |"
+    echo "| $shape | $l | ${rate[$shape/$l]} | ${rss[$shape/$l]// / + } | ${cpu[$shape/$l]// / + } |"
   done
 done
 echo
