@@ -173,7 +173,7 @@ pub fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", crate::config::redact::scrub(&format!("{e:#}")));
             ExitCode::from(2)
         }
     }
@@ -329,7 +329,7 @@ fn serve_exit_code(result: anyhow::Result<()>) -> anyhow::Result<ExitCode> {
     match result {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(e) if e.downcast_ref::<crate::shutdown::TaskFailure>().is_some() => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", crate::config::redact::scrub(&format!("{e:#}")));
             Ok(ExitCode::FAILURE)
         }
         Err(e) => Err(e),

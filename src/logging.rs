@@ -8,7 +8,8 @@ pub fn init() {
     let json = std::env::var("LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        // Secret values of the configuration are masked in every line, whoever logs them.
+        .with_writer(crate::config::redact::scrubbed_stderr);
     // A second init (tests) is harmless: the first subscriber stays.
     let _ = if json {
         builder.json().flatten_event(true).try_init()

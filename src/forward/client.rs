@@ -65,13 +65,14 @@ impl ClientContext for ForwardContext {
     /// `/health` at once; without this an outage would only surface when the first record's
     /// `message.timeout.ms` expires.
     fn error(&self, error: KafkaError, reason: &str) {
+        let hint = connection_hint(reason)
+            .unwrap_or("check kafka.bootstrap_servers, the network and the brokers");
         tracing::warn!(
             %error,
-            "Kafka client error: {reason}. Events stay in the spool and are retried; check \
-             kafka.bootstrap_servers, the network and the brokers"
+            "Kafka client error: {reason}. Events stay in the spool and are retried; {hint}"
         );
         self.state
-            .set_problem(format!("Kafka client error: {error}: {reason}"));
+            .set_problem(format!("Kafka client error: {error}: {reason} ({hint})"));
     }
 }
 
@@ -90,6 +91,38 @@ impl ProducerContext for ForwardContext {
             result,
         });
     }
+}
+
+/// What to do about a connection-level error librdkafka reported (`reason`), when TLS or SASL
+/// is the cause. librdkafka's own text says what failed; this names our settings.
+pub fn connection_hint(reason: &str) -> Option<&'static str> {
+    let r = reason.to_ascii_lowercase();
+    Some(
+        if r.contains("certificate verify failed") || r.contains("could not be verified") {
+            "the broker's certificate is not trusted: set ssl.ca.location in kafka.producer and \
+         kafka.consumer to the PEM file of the CA that signed it"
+        } else if r.contains("ssl handshake failed") || r.contains("ssl:") {
+            "the TLS handshake failed: check security.protocol and the ssl.* properties in \
+         kafka.producer and kafka.consumer, and that the broker's listener speaks TLS"
+        } else if r.contains("sasl") || r.contains("authentication") {
+            "the broker refused the credentials: check security.protocol, sasl.mechanism and the \
+         sasl.* properties in kafka.producer and kafka.consumer"
+        } else {
+            return None;
+        },
+    )
+}
+
+/// A Kafka error as text for logs and `/health`: a property librdkafka refused is named
+/// without its value (rdkafka's own text quotes the value), and remembered secrets are masked.
+pub fn error_text(e: &KafkaError) -> String {
+    let text = match e {
+        KafkaError::ClientConfig(_, desc, key, _) => {
+            format!("invalid Kafka client property {key}: {desc}")
+        }
+        other => other.to_string(),
+    };
+    crate::config::redact::scrub(&text).into_owned()
 }
 
 /// The forward producer: one librdkafka handle with its polling thread.
@@ -283,7 +316,8 @@ pub async fn ensure_topics(kafka: &KafkaConfig, client_config: &ClientConfig) {
     let admin: AdminClient<DefaultClientContext> = match client_config.create() {
         Ok(a) => a,
         Err(e) => {
-            tracing::warn!(error = %e, "cannot create a Kafka admin client; topics are not checked");
+            let error = error_text(&e);
+            tracing::warn!(%error, "cannot create a Kafka admin client; topics are not checked");
             return;
         }
     };

@@ -91,6 +91,8 @@ impl ForwardState {
 
     /// Records a problem; the time it started is kept while it lasts.
     pub fn set_problem(&self, reason: String) {
+        // Shown on `/health`: a client error can quote a configured secret.
+        let reason = crate::config::redact::scrub(&reason).into_owned();
         let mut s = self.lock();
         let since_ms = s.problem.as_ref().map_or_else(now_ms, |p| p.since_ms);
         s.problem = Some(Problem { reason, since_ms });
