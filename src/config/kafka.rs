@@ -60,13 +60,22 @@ pub(crate) fn check_properties(map: &str, props: &KafkaProperties) -> Result<(),
             _ => "",
         };
         if !feature.is_empty() && !has(feature) {
+            let set = props.contains_key("sasl.mechanism") || props.contains_key("sasl.mechanisms");
+            let what = if set {
+                format!("SASL mechanism {}", mechanism.to_ascii_uppercase())
+            } else {
+                format!(
+                    "security.protocol is {protocol} but sasl.mechanism is not set, and \
+                     librdkafka's default, {},",
+                    mechanism.to_ascii_uppercase()
+                )
+            };
             return Err(ConfigError::Invalid {
                 key: format!("{ROOT_KEY}.kafka.{map}.sasl.mechanism"),
                 message: format!(
-                    "SASL mechanism {} is not available in this build (Kerberos needs Cyrus \
-                     SASL, which is not built in); use SCRAM-SHA-512, SCRAM-SHA-256, PLAIN or \
-                     OAUTHBEARER",
-                    mechanism.to_ascii_uppercase()
+                    "{what} is not available in this build (Kerberos needs Cyrus SASL, which \
+                     is not built in): set sasl.mechanism to SCRAM-SHA-512, SCRAM-SHA-256, \
+                     PLAIN or OAUTHBEARER"
                 ),
             });
         }
@@ -130,6 +139,15 @@ mod tests {
         .to_string();
         assert!(e.contains("kafka.producer.sasl.mechanism"), "{e}");
         assert!(e.contains("GSSAPI") && e.contains("SCRAM-SHA-512"), "{e}");
+    }
+
+    #[test]
+    fn sasl_without_a_mechanism_says_to_set_one() {
+        let e = check_properties("consumer", &props(&[("security.protocol", "sasl_ssl")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("sasl.mechanism is not set"), "{e}");
+        assert!(e.contains("GSSAPI"), "{e}");
     }
 
     #[test]

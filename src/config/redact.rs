@@ -137,9 +137,36 @@ pub fn is_secret_name(name: &str) -> bool {
     .any(|w| n.contains(w))
 }
 
-/// The connection string with its password (and secret-looking query parameters such as
-/// `password=`) replaced by `***`. Also handles `key=value` connection strings
-/// (`host=x password=y`).
+/// Query parameters of a connection URL whose values are shown: libpq settings that hold no
+/// secret. Any other parameter (`password=`, `sslpassword=`, a misspelt `pasword=`) is masked.
+const SHOWN_URL_PARAMETERS: &[&str] = &[
+    "sslmode",
+    "ssl-mode",
+    "sslrootcert",
+    "ssl-root-cert",
+    "ssl-ca",
+    "sslcert",
+    "ssl-cert",
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "application_name",
+    "options",
+    "connect_timeout",
+    "target_session_attrs",
+    "statement-cache-capacity",
+];
+
+/// Whether the value of URL query parameter `name` may be shown.
+fn shown_url_parameter(name: &str) -> bool {
+    SHOWN_URL_PARAMETERS.contains(&name) && !is_secret_name(name)
+}
+
+/// The connection string with its password and the values of its query parameters other than
+/// libpq's non-secret settings (`password=`, `sslpassword=`, anything unknown) replaced by
+/// `***`. Also handles `key=value` connection strings (`host=x password=y`).
 pub fn redact_url(s: &str) -> String {
     let Ok(mut url) = Url::parse(s) else {
         return redact_unparsed(s);
@@ -147,20 +174,16 @@ pub fn redact_url(s: &str) -> String {
     if url.password().is_some() && url.set_password(Some(MASK)).is_err() {
         return MASK.to_string();
     }
-    let secret_query = url.query_pairs().any(|(k, _)| is_secret_name(&k));
-    if secret_query {
-        let pairs: Vec<(String, String)> = url
-            .query_pairs()
-            .map(|(k, v)| {
-                let v = if is_secret_name(&k) {
-                    MASK.to_string()
-                } else {
-                    v.into_owned()
-                };
-                (k.into_owned(), v)
+    // Pair by pair on the text as written, so the shown values keep their spelling.
+    if let Some(query) = url.query().map(str::to_string) {
+        let masked: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((k, _)) if !shown_url_parameter(&percent_decode(k)) => format!("{k}={MASK}"),
+                _ => pair.to_string(),
             })
             .collect();
-        url.query_pairs_mut().clear().extend_pairs(pairs);
+        url.set_query(Some(&masked.join("&")));
     }
     url.to_string()
 }
@@ -201,14 +224,30 @@ const MIN_SCRUBBED_LEN: usize = 4;
 /// The secret values of the loaded configuration (see [`remember_secrets`]).
 static SECRETS: std::sync::RwLock<Vec<String>> = std::sync::RwLock::new(Vec::new());
 
+/// Parts of a structured secret (`sasl.oauthbearer.config` is `key=value` pairs) shorter than
+/// this are not searched for on their own.
+const MIN_SCRUBBED_PART_LEN: usize = 8;
+
 /// Makes [`scrub`] (and so every log line, see [`scrubbed_stderr`]) mask these values from now
 /// on. Each value is also remembered in its JSON-escaped form, the way a JSON log line carries
-/// it.
+/// it, and a value made of `key=value` pairs also by each long enough value: an error quotes
+/// the part it could not parse, not the whole setting.
 pub fn remember_secrets<I: IntoIterator<Item = String>>(values: I) {
     let Ok(mut known) = SECRETS.write() else {
         return;
     };
+    let mut all = Vec::new();
     for v in values {
+        let parts: Vec<String> = v
+            .split([' ', ',', ';', '\t', '\n'])
+            .map(|part| part.split_once('=').map_or(part, |(_, value)| value))
+            .filter(|part| part.len() >= MIN_SCRUBBED_PART_LEN && part.len() < v.len())
+            .map(str::to_string)
+            .collect();
+        all.push(v);
+        all.extend(parts);
+    }
+    for v in all {
         if v.len() < MIN_SCRUBBED_LEN {
             continue;
         }
@@ -296,16 +335,16 @@ pub fn url_secret_values(s: &str) -> Vec<String> {
             out.push(p.to_string());
             out.push(percent_decode(p));
         }
+        let secret = |k: &str| !shown_url_parameter(k) && !names_no_secret_value(k);
         for (k, v) in url.query_pairs() {
-            if is_secret_name(&k) && !names_no_secret_value(&k) {
+            if secret(&k) {
                 out.push(v.into_owned());
             }
         }
         if let Some(q) = url.query() {
             for pair in q.split('&') {
                 if let Some((k, v)) = pair.split_once('=')
-                    && is_secret_name(k)
-                    && !names_no_secret_value(k)
+                    && secret(k)
                 {
                     out.push(v.to_string());
                 }

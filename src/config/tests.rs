@@ -579,6 +579,13 @@ fn redact_url_forms() {
         redact_url("postgres://h/d?sslmode=disable"),
         "postgres://h/d?sslmode=disable"
     );
+    // libpq's settings are shown, anything else is masked (a misspelt password too).
+    assert_eq!(
+        redact_url(
+            "postgres://h/d?sslmode=verify-full&sslrootcert=/tls/ca.pem&sslpassword=a&pasword=b"
+        ),
+        "postgres://h/d?sslmode=verify-full&sslrootcert=/tls/ca.pem&sslpassword=***&pasword=***"
+    );
     assert_eq!(
         redact_url("host=h password=pw user=u"),
         "host=h password=*** user=u"
@@ -1017,7 +1024,7 @@ audit_manager:
     producer:
       security.protocol: sasl_ssl
       sasl.mechanism: OAUTHBEARER
-      sasl.oauthbearer.config: "principal=oauth\"secret-3"
+      sasl.oauthbearer.config: "principal=audit extension_x=oauth\"secret-3"
       enable.sasl.oauthbearer.unsecure.jwt: "false"
       ssl.key.location: /etc/tls/client.key
 "#,
@@ -1025,7 +1032,7 @@ audit_manager:
     )
     .unwrap();
     let text = "pw pa$$word-1 raw pa%24%24word-1 query query-secret-2 \
-                oauth principal=oauth\"secret-3 json principal=oauth\\\"secret-3 flag false \
+                quoted at: extension_x=oauth\"secret-3 json x=oauth\\\"secret-3 flag false \
                 path /etc/tls/client.key";
     let scrubbed = redact::scrub(text);
     for secret in [
@@ -1038,7 +1045,7 @@ audit_manager:
         assert!(!scrubbed.contains(secret), "{secret}: {scrubbed}");
     }
     // Choices and file paths are not secrets: the log keeps them.
-    for kept in ["flag false", "path /etc/tls/client.key"] {
+    for kept in ["flag false", "path /etc/tls/client.key", "extension_x="] {
         assert!(scrubbed.contains(kept), "{kept}: {scrubbed}");
     }
 }

@@ -44,6 +44,9 @@ pub struct Pending {
 pub struct ForwardContext {
     outcomes: mpsc::UnboundedSender<Outcome>,
     state: Arc<ForwardState>,
+    /// The last connection error with a specific cause (TLS, SASL): librdkafka follows it with
+    /// "all brokers are down", which must not hide it from `/health`.
+    last_cause: std::sync::Mutex<Option<String>>,
 }
 
 impl ClientContext for ForwardContext {
@@ -65,14 +68,24 @@ impl ClientContext for ForwardContext {
     /// `/health` at once; without this an outage would only surface when the first record's
     /// `message.timeout.ms` expires.
     fn error(&self, error: KafkaError, reason: &str) {
-        let hint = connection_hint(reason)
-            .unwrap_or("check kafka.bootstrap_servers, the network and the brokers");
+        let specific = connection_hint(reason);
+        let hint = specific.unwrap_or("check kafka.bootstrap_servers, the network and the brokers");
         tracing::warn!(
             %error,
             "Kafka client error: {reason}. Events stay in the spool and are retried; {hint}"
         );
-        self.state
-            .set_problem(format!("Kafka client error: {error}: {reason} ({hint})"));
+        let mut problem = format!("Kafka client error: {error}: {reason} ({hint})");
+        if let Ok(mut last) = self.last_cause.lock() {
+            let all_down = error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown);
+            if specific.is_some() {
+                *last = Some(problem.clone());
+            } else if !all_down {
+                *last = None;
+            } else if let Some(cause) = last.as_ref() {
+                problem = format!("{problem}; last cause: {cause}");
+            }
+        }
+        self.state.set_problem(problem);
     }
 }
 
@@ -104,6 +117,9 @@ pub fn connection_hint(reason: &str) -> Option<&'static str> {
         } else if r.contains("ssl handshake failed") || r.contains("ssl:") {
             "the TLS handshake failed: check security.protocol and the ssl.* properties in \
          kafka.producer and kafka.consumer, and that the broker's listener speaks TLS"
+        } else if r.contains("oauthbearer token") {
+            "the client could not build its OAUTHBEARER token: check sasl.oauthbearer.config in \
+         kafka.producer and kafka.consumer"
         } else if r.contains("sasl") || r.contains("authentication") {
             "the broker refused the credentials: check security.protocol, sasl.mechanism and the \
          sasl.* properties in kafka.producer and kafka.consumer"
@@ -143,6 +159,7 @@ impl Producer {
         let context = ForwardContext {
             outcomes: tx,
             state,
+            last_cause: Default::default(),
         };
         let inner = config.create_with_context::<_, ThreadedProducer<_>>(context)?;
         let producer = Producer {

@@ -190,7 +190,8 @@ impl TlsTrouble {
             }
             TlsTrouble::WrongName => {
                 "the server's certificate does not name the host in database.url: connect by a \
-                 name the certificate lists, or use sslmode=verify-ca (checks the CA only)"
+                 name the certificate lists, or give the server a certificate that names this \
+                 host"
             }
             TlsTrouble::Expired => {
                 "the server's certificate has expired or is not valid yet: renew it (or check \
