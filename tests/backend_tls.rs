@@ -275,13 +275,10 @@ async fn tls_listener(ca: &Ca) -> (String, mpsc::UnboundedReceiver<Seen>) {
 /// The first request a client sent over a completed handshake (librdkafka starts every
 /// connection with ApiVersions, api_key 18).
 async fn first_request(seen: &mut mpsc::UnboundedReceiver<Seen>) -> (i16, String) {
-    let until = tokio::time::Instant::now() + WAIT;
-    loop {
-        match tokio::time::timeout_at(until, seen.recv()).await {
-            Ok(Some(Seen::Request { api_key, client_id })) => return (api_key, client_id),
-            Ok(Some(Seen::HandshakeFailed(e))) => panic!("the TLS handshake failed: {e}"),
-            Ok(None) | Err(_) => panic!("no Kafka request over TLS within {WAIT:?}"),
-        }
+    match tokio::time::timeout(WAIT, seen.recv()).await {
+        Ok(Some(Seen::Request { api_key, client_id })) => (api_key, client_id),
+        Ok(Some(Seen::HandshakeFailed(e))) => panic!("the TLS handshake failed: {e}"),
+        Ok(None) | Err(_) => panic!("no Kafka request over TLS within {WAIT:?}"),
     }
 }
 
