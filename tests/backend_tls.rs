@@ -41,10 +41,15 @@ impl Ca {
 
     /// A server certificate for `names`, PEM (cert, key).
     fn issue(&self, names: &[&str]) -> (String, String) {
+        self.issue_for(names, ExtendedKeyUsagePurpose::ServerAuth)
+    }
+
+    /// A certificate for `names` and `usage`, PEM (cert, key).
+    fn issue_for(&self, names: &[&str], usage: ExtendedKeyUsagePurpose) -> (String, String) {
         let key = KeyPair::generate().unwrap();
         let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
         let mut params = CertificateParams::new(names).unwrap();
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.extended_key_usages = vec![usage];
         let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
         (cert.pem(), key.serialize_pem())
     }
@@ -216,6 +221,14 @@ enum Seen {
 /// A TLS listener on 127.0.0.1 with a certificate from `ca`, reading the first Kafka request
 /// frame of every connection (size, api_key, api_version, correlation_id, client_id).
 async fn tls_listener(ca: &Ca) -> (String, mpsc::UnboundedReceiver<Seen>) {
+    tls_listener_with(ca, None).await
+}
+
+/// [`tls_listener`] that also requires a client certificate from `client_ca` when given.
+async fn tls_listener_with(
+    ca: &Ca,
+    client_ca: Option<&Ca>,
+) -> (String, mpsc::UnboundedReceiver<Seen>) {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     use tokio_rustls::rustls;
@@ -225,14 +238,23 @@ async fn tls_listener(ca: &Ca) -> (String, mpsc::UnboundedReceiver<Seen>) {
         .collect::<Result<Vec<_>, _>>()
         .unwrap();
     let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(chain, key)
-    .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap();
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(client_ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(client_ca.cert.der().clone()).unwrap();
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
+                    .build()
+                    .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let config = builder.with_single_cert(chain, key).unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -346,6 +368,36 @@ async fn the_sink_consumer_and_sasl_ssl_complete_a_tls_handshake() {
         assert_eq!(client_id, format!("tls-sink-{protocol}"));
         probe.await.unwrap();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificates_pass_through_to_librdkafka() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("kafka test CA");
+    let ca_file = ca.write(dir.path(), "ca.pem");
+    let clients = Ca::new("kafka clients CA");
+    let (cert, key) = clients.issue_for(&["audit-manager"], ExtendedKeyUsagePurpose::ClientAuth);
+    std::fs::write(dir.path().join("client.pem"), cert).unwrap();
+    std::fs::write(dir.path().join("client.key"), key).unwrap();
+    let (bootstrap, mut seen) = tls_listener_with(&ca, Some(&clients)).await;
+
+    let app = TestApp::with_kafka(&bootstrap, |c| {
+        tls_properties(&mut c.kafka, &ca_file, "ssl");
+        let file = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+        c.kafka
+            .producer
+            .insert("ssl.certificate.location".into(), file("client.pem"));
+        c.kafka
+            .producer
+            .insert("ssl.key.location".into(), file("client.key"));
+        c.kafka.client_id = "mtls-forwarder".into();
+    })
+    .await;
+    // The listener refuses handshakes without a certificate from `clients`.
+    let (api_key, client_id) = first_request(&mut seen).await;
+    assert_eq!(api_key, API_VERSIONS);
+    assert_eq!(client_id, "mtls-forwarder");
+    drop(app);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

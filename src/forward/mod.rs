@@ -43,8 +43,8 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 pub use client::{
-    CONTENT_TYPE, DeliveryClass, classify, classify_code, describe_outage, ensure_topics,
-    error_kind, is_permanent, is_permanent_code, outage_hint,
+    CONTENT_TYPE, DeliveryClass, classify, classify_code, connection_hint, describe_outage,
+    ensure_topics, error_kind, error_text, is_permanent, is_permanent_code, outage_hint,
 };
 pub use config::{ForwardSettings, producer_client, producer_config, producer_properties};
 

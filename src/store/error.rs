@@ -507,6 +507,46 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn tls_failures_are_systemic_and_say_what_to_set() {
+        use tokio_rustls::rustls::{CertificateError, Error as Rustls};
+        let refused =
+            |e: Rustls| sqlx::Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, e));
+        let cases = [
+            (
+                refused(Rustls::InvalidCertificate(CertificateError::UnknownIssuer)),
+                "not trusted: set sslrootcert=",
+            ),
+            (
+                refused(Rustls::InvalidCertificate(
+                    CertificateError::NotValidForName,
+                )),
+                "does not name the host",
+            ),
+            (
+                refused(Rustls::InvalidCertificate(CertificateError::Expired)),
+                "has expired",
+            ),
+            (
+                sqlx::Error::Tls("server does not support TLS".into()),
+                "does not accept TLS",
+            ),
+            (
+                sqlx::Error::Io(std::io::ErrorKind::NotFound.into()),
+                "sslrootcert, sslcert, sslkey) is missing",
+            ),
+        ];
+        for (e, hint) in cases {
+            assert_eq!(classify(&e), ErrorClass::Systemic, "{e}");
+            let text = StoreError::new("connecting", e).to_string();
+            assert!(text.contains(hint), "{text}");
+        }
+        // A dropped connection stays transient.
+        let reset = sqlx::Error::Io(std::io::ErrorKind::ConnectionReset.into());
+        assert_eq!(classify(&reset), ErrorClass::Transient);
+        assert!(tls_trouble(&reset).is_none());
+    }
+
+    #[test]
     fn privilege_report_names_the_sqlstate_and_the_grant() {
         let e = StoreError::new("copying 3 rows", db("42501"));
         let text = e.report(Some("audit_writer"));
