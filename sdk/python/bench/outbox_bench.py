@@ -109,10 +109,14 @@ def run(url: str, n: int, workdir: Path, label: str) -> dict[str, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--bin", default=os.environ.get("AUDIT_MANAGER_BIN", "target/debug/audit-manager"))
+    ap.add_argument(
+        "--bin", default=os.environ.get("AUDIT_MANAGER_BIN", "target/debug/audit-manager")
+    )
     ap.add_argument("--events", type=int, default=20_000)
     args = ap.parse_args()
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+    )
     with tempfile.TemporaryDirectory(prefix="outbox-bench-") as d:
         work = Path(d)
         proc, url = start_server(args.bin, work / "spool")

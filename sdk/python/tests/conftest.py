@@ -39,9 +39,7 @@ def audit_bin() -> str:
     return path
 
 
-def wait_until(
-    what: str, check: Callable[[], Any], deadline: float, every: float = 0.1
-) -> Any:
+def wait_until(what: str, check: Callable[[], Any], deadline: float, every: float = 0.1) -> Any:
     """Polls ``check`` until it returns something truthy; fails the test after ``deadline`` s."""
     until = time.monotonic() + deadline
     last: Any = None
@@ -71,7 +69,7 @@ class PgDb:
         """Rows of ``sql``; ``[]`` while the table does not exist yet."""
         try:
             with psycopg.connect(self.url, autocommit=True) as c:
-                return list(c.execute(sql, params).fetchall())  # type: ignore[arg-type]
+                return list(c.execute(sql, params).fetchall())
         except psycopg.errors.UndefinedTable:
             return []
 

@@ -6,10 +6,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import socket
-import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -130,9 +128,9 @@ def test_422_raises_typed_error_and_is_not_retried(server: AuditServer) -> None:
     transport = CountingTransport()
     bad = event(422)
     bad["data"]["actor"]["type"] = "robot"
-    with AuditClient(server.url, on_retry=retries.append, transport=transport) as client:
-        with pytest.raises(AuditRejected) as err:
-            client.emit(bad)
+    client = AuditClient(server.url, on_retry=retries.append, transport=transport)
+    with client, pytest.raises(AuditRejected) as err:
+        client.emit(bad)
     assert err.value.code == "AUD-002"
     assert err.value.status == 422
     assert "actor.type" in err.value.message
@@ -229,9 +227,9 @@ def test_bearer_token(tmp_path: Path, db: PgDb) -> None:
             client.emit(event("wrong"))
         assert e.value.code == "AUD-010" and e.value.status == 401
         db.wait_for_ids([accepted])
-        assert db.query("SELECT auth_type, auth_id FROM audit_events WHERE id = %s", [accepted]) == [
-            ("api_key", "sdk-emitter")
-        ]
+        assert db.query(
+            "SELECT auth_type, auth_id FROM audit_events WHERE id = %s", [accepted]
+        ) == [("api_key", "sdk-emitter")]
     finally:
         server.kill()
 
@@ -248,6 +246,3 @@ def test_deadline_bounds_a_hanging_service(server: AuditServer) -> None:
         assert "Timeout" in str(err.value)
     finally:
         server.resume()
-
-
-_ = (threading, Any)

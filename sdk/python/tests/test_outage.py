@@ -80,7 +80,9 @@ def test_service_stopped_under_load(tmp_path: Path, server: AuditServer, db: PgD
         assert p99_down < 0.25, "far below the client's 1 s timeout"
         assert p99_down <= max(3 * p99_up, p99_up + 0.05), "the latency did not change"
 
-        wait_until("outbox drained after the service returned", lambda: outbox.stats().depth == 0, 90)
+        wait_until(
+            "outbox drained after the service returned", lambda: outbox.stats().depth == 0, 90
+        )
     finally:
         outbox.close()
     db.wait_for_ids(ids, deadline=90)
