@@ -133,6 +133,7 @@ class AuditServer:
             stderr=subprocess.PIPE,
         )
         self._addr: list[str] = []
+        self.scheme = "http"
         self._ready = threading.Event()
         threading.Thread(target=self._read_log, daemon=True).start()
         if not self._ready.wait(LISTEN_DEADLINE) or not self._addr:
@@ -141,7 +142,7 @@ class AuditServer:
                 "audit-manager did not report its address:\n" + "\n".join(self.lines[-50:])
             )
         self.addr = self._addr[0]
-        self.url = f"http://{self.addr}"
+        self.url = f"{self.scheme}://{self.addr}"
 
     def _read_log(self) -> None:
         assert self.proc.stderr is not None
@@ -154,6 +155,7 @@ class AuditServer:
                 continue
             if v.get("message") == "audit-manager listening" and not self._addr:
                 self._addr.append(v["addr"])
+                self.scheme = v.get("scheme", "http")
                 self._ready.set()
         self._ready.set()
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -246,3 +247,61 @@ def test_deadline_bounds_a_hanging_service(server: AuditServer) -> None:
         assert "Timeout" in str(err.value)
     finally:
         server.resume()
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def test_client_certificate(tmp_path: Path, db: PgDb) -> None:
+    """``auth.mode: mtls``: the client presents a certificate (``client_cert``) and checks the
+    server's against the test CA (``verify``); the row records the principal."""
+    d = tmp_path / "pki"
+    d.mkdir()
+    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes")
+    _openssl("req", "-x509", *ec, "-days", "2", "-keyout", "ca.key", "-out", "ca.crt",
+             "-subj", "/CN=sdk test CA", cwd=d)  # fmt: skip
+    for name, ext in (
+        ("server", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n"),
+        ("client", "subjectAltName=DNS:sdk.emitter.test\nextendedKeyUsage=clientAuth\n"),
+    ):
+        (d / f"{name}.ext").write_text(ext)
+        _openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr",
+                 "-subj", f"/CN={name}", cwd=d)  # fmt: skip
+        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+                 "-CAcreateserial", "-days", "2", "-extfile", f"{name}.ext",
+                 "-out", f"{name}.crt", cwd=d)  # fmt: skip
+    principals = tmp_path / "principals.yaml"
+    principals.write_text(
+        "principals:\n"
+        "  - name: sdk-mtls\n"
+        "    role: emitter\n"
+        "    dns_san: sdk.emitter.test\n"
+        '    sources: ["/sdk/*"]\n'
+    )
+    server = AuditServer(
+        tmp_path,
+        db,
+        env={
+            "AUDIT_MANAGER__AUTH__MODE": "mtls",
+            "AUDIT_MANAGER__AUTH__TOKENS_FILE": str(principals),
+            "AUDIT_MANAGER__HTTP__TLS__CERT_FILE": str(d / "server.crt"),
+            "AUDIT_MANAGER__HTTP__TLS__KEY_FILE": str(d / "server.key"),
+            "AUDIT_MANAGER__HTTP__TLS__CLIENT_CA_FILE": str(d / "ca.crt"),
+        },
+    )
+    try:
+        assert server.url.startswith("https://")
+        ca = str(d / "ca.crt")
+        cert = (str(d / "client.crt"), str(d / "client.key"))
+        with AuditClient(server.url, client_cert=cert, verify=ca) as client:
+            accepted = client.emit(event("mtls"))
+        with AuditClient(server.url, verify=ca) as anonymous, pytest.raises(AuditRejected) as e:
+            anonymous.emit(event("no-cert"))
+        assert e.value.code == "AUD-010"
+        db.wait_for_ids([accepted])
+        assert db.query(
+            "SELECT auth_type, auth_id FROM audit_events WHERE id = %s", [accepted]
+        ) == [("service_account", "sdk-mtls")]
+    finally:
+        server.kill()
