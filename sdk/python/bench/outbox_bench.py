@@ -107,8 +107,17 @@ def run(url: str, n: int, workdir: Path, label: str) -> dict[str, float]:
     }
 
 
+def report(label: str, r: dict[str, float]) -> None:
+    print(
+        f"{label:12s} {r['events']:>6.0f} events  {r['events_per_s']:>8.0f} events/s  "
+        f"emit p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms  max {r['max_ms']:.1f} ms  "
+        f"outbox depth at the end {r['depth_at_end']:.0f}  (load average {os.getloadavg()[0]:.1f})",
+        flush=True,
+    )
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument(
         "--bin", default=os.environ.get("AUDIT_MANAGER_BIN", "target/debug/audit-manager")
     )
@@ -116,22 +125,18 @@ def main() -> None:
     args = ap.parse_args()
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+        f", load average {os.getloadavg()[0]:.1f}",
+        flush=True,
     )
     with tempfile.TemporaryDirectory(prefix="outbox-bench-") as d:
         work = Path(d)
         proc, url = start_server(args.bin, work / "spool")
         try:
-            up = run(url, args.events, work, "up")
+            report("server up", run(url, args.events, work, "up"))
         finally:
             proc.terminate()
             proc.wait(30)
-        down = run(dead_url(), args.events, work, "down")
-    for label, r in (("server up", up), ("server down", down)):
-        print(
-            f"{label:12s} {r['events']:>6.0f} events  {r['events_per_s']:>8.0f} events/s  "
-            f"emit p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms  max {r['max_ms']:.1f} ms  "
-            f"outbox depth at the end {r['depth_at_end']:.0f}"
-        )
+        report("server down", run(dead_url(), args.events, work, "down"))
 
 
 if __name__ == "__main__":

@@ -32,12 +32,15 @@ def _complete_lines(raw: bytes) -> list[str]:
 def test_sigkill_at_random_points_loses_nothing_returned(
     tmp_path: Path, server: AuditServer, db: PgDb
 ) -> None:
-    """10 000 events from a child process killed with SIGKILL at random points (8 rounds,
-    while it writes to the outbox and its sender deletes what was delivered), restarted each
-    time on the same outbox file; the last run drains. Every id ``emit`` returned is stored
-    exactly once in ``audit_events``."""
+    """10 000 events from a child process killed with SIGKILL at 8 random points spread over
+    the run (while it writes to the outbox and its sender sends and deletes what was
+    delivered), restarted each time on the same outbox file; the last run drains. Every id
+    ``emit`` returned is stored exactly once in ``audit_events``."""
     outbox_file = str(tmp_path / "outbox.sqlite3")
     rng = random.Random()
+    # The kills land at random points spread over the whole run: after a random number of
+    # returned ids, plus whatever the child does before the signal arrives.
+    kill_points = sorted(rng.sample(range(50, TOTAL - 50), KILLS))
     returned: list[str] = []
     kills = 0
     started = time.monotonic()
@@ -53,12 +56,18 @@ def test_sigkill_at_random_points_loses_nothing_returned(
             out, _ = child.communicate(timeout=180)
             assert child.returncode == 0
         else:
-            # Wait for the first returned emit, then kill at a random later point.
-            first = child.stdout.readline()
-            time.sleep(rng.uniform(0.0, 0.6))
+            seen: list[bytes] = []
+            while len(returned) + len(seen) < kill_points[kills]:
+                line = child.stdout.readline()
+                if not line:
+                    break
+                seen.append(line)
             child.send_signal(signal.SIGKILL)
-            rest, _ = child.communicate(timeout=30)
-            out = first + rest
+            # Read the rest through the same buffered reader: communicate() would read the
+            # raw pipe and miss lines readline() already buffered.
+            rest = child.stdout.read()
+            child.wait(timeout=30)
+            out = b"".join(seen) + rest
             kills += 1
         got = _complete_lines(out)
         print(f"run {kills}{' (drain)' if last else ''}: {len(got)} ids returned")
@@ -76,6 +85,7 @@ def test_sigkill_at_random_points_loses_nothing_returned(
     # Events written but killed before their id was printed may be stored too (at most one
     # per kill: emit writes one event at a time).
     print(f"{len(stored)} rows: {TOTAL} returned ids, {len(stored) - TOTAL} written unprinted")
+
     assert len(stored) - TOTAL <= kills
 
 

@@ -97,8 +97,10 @@ def _full_check(
 class SQLiteStore:
     """A SQLite file (WAL, ``synchronous=FULL``): ``put`` returns after the commit's fsync.
 
-    Several processes may share one file (SQLite locks it); within a process, writers share
-    one connection under a lock and the sender has its own.
+    Several processes may share one file (SQLite locks it). Within a process every write
+    (``put``, and the sender's deletes) goes through one connection under a lock, so a writer
+    waits on that lock and is woken at once, instead of SQLite's sleep-and-retry busy handler;
+    reads (``peek``, ``stats``) use a second connection and never block writers (WAL).
     """
 
     def __init__(self, path: str | os.PathLike[str], *, table: str = "audit_outbox") -> None:
@@ -164,8 +166,8 @@ class SQLiteStore:
     def delete(self, seqs: Sequence[int]) -> None:
         if not seqs:
             return
-        with self._reader_lock:
-            c = self._reader
+        with self._lock:
+            c = self._writer
             c.execute("BEGIN IMMEDIATE")
             try:
                 c.executemany(f"DELETE FROM {self.table} WHERE seq = ?", [(s,) for s in seqs])
@@ -176,8 +178,8 @@ class SQLiteStore:
 
     def bury(self, entry: Entry, status: int, code: str, message: str) -> None:
         t = self.table
-        with self._reader_lock:
-            c = self._reader
+        with self._lock:
+            c = self._writer
             c.execute("BEGIN IMMEDIATE")
             try:
                 c.execute(
