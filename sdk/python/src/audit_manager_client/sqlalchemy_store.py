@@ -93,7 +93,12 @@ class SQLAlchemyStore:
 
     def _put(self, c: Connection | Session, items: Sequence[tuple[str, bytes]], limit: int) -> None:
         t = self.table
-        span = c.execute(sa.select(sa.func.min(t.c.seq), sa.func.max(t.c.seq))).one()
+        span = c.execute(
+            sa.select(
+                sa.select(sa.func.min(t.c.seq)).scalar_subquery(),
+                sa.select(sa.func.max(t.c.seq)).scalar_subquery(),
+            )
+        ).one()
 
         def count() -> int:
             return int(c.execute(sa.select(sa.func.count()).select_from(t)).scalar_one())

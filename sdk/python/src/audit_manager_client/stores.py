@@ -79,8 +79,9 @@ def _full_check(
 ) -> None:
     """Raises OutboxFull when ``add`` more entries would pass ``limit``.
 
-    ``max(seq) - min(seq) + 1`` (two index lookups) bounds the depth from above; only when
-    that bound says "full" is the exact (slower) count taken.
+    ``max(seq) - min(seq) + 1`` bounds the depth from above; only when that bound says "full"
+    is the exact (slower) count taken. ``min`` and ``max`` are asked in two subqueries: each is
+    then one index lookup (SQLite scans the whole table for ``SELECT min(x), max(x)``).
     """
     if span is None or span[0] is None:
         if add > limit:
@@ -140,7 +141,9 @@ class SQLiteStore:
             c = self._writer
             c.execute("BEGIN IMMEDIATE")
             try:
-                span = c.execute(f"SELECT min(seq), max(seq) FROM {t}").fetchone()
+                span = c.execute(
+                    f"SELECT (SELECT min(seq) FROM {t}), (SELECT max(seq) FROM {t})"
+                ).fetchone()
                 _full_check(
                     span,
                     lambda: int(c.execute(f"SELECT count(*) FROM {t}").fetchone()[0]),
@@ -274,7 +277,7 @@ class DBAPIStore:
             cr.execute(f"SELECT count(*) FROM {t}")
             return int(cr.fetchone()[0])
 
-        cr.execute(f"SELECT min(seq), max(seq) FROM {t}")
+        cr.execute(f"SELECT (SELECT min(seq) FROM {t}), (SELECT max(seq) FROM {t})")
         _full_check(tuple(cr.fetchone()), count, len(items), limit)
         now = time.time()
         for i, b in items:
