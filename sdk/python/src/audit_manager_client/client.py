@@ -202,8 +202,8 @@ class _Settings:
         self.deadline = deadline
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
-        if not 1 <= max_batch_events <= MAX_BATCH_EVENTS * 100:
-            raise ValueError("max_batch_events must be at least 1")
+        if max_batch_events < 1 or max_batch_bytes < 1:
+            raise ValueError("max_batch_events and max_batch_bytes must be at least 1")
         self.max_batch_events = max_batch_events
         self.max_batch_bytes = max_batch_bytes
         self.on_retry = on_retry
