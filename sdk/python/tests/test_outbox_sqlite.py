@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import AuditServer, PgDb, event, wait_until
 
-from audit_manager_client import AuditClient, DeadEntry, Outbox, OutboxFull
+from audit_manager_client import AuditClient, AuditRejected, DeadEntry, Outbox, OutboxFull
 
 CHILD = str(Path(__file__).with_name("emitter_child.py"))
 TOTAL = 10_000
@@ -143,3 +143,19 @@ def test_background_sender_and_stats_hook(tmp_path: Path, server: AuditServer, d
         assert "audit_outbox_depth 0" in outbox.prometheus()
     assert seen and seen[-1] == 0
     db.wait_for_ids(ids)
+
+
+def test_a_wrong_url_is_an_outage_not_dead_events(tmp_path: Path, server: AuditServer) -> None:
+    """404 AUD-404 (a base URL with a wrong path) hits every event alike: the outbox keeps
+    them all and reports the error; nothing goes to the dead table."""
+    errors: list[Exception] = []
+    client = AuditClient(server.url + "/wrong/prefix")
+    outbox = Outbox(tmp_path / "o.sqlite3", client, retry_base=0.05, on_error=errors.append)
+    for i in range(3):
+        outbox.emit(event(i))
+    with pytest.raises(AuditRejected) as err:
+        outbox.run_until_empty(timeout=0.5)
+    assert err.value.status == 404
+    stats = outbox.stats()
+    assert stats.depth == 3 and stats.dead == 0 and errors
+    outbox.close()

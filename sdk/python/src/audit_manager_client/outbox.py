@@ -27,9 +27,15 @@ from .stores import Entry, SQLiteStore, Store
 
 log = logging.getLogger("audit_manager_client.outbox")
 
-# Refusals that hit every event alike (credentials, permissions): an outage to wait out and
-# report, never a reason to move events to the dead table.
-_SYSTEMIC = frozenset({"AUD-010", "AUD-011", "AUD-012"})
+# Refusals that hit every event alike (credentials, permissions, a wrong URL, a proxy's
+# throttling): an outage to wait out and report, never a reason to move events to the dead
+# table.
+_SYSTEMIC_CODES = frozenset({"AUD-010", "AUD-011", "AUD-012", "AUD-404", "AUD-008"})
+_SYSTEMIC_STATUS = frozenset({401, 403, 404, 405, 407, 408, 415, 429})
+
+
+def _systemic(e: AuditRejected) -> bool:
+    return e.code in _SYSTEMIC_CODES or e.status in _SYSTEMIC_STATUS
 
 
 @dataclass(frozen=True)
@@ -177,7 +183,7 @@ class Outbox:
                 done = len(e.accepted)
                 self.store.delete([x.seq for x in entries[:done]])
                 self._delivered += done
-                if e.code in _SYSTEMIC:
+                if _systemic(e):
                     raise
                 # One event of the batch is bad: send the rest one by one, so only the
                 # refused ones go to the dead table.
@@ -192,7 +198,7 @@ class Outbox:
             try:
                 self.client.send_prepared(entry.id, entry.body, deadline=self.send_deadline)
             except AuditRejected as e:
-                if e.code in _SYSTEMIC:
+                if _systemic(e):
                     raise
                 self.store.bury(entry, e.status, e.code, e.message)
                 log.error("audit event %s refused for good: %s", entry.id, e)
