@@ -26,10 +26,11 @@ py="$work/venv/bin/python"
 "$py" -m pip install -q --disable-pip-version-check "$here[test]"
 
 cd "$here"
-echo "-- ruff"
+echo "-- ruff (${SECONDS}s)"
 "$py" -m ruff check .
 "$py" -m ruff format --check .
-echo "-- mypy --strict"
+echo "-- mypy --strict (${SECONDS}s)"
 "$py" -m mypy --strict src tests examples bench
-echo "-- pytest (audit-manager: $AUDIT_MANAGER_BIN)"
-SDK_EXPECT_INSTALLED=1 "$py" -m pytest -q -p no:cacheprovider
+echo "-- pytest (${SECONDS}s; audit-manager: $AUDIT_MANAGER_BIN)"
+SDK_EXPECT_INSTALLED=1 "$py" -m pytest -q -p no:cacheprovider --durations=5
+echo "-- Python SDK checks passed (${SECONDS}s)"
