@@ -22,7 +22,6 @@ work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 python3 -m venv "$work/venv"
 py="$work/venv/bin/python"
-"$py" -m pip install -q --disable-pip-version-check --upgrade pip
 "$py" -m pip install -q --disable-pip-version-check "$here[test]"
 
 cd "$here"
