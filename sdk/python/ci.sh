@@ -26,10 +26,10 @@ py="$work/venv/bin/python"
 
 cd "$here"
 echo "-- ruff (${SECONDS}s)"
-"$py" -m ruff check .
-"$py" -m ruff format --check .
+"$py" -m ruff check --no-cache .
+"$py" -m ruff format --no-cache --check .
 echo "-- mypy --strict (${SECONDS}s)"
-"$py" -m mypy --strict src tests examples bench
+"$py" -m mypy --strict --cache-dir "$work/mypy-cache" src tests examples bench
 echo "-- pytest (${SECONDS}s; audit-manager: $AUDIT_MANAGER_BIN)"
 SDK_EXPECT_INSTALLED=1 "$py" -m pytest -q -p no:cacheprovider --durations=5
 echo "-- Python SDK checks passed (${SECONDS}s)"
