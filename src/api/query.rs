@@ -101,22 +101,27 @@ async fn record(
     Ok(())
 }
 
-/// The longest raw query string recorded for a read whose parameters do not parse.
-const RECORDED_QUERY_BYTES: usize = 2048;
+/// The longest raw text (a query string that does not parse, an id not yet verified) recorded
+/// for a read: the record of a refusal must fit in an event whatever the request held.
+const RECORDED_RAW_BYTES: usize = 2048;
+
+/// `raw` cut to [`RECORDED_RAW_BYTES`] on a character boundary.
+fn cut(raw: &str) -> &str {
+    let mut end = raw.len().min(RECORDED_RAW_BYTES);
+    while !raw.is_char_boundary(end) {
+        end -= 1;
+    }
+    &raw[..end]
+}
 
 /// What a search asked for, as its audit event records it: the filters, or the raw query
-/// string (cut to [`RECORDED_QUERY_BYTES`]) when it does not parse.
+/// string (cut to [`RECORDED_RAW_BYTES`]) when it does not parse.
 fn asked(query: Option<&str>, parsed: &Result<params::PageRequest, String>) -> Map<String, Value> {
     match parsed {
         Ok(req) => req.filter.to_json(),
         Err(_) => {
-            let raw = query.unwrap_or("");
-            let mut end = raw.len().min(RECORDED_QUERY_BYTES);
-            while !raw.is_char_boundary(end) {
-                end -= 1;
-            }
             let mut m = Map::new();
-            m.insert("query".into(), json!(&raw[..end]));
+            m.insert("query".into(), json!(cut(query.unwrap_or(""))));
             m
         }
     }
@@ -173,7 +178,7 @@ pub(super) async fn record_unauthenticated(
         Some(id) => {
             // As sent: percent-encoded where the client encoded it.
             let mut m = Map::new();
-            m.insert("id".into(), json!(id));
+            m.insert("id".into(), json!(cut(id)));
             (Action::Query, m)
         }
         None => {

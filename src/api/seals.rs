@@ -42,9 +42,12 @@ fn instant(name: &str, s: &str) -> Result<DateTime<Utc>, ApiError> {
         })
 }
 
+/// `(from, to)`: the bounds of a `/seals` window, each optional.
+type Window = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+
 /// `(from, to)` of the raw query string; 400 AUD-013 naming the parameter for anything but
 /// `from` and `to`, each at most once and not empty.
-fn window(query: Option<&str>) -> Result<(Option<DateTime<Utc>>, Option<DateTime<Utc>>), ApiError> {
+fn window(query: Option<&str>) -> Result<Window, ApiError> {
     let (mut from, mut to) = (None, None);
     for (name, value) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         let slot = match &*name {
