@@ -1,7 +1,12 @@
 //! `tracing` setup: human-readable by default, one JSON object per line with `LOG_FORMAT=json`;
-//! the filter comes from `RUST_LOG` (default `info`).
+//! the filter comes from `RUST_LOG` (default `info`). Text lines escape control characters in
+//! every value ([`escape`]), so text from emitters or peers cannot forge or recolour a line.
+
+pub mod escape;
 
 use tracing_subscriber::EnvFilter;
+
+pub use escape::escape_controls;
 
 pub fn init() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
@@ -14,6 +19,8 @@ pub fn init() {
     let _ = if json {
         builder.json().flatten_event(true).try_init()
     } else {
-        builder.try_init()
+        builder
+            .fmt_fields(escape::EscapeFields::default())
+            .try_init()
     };
 }
