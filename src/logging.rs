@@ -1,6 +1,8 @@
 //! `tracing` setup: human-readable by default, one JSON object per line with `LOG_FORMAT=json`;
 //! the filter comes from `RUST_LOG` (default `info`). Text lines escape control characters in
 //! every value ([`escape`]), so text from emitters or peers cannot forge or recolour a line.
+//! Every line, text or JSON, goes out through [`crate::config::redact::scrubbed_stderr`], which
+//! masks the configuration's secret values whoever logged them.
 
 pub mod escape;
 
