@@ -233,7 +233,12 @@ pub fn tls_trouble(e: &sqlx::Error) -> Option<TlsTrouble> {
                 TlsTrouble::Other
             })
         }
-        sqlx::Error::Configuration(inner) if inner.to_string().contains("key") => {
+        // The driver's complaints about sslcert/sslkey ("no keys found pem file", "... must be
+        // given together"); not our own reading of the URL, which says what to do itself.
+        sqlx::Error::Configuration(inner)
+            if inner.downcast_ref::<super::UrlError>().is_none()
+                && inner.to_string().contains("key") =>
+        {
             Some(TlsTrouble::Files)
         }
         // Reading sslrootcert, sslcert or sslkey (a TCP connection never says "not found").
@@ -540,6 +545,11 @@ pub(crate) mod tests {
             let text = StoreError::new("connecting", e).to_string();
             assert!(text.contains(hint), "{text}");
         }
+        // Our own refusal of the URL carries its own remedy, not a file hint.
+        let url =
+            crate::store::connect_options("postgres://h/d?sslkey=/k&sslpassword=x").unwrap_err();
+        let e = sqlx::Error::Configuration(Box::new(url));
+        assert!(tls_trouble(&e).is_none());
         // A dropped connection stays transient.
         let reset = sqlx::Error::Io(std::io::ErrorKind::ConnectionReset.into());
         assert_eq!(classify(&reset), ErrorClass::Transient);
