@@ -431,6 +431,7 @@ impl<'de> Visitor<'de> for KeySeed {
 #[derive(Default)]
 struct Keys<'a> {
     list: SmallVec<[Cow<'a, str>; LIST_MAX]>,
+    /// Every key once the object has more than [`LIST_MAX`] (the list is then empty for good).
     set: HashSet<Cow<'a, str>>,
 }
 
@@ -438,16 +439,19 @@ struct Keys<'a> {
 const LIST_MAX: usize = 16;
 
 impl<'a> Keys<'a> {
-    /// Stops at a key seen before.
+    /// Stops at a key seen before, however many keys came between the two.
     fn insert<E: de::Error>(&mut self, key: Cow<'a, str>) -> Result<(), E> {
-        if self.list.len() < LIST_MAX {
+        // The set, once it took over, holds every key: the list must never be refilled,
+        // or a key would be checked against only the keys after the move.
+        if self.set.is_empty() {
             if self.list.contains(&key) {
                 return Err(stop());
             }
-            self.list.push(key);
-            return Ok(());
-        }
-        if self.set.is_empty() {
+            if self.list.len() < LIST_MAX {
+                self.list.push(key);
+                return Ok(());
+            }
+            self.set.reserve(2 * LIST_MAX);
             self.set.extend(self.list.drain(..));
         }
         if !self.set.insert(key) {
@@ -880,6 +884,13 @@ mod tests {
         );
     }
 
+    /// `n` members `"p<from>":<from>,` … (each followed by a comma).
+    fn padding(from: usize, n: usize) -> String {
+        (from..from + n)
+            .map(|i| format!(r#""p{i}":{i},"#))
+            .collect()
+    }
+
     #[test]
     fn a_complete_event_keeps_the_emitters_bytes_without_whitespace() {
         let body = FULL;
@@ -977,15 +988,65 @@ mod tests {
         for body in &cases {
             assert!(!borrowed(body, compatible), "{body}");
         }
-        // Many keys: duplicates are found past the short list too.
-        let many: String = (0..40).map(|i| format!(r#""k{i}":{i},"#)).collect();
-        let dup = good.replace(
-            "{\"specversion\"",
-            &format!("{{{many}\"k39\":0,\"specversion\""),
-        );
-        assert!(!borrowed(&dup, compatible));
-        let unique = good.replace("{\"specversion\"", &format!("{{{many}\"specversion\""));
-        assert!(borrowed(&unique, compatible));
+        // Many keys: a duplicate is found wherever the two keys are, in every object.
+        for (at, object) in [
+            ("top", "{"),
+            ("data", "\"data\":{"),
+            ("actor", "\"actor\":{"),
+        ] {
+            for n in [0, 1, 15, 16, 17, 18, 20, 33, 34, 40] {
+                let many: String = (0..n).map(|i| format!(r#""k{i}":{i},"#)).collect();
+                let unique = good.replacen(object, &format!("{object}{many}"), 1);
+                assert!(borrowed(&unique, compatible), "{at} {n}: {unique}");
+                for first in 0..n {
+                    let dup = good.replacen(object, &format!("{object}{many}\"k{first}\":0,"), 1);
+                    assert!(!borrowed(&dup, compatible), "{at} {n} k{first}: {dup}");
+                }
+            }
+        }
+    }
+
+    /// `{…16 other keys…, "outcome":"failure", …, "outcome":"success"}` and the like: refused
+    /// with the tree path's error whatever the count of keys before and between the two.
+    #[test]
+    fn a_duplicate_after_many_keys_is_the_tree_paths_error() {
+        let base = r#"{"specversion":"1.0","source":"s","type":"t","time":"2026-11-24T08:00:00Z",
+            "data":{"actor":{"id":"u"},"action":"a","outcome":"failure"}}"#;
+        for before in [14, 16, 17, 20, 32, 40] {
+            for between in [0, 1, 15, 16, 17, 30] {
+                let (a, b) = (padding(0, before), padding(before, between));
+                let bodies = [
+                    base.replace(
+                        r#""action":"a","outcome":"failure""#,
+                        &format!(r#"{a}"action":"a","outcome":"failure",{b}"outcome":"success""#),
+                    ),
+                    base.replace(
+                        r#"{"specversion""#,
+                        &format!(r#"{{{a}"source":"forbidden",{b}"specversion""#),
+                    ),
+                    base.replace(r#"{"id":"u"}"#, &format!(r#"{{{a}"id":"u",{b}"id":"v"}}"#)),
+                    base.replace(
+                        r#""action":"a""#,
+                        &format!(r#""action":"a","resource":{{"type":"r",{a}{b}"type":"q"}}"#),
+                    ),
+                    base.replace(
+                        r#""action":"a""#,
+                        &format!(r#""action":"a","x":[{{{a}"k":1,{b}"k":2}}]"#),
+                    ),
+                ];
+                for body in &bodies {
+                    let tree = parse_json(body.as_bytes()).unwrap_err();
+                    assert!(matches!(tree, JsonError::DuplicateKey(_)), "{body}");
+                    for mode in [ValidationMode::Strict, ValidationMode::Compatible] {
+                        assert_eq!(
+                            Incoming::parse(body.as_bytes(), mode).err(),
+                            Some(tree.clone()),
+                            "{before} {between} {body}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]
@@ -1001,6 +1062,19 @@ mod tests {
             good.replace(r#""id":"u""#, r#""id":"""#),
             good.replace(r#""outcome":"success""#, r#""outcome":1"#),
             FULL.to_owned(),
+            // More keys than the short list holds, unique: both store the same event.
+            good.replace(
+                r#""action":"a""#,
+                &format!(r#"{}"action":"a""#, padding(0, 40)),
+            ),
+            good.replace(
+                r#"{"id":"u"}"#,
+                &format!(r#"{{{}"id":"u"}}"#, padding(0, 20)),
+            ),
+            good.replace(
+                r#"{"specversion""#,
+                &format!(r#"{{{}"specversion""#, padding(0, 17)),
+            ),
         ];
         for body in &bodies {
             for mode in [ValidationMode::Strict, ValidationMode::Compatible] {
@@ -1012,6 +1086,33 @@ mod tests {
                         _ => panic!("{body} {mode:?}: tree {tree:?}, borrowed {ours:?}"),
                     }
                 }
+            }
+        }
+        // Duplicated keys after more keys than the short list holds: the same parse error.
+        let mut duplicated = Vec::new();
+        for (before, between) in [(16, 0), (16, 1), (17, 0), (20, 10), (33, 0), (40, 40)] {
+            let (a, b) = (padding(0, before), padding(before, between));
+            duplicated.extend([
+                good.replace(
+                    r#""action":"a","outcome":"success""#,
+                    &format!(r#"{a}"action":"a","outcome":"failure",{b}"outcome":"success""#),
+                ),
+                good.replace(
+                    r#"{"specversion""#,
+                    &format!(r#"{{{a}"source":"other",{b}"specversion""#),
+                ),
+                good.replace(r#"{"id":"u"}"#, &format!(r#"{{{a}"id":"u",{b}"id":"v"}}"#)),
+            ]);
+        }
+        for body in &duplicated {
+            let tree = parse_json(body.as_bytes());
+            assert!(matches!(tree, Err(JsonError::DuplicateKey(_))), "{body}");
+            for mode in [ValidationMode::Strict, ValidationMode::Compatible] {
+                assert_eq!(
+                    Incoming::parse(body.as_bytes(), mode).err(),
+                    tree.clone().err(),
+                    "{body}"
+                );
             }
         }
         // The strict future-time refusal is the borrowed path's own.
