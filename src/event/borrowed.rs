@@ -30,10 +30,11 @@ use super::ValidationMode;
 use super::authcontext::{self, AuthContext};
 use super::json::{JsonError, parse_json};
 use super::rules::{Normalizations, Rule};
+use super::source;
 use super::validate::{
     ACTOR_TYPES, DEFAULT_ACTOR_TYPE, DEFAULT_CONTENT_TYPE, Limits, NormalizedEvent, OUTCOMES,
     Rejection, check_skew, is_json_content_type, is_valid_traceparent, new_event_id, normalize,
-    parse_time,
+    parse_time, within_cap,
 };
 
 /// Nesting (of objects and arrays, the event itself being 1) at which skimming gives up: an
@@ -543,15 +544,21 @@ impl<'a> Top<'a> {
             Attr::Absent if mode == ValidationMode::Compatible => true,
             _ => return None,
         };
+        // Each value stored in an indexed column within its cap, a `source` that is not
+        // suspicious: anything else is named (or counted) by the tree path.
+        let capped = |path: &str, s: Cow<'a, str>| within_cap(path, &s).then_some(s);
         let id = match self.id {
             Attr::Absent => None,
-            other => Some(other.non_empty()?),
+            other => Some(capped("id", other.non_empty()?)?),
         };
-        let source = self.source.non_empty()?;
-        self.r#type.non_empty()?;
+        let source = capped("source", self.source.non_empty()?)?;
+        if source::suspicious(&source).next().is_some() {
+            return None;
+        }
+        capped("type", self.r#type.non_empty()?)?;
         let subject = match self.subject {
             Attr::Absent => None,
-            other => Some(other.non_empty()?),
+            other => Some(capped("subject", other.non_empty()?)?),
         };
         let time = match self.time {
             Attr::Absent => None,
@@ -568,7 +575,7 @@ impl<'a> Top<'a> {
         };
         match self.traceparent {
             Attr::Absent => {}
-            Attr::Str(s) if is_valid_traceparent(&s) => {}
+            Attr::Str(s) if is_valid_traceparent(&s) && within_cap("traceparent", &s) => {}
             _ => return None,
         }
         let data = self.data?;
@@ -600,7 +607,7 @@ impl<'a> Top<'a> {
             subject,
             time,
             datacontenttype_missing,
-            actor_id: actor.id.non_empty()?,
+            actor_id: capped("data.actor.id", actor.id.non_empty()?)?,
             actor_type_at,
         })
     }
@@ -762,7 +769,7 @@ impl<'de> Visitor<'de> for RolesSeed {
 }
 
 /// `data.resource`: `true` for `null` or an object whose `type` is a non-empty string and whose
-/// `id` is absent, `null` or a string; anything else stops.
+/// `id` is absent, `null` or a string, each within its cap; anything else stops.
 struct ResourceSeed;
 
 impl<'de> DeserializeSeed<'de> for ResourceSeed {
@@ -798,7 +805,14 @@ impl<'de> Visitor<'de> for ResourceSeed {
                 }
             }
         }
-        Ok(r#type.non_empty().is_some() && id.optional_ok())
+        let type_ok = r#type
+            .non_empty()
+            .is_some_and(|t| within_cap("data.resource.type", &t));
+        let id_ok = match id {
+            Attr::Str(id) => within_cap("data.resource.id", &id),
+            other => other.optional_ok(),
+        };
+        Ok(type_ok && id_ok)
     }
 }
 
@@ -983,6 +997,20 @@ mod tests {
             good.replace(r#""action":"a""#, r#""action":"a","x":{"\u0000":1}"#),
             good.replace(r#""action":"a""#, r#""action":"a","action":"b""#),
             good.replace(r#""source":"s""#, r#""source":"s","\u0073ource":"s""#),
+            good.replace(r#""source":"s""#, r#""source":"/a/../b""#),
+            good.replace(r#""source":"s""#, r#""source":"s\u202e""#),
+            good.replace(
+                r#""source":"s""#,
+                &format!(r#""source":"{}""#, "s".repeat(1025)),
+            ),
+            good.replace(r#""id":"u""#, &format!(r#""id":"{}""#, "u".repeat(1025))),
+            good.replace(
+                r#""action":"a""#,
+                &format!(
+                    r#""action":"a","resource":{{"type":"r","id":"{}"}}"#,
+                    "i".repeat(1025)
+                ),
+            ),
             deep,
         ];
         for body in &cases {
@@ -1082,6 +1110,77 @@ mod tests {
                     let (tree, ours) = both(body, mode, ctx);
                     match (&tree, &ours) {
                         (Ok(_), Ok(_)) => same(body, mode, ctx, !body.contains("\"id\":\"e-1\"")),
+                        (Err(t), Err(o)) => assert_eq!(t, o, "{body}"),
+                        _ => panic!("{body} {mode:?}: tree {tree:?}, borrowed {ours:?}"),
+                    }
+                }
+            }
+        }
+        // Values at and over the caps of the indexed attributes, suspicious sources: the same
+        // stored event, or the same rejection naming the field (in both modes).
+        let resource = r#""action":"a","resource":{"type":"r","id":"i"}"#;
+        let with_resource = good.replace(r#""action":"a""#, resource);
+        let mut edge = Vec::new();
+        for (path, cap) in crate::event::INDEXED_CAPS {
+            let (body, sent) = match path {
+                "id" => (
+                    good.replace(r#""type":"t""#, r#""type":"t","id":"X""#),
+                    r#""id":"X""#,
+                ),
+                "subject" => (
+                    good.replace(r#""type":"t""#, r#""type":"t","subject":"X""#),
+                    r#""subject":"X""#,
+                ),
+                "traceparent" => (
+                    good.replace(r#""type":"t""#, r#""type":"t","traceparent":"X""#),
+                    r#""traceparent":"X""#,
+                ),
+                "source" => (good.to_owned(), r#""source":"s""#),
+                "type" => (good.to_owned(), r#""type":"t""#),
+                "data.actor.id" => (good.to_owned(), r#""id":"u""#),
+                "data.resource.type" => (with_resource.clone(), r#""type":"r""#),
+                "data.resource.id" => (with_resource.clone(), r#""id":"i""#),
+                other => panic!("no case for {other}"),
+            };
+            let key = sent.split(':').next().unwrap_or_default();
+            for len in [cap, cap + 1] {
+                // `é` is one escape on the wire and two bytes in the value.
+                let value = format!("{}{}", r"\u00e9".repeat(len / 2), "x".repeat(len % 2));
+                let at = if path == "data.resource.type" || path == "data.resource.id" {
+                    body.rfind(sent).unwrap_or_default()
+                } else {
+                    body.find(sent).unwrap_or_default()
+                };
+                let mut b = body.clone();
+                b.replace_range(at..at + sent.len(), &format!(r#"{key}:"{value}""#));
+                // At the cap the borrowed path stores it (a traceparent of that length is not
+                // W3C: the tree path counts it); over it, the tree path names the field.
+                let takes_borrowed = len == cap && path != "traceparent";
+                assert_eq!(
+                    borrowed(&b, ValidationMode::Compatible),
+                    takes_borrowed,
+                    "{b}"
+                );
+                edge.push((b, path != "id"));
+            }
+        }
+        for source in [
+            "/r/../p",
+            "/r/./p",
+            "/r/..",
+            r"/r\u202e",
+            r"/r\u2066x\u2069",
+            r"/r\u200e",
+        ] {
+            let b = good.replace(r#""source":"s""#, &format!(r#""source":"{source}""#));
+            edge.push((b, true));
+        }
+        for (body, generated_id) in &edge {
+            for mode in [ValidationMode::Strict, ValidationMode::Compatible] {
+                for ctx in [None, Some(AUTH)] {
+                    let (tree, ours) = both(body, mode, ctx);
+                    match (&tree, &ours) {
+                        (Ok(_), Ok(_)) => same(body, mode, ctx, *generated_id),
                         (Err(t), Err(o)) => assert_eq!(t, o, "{body}"),
                         _ => panic!("{body} {mode:?}: tree {tree:?}, borrowed {ours:?}"),
                     }

@@ -44,11 +44,15 @@ pub enum Rule {
     ContentTypeJsonSuffix,
     /// A request path with a trailing `/`: routed as without it.
     TrailingSlash,
+    /// A `source` with a `.` or `..` path segment (`/registry/../payments`): kept as sent.
+    SourceDotSegment,
+    /// A `source` with a Unicode bidirectional control character (U+202E, …): kept as sent.
+    SourceBidiControl,
 }
 
 impl Rule {
     /// Every rule, in documentation order.
-    pub const ALL: [Rule; 16] = [
+    pub const ALL: [Rule; 18] = [
         Rule::TimeNoOffset,
         Rule::TimeSpaceSeparator,
         Rule::TimeDateOnly,
@@ -65,6 +69,8 @@ impl Rule {
         Rule::NoContentType,
         Rule::ContentTypeJsonSuffix,
         Rule::TrailingSlash,
+        Rule::SourceDotSegment,
+        Rule::SourceBidiControl,
     ];
 
     /// The `rule` label of `audit_events_normalized_total`.
@@ -86,6 +92,18 @@ impl Rule {
             Rule::NoContentType => "no_content_type",
             Rule::ContentTypeJsonSuffix => "content_type_json_suffix",
             Rule::TrailingSlash => "trailing_slash",
+            Rule::SourceDotSegment => "source_dot_segment",
+            Rule::SourceBidiControl => "source_bidi_control",
+        }
+    }
+
+    /// For the rules that let a suspicious `source` through: the `reason` label of
+    /// `audit_suspicious_source_total`.
+    pub fn suspicious_source(self) -> Option<&'static str> {
+        match self {
+            Rule::SourceDotSegment => Some("dot_segment"),
+            Rule::SourceBidiControl => Some("bidi_control"),
+            _ => None,
         }
     }
 
