@@ -1175,6 +1175,19 @@ mod tests {
             let b = good.replace(r#""source":"s""#, &format!(r#""source":"{source}""#));
             edge.push((b, true));
         }
+        // A W3C traceparent of a later version may append fields: capped all the same.
+        for n in [400, 600] {
+            let trace = format!(
+                "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-{}",
+                "a".repeat(n)
+            );
+            let b = good.replace(
+                r#""type":"t""#,
+                &format!(r#""type":"t","traceparent":"{trace}""#),
+            );
+            assert_eq!(borrowed(&b, ValidationMode::Strict), n == 400, "{b}");
+            edge.push((b, true));
+        }
         for (body, generated_id) in &edge {
             for mode in [ValidationMode::Strict, ValidationMode::Compatible] {
                 for ctx in [None, Some(AUTH)] {
