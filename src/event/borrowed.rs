@@ -11,9 +11,11 @@
 //!
 //! Everything else takes the tree path ([`parse_json`], then [`authcontext::apply`] and
 //! [`normalize`]), which finds and names every problem and makes every rewrite: an invalid,
-//! empty or `null` attribute, a `time` that `compatible` rewrites, `data_base64`, an
-//! emitter-sent `authtype`/`authid`/`authclaims`, a problem found while skimming, nesting of
-//! [`MAX_DEPTH`] levels or more. The fuzz targets check the two paths against each other on
+//! empty or `null` attribute, a value over its length cap
+//! ([`INDEXED_CAPS`](super::INDEXED_CAPS)), a `source` `compatible` counts as suspicious, a
+//! `time` that `compatible` rewrites, `data_base64`, an emitter-sent
+//! `authtype`/`authid`/`authclaims`, a problem found while skimming, nesting of [`MAX_DEPTH`]
+//! levels or more. The fuzz targets check the two paths against each other on
 //! every input.
 
 use std::borrow::Cow;

@@ -65,8 +65,8 @@ fn over_cap(path: &str, value: &str) -> Option<FieldError> {
         FieldError::new(
             path,
             format!(
-                "is {} bytes long, over the limit of {cap} bytes (PostgreSQL indexes this value \
-                 and cannot index a much longer one); send a shorter value",
+                "is {} bytes long, over the limit of {cap} bytes (identifiers are kept short \
+                 enough for PostgreSQL to index them); send a shorter value",
                 value.len()
             ),
         )
@@ -1765,8 +1765,7 @@ mod compatible_tests {
         v.pointer_mut(parent).unwrap()[key] = json!(value);
     }
 
-    /// A valid value of `path` that is `len` bytes long (a W3C traceparent padded with
-    /// vendor-style text is not W3C, so it is counted in `compatible` and refused in `strict`).
+    /// A string of `len` bytes: two-byte characters (and an ASCII one for an odd length).
     fn value_of(len: usize) -> String {
         // Multi-byte characters: the cap counts bytes, not characters.
         let mut s = "é".repeat(len / 2);
