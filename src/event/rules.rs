@@ -35,6 +35,10 @@ pub enum Rule {
     DatacontenttypeNotJson,
     /// A `data_base64` attribute next to `data`: kept as an extension attribute.
     DataBase64Kept,
+    /// A `source` with a `.` or `..` path segment (`/registry/../payments`): kept as sent.
+    SourceDotSegment,
+    /// A `source` with a Unicode bidirectional control character (U+202E, …): kept as sent.
+    SourceBidiControl,
     /// `POST /events/batch` with no events: 202 with `count: 0`.
     EmptyBatch,
     /// A request without `Content-Type`: read as JSON.
@@ -44,10 +48,6 @@ pub enum Rule {
     ContentTypeJsonSuffix,
     /// A request path with a trailing `/`: routed as without it.
     TrailingSlash,
-    /// A `source` with a `.` or `..` path segment (`/registry/../payments`): kept as sent.
-    SourceDotSegment,
-    /// A `source` with a Unicode bidirectional control character (U+202E, …): kept as sent.
-    SourceBidiControl,
 }
 
 impl Rule {
@@ -65,12 +65,12 @@ impl Rule {
         Rule::TraceparentNotW3c,
         Rule::DatacontenttypeNotJson,
         Rule::DataBase64Kept,
+        Rule::SourceDotSegment,
+        Rule::SourceBidiControl,
         Rule::EmptyBatch,
         Rule::NoContentType,
         Rule::ContentTypeJsonSuffix,
         Rule::TrailingSlash,
-        Rule::SourceDotSegment,
-        Rule::SourceBidiControl,
     ];
 
     /// The `rule` label of `audit_events_normalized_total`.
@@ -88,12 +88,12 @@ impl Rule {
             Rule::TraceparentNotW3c => "traceparent_not_w3c",
             Rule::DatacontenttypeNotJson => "datacontenttype_not_json",
             Rule::DataBase64Kept => "data_base64_kept",
+            Rule::SourceDotSegment => "source_dot_segment",
+            Rule::SourceBidiControl => "source_bidi_control",
             Rule::EmptyBatch => "empty_batch",
             Rule::NoContentType => "no_content_type",
             Rule::ContentTypeJsonSuffix => "content_type_json_suffix",
             Rule::TrailingSlash => "trailing_slash",
-            Rule::SourceDotSegment => "source_dot_segment",
-            Rule::SourceBidiControl => "source_bidi_control",
         }
     }
 
