@@ -11,6 +11,7 @@
 //! | `audit_events_accepted_total` | counter | events answered 202 (durable) |
 //! | `audit_events_rejected_total{code}` | counter | events refused, by error code |
 //! | `audit_events_normalized_total{rule}` | counter | `compatible`-mode rules applied (docs/validation.md) |
+//! | `audit_suspicious_source_total{reason}` | counter | events accepted (`compatible`) whose `source` has a dot-segment (`dot_segment`) or a bidi control (`bidi_control`) |
 //! | `audit_spool_events` / `audit_spool_bytes` | gauge | live spool depth |
 //! | `audit_spool_oldest_event_age_seconds` | gauge | age of the oldest undelivered event |
 //! | `audit_spool_quarantined_events` | gauge | records in the quarantine table |
@@ -78,12 +79,17 @@ pub fn install() -> PrometheusHandle {
 
 /// Counts each `compatible`-mode rule an event (or request) needed in
 /// `audit_events_normalized_total{rule}`; the label set is [`Rule::ALL`](crate::event::Rule).
+/// The suspicious-`source` rules count in `audit_suspicious_source_total{reason}` too.
 pub fn count_normalizations(rules: crate::event::Normalizations) {
     if rules.is_empty() {
         return;
     }
     for rule in rules.iter() {
         metrics::counter!("audit_events_normalized_total", "rule" => rule.label()).increment(1);
+        // Also on its own, to alert on: a `source` that reads as another than it is.
+        if let Some(reason) = rule.suspicious_source() {
+            metrics::counter!("audit_suspicious_source_total", "reason" => reason).increment(1);
+        }
     }
 }
 

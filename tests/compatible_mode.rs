@@ -392,3 +392,110 @@ async fn strict_sink_dead_letters_the_reference_shape() {
     );
     assert_eq!(count_rows(&db.pool().await).await, 0);
 }
+
+/// Sources that read as another than they are: `/../` dot-segments and Unicode bidi controls.
+fn suspicious_sources() -> Vec<(&'static str, &'static str, &'static str)> {
+    // (id, source, metric reason)
+    vec![
+        ("dots", "/openg2p/registry/../payments", "dot_segment"),
+        ("dot", "/openg2p/registry/./x", "dot_segment"),
+        ("trailing", "/openg2p/registry/..", "dot_segment"),
+        ("rlo", "/openg2p/\u{202E}yrtsiger", "bidi_control"),
+        (
+            "isolate",
+            "/openg2p/\u{2066}registry\u{2069}",
+            "bidi_control",
+        ),
+        ("mark", "/openg2p/registry\u{200F}", "bidi_control"),
+        ("alm", "/openg2p/registry\u{061C}", "bidi_control"),
+    ]
+}
+
+/// `strict` refuses a suspicious `source` with 422 naming `source` (single, batch, binary);
+/// `compatible` stores it as sent and counts it by reason.
+#[tokio::test]
+async fn suspicious_sources_are_refused_in_strict_and_counted_in_compatible() {
+    let strict = TestApp::start_with(
+        |c| c.ingest.validation = ValidationMode::Strict,
+        StartOptions::default(),
+    )
+    .await;
+    for (id, source, _) in suspicious_sources() {
+        let ev = reference_event(id, |v| v["source"] = json!(source));
+        let (status, body) = strict.post_json("/events", &ev).await;
+        assert_eq!(
+            (status, common::code(&body)),
+            (422, "AUD-002"),
+            "{id}: {body}"
+        );
+        let msg = body["errors"][0]["message"].as_str().unwrap();
+        assert!(msg.starts_with("source: contains"), "{id}: {msg}");
+        let batch = json!({"events": [reference_event("fine", |_| {}), ev]});
+        let (status, body) = strict.post_json("/events/batch", &batch).await;
+        assert_eq!(status, 422, "{id}: {body}");
+        let msg = body["errors"][0]["message"].as_str().unwrap();
+        assert!(msg.starts_with("events[1].source: "), "{id}: {msg}");
+    }
+    // Binary mode: percent-encoded in the header (U+202E is E2 80 AE in UTF-8).
+    for header in [
+        "/openg2p/registry/%2E%2E/payments",
+        "/openg2p/%E2%80%AEyrtsiger",
+    ] {
+        let resp = strict
+            .client
+            .post(strict.url("/events"))
+            .header("content-type", "application/json")
+            .header("ce-specversion", "1.0")
+            .header("ce-id", "bin")
+            .header("ce-source", header)
+            .header("ce-type", "t")
+            .body(json!({"actor": {"id": "u"}, "action": "a", "outcome": "success"}).to_string())
+            .send()
+            .await
+            .unwrap();
+        let (status, body) = common::read(resp).await;
+        assert_eq!(status, 422, "{header}: {body}");
+        let msg = body["errors"][0]["message"].as_str().unwrap();
+        assert!(msg.starts_with("source: "), "{header}: {msg}");
+    }
+    let (status, body) = strict
+        .post_json("/events", &reference_event("fine", |_| {}))
+        .await;
+    assert_eq!(status, 202, "{body}");
+
+    let mut app = TestApp::start().await;
+    for (id, source, _) in suspicious_sources() {
+        let ev = reference_event(id, |v| v["source"] = json!(source));
+        let (status, body) = app.post_json("/events", &ev).await;
+        assert_eq!(status, 202, "{id}: {body}");
+    }
+    let (_, metrics) = app.get_text("/metrics").await;
+    let count = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from /metrics"))
+    };
+    for (label, n) in [("dot_segment", 3), ("bidi_control", 4)] {
+        assert_eq!(
+            count(&format!(
+                "audit_suspicious_source_total{{reason=\"{label}\"}}"
+            )),
+            n
+        );
+        assert_eq!(
+            count(&format!(
+                "audit_events_normalized_total{{rule=\"source_{label}\"}}"
+            )),
+            n
+        );
+    }
+    app.stop().await;
+    let stored: HashMap<String, Value> = exported(&app.spool_dir())
+        .into_iter()
+        .map(|v| (v["id"].as_str().unwrap().to_owned(), v))
+        .collect();
+    for (id, source, _) in suspicious_sources() {
+        assert_eq!(stored[id]["source"], source, "{id}: kept as sent");
+    }
+}

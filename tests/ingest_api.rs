@@ -2,6 +2,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use audit_manager::event::ValidationMode;
 use common::{TestApp, code, event, exported_ids};
 use serde_json::{Value, json};
@@ -547,4 +549,281 @@ async fn nul_and_duplicate_keys_are_422_in_both_modes() {
         app.stop().await;
         assert_eq!(exported_ids(&app.spool_dir()), vec!["ok"], "{mode}");
     }
+}
+
+/// `ev` as JSON text, the object at `pointer` (`""`: the event) starting with `before` members
+/// `"p<i>": i`, then `"key": first`, then `between` more members, then its own members, which
+/// name `key` again: the first occurrence is its `before + 1`th key.
+fn duplicated(
+    ev: &Value,
+    pointer: &str,
+    key: &str,
+    first: &str,
+    before: usize,
+    between: usize,
+) -> String {
+    let mut ev = ev.clone();
+    let object = std::mem::replace(ev.pointer_mut(pointer).unwrap(), json!("\u{1}"));
+    assert!(object.get(key).is_some(), "{key} in {object}");
+    let pad = |from: usize, n: usize| -> String {
+        (from..from + n)
+            .map(|i| format!(r#""p{i}":{i},"#))
+            .collect()
+    };
+    let members = object.to_string();
+    let spliced = format!(
+        "{{{}{}:{},{}{}",
+        pad(0, before),
+        json!(key),
+        json!(first),
+        pad(before, between),
+        &members[1..]
+    );
+    ev.to_string().replacen(r#""\u0001""#, &spliced, 1)
+}
+
+/// A body with a duplicated key after 16 and more other keys: 422 naming the key in every
+/// request form and both modes, never 202 (the sink would dead-letter it, or Kafka would carry
+/// a `source` other than the one checked against the principal's patterns).
+#[tokio::test]
+async fn a_duplicate_key_after_many_keys_is_422_in_every_form() {
+    let mut cases: Vec<(String, &str)> = Vec::new();
+    // The first occurrence among the first 17 keys, the second among the next 16 (what the
+    // borrowed path let through), and further apart.
+    for (before, between) in [(16, 0), (16, 5), (0, 18), (10, 12), (20, 0), (3, 40)] {
+        let ev = event("dup");
+        cases.extend([
+            (
+                duplicated(&ev, "/data", "outcome", "failure", before, between),
+                "data.outcome",
+            ),
+            (
+                duplicated(&ev, "", "source", "urn:forbidden", before, between),
+                "source",
+            ),
+            (
+                duplicated(&ev, "/data/actor", "id", "admin", before, between),
+                "data.actor.id",
+            ),
+        ]);
+    }
+    for (body, _) in &cases {
+        assert!(
+            serde_json::from_str::<Value>(body).is_ok(),
+            "valid JSON: {body}"
+        );
+    }
+    let good = event("ok").to_string();
+    for mode in [ValidationMode::Compatible, ValidationMode::Strict] {
+        let mut app = TestApp::start_with(|c| c.ingest.validation = mode, Default::default()).await;
+        for (body, field) in &cases {
+            let (status, resp) = app
+                .post_raw("/events", "application/json", body.clone().into_bytes())
+                .await;
+            assert_eq!(
+                (status, code(&resp)),
+                (422, "AUD-002"),
+                "{mode} {body}: {resp}"
+            );
+            let msg = resp["errors"][0]["message"].as_str().unwrap();
+            assert!(msg.starts_with(&format!("{field}: ")), "{mode}: {msg}");
+
+            let batch = format!(r#"{{"events":[{good},{body}]}}"#);
+            let (status, resp) = app
+                .post_raw("/events/batch", "application/json", batch.into_bytes())
+                .await;
+            assert_eq!(
+                (status, code(&resp)),
+                (422, "AUD-002"),
+                "{mode} batch: {resp}"
+            );
+            let msg = resp["errors"][0]["message"].as_str().unwrap();
+            assert!(
+                msg.starts_with(&format!("events[1].{field}: ")),
+                "{mode}: {msg}"
+            );
+        }
+        // Binary mode: the body is `data`.
+        for (before, between) in [(16, 0), (16, 5), (0, 18)] {
+            let data = duplicated(
+                &event("b")["data"],
+                "",
+                "outcome",
+                "failure",
+                before,
+                between,
+            );
+            let resp = app
+                .client
+                .post(app.url("/events"))
+                .header("content-type", "application/json")
+                .header("ce-specversion", "1.0")
+                .header("ce-id", "bin")
+                .header("ce-source", "s")
+                .header("ce-type", "t")
+                .body(data)
+                .send()
+                .await
+                .unwrap();
+            let (status, resp) = common::read(resp).await;
+            assert_eq!((status, code(&resp)), (422, "AUD-002"), "{mode}: {resp}");
+            let msg = resp["errors"][0]["message"].as_str().unwrap();
+            assert!(msg.starts_with("data.outcome: "), "{mode}: {msg}");
+        }
+        app.stop().await;
+        assert!(exported_ids(&app.spool_dir()).is_empty(), "{mode}");
+    }
+}
+
+/// Values PostgreSQL cannot index (the lengths an adversarial test sent) are 422 naming the
+/// field, in both modes and every request form; never 202 and then a dead letter.
+#[tokio::test]
+async fn indexed_values_over_their_cap_are_422_naming_the_field() {
+    let long_id = {
+        let mut e = event("x");
+        e["id"] = json!("i".repeat(10_006));
+        e
+    };
+    let long_actor = {
+        let mut e = event("y");
+        e["data"]["actor"]["id"] = json!("a".repeat(12_000));
+        e
+    };
+    let long_resource = {
+        let mut e = event("z");
+        e["data"]["resource"]["type"] = json!("r".repeat(257));
+        e
+    };
+    let cases = [
+        (long_id, "id", 10_006, 1024),
+        (long_actor, "data.actor.id", 12_000, 1024),
+        (long_resource, "data.resource.type", 257, 256),
+    ];
+    for mode in [ValidationMode::Compatible, ValidationMode::Strict] {
+        let mut app = TestApp::start_with(|c| c.ingest.validation = mode, Default::default()).await;
+        for (ev, field, len, cap) in &cases {
+            let expected = format!("{field}: is {len} bytes long, over the limit of {cap} bytes");
+            let (status, resp) = app.post_json("/events", ev).await;
+            assert_eq!(
+                (status, code(&resp)),
+                (422, "AUD-002"),
+                "{mode} {field}: {resp}"
+            );
+            let msg = resp["errors"][0]["message"].as_str().unwrap();
+            assert!(msg.starts_with(&expected), "{mode}: {msg}");
+            let (status, resp) = app
+                .post_json("/events/batch", &json!({"events": [event("ok"), ev]}))
+                .await;
+            assert_eq!(
+                (status, code(&resp)),
+                (422, "AUD-002"),
+                "{mode} {field}: {resp}"
+            );
+            let msg = resp["errors"][0]["message"].as_str().unwrap();
+            assert!(
+                msg.starts_with(&format!("events[1].{expected}")),
+                "{mode}: {msg}"
+            );
+        }
+        // Binary mode: the id in its header.
+        let resp = app
+            .client
+            .post(app.url("/events"))
+            .header("content-type", "application/json")
+            .header("ce-specversion", "1.0")
+            .header("ce-id", "i".repeat(10_006))
+            .header("ce-source", "s")
+            .header("ce-type", "t")
+            .body(event("b")["data"].to_string())
+            .send()
+            .await
+            .unwrap();
+        let (status, resp) = common::read(resp).await;
+        assert_eq!((status, code(&resp)), (422, "AUD-002"), "{mode}: {resp}");
+        let msg = resp["errors"][0]["message"].as_str().unwrap();
+        assert!(msg.starts_with("id: is 10006 bytes long"), "{mode}: {msg}");
+        app.stop().await;
+        assert!(exported_ids(&app.spool_dir()).is_empty(), "{mode}");
+    }
+}
+
+/// Every capped value at its cap, random so PostgreSQL cannot compress it into fitting: 202,
+/// and the row is in the table with each value whole (the caps are storable, not just checked).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_at_their_cap_are_stored() {
+    use audit_manager::config::Role;
+    use audit_manager::event::INDEXED_CAPS;
+    use audit_manager::serve::StartOptions;
+    use rand::Rng;
+    use rand::distr::Alphanumeric;
+
+    let random = |len: usize| -> String {
+        rand::rng()
+            .sample_iter(&Alphanumeric)
+            .take(len)
+            .map(char::from)
+            .collect()
+    };
+    let kafka = common::TestKafka::new(1);
+    let db = common::TestDb::new().await;
+    let base = common::sink_config(&kafka, &db.url, &[Role::Ingest, Role::Forward, Role::Sink]);
+    let opts = StartOptions {
+        forward: Some(common::kafka::fast_settings()),
+        ..StartOptions::default()
+    };
+    let app = TestApp::start_with(
+        move |c| {
+            let spool = c.spool.path.clone();
+            *c = base;
+            c.spool.path = spool;
+        },
+        opts,
+    )
+    .await;
+    let mut ev = event("x");
+    let mut sent = std::collections::HashMap::new();
+    for (path, cap) in INDEXED_CAPS {
+        let value = random(cap);
+        let pointer = format!("/{}", path.replace('.', "/"));
+        let (parent, key) = pointer.rsplit_once('/').unwrap();
+        ev.pointer_mut(parent).unwrap()[key] = json!(value);
+        sent.insert(path, value);
+    }
+    // `compatible` (the default) keeps a traceparent that is not W3C.
+    let (status, body) = app.post_json("/events", &ev).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["response"]["accepted"], sent["id"].as_str());
+
+    let pool = db.pool().await;
+    type Stored = (
+        String,
+        String,
+        String,
+        Option<String>,
+        String,
+        Option<String>,
+        Option<String>,
+    );
+    let row: Stored = common::eventually(Duration::from_secs(60), "the row", || {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_as(
+                "SELECT id, source, type, subject, actor_id, resource_type, resource_id \
+                 FROM audit_events",
+            )
+            .fetch_optional(&pool)
+            .await
+            .ok()
+            .flatten()
+        }
+    })
+    .await;
+    assert_eq!(row.0, sent["id"]);
+    assert_eq!(row.1, sent["source"]);
+    assert_eq!(row.2, sent["type"]);
+    assert_eq!(row.3.as_deref(), Some(sent["subject"].as_str()));
+    assert_eq!(row.4, sent["data.actor.id"]);
+    assert_eq!(row.5.as_deref(), Some(sent["data.resource.type"].as_str()));
+    assert_eq!(row.6.as_deref(), Some(sent["data.resource.id"].as_str()));
+    assert_eq!(kafka.dlq_len(), 0, "nothing dead-lettered");
 }

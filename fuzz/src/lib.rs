@@ -3,8 +3,8 @@
 
 use arbitrary::Arbitrary;
 use audit_manager::event::{
-    AuthContext, BatchBody, Incoming, JsonError, Limits, Rejection, ValidationMode, authcontext,
-    normalize, parse_json, row_from_record, split_batch,
+    AuthContext, BatchBody, INDEXED_CAPS, Incoming, JsonError, Limits, Rejection, Row,
+    ValidationMode, authcontext, normalize, parse_json, row_from_record, split_batch,
 };
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::Value;
@@ -33,16 +33,35 @@ const WORDS: &[&str] = &[
     "data",
     "actor",
     "outcome",
+    "source",
+    "type",
+    "subject",
+    "action",
+    "resource",
     "é/ü",
+    "/registry/../payments",
+    "/registry/./a",
+    "/registry/..",
+    "/registry/\u{202E}a",
+    "/r\u{2066}x\u{2069}",
+    "/r\u{200F}",
 ];
 
-/// A string value: empty, a dictionary word, anything, or a time in one of many forms.
+/// Lengths in bytes around the caps of the indexed attributes (`INDEXED_CAPS`), and the
+/// lengths an adversarial test sent.
+const SIZES: &[usize] = &[
+    255, 256, 257, 511, 512, 513, 1023, 1024, 1025, 10_006, 12_000,
+];
+
+/// A string value: empty, a dictionary word, anything, a time in one of many forms, or a value
+/// of a length around a cap (ASCII or two-byte characters, so bytes and characters differ).
 #[derive(Arbitrary, Debug)]
 pub enum Text {
     Empty,
     Word(u8),
     Any(String),
     Time(u8, i64, u32),
+    Sized { size: u8, wide: bool },
 }
 
 impl Text {
@@ -52,7 +71,26 @@ impl Text {
             Text::Word(i) => WORDS[usize::from(*i) % WORDS.len()].to_owned(),
             Text::Any(s) => s.clone(),
             Text::Time(form, secs, nanos) => time_text(*form, *secs, *nanos),
+            Text::Sized { size, wide } => {
+                let len = SIZES[usize::from(*size) % SIZES.len()];
+                if *wide {
+                    "é".repeat(len / 2) + &"a".repeat(len % 2)
+                } else {
+                    "a".repeat(len)
+                }
+            }
         }
+    }
+}
+
+/// Members `"p0":0, "p1":1, …` written at the start of an object (`count % 40` of them), so
+/// what follows, repeated keys included, comes after more keys than a short list holds.
+#[derive(Arbitrary, Debug, Clone, Copy)]
+pub struct Padding(pub u8);
+
+impl Padding {
+    fn members(self) -> impl Iterator<Item = (String, Option<String>)> {
+        (0..usize::from(self.0) % 40).map(|i| (format!("p{i}"), Some(i.to_string())))
     }
 }
 
@@ -123,6 +161,7 @@ fn object(entries: impl Iterator<Item = (String, Option<String>)>) -> String {
 
 #[derive(Arbitrary, Debug)]
 pub struct Actor {
+    pub padding: Padding,
     pub r#type: Field,
     pub id: Field,
     pub name: Field,
@@ -147,6 +186,7 @@ pub enum Shaped<T> {
 
 #[derive(Arbitrary, Debug)]
 pub struct Data {
+    pub padding: Padding,
     pub actor: Shaped<Actor>,
     pub action: Field,
     pub outcome: Field,
@@ -159,6 +199,7 @@ pub struct Data {
 /// whose objects may repeat keys.
 #[derive(Arbitrary, Debug)]
 pub struct Event {
+    pub padding: Padding,
     pub specversion: Field,
     pub id: Field,
     pub source: Field,
@@ -184,17 +225,19 @@ impl Event {
                 let actor = match &d.actor {
                     Shaped::Other(f) => f.json(),
                     Shaped::Object(a) => Some(object(
-                        [
-                            ("type", a.r#type.json()),
-                            ("id", a.id.json()),
-                            ("name", a.name.json()),
-                            ("roles", a.roles.json()),
-                            ("ip", a.ip.json()),
-                            ("session_id", a.session_id.json()),
-                        ]
-                        .into_iter()
-                        .map(|(k, v)| (k.to_owned(), v))
-                        .chain(extras(&a.extra)),
+                        a.padding.members().chain(
+                            [
+                                ("type", a.r#type.json()),
+                                ("id", a.id.json()),
+                                ("name", a.name.json()),
+                                ("roles", a.roles.json()),
+                                ("ip", a.ip.json()),
+                                ("session_id", a.session_id.json()),
+                            ]
+                            .into_iter()
+                            .map(|(k, v)| (k.to_owned(), v))
+                            .chain(extras(&a.extra)),
+                        ),
                     )),
                 };
                 let resource = match &d.resource {
@@ -207,34 +250,38 @@ impl Event {
                     )),
                 };
                 Some(object(
-                    [
-                        ("actor", actor),
-                        ("action", d.action.json()),
-                        ("outcome", d.outcome.json()),
-                        ("resource", resource),
-                        ("reason", d.reason.json()),
-                    ]
-                    .into_iter()
-                    .map(|(k, v)| (k.to_owned(), v))
-                    .chain(extras(&d.extra)),
+                    d.padding.members().chain(
+                        [
+                            ("actor", actor),
+                            ("action", d.action.json()),
+                            ("outcome", d.outcome.json()),
+                            ("resource", resource),
+                            ("reason", d.reason.json()),
+                        ]
+                        .into_iter()
+                        .map(|(k, v)| (k.to_owned(), v))
+                        .chain(extras(&d.extra)),
+                    ),
                 ))
             }
         };
         object(
-            [
-                ("specversion", self.specversion.json()),
-                ("id", self.id.json()),
-                ("source", self.source.json()),
-                ("type", self.r#type.json()),
-                ("subject", self.subject.json()),
-                ("time", self.time.json()),
-                ("datacontenttype", self.datacontenttype.json()),
-                ("traceparent", self.traceparent.json()),
-                ("data", data),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v))
-            .chain(extras(&self.extra)),
+            self.padding.members().chain(
+                [
+                    ("specversion", self.specversion.json()),
+                    ("id", self.id.json()),
+                    ("source", self.source.json()),
+                    ("type", self.r#type.json()),
+                    ("subject", self.subject.json()),
+                    ("time", self.time.json()),
+                    ("datacontenttype", self.datacontenttype.json()),
+                    ("traceparent", self.traceparent.json()),
+                    ("data", data),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .chain(extras(&self.extra)),
+            ),
         )
     }
 }
@@ -308,7 +355,11 @@ fn check_paths(body: &[u8], mode: ValidationMode, ctx: Option<AuthContext<'_>>) 
                 .ok()
                 .and_then(|v| v.get("id")?.as_str().map(str::to_owned));
             let kept = |id: &str| sent.as_deref() == Some(id);
-            assert_eq!(kept(&t.id), kept(&o.id), "both keep the id sent, or neither");
+            assert_eq!(
+                kept(&t.id),
+                kept(&o.id),
+                "both keep the id sent, or neither"
+            );
             let generated = !kept(&t.id);
             let stored = |json: &[u8]| {
                 let mut v: serde_json::Map<String, Value> =
@@ -407,7 +458,40 @@ fn settled(json: &[u8], mode: ValidationMode) {
     let second = normalize(again, now(), &limits(mode)).expect("normalized event stays valid");
     assert_eq!(second.json, json, "normalizing is idempotent");
     assert!(second.normalized.rewrites().is_empty());
-    if let Err(e) = row_from_record(json, now(), mode) {
-        panic!("the sink refuses what ingest accepted: {e}");
+    match row_from_record(json, now(), mode) {
+        Ok(row) => storable(&row),
+        Err(e) => panic!("the sink refuses what ingest accepted: {e}"),
     }
+}
+
+/// Every value of an accepted event that PostgreSQL indexes is within its cap, so the insert
+/// cannot fail on the index (the widest index entry stays far below a third of a page).
+fn storable(row: &Row) {
+    let cap = |path: &str| {
+        INDEXED_CAPS
+            .iter()
+            .find(|(p, _)| *p == path)
+            .map(|(_, cap)| *cap)
+            .expect("a capped path")
+    };
+    let columns = [
+        ("id", Some(&row.id)),
+        ("source", Some(&row.source)),
+        ("type", Some(&row.r#type)),
+        ("subject", row.subject.as_ref()),
+        ("data.actor.id", Some(&row.actor_id)),
+        ("data.resource.type", row.resource_type.as_ref()),
+        ("data.resource.id", row.resource_id.as_ref()),
+    ];
+    for (path, value) in columns {
+        if let Some(value) = value {
+            assert!(
+                value.len() <= cap(path),
+                "{path} of {} bytes stored",
+                value.len()
+            );
+        }
+    }
+    // `trace_id` is 32 hex digits when set.
+    assert!(row.trace_id.as_ref().is_none_or(|t| t.len() == 32));
 }

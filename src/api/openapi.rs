@@ -456,7 +456,10 @@ pub enum SpecVersion {
 /// character (`\u0000`) or a key that appears twice in one object, anywhere in the event, is
 /// refused with 422 (PostgreSQL cannot store the first; the second would let one message say
 /// two things); `data_base64` is not supported; the size limit (`ingest.max_event_bytes`,
-/// 413) and JSON nesting (128 levels) apply. Defaults filled in before spooling: `id` (UUIDv7),
+/// 413) and JSON nesting (128 levels) apply. Values PostgreSQL indexes have length caps in
+/// bytes (422 beyond): `id`, `source`, `subject`, `data.actor.id`, `data.resource.id` 1024;
+/// `type`, `traceparent` 512; `data.resource.type` 256. `strict` refuses a `source` with a
+/// `.`/`..` path segment or a Unicode bidi control; `compatible` keeps and counts it. Defaults filled in before spooling: `id` (UUIDv7),
 /// `time` (ingest time), `datacontenttype` (`application/json`), `data.actor.type` (`user`).
 /// Any other top-level attribute (a CloudEvents extension) is kept. `null` for an optional
 /// attribute means absent.

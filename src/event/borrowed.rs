@@ -11,9 +11,11 @@
 //!
 //! Everything else takes the tree path ([`parse_json`], then [`authcontext::apply`] and
 //! [`normalize`]), which finds and names every problem and makes every rewrite: an invalid,
-//! empty or `null` attribute, a `time` that `compatible` rewrites, `data_base64`, an
-//! emitter-sent `authtype`/`authid`/`authclaims`, a problem found while skimming, nesting of
-//! [`MAX_DEPTH`] levels or more. The fuzz targets check the two paths against each other on
+//! empty or `null` attribute, a value over its length cap
+//! ([`INDEXED_CAPS`](super::INDEXED_CAPS)), a `source` `compatible` counts as suspicious, a
+//! `time` that `compatible` rewrites, `data_base64`, an emitter-sent
+//! `authtype`/`authid`/`authclaims`, a problem found while skimming, nesting of [`MAX_DEPTH`]
+//! levels or more. The fuzz targets check the two paths against each other on
 //! every input.
 
 use std::borrow::Cow;
@@ -30,10 +32,11 @@ use super::ValidationMode;
 use super::authcontext::{self, AuthContext};
 use super::json::{JsonError, parse_json};
 use super::rules::{Normalizations, Rule};
+use super::source;
 use super::validate::{
     ACTOR_TYPES, DEFAULT_ACTOR_TYPE, DEFAULT_CONTENT_TYPE, Limits, NormalizedEvent, OUTCOMES,
     Rejection, check_skew, is_json_content_type, is_valid_traceparent, new_event_id, normalize,
-    parse_time,
+    parse_time, within_cap,
 };
 
 /// Nesting (of objects and arrays, the event itself being 1) at which skimming gives up: an
@@ -431,6 +434,7 @@ impl<'de> Visitor<'de> for KeySeed {
 #[derive(Default)]
 struct Keys<'a> {
     list: SmallVec<[Cow<'a, str>; LIST_MAX]>,
+    /// Every key once the object has more than [`LIST_MAX`] (the list is then empty for good).
     set: HashSet<Cow<'a, str>>,
 }
 
@@ -438,16 +442,19 @@ struct Keys<'a> {
 const LIST_MAX: usize = 16;
 
 impl<'a> Keys<'a> {
-    /// Stops at a key seen before.
+    /// Stops at a key seen before, however many keys came between the two.
     fn insert<E: de::Error>(&mut self, key: Cow<'a, str>) -> Result<(), E> {
-        if self.list.len() < LIST_MAX {
+        // The set, once it took over, holds every key: the list must never be refilled,
+        // or a key would be checked against only the keys after the move.
+        if self.set.is_empty() {
             if self.list.contains(&key) {
                 return Err(stop());
             }
-            self.list.push(key);
-            return Ok(());
-        }
-        if self.set.is_empty() {
+            if self.list.len() < LIST_MAX {
+                self.list.push(key);
+                return Ok(());
+            }
+            self.set.reserve(2 * LIST_MAX);
             self.set.extend(self.list.drain(..));
         }
         if !self.set.insert(key) {
@@ -539,15 +546,21 @@ impl<'a> Top<'a> {
             Attr::Absent if mode == ValidationMode::Compatible => true,
             _ => return None,
         };
+        // Each value stored in an indexed column within its cap, a `source` that is not
+        // suspicious: anything else is named (or counted) by the tree path.
+        let capped = |path: &str, s: Cow<'a, str>| within_cap(path, &s).then_some(s);
         let id = match self.id {
             Attr::Absent => None,
-            other => Some(other.non_empty()?),
+            other => Some(capped("id", other.non_empty()?)?),
         };
-        let source = self.source.non_empty()?;
-        self.r#type.non_empty()?;
+        let source = capped("source", self.source.non_empty()?)?;
+        if source::suspicious(&source).next().is_some() {
+            return None;
+        }
+        capped("type", self.r#type.non_empty()?)?;
         let subject = match self.subject {
             Attr::Absent => None,
-            other => Some(other.non_empty()?),
+            other => Some(capped("subject", other.non_empty()?)?),
         };
         let time = match self.time {
             Attr::Absent => None,
@@ -564,7 +577,7 @@ impl<'a> Top<'a> {
         };
         match self.traceparent {
             Attr::Absent => {}
-            Attr::Str(s) if is_valid_traceparent(&s) => {}
+            Attr::Str(s) if is_valid_traceparent(&s) && within_cap("traceparent", &s) => {}
             _ => return None,
         }
         let data = self.data?;
@@ -596,7 +609,7 @@ impl<'a> Top<'a> {
             subject,
             time,
             datacontenttype_missing,
-            actor_id: actor.id.non_empty()?,
+            actor_id: capped("data.actor.id", actor.id.non_empty()?)?,
             actor_type_at,
         })
     }
@@ -758,7 +771,7 @@ impl<'de> Visitor<'de> for RolesSeed {
 }
 
 /// `data.resource`: `true` for `null` or an object whose `type` is a non-empty string and whose
-/// `id` is absent, `null` or a string; anything else stops.
+/// `id` is absent, `null` or a string, each within its cap; anything else stops.
 struct ResourceSeed;
 
 impl<'de> DeserializeSeed<'de> for ResourceSeed {
@@ -794,7 +807,14 @@ impl<'de> Visitor<'de> for ResourceSeed {
                 }
             }
         }
-        Ok(r#type.non_empty().is_some() && id.optional_ok())
+        let type_ok = r#type
+            .non_empty()
+            .is_some_and(|t| within_cap("data.resource.type", &t));
+        let id_ok = match id {
+            Attr::Str(id) => within_cap("data.resource.id", &id),
+            other => other.optional_ok(),
+        };
+        Ok(type_ok && id_ok)
     }
 }
 
@@ -878,6 +898,13 @@ mod tests {
             (&tree.time, &tree.key, &tree.normalized),
             (&ours.time, &ours.key, &ours.normalized)
         );
+    }
+
+    /// `n` members `"p<from>":<from>,` … (each followed by a comma).
+    fn padding(from: usize, n: usize) -> String {
+        (from..from + n)
+            .map(|i| format!(r#""p{i}":{i},"#))
+            .collect()
     }
 
     #[test]
@@ -972,20 +999,84 @@ mod tests {
             good.replace(r#""action":"a""#, r#""action":"a","x":{"\u0000":1}"#),
             good.replace(r#""action":"a""#, r#""action":"a","action":"b""#),
             good.replace(r#""source":"s""#, r#""source":"s","\u0073ource":"s""#),
+            good.replace(r#""source":"s""#, r#""source":"/a/../b""#),
+            good.replace(r#""source":"s""#, r#""source":"s\u202e""#),
+            good.replace(
+                r#""source":"s""#,
+                &format!(r#""source":"{}""#, "s".repeat(1025)),
+            ),
+            good.replace(r#""id":"u""#, &format!(r#""id":"{}""#, "u".repeat(1025))),
+            good.replace(
+                r#""action":"a""#,
+                &format!(
+                    r#""action":"a","resource":{{"type":"r","id":"{}"}}"#,
+                    "i".repeat(1025)
+                ),
+            ),
             deep,
         ];
         for body in &cases {
             assert!(!borrowed(body, compatible), "{body}");
         }
-        // Many keys: duplicates are found past the short list too.
-        let many: String = (0..40).map(|i| format!(r#""k{i}":{i},"#)).collect();
-        let dup = good.replace(
-            "{\"specversion\"",
-            &format!("{{{many}\"k39\":0,\"specversion\""),
-        );
-        assert!(!borrowed(&dup, compatible));
-        let unique = good.replace("{\"specversion\"", &format!("{{{many}\"specversion\""));
-        assert!(borrowed(&unique, compatible));
+        // Many keys: a duplicate is found wherever the two keys are, in every object.
+        for (at, object) in [
+            ("top", "{"),
+            ("data", "\"data\":{"),
+            ("actor", "\"actor\":{"),
+        ] {
+            for n in [0, 1, 15, 16, 17, 18, 20, 33, 34, 40] {
+                let many: String = (0..n).map(|i| format!(r#""k{i}":{i},"#)).collect();
+                let unique = good.replacen(object, &format!("{object}{many}"), 1);
+                assert!(borrowed(&unique, compatible), "{at} {n}: {unique}");
+                for first in 0..n {
+                    let dup = good.replacen(object, &format!("{object}{many}\"k{first}\":0,"), 1);
+                    assert!(!borrowed(&dup, compatible), "{at} {n} k{first}: {dup}");
+                }
+            }
+        }
+    }
+
+    /// `{…16 other keys…, "outcome":"failure", …, "outcome":"success"}` and the like: refused
+    /// with the tree path's error whatever the count of keys before and between the two.
+    #[test]
+    fn a_duplicate_after_many_keys_is_the_tree_paths_error() {
+        let base = r#"{"specversion":"1.0","source":"s","type":"t","time":"2026-11-24T08:00:00Z",
+            "data":{"actor":{"id":"u"},"action":"a","outcome":"failure"}}"#;
+        for before in [14, 16, 17, 20, 32, 40] {
+            for between in [0, 1, 15, 16, 17, 30] {
+                let (a, b) = (padding(0, before), padding(before, between));
+                let bodies = [
+                    base.replace(
+                        r#""action":"a","outcome":"failure""#,
+                        &format!(r#"{a}"action":"a","outcome":"failure",{b}"outcome":"success""#),
+                    ),
+                    base.replace(
+                        r#"{"specversion""#,
+                        &format!(r#"{{{a}"source":"forbidden",{b}"specversion""#),
+                    ),
+                    base.replace(r#"{"id":"u"}"#, &format!(r#"{{{a}"id":"u",{b}"id":"v"}}"#)),
+                    base.replace(
+                        r#""action":"a""#,
+                        &format!(r#""action":"a","resource":{{"type":"r",{a}{b}"type":"q"}}"#),
+                    ),
+                    base.replace(
+                        r#""action":"a""#,
+                        &format!(r#""action":"a","x":[{{{a}"k":1,{b}"k":2}}]"#),
+                    ),
+                ];
+                for body in &bodies {
+                    let tree = parse_json(body.as_bytes()).unwrap_err();
+                    assert!(matches!(tree, JsonError::DuplicateKey(_)), "{body}");
+                    for mode in [ValidationMode::Strict, ValidationMode::Compatible] {
+                        assert_eq!(
+                            Incoming::parse(body.as_bytes(), mode).err(),
+                            Some(tree.clone()),
+                            "{before} {between} {body}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]
@@ -1001,6 +1092,19 @@ mod tests {
             good.replace(r#""id":"u""#, r#""id":"""#),
             good.replace(r#""outcome":"success""#, r#""outcome":1"#),
             FULL.to_owned(),
+            // More keys than the short list holds, unique: both store the same event.
+            good.replace(
+                r#""action":"a""#,
+                &format!(r#"{}"action":"a""#, padding(0, 40)),
+            ),
+            good.replace(
+                r#"{"id":"u"}"#,
+                &format!(r#"{{{}"id":"u"}}"#, padding(0, 20)),
+            ),
+            good.replace(
+                r#"{"specversion""#,
+                &format!(r#"{{{}"specversion""#, padding(0, 17)),
+            ),
         ];
         for body in &bodies {
             for mode in [ValidationMode::Strict, ValidationMode::Compatible] {
@@ -1012,6 +1116,117 @@ mod tests {
                         _ => panic!("{body} {mode:?}: tree {tree:?}, borrowed {ours:?}"),
                     }
                 }
+            }
+        }
+        // Values at and over the caps of the indexed attributes, suspicious sources: the same
+        // stored event, or the same rejection naming the field (in both modes).
+        let resource = r#""action":"a","resource":{"type":"r","id":"i"}"#;
+        let with_resource = good.replace(r#""action":"a""#, resource);
+        let mut edge = Vec::new();
+        for (path, cap) in crate::event::INDEXED_CAPS {
+            let (body, sent) = match path {
+                "id" => (
+                    good.replace(r#""type":"t""#, r#""type":"t","id":"X""#),
+                    r#""id":"X""#,
+                ),
+                "subject" => (
+                    good.replace(r#""type":"t""#, r#""type":"t","subject":"X""#),
+                    r#""subject":"X""#,
+                ),
+                "traceparent" => (
+                    good.replace(r#""type":"t""#, r#""type":"t","traceparent":"X""#),
+                    r#""traceparent":"X""#,
+                ),
+                "source" => (good.to_owned(), r#""source":"s""#),
+                "type" => (good.to_owned(), r#""type":"t""#),
+                "data.actor.id" => (good.to_owned(), r#""id":"u""#),
+                "data.resource.type" => (with_resource.clone(), r#""type":"r""#),
+                "data.resource.id" => (with_resource.clone(), r#""id":"i""#),
+                other => panic!("no case for {other}"),
+            };
+            let key = sent.split(':').next().unwrap_or_default();
+            for len in [cap, cap + 1] {
+                // `é` is one escape on the wire and two bytes in the value.
+                let value = format!("{}{}", r"\u00e9".repeat(len / 2), "x".repeat(len % 2));
+                let at = if path == "data.resource.type" || path == "data.resource.id" {
+                    body.rfind(sent).unwrap_or_default()
+                } else {
+                    body.find(sent).unwrap_or_default()
+                };
+                let mut b = body.clone();
+                b.replace_range(at..at + sent.len(), &format!(r#"{key}:"{value}""#));
+                // At the cap the borrowed path stores it (a traceparent of that length is not
+                // W3C: the tree path counts it); over it, the tree path names the field.
+                let takes_borrowed = len == cap && path != "traceparent";
+                assert_eq!(
+                    borrowed(&b, ValidationMode::Compatible),
+                    takes_borrowed,
+                    "{b}"
+                );
+                edge.push((b, path != "id"));
+            }
+        }
+        for source in [
+            "/r/../p",
+            "/r/./p",
+            "/r/..",
+            r"/r\u202e",
+            r"/r\u2066x\u2069",
+            r"/r\u200e",
+        ] {
+            let b = good.replace(r#""source":"s""#, &format!(r#""source":"{source}""#));
+            edge.push((b, true));
+        }
+        // A W3C traceparent of a later version may append fields: capped all the same.
+        for n in [400, 600] {
+            let trace = format!(
+                "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-{}",
+                "a".repeat(n)
+            );
+            let b = good.replace(
+                r#""type":"t""#,
+                &format!(r#""type":"t","traceparent":"{trace}""#),
+            );
+            assert_eq!(borrowed(&b, ValidationMode::Strict), n == 400, "{b}");
+            edge.push((b, true));
+        }
+        for (body, generated_id) in &edge {
+            for mode in [ValidationMode::Strict, ValidationMode::Compatible] {
+                for ctx in [None, Some(AUTH)] {
+                    let (tree, ours) = both(body, mode, ctx);
+                    match (&tree, &ours) {
+                        (Ok(_), Ok(_)) => same(body, mode, ctx, *generated_id),
+                        (Err(t), Err(o)) => assert_eq!(t, o, "{body}"),
+                        _ => panic!("{body} {mode:?}: tree {tree:?}, borrowed {ours:?}"),
+                    }
+                }
+            }
+        }
+        // Duplicated keys after more keys than the short list holds: the same parse error.
+        let mut duplicated = Vec::new();
+        for (before, between) in [(16, 0), (16, 1), (17, 0), (20, 10), (33, 0), (40, 40)] {
+            let (a, b) = (padding(0, before), padding(before, between));
+            duplicated.extend([
+                good.replace(
+                    r#""action":"a","outcome":"success""#,
+                    &format!(r#"{a}"action":"a","outcome":"failure",{b}"outcome":"success""#),
+                ),
+                good.replace(
+                    r#"{"specversion""#,
+                    &format!(r#"{{{a}"source":"other",{b}"specversion""#),
+                ),
+                good.replace(r#"{"id":"u"}"#, &format!(r#"{{{a}"id":"u",{b}"id":"v"}}"#)),
+            ]);
+        }
+        for body in &duplicated {
+            let tree = parse_json(body.as_bytes());
+            assert!(matches!(tree, Err(JsonError::DuplicateKey(_))), "{body}");
+            for mode in [ValidationMode::Strict, ValidationMode::Compatible] {
+                assert_eq!(
+                    Incoming::parse(body.as_bytes(), mode).err(),
+                    tree.clone().err(),
+                    "{body}"
+                );
             }
         }
         // The strict future-time refusal is the borrowed path's own.

@@ -51,6 +51,7 @@ mod lenient_time;
 mod mode;
 mod row;
 mod rules;
+mod source;
 mod validate;
 
 pub use authcontext::AuthContext;
@@ -61,7 +62,7 @@ pub use mode::ValidationMode;
 pub use row::{Row, RowError, row_from_record, row_from_record_counted, to_row};
 pub use rules::{Normalizations, Rule};
 pub use validate::{
-    ACTOR_TYPES, DEFAULT_ACTOR_TYPE, DEFAULT_CONTENT_TYPE, FieldError, Limits, NormalizedEvent,
-    OUTCOMES, Rejection, event_time, is_json_content_type, is_valid_traceparent, kafka_key,
-    new_event_id, normalize, parse_normalized, parse_time, str_at, validate_map,
+    ACTOR_TYPES, DEFAULT_ACTOR_TYPE, DEFAULT_CONTENT_TYPE, FieldError, INDEXED_CAPS, Limits,
+    NormalizedEvent, OUTCOMES, Rejection, event_time, is_json_content_type, is_valid_traceparent,
+    kafka_key, new_event_id, normalize, parse_normalized, parse_time, str_at, validate_map,
 };

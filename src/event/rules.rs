@@ -35,6 +35,10 @@ pub enum Rule {
     DatacontenttypeNotJson,
     /// A `data_base64` attribute next to `data`: kept as an extension attribute.
     DataBase64Kept,
+    /// A `source` with a `.` or `..` path segment (`/registry/../payments`): kept as sent.
+    SourceDotSegment,
+    /// A `source` with a Unicode bidirectional control character (U+202E, …): kept as sent.
+    SourceBidiControl,
     /// `POST /events/batch` with no events: 202 with `count: 0`.
     EmptyBatch,
     /// A request without `Content-Type`: read as JSON.
@@ -48,7 +52,7 @@ pub enum Rule {
 
 impl Rule {
     /// Every rule, in documentation order.
-    pub const ALL: [Rule; 16] = [
+    pub const ALL: [Rule; 18] = [
         Rule::TimeNoOffset,
         Rule::TimeSpaceSeparator,
         Rule::TimeDateOnly,
@@ -61,6 +65,8 @@ impl Rule {
         Rule::TraceparentNotW3c,
         Rule::DatacontenttypeNotJson,
         Rule::DataBase64Kept,
+        Rule::SourceDotSegment,
+        Rule::SourceBidiControl,
         Rule::EmptyBatch,
         Rule::NoContentType,
         Rule::ContentTypeJsonSuffix,
@@ -82,10 +88,22 @@ impl Rule {
             Rule::TraceparentNotW3c => "traceparent_not_w3c",
             Rule::DatacontenttypeNotJson => "datacontenttype_not_json",
             Rule::DataBase64Kept => "data_base64_kept",
+            Rule::SourceDotSegment => "source_dot_segment",
+            Rule::SourceBidiControl => "source_bidi_control",
             Rule::EmptyBatch => "empty_batch",
             Rule::NoContentType => "no_content_type",
             Rule::ContentTypeJsonSuffix => "content_type_json_suffix",
             Rule::TrailingSlash => "trailing_slash",
+        }
+    }
+
+    /// For the rules that let a suspicious `source` through: the `reason` label of
+    /// `audit_suspicious_source_total`.
+    pub fn suspicious_source(self) -> Option<&'static str> {
+        match self {
+            Rule::SourceDotSegment => Some("dot_segment"),
+            Rule::SourceBidiControl => Some("bidi_control"),
+            _ => None,
         }
     }
 

@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 use super::ValidationMode;
 use super::lenient_time;
 use super::rules::{Normalizations, Rule};
+use super::source;
 
 /// Allowed values of `data.actor.type`.
 pub const ACTOR_TYPES: [&str; 4] = ["user", "system", "service", "anonymous"];
@@ -24,6 +25,53 @@ pub const DEFAULT_ACTOR_TYPE: &str = "user";
 
 /// Longest part of an offending value quoted back in an error message.
 const MAX_QUOTED_CHARS: usize = 64;
+
+/// The longest value, in bytes of UTF-8, of each attribute stored in its own column, by path.
+///
+/// A PostgreSQL btree index entry must fit in a third of a page (2704 bytes with 8 kB pages);
+/// a longer value is refused by the insert (SQLSTATE 54000), so the event could never be
+/// stored. The caps keep every index of `audit_events` well below that even for values that do
+/// not compress: the widest, `(resource_type, resource_id, occurred_at)`, stays under 1.3 kB,
+/// and a composite index over any two capped columns would still fit. `docs/validation.md`
+/// explains each.
+pub const INDEXED_CAPS: [(&str, usize); 8] = [
+    ("id", 1024),
+    ("source", 1024),
+    ("type", 512),
+    ("subject", 1024),
+    ("traceparent", 512),
+    ("data.actor.id", 1024),
+    ("data.resource.type", 256),
+    ("data.resource.id", 1024),
+];
+
+/// The cap of the attribute at `path`, if it has one.
+fn cap_of(path: &str) -> Option<usize> {
+    INDEXED_CAPS
+        .iter()
+        .find(|(p, _)| *p == path)
+        .map(|(_, cap)| *cap)
+}
+
+/// True when `value` fits the cap of `path` (or `path` has none).
+pub(super) fn within_cap(path: &str, value: &str) -> bool {
+    cap_of(path).is_none_or(|cap| value.len() <= cap)
+}
+
+/// The error for a value of `path` longer than its cap.
+fn over_cap(path: &str, value: &str) -> Option<FieldError> {
+    let cap = cap_of(path)?;
+    (value.len() > cap).then(|| {
+        FieldError::new(
+            path,
+            format!(
+                "is {} bytes long, over the limit of {cap} bytes (identifiers are kept short \
+                 enough for PostgreSQL to index them); send a shorter value",
+                value.len()
+            ),
+        )
+    })
+}
 
 /// The rule set and limits applied by [`normalize`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -269,6 +317,16 @@ pub fn validate_map(
     }
 
     c.required_str(&ev, "source", "source");
+    if let Some(s) = str_field(&ev, "source") {
+        for rule in source::suspicious(s) {
+            if c.compatible {
+                c.rules.add(rule);
+            } else {
+                c.errs
+                    .push(FieldError::new("source", source::message(rule, s)));
+            }
+        }
+    }
     c.required_str(&ev, "type", "type");
 
     // subject
@@ -285,7 +343,7 @@ pub fn validate_map(
                     .push(FieldError::new("subject", "must not be empty if present"))
             }
         }
-        Some(Value::String(_)) => {}
+        Some(Value::String(s)) => c.errs.extend(over_cap("subject", s)),
         Some(v) => c.errs.push(not_string("subject", v)),
     }
 
@@ -376,6 +434,10 @@ pub fn validate_map(
         None => {}
         Some(Value::Null) => {
             ev.shift_remove("traceparent");
+        }
+        // Before the W3C check: a later version of the format may be any length.
+        Some(Value::String(s)) if !within_cap("traceparent", s) => {
+            c.errs.extend(over_cap("traceparent", s))
         }
         Some(Value::String(s)) if is_valid_traceparent(s) => {}
         Some(Value::String(_)) if c.compatible => c.rules.add(Rule::TraceparentNotW3c),
@@ -482,6 +544,9 @@ impl Check {
             Some(Value::Object(resource)) => {
                 self.required_str(resource, "type", "data.resource.type");
                 optional_str(resource, "id", "data.resource.id", &mut self.errs);
+                if let Some(id) = str_field(resource, "id") {
+                    self.errs.extend(over_cap("data.resource.id", id));
+                }
             }
             Some(v) => self.errs.push(not_object("data.resource", v)),
         }
@@ -546,7 +611,7 @@ impl Check {
             Value::String(s) if s.is_empty() => {
                 self.errs.push(FieldError::new(path, "must not be empty"))
             }
-            Value::String(_) => {}
+            Value::String(s) => self.errs.extend(over_cap(path, s)),
             v => self.errs.push(not_string(path, v)),
         }
     }
@@ -1688,6 +1753,124 @@ mod compatible_tests {
                     "{mode}: {field} not in {e}"
                 );
             }
+        }
+    }
+
+    /// Sets the string at `pointer` (creating `data.resource` when needed).
+    fn set(v: &mut Value, pointer: &str, value: &str) {
+        if pointer.starts_with("/data/resource/") && v["data"].get("resource").is_none() {
+            v["data"]["resource"] = json!({"type": "beneficiary"});
+        }
+        let (parent, key) = pointer.rsplit_once('/').unwrap();
+        v.pointer_mut(parent).unwrap()[key] = json!(value);
+    }
+
+    /// A string of `len` bytes: two-byte characters (and an ASCII one for an odd length).
+    fn value_of(len: usize) -> String {
+        // Multi-byte characters: the cap counts bytes, not characters.
+        let mut s = "é".repeat(len / 2);
+        if len % 2 == 1 {
+            s.push('x');
+        }
+        s
+    }
+
+    #[test]
+    fn indexed_values_longer_than_their_cap_are_refused_in_both_modes() {
+        for (path, cap) in INDEXED_CAPS {
+            let pointer = format!("/{}", path.replace('.', "/"));
+            for mode in [ValidationMode::Compatible, ValidationMode::Strict] {
+                let mut at = reference_event();
+                set(&mut at, &pointer, &value_of(cap));
+                let ok = normalize(at, now(), &limits(mode));
+                match (path, mode) {
+                    ("traceparent", ValidationMode::Strict) => {
+                        // Not W3C: refused for that, not for its length.
+                        let e = ok.unwrap_err();
+                        assert!(!e.message().contains("bytes long"), "{e}");
+                    }
+                    _ => assert!(ok.is_ok(), "{mode} {path} at its cap: {ok:?}"),
+                }
+                let mut over = reference_event();
+                set(&mut over, &pointer, &value_of(cap + 1));
+                let e = normalize(over, now(), &limits(mode)).unwrap_err();
+                let named: Vec<&FieldError> = e
+                    .field_errors()
+                    .iter()
+                    .filter(|f| f.field == path)
+                    .collect();
+                assert!(
+                    named.iter().any(|f| f.message.starts_with(&format!(
+                        "is {} bytes long, over the limit of {cap} bytes",
+                        cap + 1
+                    ))),
+                    "{mode} {path}: {e}"
+                );
+            }
+        }
+        // A later version of W3C Trace Context may append fields: still capped.
+        let later = format!(
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-{}",
+            "a".repeat(600)
+        );
+        assert!(is_valid_traceparent(&later));
+        for mode in [ValidationMode::Compatible, ValidationMode::Strict] {
+            let e = normalize(with("traceparent", json!(later)), now(), &limits(mode)).unwrap_err();
+            assert_eq!(e.field_errors()[0].field, "traceparent", "{e}");
+        }
+        // The lengths of the adversarial test: never accepted.
+        for (pointer, len) in [("/id", 10_006), ("/data/actor/id", 12_000)] {
+            let mut v = reference_event();
+            set(&mut v, pointer, &"a".repeat(len));
+            for mode in [ValidationMode::Compatible, ValidationMode::Strict] {
+                assert!(
+                    normalize(v.clone(), now(), &limits(mode)).is_err(),
+                    "{pointer}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_suspicious_source_is_refused_in_strict_and_counted_in_compatible() {
+        for (source, rules) in [
+            ("/openg2p/registry/../payments", &["source_dot_segment"][..]),
+            ("/openg2p/registry/./x", &["source_dot_segment"]),
+            ("/openg2p/registry/..", &["source_dot_segment"]),
+            ("/openg2p/\u{202E}yrtsiger", &["source_bidi_control"]),
+            ("/openg2p/registry\u{200F}", &["source_bidi_control"]),
+            (
+                "\u{2066}/a/../b\u{2069}",
+                &["source_dot_segment", "source_bidi_control"],
+            ),
+        ] {
+            let v = with("source", json!(source));
+            let (stored, labels) = compat(v.clone());
+            assert_eq!(stored["source"], source, "kept as sent");
+            assert_eq!(labels, rules, "{source:?}");
+            let e = normalize(v, now(), &limits(ValidationMode::Strict)).unwrap_err();
+            let named = e
+                .field_errors()
+                .iter()
+                .filter(|f| f.field == "source")
+                .count();
+            assert_eq!(named, rules.len(), "{source:?}: {e}");
+        }
+        for fine in [
+            "/openg2p/registry",
+            "urn:openg2p:registry",
+            "https://h/.well-known/a",
+        ] {
+            let (_, labels) = compat(with("source", json!(fine)));
+            assert!(labels.is_empty(), "{fine}");
+            assert!(
+                normalize(
+                    with("source", json!(fine)),
+                    now(),
+                    &limits(ValidationMode::Strict)
+                )
+                .is_ok()
+            );
         }
     }
 
