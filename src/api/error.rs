@@ -68,6 +68,10 @@ pub enum ApiError {
     /// AUD-404: nothing at this address (an unknown route, an event id with no row).
     #[error("{0}")]
     NotFound(String),
+    /// AUD-408: the request body did not arrive within `http.body_timeout` (answered with
+    /// `Connection: close`: the rest of the body is not waited for).
+    #[error("{0}")]
+    BodyTimeout(String),
 }
 
 /// `WWW-Authenticate` of every 401.
@@ -90,6 +94,7 @@ impl ApiError {
             ApiError::BadQuery(_) => "AUD-013",
             ApiError::Database { .. } => "AUD-006",
             ApiError::NotFound(_) => "AUD-404",
+            ApiError::BodyTimeout(_) => "AUD-408",
         }
     }
 
@@ -99,6 +104,7 @@ impl ApiError {
                 StatusCode::BAD_REQUEST
             }
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -164,6 +170,10 @@ impl IntoResponse for ApiError {
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static(WWW_AUTHENTICATE),
             );
+        }
+        if matches!(self, ApiError::BodyTimeout(_)) {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         resp
     }

@@ -223,6 +223,11 @@ pub const ERROR_CODES: &[ErrorCodeDoc] = &[
         status: 404,
         when: "no such route (the API lives under `/v1/auditmanager`), or no stored event with the id asked for",
     },
+    ErrorCodeDoc {
+        code: "AUD-408",
+        status: 408,
+        when: "the request body did not arrive within `http.body_timeout`; nothing stored, the connection is closed, send it again",
+    },
 ];
 
 /// The `errorCode` values, with a table of when each is sent.
