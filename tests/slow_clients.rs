@@ -19,7 +19,11 @@ const MARGIN: Duration = Duration::from_secs(10);
 
 /// Reads until the server closes the connection (end of stream or reset) and returns what it
 /// sent; panics naming `what` if it is still open after `deadline`.
-async fn read_until_closed<S: AsyncRead + Unpin>(s: &mut S, deadline: Duration, what: &str) -> String {
+async fn read_until_closed<S: AsyncRead + Unpin>(
+    s: &mut S,
+    deadline: Duration,
+    what: &str,
+) -> String {
     let until = tokio::time::Instant::now() + deadline;
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];
@@ -42,7 +46,11 @@ async fn read_response<S: AsyncRead + Unpin>(s: &mut S, deadline: Duration) -> S
         let mut out = Vec::new();
         let mut byte = [0u8; 1];
         while !out.ends_with(b"\r\n\r\n") {
-            assert_eq!(s.read(&mut byte).await.expect("read"), 1, "closed mid-response");
+            assert_eq!(
+                s.read(&mut byte).await.expect("read"),
+                1,
+                "closed mid-response"
+            );
             out.push(byte[0]);
         }
         let head = String::from_utf8_lossy(&out).to_ascii_lowercase();
@@ -105,10 +113,14 @@ async fn slow_bodies_are_cut_after_body_timeout_and_give_their_budget_back() {
     .await;
     assert_eq!((status, code(&body)), (503, "AUD-004"), "{body}");
     // Another emitter gets in once the body timeout has cut them.
-    eventually(body_timeout + MARGIN, "a 202 for another emitter", || async {
-        let (status, _) = app.post_json("/events", &event("normal")).await;
-        (status == 202).then_some(())
-    })
+    eventually(
+        body_timeout + MARGIN,
+        "a 202 for another emitter",
+        || async {
+            let (status, _) = app.post_json("/events", &event("normal")).await;
+            (status == 202).then_some(())
+        },
+    )
     .await;
     let answer = read_until_closed(&mut stalled, MARGIN, "the stalled body").await;
     assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
@@ -214,7 +226,10 @@ async fn over_tls_an_unfinished_handshake_or_headers_are_closed_after_header_tim
     let connector = tls_connector(&cert);
     let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
     let tcp = TcpStream::connect(app.addr).await.unwrap();
-    let mut tls = connector.connect(name.clone(), tcp).await.expect("handshake");
+    let mut tls = connector
+        .connect(name.clone(), tcp)
+        .await
+        .expect("handshake");
     tls.write_all(format!("GET {BASE}/version HTTP/1.1\r\nHost: loc").as_bytes())
         .await
         .unwrap();
@@ -258,7 +273,10 @@ async fn a_connection_beyond_max_connections_waits_until_one_closes() {
     third.write_all(get.as_bytes()).await.unwrap();
     let mut byte = [0u8; 1];
     let early = tokio::time::timeout(Duration::from_secs(1), third.peek(&mut byte)).await;
-    assert!(early.is_err(), "served beyond http.max_connections: {early:?}");
+    assert!(
+        early.is_err(),
+        "served beyond http.max_connections: {early:?}"
+    );
     // One closes: the third is served.
     drop(first);
     let answer = read_response(&mut third, MARGIN).await;
@@ -322,7 +340,8 @@ async fn sigterm_with_a_slow_client_exits_within_shutdown_grace_keeping_every_20
     let exit = server.wait_exit(grace + MARGIN).await;
     stop.store(true, Ordering::Relaxed);
     for c in clients {
-        c.await.expect("emitters saw 202, 503 AUD-005 or a closed connection");
+        c.await
+            .expect("emitters saw 202, 503 AUD-005 or a closed connection");
     }
     assert_eq!(exit, Some(0), "{}", server.log().join("\n"));
     assert!(
@@ -334,7 +353,10 @@ async fn sigterm_with_a_slow_client_exits_within_shutdown_grace_keeping_every_20
         server.log().join("\n")
     );
     let answer = read_until_closed(&mut slow, MARGIN, "the slow client").await;
-    assert!(!answer.contains(" 202 "), "the cut request got no 202: {answer}");
+    assert!(
+        !answer.contains(" 202 "),
+        "the cut request got no 202: {answer}"
+    );
     tokio::time::timeout(MARGIN, trickling)
         .await
         .expect("the trickle's writes fail once the process is gone")

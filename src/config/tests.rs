@@ -1023,9 +1023,24 @@ fn http_listener_bounds_defaults_overrides_and_refusals() {
     // No grace: cut at once.
     assert_eq!(c.http.shutdown_grace, Duration::ZERO);
     for (var, zero, key, why) in [
-        ("AUDIT_MANAGER__HTTP__HEADER_TIMEOUT", "0s", "http.header_timeout", "longer than 0s"),
-        ("AUDIT_MANAGER__HTTP__BODY_TIMEOUT", "0s", "http.body_timeout", "longer than 0s"),
-        ("AUDIT_MANAGER__HTTP__MAX_CONNECTIONS", "0", "http.max_connections", "at least 1"),
+        (
+            "AUDIT_MANAGER__HTTP__HEADER_TIMEOUT",
+            "0s",
+            "http.header_timeout",
+            "longer than 0s",
+        ),
+        (
+            "AUDIT_MANAGER__HTTP__BODY_TIMEOUT",
+            "0s",
+            "http.body_timeout",
+            "longer than 0s",
+        ),
+        (
+            "AUDIT_MANAGER__HTTP__MAX_CONNECTIONS",
+            "0",
+            "http.max_connections",
+            "at least 1",
+        ),
     ] {
         let e = with_env(&[(var, zero)]).unwrap_err().to_string();
         assert!(e.contains(key) && e.contains(why), "{e}");

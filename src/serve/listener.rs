@@ -115,13 +115,21 @@ pub async fn serve(
                 }
             },
         };
-        connections.spawn(connection(stream, peer, Slot::new(slot, &shared), shared.clone()));
+        connections.spawn(connection(
+            stream,
+            peer,
+            Slot::new(slot, &shared),
+            shared.clone(),
+        ));
     }
     // New connections are refused from here on, not left waiting in the backlog.
     drop(tcp);
     connections.close();
     let grace = limits.shutdown_grace;
-    if tokio::time::timeout(grace, connections.wait()).await.is_err() {
+    if tokio::time::timeout(grace, connections.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!(
             connections = connections.len(),
             grace = %humantime::format_duration(grace),
