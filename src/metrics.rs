@@ -8,6 +8,9 @@
 //! | `audit_http_request_duration_seconds{route}` | histogram | time to answer |
 //! | `audit_http_body_bytes_in_flight` | gauge | request-body bytes held by ingest requests (bounded by `http.max_in_flight_bytes`) |
 //! | `audit_http_body_budget_refused_total` | counter | requests answered 503 AUD-004 because that bound was reached |
+//! | `audit_http_timeouts_total{phase}` | counter | connections closed by `http.header_timeout` (`header`: headers or TLS handshake not done in time, idle keep-alive connections included) and requests answered 408 by `http.body_timeout` (`body`) |
+//! | `audit_http_connections_open` | gauge | connections being served (bounded by `http.max_connections`) |
+//! | `audit_http_connections_cut_total` | counter | connections cut with a request in flight, `http.shutdown_grace` after SIGTERM |
 //! | `audit_events_accepted_total` | counter | events answered 202 (durable) |
 //! | `audit_events_rejected_total{code}` | counter | events refused, by error code |
 //! | `audit_events_normalized_total{rule}` | counter | `compatible`-mode rules applied (docs/validation.md) |

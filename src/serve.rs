@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
 use crate::auth::Authenticator;
-use crate::auth::tls::{PeerInfo, TlsFiles, TlsListener, TlsReloader};
+use crate::auth::tls::{TlsFiles, TlsReloader};
 use crate::config::{AuthMode, Config, Role};
 use crate::devkafka::EmbeddedKafka;
 use crate::forward::{ForwardSettings, Forwarder};
@@ -18,6 +18,8 @@ use crate::health::{Health, RoleReport, Status};
 use crate::shutdown::{Supervisor, Task};
 use crate::spool::{self, Spool, SpoolOptions, now_ms};
 use crate::store::Store;
+
+mod listener;
 
 /// Seams for tests; production uses [`StartOptions::default`].
 #[derive(Default)]
@@ -51,7 +53,7 @@ impl Running {
     /// ([`crate::shutdown::TaskFailure`]) if there was one: the process must then exit non-zero.
     pub async fn wait(self) -> anyhow::Result<()> {
         // Each task returns once the token is cancelled: the HTTP server after answering every
-        // request in flight, the forwarder after committing the acks of its outstanding
+        // request in flight (or cutting what is left after http.shutdown_grace), the forwarder after committing the acks of its outstanding
         // deliveries, the sink after committing what it stored.
         let outcome = self.supervisor.wait().await;
         if let Some(store) = &self.store {
@@ -281,24 +283,12 @@ pub async fn start(
     if let Some(store) = &store {
         state = state.with_database(store.pool().clone());
     }
+    let limits = listener::Limits::of(&state.config.http);
     let app = api::router(state);
-    let token = shutdown.clone();
-    match tls {
-        None => supervisor.spawn(Task::Http, async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(token.cancelled_owned())
-                .await
-        }),
-        Some(reloader) => {
-            let listener = TlsListener::start(listener, reloader, shutdown.child_token())?;
-            let app = app.into_make_service_with_connect_info::<PeerInfo>();
-            supervisor.spawn(Task::Http, async move {
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(token.cancelled_owned())
-                    .await
-            })
-        }
-    }
+    supervisor.spawn(
+        Task::Http,
+        listener::serve(listener, tls, app, limits, shutdown.clone()),
+    );
     if let Some(f) = forwarder {
         let token = shutdown.child_token();
         supervisor.spawn(Task::Forward, async move {

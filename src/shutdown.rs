@@ -4,7 +4,10 @@
 //! every long-running task of `serve`: the HTTP server, the forwarder, the sink, maintain and the
 //! database monitor. Each task is spawned through a [`Supervisor`], which watches it:
 //!
-//! - a task that returns after the token was cancelled has drained: that is a normal stop;
+//! - a task that returns after the token was cancelled has drained: that is a normal stop. The
+//!   HTTP task drains within `http.shutdown_grace`: requests still in flight then are cut
+//!   (none of them was answered 202), and `serve` closes the spool only after it returned, so
+//!   whatever their handlers had queued for the spool is still committed;
 //! - a task that returns, fails or panics *before* the token was cancelled is a role failure.
 //!   It is logged and recorded, and the root token is cancelled so every other role drains what
 //!   it can (in-flight requests are answered, the forwarder commits its acks, the sink commits

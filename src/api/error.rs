@@ -78,6 +78,10 @@ pub enum ApiError {
     /// [`envelope_errors`]. `status` is the one that layer chose.
     #[error("{message}")]
     Refused { status: StatusCode, message: String },
+    /// AUD-408: the request body did not arrive within `http.body_timeout` (answered with
+    /// `Connection: close`: the rest of the body is not waited for).
+    #[error("{0}")]
+    BodyTimeout(String),
 }
 
 /// `WWW-Authenticate` of every 401.
@@ -103,6 +107,7 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => "AUD-405",
             ApiError::Refused { status, .. } if status.is_server_error() => "AUD-500",
             ApiError::Refused { .. } => "AUD-400",
+            ApiError::BodyTimeout(_) => "AUD-408",
         }
     }
 
@@ -114,6 +119,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Refused { status, .. } => *status,
+            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -183,6 +189,10 @@ impl IntoResponse for ApiError {
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static(WWW_AUTHENTICATE),
             );
+        }
+        if matches!(self, ApiError::BodyTimeout(_)) {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         resp
     }

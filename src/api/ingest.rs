@@ -85,7 +85,32 @@ fn content_type_error(headers: &HeaderMap, expected: &str) -> ApiError {
 /// to arrive (the client disconnected, broken chunked encoding) is 400 AUD-001: only a body
 /// over the limit is "too large". The body's bytes are charged to `http.max_in_flight_bytes`
 /// (see `budget.rs`) until the returned [`Held`] is dropped; no room there is 503 AUD-004.
+///
+/// The whole body must arrive within `http.body_timeout`, else 408 AUD-408: a client trickling
+/// a large announced body would otherwise hold its share of the budget (and every other
+/// emitter out of it) for as long as it likes. What it held is given back as the read is
+/// dropped.
 async fn read_body(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(Bytes, Held), ApiError> {
+    let timeout = state.config.http.body_timeout;
+    match tokio::time::timeout(timeout, receive_body(state, headers, body)).await {
+        Ok(read) => read,
+        Err(_) => {
+            metrics::counter!("audit_http_timeouts_total", "phase" => "body").increment(1);
+            Err(ApiError::BodyTimeout(format!(
+                "the request body did not arrive within http.body_timeout ({}); nothing was \
+                 stored, send the request again (on a slow link, in smaller batches)",
+                humantime::format_duration(timeout)
+            )))
+        }
+    }
+}
+
+/// [`read_body`] without its deadline.
+async fn receive_body(
     state: &AppState,
     headers: &HeaderMap,
     body: Body,
@@ -275,6 +300,7 @@ pub(super) async fn spool(state: &AppState, records: &[Record]) -> Result<(), Ap
         (status = 401, description = "AUD-010: no or invalid credentials (auth.mode token or mtls)", body = super::openapi::ErrorEnvelope,
          headers(("WWW-Authenticate" = String, description = "Bearer realm=\"audit-manager\""))),
         (status = 403, description = "AUD-011: the principal may not emit events with this source (a reader may emit none); nothing stored", body = super::openapi::ErrorEnvelope),
+        (status = 408, description = "AUD-408: the body did not arrive within http.body_timeout; nothing stored", body = super::openapi::ErrorEnvelope),
         (status = 413, description = "AUD-003: too large", body = super::openapi::ErrorEnvelope),
         (status = 415, description = "AUD-008: unsupported Content-Type", body = super::openapi::ErrorEnvelope),
         (status = 422, description = "AUD-002: invalid event, one error per field", body = super::openapi::ErrorEnvelope),
@@ -368,6 +394,7 @@ fn binary_error(e: event::BinaryError) -> ApiError {
         (status = 401, description = "AUD-010: no or invalid credentials (auth.mode token or mtls)", body = super::openapi::ErrorEnvelope,
          headers(("WWW-Authenticate" = String, description = "Bearer realm=\"audit-manager\""))),
         (status = 403, description = "AUD-011: the principal may not emit events with this source (a reader may emit none); nothing stored", body = super::openapi::ErrorEnvelope),
+        (status = 408, description = "AUD-408: the body did not arrive within http.body_timeout; nothing stored", body = super::openapi::ErrorEnvelope),
         (status = 413, description = "AUD-003: too large", body = super::openapi::ErrorEnvelope),
         (status = 415, description = "AUD-008: unsupported Content-Type", body = super::openapi::ErrorEnvelope),
         (status = 422, description = "AUD-002: an invalid event; nothing stored", body = super::openapi::ErrorEnvelope),

@@ -238,6 +238,11 @@ pub const ERROR_CODES: &[ErrorCodeDoc] = &[
         status: 500,
         when: "an unexpected error inside the service (a bug); retry, and report it if it persists",
     },
+    ErrorCodeDoc {
+        code: "AUD-408",
+        status: 408,
+        when: "the request body did not arrive within `http.body_timeout`; nothing stored, the connection is closed, send it again",
+    },
 ];
 
 /// The `errorCode` values, with a table of when each is sent.

@@ -9,23 +9,19 @@
 //!   (`WebPkiClientVerifier`), or the handshake fails, before HTTP. A client may also present
 //!   none (probes, Prometheus): it reaches only the routes that need no credentials, everything
 //!   else answers 401 AUD-010.
-//! - Handshakes run in their own tasks (with a timeout), so a slow or silent client cannot hold
-//!   up other connections; [`TlsListener`] hands finished ones to axum.
+//! - Each handshake runs in its connection's own task, bounded by `http.header_timeout`
+//!   (`serve::listener`), so a slow or silent client cannot hold up other connections.
 //! - [`PeerInfo`] carries the client certificate's first DNS SAN into each request
 //!   (`ConnectInfo<PeerInfo>`), where the middleware maps it to a principal.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
-use axum::extract::connect_info::Connected;
-use axum::serve::{IncomingStream, Listener};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::{self, ServerConfig};
 use tokio_rustls::server::TlsStream;
@@ -33,9 +29,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::RELOAD_INTERVAL;
 use crate::config::TlsConfig;
-
-/// Longest a client may take to complete the handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The TLS files (paths from `http.tls`).
 #[derive(Debug, Clone)]
@@ -187,7 +180,8 @@ impl TlsReloader {
         })
     }
 
-    fn acceptor(&self) -> TlsAcceptor {
+    /// Handshakes with the newest valid configuration.
+    pub fn acceptor(&self) -> TlsAcceptor {
         let guard = self.current.read().unwrap_or_else(|p| p.into_inner());
         TlsAcceptor::from(guard.0.clone())
     }
@@ -224,7 +218,8 @@ impl TlsReloader {
         }
     }
 
-    fn spawn(&self, token: CancellationToken) {
+    /// Keeps checking the files for changes until `token` is cancelled.
+    pub fn spawn(&self, token: CancellationToken) {
         let this = self.clone();
         tokio::spawn(async move {
             loop {
@@ -236,79 +231,6 @@ impl TlsReloader {
                 let _ = tokio::task::spawn_blocking(move || t.check_files()).await;
             }
         });
-    }
-}
-
-/// A listener whose connections are TLS streams whose handshake has completed.
-pub struct TlsListener {
-    local: SocketAddr,
-    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-}
-
-impl TlsListener {
-    /// Accepts on `tcp` and handshakes with the newest configuration of `reloader` (which it
-    /// keeps checking for changed files) until `token` is cancelled.
-    pub fn start(
-        tcp: TcpListener,
-        reloader: TlsReloader,
-        token: CancellationToken,
-    ) -> std::io::Result<TlsListener> {
-        let local = tcp.local_addr()?;
-        let (tx, ready) = mpsc::channel(64);
-        reloader.spawn(token.clone());
-        tokio::spawn(async move {
-            loop {
-                let accepted = tokio::select! {
-                    () = token.cancelled() => return,
-                    a = tcp.accept() => a,
-                };
-                let (stream, peer) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // Out of file descriptors and the like: wait instead of spinning.
-                        tracing::warn!(error = %e, "accepting a connection failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let acceptor = reloader.acceptor();
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => {
-                            let _ = tx.send((tls, peer)).await;
-                        }
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                            metrics::counter!("audit_tls_handshake_failures_total").increment(1);
-                        }
-                        Err(_) => {
-                            tracing::debug!(%peer, "TLS handshake timed out");
-                            metrics::counter!("audit_tls_handshake_failures_total").increment(1);
-                        }
-                    }
-                });
-            }
-        });
-        Ok(TlsListener { local, ready })
-    }
-}
-
-impl Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.ready.recv().await {
-            Some(conn) => conn,
-            // The accept loop ended (shutting down): accept nothing more.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        Ok(self.local)
     }
 }
 
@@ -328,12 +250,13 @@ pub fn first_dns_san(cert: &CertificateDer<'_>) -> Option<String> {
     cert.valid_dns_names().next().map(str::to_owned)
 }
 
-impl Connected<IncomingStream<'_, TlsListener>> for PeerInfo {
-    fn connect_info(stream: IncomingStream<'_, TlsListener>) -> PeerInfo {
-        let (_, conn) = stream.io().get_ref();
+impl PeerInfo {
+    /// What the completed handshake of `tls` says about the client at `addr`.
+    pub fn of(tls: &TlsStream<TcpStream>, addr: SocketAddr) -> PeerInfo {
+        let (_, conn) = tls.get_ref();
         let leaf = conn.peer_certificates().and_then(|c| c.first());
         PeerInfo {
-            addr: *stream.remote_addr(),
+            addr,
             has_certificate: leaf.is_some(),
             dns_san: leaf.and_then(first_dns_san).map(Arc::from),
         }

@@ -295,6 +295,37 @@ pub struct HttpConfig {
     /// see `docs/memory.md`). At least `max_body_bytes`. Default `8MiB`.
     #[serde(deserialize_with = "de_byte_size")]
     pub max_in_flight_bytes: u64,
+    /// Longest a client may take to send a request's complete headers (duration), counted
+    /// from when the connection is ready or its previous answer was sent; the connection is
+    /// then closed without an answer (so idle keep-alive connections close after it too). The
+    /// TLS handshake has the same bound of its own. Default `10s`.
+    #[serde(
+        deserialize_with = "de_duration",
+        serialize_with = "humantime_serde::serialize"
+    )]
+    pub header_timeout: Duration,
+    /// Longest an ingest request's body may take to arrive once its headers have (duration);
+    /// a body still incomplete is answered 408 AUD-408, nothing of it is stored and the bytes
+    /// it held in `max_in_flight_bytes` are given back. Default `30s`.
+    #[serde(
+        deserialize_with = "de_duration",
+        serialize_with = "humantime_serde::serialize"
+    )]
+    pub body_timeout: Duration,
+    /// Connections served at once (TLS handshakes included); further ones wait in the
+    /// kernel's listen backlog until one closes. Default `10000`.
+    #[serde(deserialize_with = "de_int")]
+    pub max_connections: usize,
+    /// On SIGTERM/SIGINT: how long requests in flight may still take to finish (duration);
+    /// their connections are then cut. A cut request was not answered 202, so its client
+    /// retries; everything answered 202 is in the spool either way. Keep it below the
+    /// orchestrator's grace period (Kubernetes `terminationGracePeriodSeconds`, 30s by
+    /// default). Default `20s`.
+    #[serde(
+        deserialize_with = "de_duration",
+        serialize_with = "humantime_serde::serialize"
+    )]
+    pub shutdown_grace: Duration,
     /// TLS on the listener (plain HTTP when `cert_file` is not set).
     pub tls: TlsConfig,
 }
@@ -597,6 +628,10 @@ impl Default for HttpConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 8000)),
             max_body_bytes: 4 * 1024 * 1024,
             max_in_flight_bytes: 8 * 1024 * 1024,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            max_connections: 10_000,
+            shutdown_grace: Duration::from_secs(20),
             tls: TlsConfig::default(),
         }
     }
@@ -793,6 +828,19 @@ impl Config {
                 ),
             ));
         }
+        for (key, d) in [
+            ("http.header_timeout", self.http.header_timeout),
+            ("http.body_timeout", self.http.body_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(invalid(
+                    key,
+                    "must be longer than 0s (0 would close every connection at once); e.g. \"10s\""
+                        .to_string(),
+                ));
+            }
+        }
+        at_least_one("http.max_connections", self.http.max_connections as u64)?;
         at_least_one("ingest.max_batch_size", self.ingest.max_batch_size as u64)?;
         at_least_one("ingest.max_event_bytes", self.ingest.max_event_bytes)?;
         at_least_one("spool.max_bytes", self.spool.max_bytes)?;

@@ -1049,3 +1049,47 @@ audit_manager:
         assert!(scrubbed.contains(kept), "{kept}: {scrubbed}");
     }
 }
+
+#[test]
+fn http_listener_bounds_defaults_overrides_and_refusals() {
+    let d = HttpConfig::default();
+    assert_eq!(d.header_timeout, Duration::from_secs(10));
+    assert_eq!(d.body_timeout, Duration::from_secs(30));
+    assert_eq!(d.max_connections, 10_000);
+    assert_eq!(d.shutdown_grace, Duration::from_secs(20));
+    let c = with_env(&[
+        ("AUDIT_MANAGER__HTTP__HEADER_TIMEOUT", "2s"),
+        ("AUDIT_MANAGER__HTTP__BODY_TIMEOUT", "1m"),
+        ("AUDIT_MANAGER__HTTP__MAX_CONNECTIONS", "64"),
+        ("AUDIT_MANAGER__HTTP__SHUTDOWN_GRACE", "0s"),
+    ])
+    .unwrap();
+    assert_eq!(c.http.header_timeout, Duration::from_secs(2));
+    assert_eq!(c.http.body_timeout, Duration::from_secs(60));
+    assert_eq!(c.http.max_connections, 64);
+    // No grace: cut at once.
+    assert_eq!(c.http.shutdown_grace, Duration::ZERO);
+    for (var, zero, key, why) in [
+        (
+            "AUDIT_MANAGER__HTTP__HEADER_TIMEOUT",
+            "0s",
+            "http.header_timeout",
+            "longer than 0s",
+        ),
+        (
+            "AUDIT_MANAGER__HTTP__BODY_TIMEOUT",
+            "0s",
+            "http.body_timeout",
+            "longer than 0s",
+        ),
+        (
+            "AUDIT_MANAGER__HTTP__MAX_CONNECTIONS",
+            "0",
+            "http.max_connections",
+            "at least 1",
+        ),
+    ] {
+        let e = with_env(&[(var, zero)]).unwrap_err().to_string();
+        assert!(e.contains(key) && e.contains(why), "{e}");
+    }
+}
