@@ -6,9 +6,10 @@
 # member of its own and is not built here (tests/packaging.rs checks both).
 
 FROM rust:1.95-bookworm AS build
-# librdkafka is compiled from source by rdkafka-sys: it needs make, perl and zlib headers.
+# librdkafka is compiled from source by rdkafka-sys: it needs make, perl, zlib headers and
+# OpenSSL headers (TLS and SASL to Kafka).
 RUN apt-get update \
- && apt-get install -y --no-install-recommends make perl pkg-config zlib1g-dev \
+ && apt-get install -y --no-install-recommends make perl pkg-config zlib1g-dev libssl-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
@@ -18,8 +19,10 @@ RUN GIT_COMMIT="$GIT_COMMIT" cargo build --release --locked --bin audit-manager 
  && cp target/release/audit-manager /usr/local/bin/audit-manager
 
 FROM debian:bookworm-slim
+# libssl3: librdkafka's TLS to Kafka links the system OpenSSL; ca-certificates: the CAs TLS to
+# Kafka and PostgreSQL trust when no CA file is configured.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates zlib1g tini \
+ && apt-get install -y --no-install-recommends ca-certificates zlib1g libssl3 tini \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --home-dir /var/lib/audit-manager --create-home audit
 COPY --from=build /usr/local/bin/audit-manager /usr/local/bin/audit-manager

@@ -75,6 +75,22 @@ VARIANTS = {
         },
         "istio": {"enabled": True, "hosts": ["auditmanager.trial.openg2p.org"], "gateways": ["internal"]},
     },
+    # TLS to both backends with client certificates (docs/deploying.md).
+    "backend-tls": {
+        "tls": {
+            "postgres": {"secretName": "audit-db-tls", "certKey": "tls.crt", "keyKey": "tls.key"},
+            "kafka": {"secretName": "kafka-client-tls", "certKey": "tls.crt", "keyKey": "tls.key"},
+        },
+    },
+    # SASL/SCRAM over TLS with the CA from a Secret, PostgreSQL over TLS without verification.
+    "kafka-sasl-ssl": {
+        "tls": {"postgres": {"sslmode": "require"}, "kafka": {"secretName": "kafka-ca"}},
+        "kafkaSasl": {
+            "mechanism": "SCRAM-SHA-512",
+            "username": "audit-manager",
+            "passwordSecret": {"name": "kafka-sasl", "key": "password"},
+        },
+    },
     "minimal": {
         "topicInit": {"enabled": False},
         "podDisruptionBudget": {"enabled": False},
@@ -91,13 +107,45 @@ REFUSED = {
     "auth.mode token without auth.tokensSecret": {"auth": {"mode": "token"}},
     "auth.mode mtls without tls.secretName": {"auth": {"mode": "mtls", "tokensSecret": "t"}},
     "an unknown auth.mode": {"auth": {"mode": "basic", "tokensSecret": "t"}},
+    "kafkaSasl.password": {"kafkaSasl": {"mechanism": "PLAIN", "password": "hunter2"}},
+    "GSSAPI (not built in)": {"kafkaSasl": {"mechanism": "GSSAPI"}},
+    "an unknown sslmode": {"tls": {"postgres": {"sslmode": "always"}}},
+}
+
+# What the backend-TLS variants must put into the rendered configuration (dotted paths under
+# audit_manager) and the Secrets the pods must mount for it.
+EXPECTED_CONFIG = {
+    "backend-tls": {
+        "database.url": "postgres://postgres:5432/auditmanager?sslmode=verify-full"
+        "&sslrootcert=/run/secrets/audit-manager/postgres-tls/ca.crt"
+        "&sslcert=/run/secrets/audit-manager/postgres-tls/tls.crt"
+        "&sslkey=/run/secrets/audit-manager/postgres-tls/tls.key",
+        "kafka.producer.security.protocol": "ssl",
+        "kafka.consumer.ssl.ca.location": "/run/secrets/audit-manager/kafka-tls/ca.crt",
+        "kafka.consumer.ssl.certificate.location": "/run/secrets/audit-manager/kafka-tls/tls.crt",
+        "kafka.producer.ssl.key.location": "/run/secrets/audit-manager/kafka-tls/tls.key",
+    },
+    "kafka-sasl-ssl": {
+        "database.url": "postgres://postgres:5432/auditmanager?sslmode=require",
+        "kafka.producer.security.protocol": "sasl_ssl",
+        "kafka.consumer.security.protocol": "sasl_ssl",
+        "kafka.consumer.sasl.mechanism": "SCRAM-SHA-512",
+        "kafka.producer.sasl.username": "audit-manager",
+        "kafka.producer.ssl.ca.location": "/run/secrets/audit-manager/kafka-tls/ca.crt",
+    },
 }
 
 # Custom resources: no OpenAPI schema ships for them; checked structurally below instead.
 CUSTOM_KINDS = {"ServiceMonitor", "PrometheusRule", "VirtualService"}
 
-SECRETISH_ENV = re.compile(r"PASSWORD|SECRET|TOKEN|_KEY$|SASL|DATABASE_URL|__URL$", re.I)
-SECRETISH_KEY = re.compile(r"password|secret|token|sasl\.|private", re.I)
+# sasl.mechanism and sasl.username are settings, not secrets; everything else SASL is.
+SECRETISH_ENV = re.compile(
+    r"PASSWORD|PASSPHRASE|SECRET|TOKEN|_KEY$|_PEM$|SASL_(?!MECHANISMS?$|USERNAME$)|DATABASE_URL|__URL$",
+    re.I,
+)
+SECRETISH_KEY = re.compile(
+    r"password|passphrase|secret|token|sasl\.(?!mechanisms?$|username$)|private|\.pem$|^ssl_key$", re.I
+)
 URL_WITH_PASSWORD = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s:@]+:[^/\s@]+@", re.I)
 
 errors: list[str] = []
@@ -226,6 +274,54 @@ def check_config_loads(where: str, doc: dict) -> bool:
     return True
 
 
+def dotted(config: dict, path: str):
+    """The value at a dotted path whose last keys may themselves hold dots (librdkafka names)."""
+    node = config
+    rest = path
+    while rest:
+        if not isinstance(node, dict):
+            return None
+        key = next((k for k in sorted(node, key=len, reverse=True)
+                    if rest == k or rest.startswith(k + ".")), None)
+        if key is None:
+            return None
+        node, rest = node[key], rest[len(key) + 1:]
+    return node
+
+
+def check_secret_mounts(where: str, docs: list[dict]) -> None:
+    """Every backend TLS file (CA, client certificate and key) a rendered config names lies under
+    a volumeMount of every pod that loads that config (the service and the topic-init Job): the
+    clients open them when they connect, not when the configuration is loaded."""
+    for cm in (d for d in docs if d["kind"] == "ConfigMap" and "config.yaml" in (d.get("data") or {})):
+        text = cm["data"]["config.yaml"]
+        paths = set(re.findall(r"/run/secrets/audit-manager/(?:postgres|kafka)-tls/[-._a-zA-Z0-9/]+", text))
+        for doc in docs:
+            for pod in pod_specs(doc):
+                volumes = {v["name"]: v for v in pod.get("volumes", [])}
+                uses = any((volumes.get(m["name"]) or {}).get("configMap", {}).get("name") == cm["metadata"]["name"]
+                           for c in pod.get("containers", []) for m in c.get("volumeMounts", []))
+                if not uses:
+                    continue
+                mounts = [m["mountPath"] for c in pod.get("containers", []) for m in c.get("volumeMounts", [])]
+                for path in sorted(paths):
+                    if not any(path.startswith(m.rstrip("/") + "/") for m in mounts):
+                        fail(f"{where}: {doc['kind']}/{doc['metadata']['name']} mounts nothing at {path}, "
+                             f"which ConfigMap/{cm['metadata']['name']} names")
+
+
+def check_expected_config(variant: str, docs: list[dict]) -> None:
+    expected = EXPECTED_CONFIG.get(variant)
+    if not expected:
+        return
+    for cm in (d for d in docs if d["kind"] == "ConfigMap" and "config.yaml" in (d.get("data") or {})):
+        config = yaml.safe_load(cm["data"]["config.yaml"])["audit_manager"]
+        for path, value in expected.items():
+            got = dotted(config, path)
+            if got != value:
+                fail(f"chart[{variant}]: ConfigMap/{cm['metadata']['name']} {path} = {got!r}, expected {value!r}")
+
+
 def check_custom(where: str, doc: dict, metrics: set[str]) -> None:
     ident = f"{where}: {doc['kind']}/{doc['metadata']['name']}"
     spec = doc.get("spec") or {}
@@ -329,6 +425,8 @@ def check_chart(metrics: set[str]) -> int:
                         json.loads(body)
                     except ValueError as e:
                         fail(f"chart[{variant}]: dashboard {key} is not JSON: {e}")
+        check_secret_mounts(f"chart[{variant}]", docs)
+        check_expected_config(variant, docs)
         if probes == 0:
             fail(f"chart[{variant}]: no service container found to check probes on")
         note = f"; {loaded} config(s) loaded by the service" if loaded else ""

@@ -106,12 +106,20 @@ pub enum TokenCommand {
     /// Surrounding whitespace (the newline of `echo` or a file) is not part of the token.
     /// Example: `openssl rand -hex 32 | tee token | audit-manager token hash`.
     Hash,
-    /// Print a new random token (256 bits from the OS, hex) on stdout and its
-    /// `token_sha256:` line on stderr.
+    /// Make a new random token (256 bits from the OS, hex): with `--out FILE`, write it to
+    /// FILE (mode 0600) and print its `token_sha256:` line on stdout; without, print the
+    /// token on stdout and the line on stderr.
     ///
-    /// Example: `audit-manager token new > registry.token` (the line to paste appears on the
-    /// terminal).
-    New,
+    /// Example: `audit-manager token new --out registry.token`. (`> registry.token` works too,
+    /// but the shell creates that file with the umask's mode, often readable by everyone.)
+    New {
+        /// Write the token to this file, created with mode 0600 (owner read/write only).
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// Replace FILE if it exists (by default an existing file is never overwritten).
+        #[arg(long, requires = "out")]
+        force: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -173,7 +181,7 @@ pub fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", crate::config::redact::scrub(&format!("{e:#}")));
             ExitCode::from(2)
         }
     }
@@ -202,7 +210,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         Command::Token {
-            command: TokenCommand::New,
+            command: TokenCommand::New { out, force },
         } => {
             let mut bytes = [0u8; 32];
             std::io::Read::read_exact(
@@ -212,8 +220,17 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             )
             .context("cannot read /dev/urandom for a random token")?;
             let token = hex::encode(bytes);
-            eprintln!("{}", token_hash_line(token.as_bytes())?);
-            println!("{token}");
+            let line = token_hash_line(token.as_bytes())?;
+            match out {
+                Some(path) => {
+                    write_secret_file(&path, format!("{token}\n").as_bytes(), force)?;
+                    println!("{line}");
+                }
+                None => {
+                    eprintln!("{line}");
+                    println!("{token}");
+                }
+            }
             return Ok(ExitCode::SUCCESS);
         }
         _ => {}
@@ -293,6 +310,52 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Writes `contents` to `path` readable by its owner only (0600), durably. Without `force` an
+/// existing file is refused; with it, the content is written to a new file beside `path` and
+/// renamed over it, so the replaced file never holds a half-written token and the mode is
+/// 0600 whatever the old file's was.
+fn write_secret_file(path: &Path, contents: &[u8], force: bool) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let create = |p: &Path| {
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        opts.open(p)
+    };
+    let target = if force {
+        let mut name = path.file_name().unwrap_or_default().to_os_string();
+        name.push(format!(".{}.tmp", std::process::id()));
+        path.with_file_name(name)
+    } else {
+        path.to_owned()
+    };
+    let mut f = create(&target).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists && !force {
+            anyhow::anyhow!(
+                "{} exists; it is not overwritten (pass --force to replace it, or choose \
+                 another file)",
+                path.display()
+            )
+        } else {
+            anyhow::anyhow!("cannot create {}: {e}", target.display())
+        }
+    })?;
+    let written = f.write_all(contents).and_then(|()| f.sync_all());
+    let written = written.and_then(|()| {
+        if force {
+            std::fs::rename(&target, path)
+        } else {
+            Ok(())
+        }
+    });
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&target);
+        anyhow::bail!("cannot write {}: {e}", path.display());
+    }
+    Ok(())
+}
+
 /// The `token_sha256: "<hex>"` line for the token in `input` (surrounding whitespace
 /// trimmed); refuses an empty token and one a bearer header cannot carry.
 pub fn token_hash_line(input: &[u8]) -> anyhow::Result<String> {
@@ -329,7 +392,7 @@ fn serve_exit_code(result: anyhow::Result<()>) -> anyhow::Result<ExitCode> {
     match result {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(e) if e.downcast_ref::<crate::shutdown::TaskFailure>().is_some() => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", crate::config::redact::scrub(&format!("{e:#}")));
             Ok(ExitCode::FAILURE)
         }
         Err(e) => Err(e),

@@ -253,3 +253,58 @@ fn listening_addr(line: &str) -> Option<std::net::SocketAddr> {
     let rest = &plain[plain.find("addr=")? + "addr=".len()..];
     rest.split_whitespace().next()?.parse().ok()
 }
+
+/// `token new --out FILE` writes the token readable by its owner only, never over an existing
+/// file unless told, and prints the line for the principals file.
+#[test]
+fn token_new_out_writes_an_owner_only_file() {
+    use sha2::{Digest, Sha256};
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("registry.token");
+    let path = file.to_str().unwrap();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+
+    let (code, stdout, stderr) = run_cli(&["token", "new", "--out", path], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let token = std::fs::read_to_string(&file).unwrap();
+    let token = token.trim();
+    assert_eq!(token.len(), 64, "{token}");
+    assert_eq!(mode(&file), 0o600);
+    assert_eq!(
+        stdout.trim(),
+        format!(
+            "token_sha256: \"{}\"",
+            hex::encode(Sha256::digest(token.as_bytes()))
+        )
+    );
+    assert!(
+        !stdout.contains(token) && !stderr.contains(token),
+        "the token stays in the file"
+    );
+
+    let (code, _, stderr) = run_cli(&["token", "new", "--out", path], &[]);
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("exists") && stderr.contains("--force"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap().trim(),
+        token,
+        "not overwritten"
+    );
+
+    // --force replaces it, owner-only even when the old file was not.
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, _, stderr) = run_cli(&["token", "new", "--out", path, "--force"], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let replaced = std::fs::read_to_string(&file).unwrap();
+    assert_ne!(replaced.trim(), token);
+    assert_eq!(mode(&file), 0o600);
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        1,
+        "no temporary file left beside it"
+    );
+}

@@ -636,6 +636,7 @@ async fn only_readers_read_and_every_read_or_refusal_becomes_a_row() {
         c.database.url = url.into();
         c.auth.mode = audit_manager::config::AuthMode::Token;
         c.auth.tokens_file = Some(tokens);
+        c.query.statement_timeout = Duration::from_millis(500);
         c.sink.flush_interval = Duration::from_millis(50);
         c.kafka
             .consumer
@@ -660,8 +661,24 @@ async fn only_readers_read_and_every_read_or_refusal_becomes_a_row() {
     // The page itself holds no data: a browser loads it before any credential is entered.
     let (status, _) = get("/ui/", None).await;
     assert_eq!(status, 200);
-
+    // A reader's refused reads: a bad parameter, and a database that does not answer (the
+    // table locked past query.statement_timeout).
+    let (status, body) = get("/events?actorid=dave", Some("reader-secret-token")).await;
+    assert_eq!((status, code(&body)), (400, "AUD-013"), "{body}");
     let pool = db.pool().await;
+    let mut lock = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE audit_events IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let (status, body) = get("/events?actor_id=erin", Some("reader-secret-token")).await;
+    assert_eq!((status, code(&body)), (503, "AUD-006"), "{body}");
+    let (status, body) = get("/events/ev-00002", Some("reader-secret-token")).await;
+    assert_eq!((status, code(&body)), (503, "AUD-006"), "{body}");
+    lock.rollback().await.unwrap();
+    let (status, body) = get("/events/ev-00003", Some("not-a-token")).await;
+    assert_eq!((status, code(&body)), (401, "AUD-010"), "{body}");
+
     let recorded: Vec<ReadRow> = eventually(
         Duration::from_secs(30),
         "the reads and refusals stored as audit events",
@@ -675,16 +692,23 @@ async fn only_readers_read_and_every_read_or_refusal_becomes_a_row() {
                 .fetch_all(&pool)
                 .await
                 .ok()?;
-                (rows.len() >= 3).then_some(rows)
+                (rows.len() >= 8).then_some(rows)
             }
         },
     )
     .await;
     assert_eq!(
         recorded.len(),
-        3,
+        8,
         "one event per read or refusal: {recorded:?}"
     );
+    // Refused for its credentials: no principal was verified, the attempt is anonymous.
+    let (actor, outcome, auth_type, _, details) = &recorded[0];
+    assert_eq!((actor.as_str(), outcome.as_str()), ("anonymous", "denied"));
+    assert_eq!(auth_type.as_deref(), None);
+    assert_eq!(details["context"]["actor_id"], "alice");
+    assert_eq!(details["context"]["error"], "AUD-010");
+    let recorded = recorded[1..].to_vec();
     let (actor, outcome, auth_type, auth_id, details) = &recorded[0];
     assert_eq!((actor.as_str(), outcome.as_str()), ("registry", "denied"));
     assert_eq!(details["context"]["actor_id"], "bob");
@@ -699,5 +723,98 @@ async fn only_readers_read_and_every_read_or_refusal_becomes_a_row() {
     );
     assert_eq!(auth_id.as_deref(), Some("investigator"));
     assert_eq!(details["context"]["actor_id"], "carol");
+    // The reader's failures: what was asked and the code answered.
+    let failures: Vec<(&str, &str, &Value)> = recorded[3..6]
+        .iter()
+        .map(|(actor, outcome, _, _, details)| {
+            (actor.as_str(), outcome.as_str(), &details["context"])
+        })
+        .collect();
+    assert!(
+        failures
+            .iter()
+            .all(|(a, o, _)| (*a, *o) == ("investigator", "failure")),
+        "{failures:?}"
+    );
+    assert_eq!(failures[0].2["query"], "actorid=dave");
+    assert_eq!(failures[0].2["error"], "AUD-013");
+    assert_eq!(failures[1].2["actor_id"], "erin");
+    assert_eq!(failures[1].2["error"], "AUD-006");
+    assert_eq!(failures[2].2["id"], "ev-00002");
+    assert_eq!(failures[2].2["error"], "AUD-006");
+    let (actor, outcome, _, _, details) = &recorded[6];
+    assert_eq!((actor.as_str(), outcome.as_str()), ("anonymous", "denied"));
+    assert_eq!(details["context"]["id"], "ev-00003");
+    assert_eq!(details["context"]["error"], "AUD-010");
+    app.stop().await;
+}
+
+/// Every error answer is the envelope with a code: a parameter `/seals` does not know, and
+/// what the HTTP framework refuses on its own (a method a route does not serve, a path that
+/// is not UTF-8).
+#[tokio::test]
+async fn every_error_is_the_envelope_with_a_code() {
+    let mut app = TestApp::start().await;
+    let check = |what: &str, resp: reqwest::Response, status: u16, want: &str| {
+        assert_eq!(resp.status().as_u16(), status, "{what}");
+        let ct = resp.headers()["content-type"].to_str().unwrap().to_owned();
+        assert!(ct.starts_with("application/json"), "{what}: {ct}");
+        let what = what.to_owned();
+        let want = want.to_owned();
+        async move {
+            let body: Value = resp.json().await.unwrap();
+            assert_eq!(code(&body), want, "{what}: {body}");
+            assert!(
+                body["errors"][0]["message"]
+                    .as_str()
+                    .is_some_and(|m| !m.is_empty())
+            );
+            assert!(
+                body["response"].is_null() && body["id"].is_string(),
+                "{body}"
+            );
+            body
+        }
+    };
+    for q in [
+        "form=2026-01-01T00:00:00Z",
+        "from=2026-01-01T00:00:00Z&from=2026-02-01T00:00:00Z",
+        "to=",
+        "to=yesterday",
+    ] {
+        let resp = app
+            .client
+            .get(app.url(&format!("/seals?{q}")))
+            .send()
+            .await
+            .unwrap();
+        check(q, resp, 400, "AUD-013").await;
+    }
+    let resp = app.client.delete(app.url("/events")).send().await.unwrap();
+    let allow = resp.headers()["allow"].to_str().unwrap().to_owned();
+    assert!(allow.contains("POST") && allow.contains("GET"), "{allow}");
+    let body = check("DELETE /events", resp, 405, "AUD-405").await;
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("DELETE")
+    );
+    let resp = app
+        .client
+        .get(app.url("/events/batch"))
+        .send()
+        .await
+        .unwrap();
+    check("GET /events/batch", resp, 405, "AUD-405").await;
+    let resp = app
+        .client
+        .get(app.url("/docs/assets/%FF"))
+        .send()
+        .await
+        .unwrap();
+    check("a path that is not UTF-8", resp, 400, "AUD-400").await;
+    let resp = app.client.get(app.url("/nowhere")).send().await.unwrap();
+    check("an unknown route", resp, 404, "AUD-404").await;
     app.stop().await;
 }

@@ -9,7 +9,7 @@
 //! logged or echoed.
 
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderMap, header};
+use axum::http::{HeaderMap, Method, Uri, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
@@ -48,20 +48,63 @@ pub fn is_public(path: &str) -> bool {
         || asset("/ui/")
 }
 
-/// The token of an `Authorization: Bearer <token>` header (scheme case-insensitive).
-fn bearer(headers: &HeaderMap) -> Option<&[u8]> {
-    let v = headers.get(header::AUTHORIZATION)?.as_bytes();
-    let (scheme, rest) = v.split_at_checked(7)?;
+/// What the `Authorization` headers of a request present.
+#[derive(Debug, PartialEq, Eq)]
+enum Presented<'a> {
+    /// No header, or one that is not `Bearer <token>`.
+    Nothing,
+    /// One `Authorization: Bearer <token>` header (scheme case-insensitive).
+    Bearer(&'a [u8]),
+    /// More than one `Authorization` header. Which one counts would be a guess — and a proxy
+    /// in front may have checked another one than this service would — so none does.
+    Several,
+}
+
+fn bearer(headers: &HeaderMap) -> Presented<'_> {
+    let mut all = headers.get_all(header::AUTHORIZATION).iter();
+    let Some(v) = all.next() else {
+        return Presented::Nothing;
+    };
+    if all.next().is_some() {
+        return Presented::Several;
+    }
+    let Some((scheme, rest)) = v.as_bytes().split_at_checked(7) else {
+        return Presented::Nothing;
+    };
     if !scheme.eq_ignore_ascii_case(b"bearer ") {
-        return None;
+        return Presented::Nothing;
     }
     let token = rest.trim_ascii();
-    (!token.is_empty()).then_some(token)
+    if token.is_empty() {
+        Presented::Nothing
+    } else {
+        Presented::Bearer(token)
+    }
 }
 
 fn refuse(e: ApiError, principal: Option<&str>) -> Response {
     count_rejection(e.code(), principal);
     e.into_response()
+}
+
+/// A 401. On a read of the query role the refused attempt is recorded first, as every read is
+/// (`docs/query.md`); when that record cannot be spooled, its 503 is the answer instead.
+/// Takes the request's parts, not the request: its body is not `Sync`, so a reference to the
+/// whole request cannot be held across the await.
+async fn unauthenticated(
+    state: &AppState,
+    parts: (&Method, &Uri, &HeaderMap),
+    why: String,
+) -> Response {
+    let e = ApiError::Unauthenticated(why);
+    let (method, uri, headers) = parts;
+    let rel = uri.path().strip_prefix(BASE).unwrap_or(uri.path());
+    if super::query::is_read(method, rel)
+        && let Err(unrecorded) = super::query::record_unauthenticated(state, headers, uri, &e).await
+    {
+        return unrecorded.into_response();
+    }
+    refuse(e, None)
 }
 
 /// The middleware (see the module documentation).
@@ -76,15 +119,28 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
     let caller = match auth.mode() {
         AuthMode::None => return next.run(req).await,
         AuthMode::Token => {
-            let Some(token) = bearer(req.headers()) else {
-                return refuse(
-                    ApiError::Unauthenticated(
-                        "no credentials: send `Authorization: Bearer <token>` (this service \
-                         runs with auth.mode token; ask its operator for a token)"
-                            .into(),
-                    ),
-                    None,
-                );
+            let token = match bearer(req.headers()) {
+                Presented::Bearer(token) => token,
+                Presented::Nothing => {
+                    let why = "no credentials: send `Authorization: Bearer <token>` (this \
+                               service runs with auth.mode token; ask its operator for a token)";
+                    return unauthenticated(
+                        &state,
+                        (req.method(), req.uri(), req.headers()),
+                        why.into(),
+                    )
+                    .await;
+                }
+                Presented::Several => {
+                    let why = "more than one Authorization header: send exactly one \
+                               `Authorization: Bearer <token>`";
+                    return unauthenticated(
+                        &state,
+                        (req.method(), req.uri(), req.headers()),
+                        why.into(),
+                    )
+                    .await;
+                }
             };
             match auth.by_token(token) {
                 Some(principal) => Caller {
@@ -92,14 +148,14 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
                     auth_type: AuthType::ApiKey,
                 },
                 None => {
-                    return refuse(
-                        ApiError::Unauthenticated(
-                            "the bearer token is not valid (unknown or revoked); check the \
-                             token, or ask the operator for a new one"
-                                .into(),
-                        ),
-                        None,
-                    );
+                    let why = "the bearer token is not valid (unknown or revoked); check the \
+                               token, or ask the operator for a new one";
+                    return unauthenticated(
+                        &state,
+                        (req.method(), req.uri(), req.headers()),
+                        why.into(),
+                    )
+                    .await;
                 }
             }
         }
@@ -114,7 +170,12 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
                     "no client certificate: connect with TLS and a client certificate signed \
                      by the CA in http.tls.client_ca_file"
                 };
-                return refuse(ApiError::Unauthenticated(why.into()), None);
+                return unauthenticated(
+                    &state,
+                    (req.method(), req.uri(), req.headers()),
+                    why.into(),
+                )
+                .await;
             };
             match auth.by_dns_san(&san) {
                 Some(principal) => Caller {
@@ -122,13 +183,12 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
                     auth_type: AuthType::ServiceAccount,
                 },
                 None => {
-                    return refuse(
-                        ApiError::Unauthenticated(format!(
-                            "the client certificate names {san:?}, which no principal of \
-                             auth.tokens_file has as dns_san; ask the operator to add it"
-                        )),
-                        None,
+                    let why = format!(
+                        "the client certificate names {san:?}, which no principal of \
+                         auth.tokens_file has as dns_san; ask the operator to add it"
                     );
+                    return unauthenticated(&state, (req.method(), req.uri(), req.headers()), why)
+                        .await;
                 }
             }
         }
@@ -235,20 +295,29 @@ mod tests {
     #[test]
     fn bearer_parsing() {
         let mut h = HeaderMap::new();
-        assert_eq!(bearer(&h), None);
+        assert_eq!(bearer(&h), Presented::Nothing);
         h.insert(
             header::AUTHORIZATION,
             HeaderValue::from_static("Bearer abc "),
         );
-        assert_eq!(bearer(&h), Some(&b"abc"[..]));
+        assert_eq!(bearer(&h), Presented::Bearer(&b"abc"[..]));
         h.insert(
             header::AUTHORIZATION,
             HeaderValue::from_static("bearer abc"),
         );
-        assert_eq!(bearer(&h), Some(&b"abc"[..]));
+        assert_eq!(bearer(&h), Presented::Bearer(&b"abc"[..]));
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
-        assert_eq!(bearer(&h), None);
+        assert_eq!(bearer(&h), Presented::Nothing);
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer "));
-        assert_eq!(bearer(&h), None);
+        assert_eq!(bearer(&h), Presented::Nothing);
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer abc"),
+        );
+        h.append(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer abc"),
+        );
+        assert_eq!(bearer(&h), Presented::Several);
     }
 }

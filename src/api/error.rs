@@ -6,7 +6,9 @@
 
 use std::time::Duration;
 
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::extract::Request;
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::envelope::{ErrorItem, respond};
@@ -68,6 +70,14 @@ pub enum ApiError {
     /// AUD-404: nothing at this address (an unknown route, an event id with no row).
     #[error("{0}")]
     NotFound(String),
+    /// AUD-405: the route exists but not for this method (answered with `Allow`).
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    /// AUD-400 (a 4xx) or AUD-500 (a 5xx): an answer the HTTP layer gave before any handler
+    /// ran, e.g. a path that is not valid percent-encoded UTF-8, put in the envelope by
+    /// [`envelope_errors`]. `status` is the one that layer chose.
+    #[error("{message}")]
+    Refused { status: StatusCode, message: String },
     /// AUD-408: the request body did not arrive within `http.body_timeout` (answered with
     /// `Connection: close`: the rest of the body is not waited for).
     #[error("{0}")]
@@ -94,6 +104,9 @@ impl ApiError {
             ApiError::BadQuery(_) => "AUD-013",
             ApiError::Database { .. } => "AUD-006",
             ApiError::NotFound(_) => "AUD-404",
+            ApiError::MethodNotAllowed(_) => "AUD-405",
+            ApiError::Refused { status, .. } if status.is_server_error() => "AUD-500",
+            ApiError::Refused { .. } => "AUD-400",
             ApiError::BodyTimeout(_) => "AUD-408",
         }
     }
@@ -104,6 +117,8 @@ impl ApiError {
                 StatusCode::BAD_REQUEST
             }
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Refused { status, .. } => *status,
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -156,7 +171,11 @@ impl IntoResponse for ApiError {
         // Refused events are counted; a refused read is counted by the query role itself.
         if !matches!(
             self,
-            ApiError::BadQuery(_) | ApiError::Database { .. } | ApiError::NotFound(_)
+            ApiError::BadQuery(_)
+                | ApiError::Database { .. }
+                | ApiError::NotFound(_)
+                | ApiError::MethodNotAllowed(_)
+                | ApiError::Refused { .. }
         ) {
             metrics::counter!("audit_events_rejected_total", "code" => self.code()).increment(1);
         }
@@ -177,6 +196,89 @@ impl IntoResponse for ApiError {
         }
         resp
     }
+}
+
+impl ApiError {
+    /// The error for an answer that reached [`envelope_errors`] without the envelope: the
+    /// variant of its status where there is one, [`ApiError::Refused`] otherwise. `text` is the
+    /// original body (axum's rejection message), `method` the request's.
+    fn from_bare(
+        status: StatusCode,
+        method: &Method,
+        retry_after: Option<u64>,
+        text: String,
+    ) -> ApiError {
+        let said = |default: &str| {
+            if text.is_empty() {
+                default.to_owned()
+            } else {
+                format!("{default}: {text}")
+            }
+        };
+        match status {
+            StatusCode::NOT_FOUND => ApiError::NotFound(said("nothing at this address")),
+            StatusCode::METHOD_NOT_ALLOWED => ApiError::MethodNotAllowed(said(&format!(
+                "method {method} is not allowed here; the Allow header lists the methods that are"
+            ))),
+            StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge(said("request too large")),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+                ApiError::UnsupportedMediaType(said("unsupported Content-Type"))
+            }
+            StatusCode::SERVICE_UNAVAILABLE => ApiError::NotReady {
+                message: said("not available; retry later"),
+                retry_after: Duration::from_secs(retry_after.unwrap_or(1)),
+            },
+            status if status.is_server_error() => ApiError::Refused {
+                status,
+                message: said(
+                    "unexpected error inside the service; retry, and report it if it persists",
+                ),
+            },
+            status => ApiError::Refused {
+                status,
+                message: said("the request was refused before it reached its handler"),
+            },
+        }
+    }
+}
+
+/// The longest original body [`envelope_errors`] quotes (axum's rejections are one line).
+const BARE_BODY_LIMIT: usize = 4096;
+
+/// Middleware: an error answer (4xx, 5xx) that is not already the JSON envelope — axum's own
+/// rejections (a malformed path, a method a route does not serve), or any layer's — is
+/// rewritten as the envelope with an `AUD-xxx` code through [`ApiError`], keeping its status
+/// and headers (`Allow`, `Retry-After`). Clients parse one error format on every route.
+pub async fn envelope_errors(req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || json {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let text = match axum::body::to_bytes(body, BARE_BODY_LIMIT).await {
+        Ok(b) => String::from_utf8_lossy(&b).trim().to_owned(),
+        Err(_) => String::new(),
+    };
+    let retry_after = parts
+        .headers
+        .get(header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    let mut out = ApiError::from_bare(status, &method, retry_after, text).into_response();
+    let ours: Vec<header::HeaderName> = out.headers().keys().cloned().collect();
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_LENGTH && !ours.contains(name) {
+            out.headers_mut().append(name.clone(), value.clone());
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -155,6 +155,7 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             auth::authenticate,
         ))
+        .layer(middleware::from_fn(error::envelope_errors))
         .layer(middleware::from_fn(track))
         .with_state(state);
     if !compatible {

@@ -216,12 +216,27 @@ pub const ERROR_CODES: &[ErrorCodeDoc] = &[
     ErrorCodeDoc {
         code: "AUD-013",
         status: 400,
-        when: "bad query parameter (unknown, repeated, empty, malformed); the message names it",
+        when: "bad query parameter (unknown, repeated, empty, malformed; `/events`, `/seals`); the message names it",
     },
     ErrorCodeDoc {
         code: "AUD-404",
         status: 404,
         when: "no such route (the API lives under `/v1/auditmanager`), or no stored event with the id asked for",
+    },
+    ErrorCodeDoc {
+        code: "AUD-405",
+        status: 405,
+        when: "the route exists but not for this method; `Allow` lists the methods it serves",
+    },
+    ErrorCodeDoc {
+        code: "AUD-400",
+        status: 400,
+        when: "a malformed request refused before it reached a handler (e.g. a path that is not valid percent-encoded UTF-8); the status is 400 or the 4xx that layer chose, the message says why",
+    },
+    ErrorCodeDoc {
+        code: "AUD-500",
+        status: 500,
+        when: "an unexpected error inside the service (a bug); retry, and report it if it persists",
     },
     ErrorCodeDoc {
         code: "AUD-408",

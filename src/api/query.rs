@@ -3,6 +3,7 @@
 //! audit event in the spool before any row is returned (see `query::trail`).
 
 use axum::body::Body;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Extension, Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
@@ -100,6 +101,107 @@ async fn record(
     Ok(())
 }
 
+/// The longest raw text (a query string that does not parse, an id not yet verified) recorded
+/// for a read: the record of a refusal must fit in an event whatever the request held.
+const RECORDED_RAW_BYTES: usize = 2048;
+
+/// `raw` cut to [`RECORDED_RAW_BYTES`] on a character boundary.
+fn cut(raw: &str) -> &str {
+    let mut end = raw.len().min(RECORDED_RAW_BYTES);
+    while !raw.is_char_boundary(end) {
+        end -= 1;
+    }
+    &raw[..end]
+}
+
+/// What a search asked for, as its audit event records it: the filters, or the raw query
+/// string (cut to [`RECORDED_RAW_BYTES`]) when it does not parse.
+fn asked(query: Option<&str>, parsed: &Result<params::PageRequest, String>) -> Map<String, Value> {
+    match parsed {
+        Ok(req) => req.filter.to_json(),
+        Err(_) => {
+            let mut m = Map::new();
+            m.insert("query".into(), json!(cut(query.unwrap_or(""))));
+            m
+        }
+    }
+}
+
+/// Records a read refused after its reader was known — a bad parameter (400) or a database
+/// that did not answer (503) — with outcome `failure` and the error's code in `context.error`,
+/// then hands the error back to be answered. When even the record cannot be spooled, that
+/// failure is the answer (503), as for any read.
+async fn failed(
+    state: &AppState,
+    reader: &Reader,
+    action: Action,
+    mut context: Map<String, Value>,
+    e: ApiError,
+) -> ApiError {
+    context.insert("error".into(), json!(e.code()));
+    match record(state, reader, action, "failure", context).await {
+        Ok(()) => e,
+        Err(unrecorded) => unrecorded,
+    }
+}
+
+/// Whether `method` and `rel` (the path under the API's base) name a read of the query role:
+/// `GET /events` or `GET /events/{id}`.
+pub(super) fn is_read(method: &axum::http::Method, rel: &str) -> bool {
+    if method != axum::http::Method::GET {
+        return false;
+    }
+    match rel.strip_prefix("/events") {
+        Some("") => true,
+        Some(rest) => rest
+            .strip_prefix('/')
+            .is_some_and(|id| !id.is_empty() && !id.contains('/') && id != "batch"),
+        None => false,
+    }
+}
+
+/// Records a read refused for its credentials (401 AUD-010, decided by the authentication
+/// middleware before any handler runs): actor `anonymous` (no principal was verified),
+/// outcome `denied`, what was asked and `context.error`. Does nothing where the query role
+/// does not run. `Err` when the record cannot be spooled: then that is the answer.
+pub(super) async fn record_unauthenticated(
+    state: &AppState,
+    headers: &HeaderMap,
+    uri: &axum::http::Uri,
+    e: &ApiError,
+) -> Result<(), ApiError> {
+    if state.query.is_none() {
+        return Ok(());
+    }
+    let rel = uri.path().strip_prefix(super::BASE).unwrap_or(uri.path());
+    let (action, mut context) = match rel.strip_prefix("/events/") {
+        Some(id) => {
+            // As sent: percent-encoded where the client encoded it.
+            let mut m = Map::new();
+            m.insert("id".into(), json!(cut(id)));
+            (Action::Query, m)
+        }
+        None => {
+            let parsed = params::parse(uri.query(), state.config.query.max_page_size);
+            let action = if export_format(headers).is_some() {
+                Action::Export
+            } else {
+                Action::Query
+            };
+            (action, asked(uri.query(), &parsed))
+        }
+    };
+    context.insert("error".into(), json!(e.code()));
+    record(state, &Reader::anonymous(), action, "denied", context).await
+}
+
+fn export_format(headers: &HeaderMap) -> Option<Format> {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(Format::from_accept)
+}
+
 fn parse_rows(rows: Vec<String>) -> Vec<Value> {
     rows.iter()
         .map(|r| serde_json::from_str(r).unwrap_or(Value::Null))
@@ -144,29 +246,29 @@ pub async fn search(
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let store = store(&state)?;
-    let export = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .and_then(Format::from_accept);
+    let export = export_format(&headers);
     let action = if export.is_some() {
         Action::Export
     } else {
         Action::Query
     };
     let parsed = params::parse(query.as_deref(), state.config.query.max_page_size);
-    let asked = match &parsed {
-        Ok(req) => req.filter.to_json(),
-        Err(_) => Map::new(),
-    };
+    let asked = asked(query.as_deref(), &parsed);
     let reader = reader(&state, caller, action, &asked).await?;
-    let req = parsed.map_err(ApiError::BadQuery)?;
+    let req = match parsed {
+        Ok(req) => req,
+        Err(msg) => {
+            return Err(failed(&state, &reader, action, asked, ApiError::BadQuery(msg)).await);
+        }
+    };
     if let Some(format) = export {
         if req.limit_given {
-            return Err(ApiError::BadQuery(
+            let e = ApiError::BadQuery(
                 "parameter `limit` does not apply to an export, which streams every match; \
                  leave it out (or ask for application/json pages)"
                     .into(),
-            ));
+            );
+            return Err(failed(&state, &reader, action, asked, e).await);
         }
         let mut context = req.filter.to_json();
         context.insert("format".into(), json!(format.content_type()));
@@ -180,7 +282,13 @@ pub async fn search(
         return Ok(resp);
     }
     let result = sql::page(store.pool(), &req.filter, req.after.as_ref(), req.limit).await;
-    let page = result.map_err(|e| db_error(&state, e))?;
+    let page = match result {
+        Ok(page) => page,
+        Err(e) => {
+            let e = db_error(&state, e);
+            return Err(failed(&state, &reader, action, asked, e).await);
+        }
+    };
     let sealed_up_to = integrity::sealed_up_to(store.pool()).await;
     let mut context = req.filter.to_json();
     context.insert("returned".into(), json!(page.rows.len()));
@@ -213,6 +321,7 @@ pub async fn search(
         (status = 200, description = "The rows with this id, newest first", body = super::openapi::Envelope<super::openapi::EventsPage>),
         (status = 401, description = "AUD-010: no or invalid credentials", body = super::openapi::ErrorEnvelope),
         (status = 403, description = "AUD-012: the principal is not a reader (the refusal is recorded)", body = super::openapi::ErrorEnvelope),
+        (status = 400, description = "AUD-400: the id in the path is not valid percent-encoded UTF-8 (the attempt is recorded)", body = super::openapi::ErrorEnvelope),
         (status = 404, description = "AUD-404: no row has this id", body = super::openapi::ErrorEnvelope),
         (status = 503, description = "AUD-006: the database did not answer", body = super::openapi::ErrorEnvelope),
     ),
@@ -220,15 +329,29 @@ pub async fn search(
 pub async fn by_id(
     State(state): State<AppState>,
     caller: Option<Extension<Caller>>,
-    Path(id): Path<String>,
+    path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let store = store(&state)?;
+    let Ok(Path(id)) = path else {
+        // Only a path that is not valid percent-encoded UTF-8 gets here: no id can be read
+        // from it, but the attempt is recorded like any other.
+        let reader = reader(&state, caller, Action::Query, &Map::new()).await?;
+        let e = ApiError::Refused {
+            status: StatusCode::BAD_REQUEST,
+            message: "the event id in the path is not valid percent-encoded UTF-8".into(),
+        };
+        return Err(failed(&state, &reader, Action::Query, Map::new(), e).await);
+    };
     let mut asked = Map::new();
     asked.insert("id".into(), json!(id));
     let reader = reader(&state, caller, Action::Query, &asked).await?;
-    let rows = sql::by_id(store.pool(), &id)
-        .await
-        .map_err(|e| db_error(&state, e))?;
+    let rows = match sql::by_id(store.pool(), &id).await {
+        Ok(rows) => rows,
+        Err(e) => {
+            let e = db_error(&state, e);
+            return Err(failed(&state, &reader, Action::Query, asked, e).await);
+        }
+    };
     let mut context = Map::new();
     context.insert("id".into(), json!(id));
     context.insert("returned".into(), json!(rows.len()));

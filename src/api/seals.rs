@@ -4,12 +4,12 @@
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Query, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt as _;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::AppState;
 use super::envelope::respond;
@@ -19,9 +19,12 @@ use crate::integrity::{SealLine, seal};
 /// Seals read per database round trip while streaming (each at most 512 KiB).
 const PAGE: i64 = 16;
 
-/// Query of `GET /seals`: a half-open window on the seals' `created_at`.
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
+/// Query of `GET /seals`: a half-open window on the seals' `created_at`. Documents the
+/// parameters; [`window`] parses them (an unknown or repeated one is refused, so a typo such
+/// as `form=` never silently widens the window to every seal).
+#[derive(Debug, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
+#[allow(dead_code)] // Read by the OpenAPI document only.
 pub struct SealsQuery {
     /// Seals created at or after this instant (RFC 3339).
     pub from: Option<String>,
@@ -29,17 +32,46 @@ pub struct SealsQuery {
     pub to: Option<String>,
 }
 
-fn instant(name: &str, v: Option<&str>) -> Result<Option<DateTime<Utc>>, ApiError> {
-    v.map(|s| {
-        DateTime::parse_from_rfc3339(s)
-            .map(|t| t.with_timezone(&Utc))
-            .map_err(|e| {
-                ApiError::BadQuery(format!(
-                    "`{name}` is not an RFC 3339 time ({e}); e.g. 2026-01-31T00:00:00Z"
-                ))
-            })
-    })
-    .transpose()
+fn instant(name: &str, s: &str) -> Result<DateTime<Utc>, ApiError> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| {
+            ApiError::BadQuery(format!(
+                "parameter `{name}` is not an RFC 3339 time ({e}); e.g. 2026-01-31T00:00:00Z"
+            ))
+        })
+}
+
+/// `(from, to)`: the bounds of a `/seals` window, each optional.
+type Window = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+
+/// `(from, to)` of the raw query string; 400 AUD-013 naming the parameter for anything but
+/// `from` and `to`, each at most once and not empty.
+fn window(query: Option<&str>) -> Result<Window, ApiError> {
+    let (mut from, mut to) = (None, None);
+    for (name, value) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        let slot = match &*name {
+            "from" => &mut from,
+            "to" => &mut to,
+            other => {
+                return Err(ApiError::BadQuery(format!(
+                    "unknown parameter `{other}`; known parameters: from, to"
+                )));
+            }
+        };
+        if slot.is_some() {
+            return Err(ApiError::BadQuery(format!(
+                "parameter `{name}` is given more than once; give it at most once"
+            )));
+        }
+        if value.is_empty() {
+            return Err(ApiError::BadQuery(format!(
+                "parameter `{name}` is empty; leave it out to not bound the window"
+            )));
+        }
+        *slot = Some(instant(&name, &value)?);
+    }
+    Ok((from, to))
 }
 
 fn database(state: &AppState) -> Result<sqlx::PgPool, ApiError> {
@@ -67,7 +99,7 @@ type SealRow = (i64, Vec<u8>, Vec<u8>, String);
     responses(
         (status = 200, description = "The seals, one JSON object per line",
          content_type = "application/x-ndjson", body = SealLine),
-        (status = 400, description = "A bad `from` or `to` (AUD-013)",
+        (status = 400, description = "A bad, unknown or repeated parameter (AUD-013)",
          body = super::openapi::ErrorEnvelope),
         (status = 503, description = "No database in this process, or it is unreachable (AUD-006)",
          body = super::openapi::ErrorEnvelope),
@@ -75,10 +107,9 @@ type SealRow = (i64, Vec<u8>, Vec<u8>, String);
 )]
 pub async fn seals(
     State(state): State<AppState>,
-    Query(q): Query<SealsQuery>,
+    RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let from = instant("from", q.from.as_deref())?;
-    let to = instant("to", q.to.as_deref())?;
+    let (from, to) = window(query.as_deref())?;
     let pool = database(&state)?;
     let fetch = move |after: i64| {
         let pool = pool.clone();
@@ -204,4 +235,34 @@ pub async fn keys(State(state): State<AppState>) -> Response {
         keys.push(describe("trusted", seal::load_public_key(path)));
     }
     respond(StatusCode::OK, Some(&PublicKeys { keys }), &[])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(q: &str) -> String {
+        match window(Some(q)) {
+            Err(e @ ApiError::BadQuery(_)) => e.to_string(),
+            other => panic!("{q}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_window_takes_from_and_to_only() {
+        let (from, to) = window(Some(
+            "from=2026-01-01T00:00:00Z&to=2026-02-01T00:00:00%2B01:00",
+        ))
+        .expect("valid");
+        assert_eq!(from.unwrap().to_rfc3339(), "2026-01-01T00:00:00+00:00");
+        assert_eq!(to.unwrap().to_rfc3339(), "2026-01-31T23:00:00+00:00");
+        assert_eq!(window(None).unwrap(), (None, None));
+        assert!(refused("form=2026-01-01T00:00:00Z").contains("`form`"));
+        assert!(
+            refused("from=2026-01-01T00:00:00Z&from=2027-01-01T00:00:00Z")
+                .contains("more than once")
+        );
+        assert!(refused("to=").contains("empty"));
+        assert!(refused("to=yesterday").contains("`to`"));
+    }
 }

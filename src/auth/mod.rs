@@ -80,16 +80,13 @@ pub struct FileError {
     pub message: String,
 }
 
-fn read(path: &Path) -> Result<(Vec<u8>, Principals), FileError> {
+fn read(path: &Path, pause: &mut dyn FnMut()) -> Result<(Vec<u8>, Principals), FileError> {
     let err = |message: String| FileError {
         path: path.to_owned(),
         message,
     };
-    let bytes = std::fs::read(path).map_err(|e| {
-        err(format!(
-            "cannot read it: {e} (check the path and the mount)"
-        ))
-    })?;
+    // Only a file that holds still is taken: see `principals::read_settled`.
+    let bytes = principals::read_settled(path, pause).map_err(|e| err(e.to_string()))?;
     let text = std::str::from_utf8(&bytes).map_err(|_| err("not UTF-8 text".into()))?;
     let principals = Principals::parse(text).map_err(err)?;
     if principals.is_empty() {
@@ -103,7 +100,7 @@ fn read(path: &Path) -> Result<(Vec<u8>, Principals), FileError> {
 impl Authenticator {
     /// Loads the file for `mode`; an unusable file refuses the start (it names the problem).
     pub fn load(mode: AuthMode, path: &Path) -> Result<Authenticator, FileError> {
-        let (bytes, principals) = read(path)?;
+        let (bytes, principals) = read(path, &mut settle)?;
         tracing::info!(
             file = %path.display(),
             principals = principals.len(),
@@ -149,6 +146,12 @@ impl Authenticator {
     /// Looks at the file once: a changed, valid content replaces the principals; a broken one
     /// keeps them and is reported (logged once per distinct content or error).
     pub fn check_file(&self) {
+        self.check_file_with(&mut settle);
+    }
+
+    /// [`Authenticator::check_file`], pausing between the two reads of a changed file with
+    /// `pause`.
+    fn check_file_with(&self, pause: &mut dyn FnMut()) {
         let path = &self.0.path;
         let outcome = std::fs::read(path);
         let digest: Option<[u8; 32]> = outcome.as_ref().ok().map(|b| Sha256::digest(b).into());
@@ -158,7 +161,7 @@ impl Authenticator {
                 return;
             }
         }
-        match read(path) {
+        match read(path, pause) {
             Ok((bytes, principals)) => {
                 let n = principals.len();
                 *self.0.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(principals);
@@ -213,6 +216,11 @@ impl Authenticator {
     }
 }
 
+/// The pause between the two reads of the principals file.
+fn settle() {
+    std::thread::sleep(principals::SETTLE);
+}
+
 /// Counts a refused request in `audit_auth_rejected_total{code,principal}`: `principal` is a
 /// name from the principals file or `unknown`, so the label set stays bounded.
 pub fn count_rejection(code: &'static str, principal: Option<&str>) {
@@ -264,6 +272,68 @@ mod tests {
         auth.check_file();
         assert!(auth.problem().unwrap().contains("cannot read"));
         assert_eq!(auth.by_token(b"tb").unwrap().name, "b");
+    }
+
+    /// A file caught half-written, whose prefix parses (and broadens a pattern), is not
+    /// taken: the principals before stay in force and the problem says why; once the write is
+    /// complete and the file holds still, it is taken.
+    #[test]
+    fn a_file_caught_while_it_is_written_is_not_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = file(dir.path(), &one("a", "ta"));
+        let auth = Authenticator::load(AuthMode::Token, &p).unwrap();
+        let whole = format!(
+            "principals:\n  - name: registry\n    role: emitter\n    token_sha256: \"{}\"\n    \
+             sources:\n      - /registry/*-internal\n",
+            hex::encode(token_hash(b"tr"))
+        );
+        let cut = whole.len() - "-internal\n".len();
+        let prefix = Principals::parse(&whole[..cut]).expect("the prefix parses");
+        assert!(
+            prefix.by_token(b"tr").unwrap().may_emit("/registry/public"),
+            "the cut broadens the pattern"
+        );
+
+        // The reloader looks while the writer is still at work: every read sees more.
+        std::fs::write(&p, &whole[..cut]).unwrap();
+        let mut n = 0;
+        auth.check_file_with(&mut || {
+            n += 1;
+            std::fs::write(&p, format!("{}# {n}\n", &whole[..cut])).unwrap();
+        });
+        assert!(auth.by_token(b"tr").is_none(), "a torn file is never taken");
+        assert_eq!(
+            auth.by_token(b"ta").unwrap().name,
+            "a",
+            "the old principals stay"
+        );
+        let problem = auth.problem().unwrap();
+        assert!(
+            problem.contains("tokens.yaml") && problem.contains("changed while it was being read"),
+            "{problem}"
+        );
+
+        // Another write: it finishes while the reloader waits between two reads. The whole
+        // file is taken once it holds still, never the prefix seen first.
+        std::fs::write(&p, &whole[..cut - 1]).unwrap();
+        let mut finish = Some(whole.clone());
+        auth.check_file_with(&mut || {
+            if let Some(rest) = finish.take() {
+                std::fs::write(&p, rest).unwrap();
+            }
+        });
+        assert_eq!(auth.problem(), None);
+        let registry = auth.by_token(b"tr").unwrap();
+        assert!(registry.may_emit("/registry/a-internal"));
+        assert!(!registry.may_emit("/registry/public"));
+        assert!(auth.by_token(b"ta").is_none());
+
+        // And a complete file written in one go is taken as before.
+        std::fs::write(&p, one("a", "ta")).unwrap();
+        auth.check_file_with(&mut || {});
+        assert!(auth.problem().is_none());
+        assert_eq!(auth.by_token(b"ta").unwrap().name, "a");
+        assert!(auth.by_token(b"tr").is_none());
     }
 
     #[test]

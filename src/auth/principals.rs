@@ -13,9 +13,16 @@
 //! The file holds hashes only. Parsing is strict: unknown keys, duplicate names, duplicate
 //! hashes or DNS SANs, an emitter without sources or a reader with some are errors naming the
 //! entry.
+//!
+//! A file is taken only when it reads the same twice, [`SETTLE`] apart ([`read_settled`]): a
+//! file caught while it is being written can be a prefix that is valid YAML, and a cut in the
+//! middle of a pattern can *broaden* it (`/registry/*-internal` cut to `/registry/*`).
 
 use std::collections::HashSet;
+use std::io::Read as _;
+use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -116,6 +123,64 @@ struct Entry {
     dns_san: Option<String>,
     #[serde(default)]
     sources: Vec<String>,
+}
+
+/// How long the principals file must stay unchanged between the two reads that take it.
+pub const SETTLE: Duration = Duration::from_millis(250);
+
+/// How many times [`read_settled`] reads again when the file changed between two reads.
+const SETTLE_ATTEMPTS: usize = 3;
+
+/// Why [`read_settled`] returned no content.
+#[derive(Debug, thiserror::Error)]
+pub enum SettleError {
+    #[error("cannot read it: {0} (check the path and the mount)")]
+    Io(#[from] std::io::Error),
+    #[error(
+        "it changed while it was being read (a write in progress?), so it was not taken; it is \
+         read again shortly — replace the file atomically (write a new file beside it, then \
+         rename it over this one) so that no reader ever sees it half-written"
+    )]
+    Changing,
+}
+
+/// One read of the file: its bytes, and the length and modification time of the same open
+/// file.
+#[derive(PartialEq, Eq)]
+struct Snapshot {
+    bytes: Vec<u8>,
+    len: u64,
+    modified: Option<SystemTime>,
+}
+
+fn snapshot(path: &Path) -> std::io::Result<Snapshot> {
+    let mut f = std::fs::File::open(path)?;
+    let meta = f.metadata()?;
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    f.read_to_end(&mut bytes)?;
+    Ok(Snapshot {
+        bytes,
+        len: meta.len(),
+        modified: meta.modified().ok(),
+    })
+}
+
+/// The file's content, once two reads `pause` apart agree on it, on its length (which must
+/// also be the number of bytes read) and on its modification time. A writer still at work
+/// changes one of them; the file is then read again, up to [`SETTLE_ATTEMPTS`] times, and
+/// refused with [`SettleError::Changing`] if it never holds still. `pause` sleeps [`SETTLE`]
+/// in the service (tests pass their own).
+pub fn read_settled(path: &Path, pause: &mut dyn FnMut()) -> Result<Vec<u8>, SettleError> {
+    let mut first = snapshot(path)?;
+    for _ in 0..SETTLE_ATTEMPTS {
+        pause();
+        let second = snapshot(path)?;
+        if second == first && second.bytes.len() as u64 == second.len {
+            return Ok(second.bytes);
+        }
+        first = second;
+    }
+    Err(SettleError::Changing)
 }
 
 /// SHA-256 of a presented token.

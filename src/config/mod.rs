@@ -54,6 +54,7 @@
 //! Settings that can hold a secret are [`Redacted`]: `Debug` and `GET /config`
 //! ([`Config::redacted_json`]) show them masked, and both are derived.
 
+mod kafka;
 pub mod redact;
 pub mod reference;
 mod sources;
@@ -761,6 +762,15 @@ impl Config {
         json
     }
 
+    /// The secret values this configuration holds (the database password and secret query
+    /// parameters, secret Kafka properties), for [`redact::remember_secrets`].
+    pub fn secret_values(&self) -> Vec<String> {
+        let mut out = redact::url_secret_values(&self.database.url);
+        out.extend(redact::property_secret_values(&self.kafka.producer));
+        out.extend(redact::property_secret_values(&self.kafka.consumer));
+        out
+    }
+
     /// Checks ranges and cross-field sanity (called by the `load*` functions).
     pub fn validate(&self) -> Result<(), ConfigError> {
         fn invalid(key: &str, message: String) -> ConfigError {
@@ -865,6 +875,8 @@ impl Config {
                 ),
             ));
         }
+        kafka::check_properties("producer", &self.kafka.producer)?;
+        kafka::check_properties("consumer", &self.kafka.consumer)?;
         at_least_one("sink.batch_max_records", self.sink.batch_max_records as u64)?;
         at_least_one("sink.batch_max_bytes", self.sink.batch_max_bytes)?;
         if self.forward.max_in_flight_bytes < self.ingest.max_event_bytes {
@@ -878,24 +890,10 @@ impl Config {
             ));
         }
         non_empty("database.url", &self.database.url)?;
-        let scheme_ok = matches!(
-            self.database.url.split_once("://").map(|(s, _)| s),
-            Some("postgres" | "postgresql")
-        );
-        let parsed = match sqlx::postgres::PgConnectOptions::from_str(&self.database.url) {
-            Ok(_) if !scheme_ok => Err("the scheme must be postgres:// or postgresql://".into()),
-            Ok(_) => Ok(()),
-            Err(e) => Err(e.to_string()),
-        };
-        if let Err(e) = parsed {
-            return Err(invalid(
-                "database.url",
-                format!(
-                    "`{}` is not a PostgreSQL URL ({e}); expected \
-                     postgres://user:password@host:port/dbname",
-                    redact_url(&self.database.url)
-                ),
-            ));
+        // The same reading of the URL every connection uses (TLS parameters included);
+        // dropped parameters are named by the store when it connects.
+        if let Err(e) = crate::store::connect_options(&self.database.url) {
+            return Err(invalid("database.url", e.to_string()));
         }
         at_least_one(
             "database.partition_pre_create_months",
@@ -1048,6 +1046,8 @@ fn build(
         git_commit: sources::env_get(env, "GIT_COMMIT").map(str::to_string),
         build_time: sources::env_get(env, "BUILD_TIME").map(str::to_string),
     };
+    // Validation errors may quote values: secrets are known to the log before it runs.
+    redact::remember_secrets(config.secret_values());
     config.validate()?;
     Ok((config, notices))
 }

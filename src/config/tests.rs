@@ -534,12 +534,14 @@ audit_manager:
   kafka:
     producer:
       sasl.password: hunter4
-      sasl.jaas.config: hunter5
+      sasl.oauthbearer.config: "principal=hunter5"
       ssl.key.location: /k
+      ssl.key.pem: "-----BEGIN PRIVATE KEY-----hunter8"
+      ssl.keystore.password: hunter9
       acks: all
     consumer:
-      oauthbearer.token: hunter6
-      client.secret: hunter7
+      sasl.password: hunter6
+      ssl.key.password: hunter7
 "#,
         &[],
     )
@@ -547,7 +549,8 @@ audit_manager:
     let j = c.redacted_json();
     let text = j.to_string();
     for s in [
-        "hunter2", "hunter3", "hunter4", "hunter5", "hunter6", "hunter7", "/k",
+        "hunter2", "hunter3", "hunter4", "hunter5", "hunter6", "hunter7", "hunter8", "hunter9",
+        "/k",
     ] {
         assert!(!text.contains(s), "{s} leaked: {text}");
     }
@@ -575,6 +578,13 @@ fn redact_url_forms() {
     assert_eq!(
         redact_url("postgres://h/d?sslmode=disable"),
         "postgres://h/d?sslmode=disable"
+    );
+    // libpq's settings are shown, anything else is masked (a misspelt password too).
+    assert_eq!(
+        redact_url(
+            "postgres://h/d?sslmode=verify-full&sslrootcert=/tls/ca.pem&sslpassword=a&pasword=b"
+        ),
+        "postgres://h/d?sslmode=verify-full&sslrootcert=/tls/ca.pem&sslpassword=***&pasword=***"
     );
     assert_eq!(
         redact_url("host=h password=pw user=u"),
@@ -1044,5 +1054,42 @@ fn http_listener_bounds_defaults_overrides_and_refusals() {
     ] {
         let e = with_env(&[(var, zero)]).unwrap_err().to_string();
         assert!(e.contains(key) && e.contains(why), "{e}");
+    }
+}
+
+#[test]
+fn loaded_secret_values_are_masked_in_any_text() {
+    Config::from_yaml_str(
+        r#"
+audit_manager:
+  database:
+    url: "postgres://u:pa%24%24word-1@db:5432/x?sslmode=require&password=query-secret-2"
+  kafka:
+    producer:
+      security.protocol: sasl_ssl
+      sasl.mechanism: OAUTHBEARER
+      sasl.oauthbearer.config: "principal=audit extension_x=oauth\"secret-3"
+      enable.sasl.oauthbearer.unsecure.jwt: "false"
+      ssl.key.location: /etc/tls/client.key
+"#,
+        &[],
+    )
+    .unwrap();
+    let text = "pw pa$$word-1 raw pa%24%24word-1 query query-secret-2 \
+                quoted at: extension_x=oauth\"secret-3 json x=oauth\\\"secret-3 flag false \
+                path /etc/tls/client.key";
+    let scrubbed = redact::scrub(text);
+    for secret in [
+        "pa$$word-1",
+        "pa%24%24word-1",
+        "query-secret-2",
+        "oauth\"secret-3",
+        "oauth\\\"secret-3",
+    ] {
+        assert!(!scrubbed.contains(secret), "{secret}: {scrubbed}");
+    }
+    // Choices and file paths are not secrets: the log keeps them.
+    for kept in ["flag false", "path /etc/tls/client.key", "extension_x="] {
+        assert!(scrubbed.contains(kept), "{kept}: {scrubbed}");
     }
 }

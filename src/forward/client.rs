@@ -44,6 +44,9 @@ pub struct Pending {
 pub struct ForwardContext {
     outcomes: mpsc::UnboundedSender<Outcome>,
     state: Arc<ForwardState>,
+    /// The last connection error with a specific cause (TLS, SASL): librdkafka follows it with
+    /// "all brokers are down", which must not hide it from `/health`.
+    last_cause: std::sync::Mutex<Option<String>>,
 }
 
 impl ClientContext for ForwardContext {
@@ -65,13 +68,24 @@ impl ClientContext for ForwardContext {
     /// `/health` at once; without this an outage would only surface when the first record's
     /// `message.timeout.ms` expires.
     fn error(&self, error: KafkaError, reason: &str) {
+        let specific = connection_hint(reason);
+        let hint = specific.unwrap_or("check kafka.bootstrap_servers, the network and the brokers");
         tracing::warn!(
             %error,
-            "Kafka client error: {reason}. Events stay in the spool and are retried; check \
-             kafka.bootstrap_servers, the network and the brokers"
+            "Kafka client error: {reason}. Events stay in the spool and are retried; {hint}"
         );
-        self.state
-            .set_problem(format!("Kafka client error: {error}: {reason}"));
+        let mut problem = format!("Kafka client error: {error}: {reason} ({hint})");
+        if let Ok(mut last) = self.last_cause.lock() {
+            let all_down = error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown);
+            if specific.is_some() {
+                *last = Some(problem.clone());
+            } else if !all_down {
+                *last = None;
+            } else if let Some(cause) = last.as_ref() {
+                problem = format!("{problem}; last cause: {cause}");
+            }
+        }
+        self.state.set_problem(problem);
     }
 }
 
@@ -92,6 +106,41 @@ impl ProducerContext for ForwardContext {
     }
 }
 
+/// What to do about a connection-level error librdkafka reported (`reason`), when TLS or SASL
+/// is the cause. librdkafka's own text says what failed; this names our settings.
+pub fn connection_hint(reason: &str) -> Option<&'static str> {
+    let r = reason.to_ascii_lowercase();
+    Some(
+        if r.contains("certificate verify failed") || r.contains("could not be verified") {
+            "the broker's certificate is not trusted: set ssl.ca.location in kafka.producer and \
+         kafka.consumer to the PEM file of the CA that signed it"
+        } else if r.contains("ssl handshake failed") || r.contains("ssl:") {
+            "the TLS handshake failed: check security.protocol and the ssl.* properties in \
+         kafka.producer and kafka.consumer, and that the broker's listener speaks TLS"
+        } else if r.contains("oauthbearer token") {
+            "the client could not build its OAUTHBEARER token: check sasl.oauthbearer.config in \
+         kafka.producer and kafka.consumer"
+        } else if r.contains("sasl") || r.contains("authentication") {
+            "the broker refused the credentials: check security.protocol, sasl.mechanism and the \
+         sasl.* properties in kafka.producer and kafka.consumer"
+        } else {
+            return None;
+        },
+    )
+}
+
+/// A Kafka error as text for logs and `/health`: a property librdkafka refused is named
+/// without its value (rdkafka's own text quotes the value), and remembered secrets are masked.
+pub fn error_text(e: &KafkaError) -> String {
+    let text = match e {
+        KafkaError::ClientConfig(_, desc, key, _) => {
+            format!("invalid Kafka client property {key}: {desc}")
+        }
+        other => other.to_string(),
+    };
+    crate::config::redact::scrub(&text).into_owned()
+}
+
 /// The forward producer: one librdkafka handle with its polling thread.
 #[derive(Clone)]
 pub struct Producer {
@@ -110,6 +159,7 @@ impl Producer {
         let context = ForwardContext {
             outcomes: tx,
             state,
+            last_cause: Default::default(),
         };
         let inner = config.create_with_context::<_, ThreadedProducer<_>>(context)?;
         let producer = Producer {
@@ -283,7 +333,8 @@ pub async fn ensure_topics(kafka: &KafkaConfig, client_config: &ClientConfig) {
     let admin: AdminClient<DefaultClientContext> = match client_config.create() {
         Ok(a) => a,
         Err(e) => {
-            tracing::warn!(error = %e, "cannot create a Kafka admin client; topics are not checked");
+            let error = error_text(&e);
+            tracing::warn!(%error, "cannot create a Kafka admin client; topics are not checked");
             return;
         }
     };

@@ -43,8 +43,8 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 pub use client::{
-    CONTENT_TYPE, DeliveryClass, classify, classify_code, describe_outage, ensure_topics,
-    error_kind, is_permanent, is_permanent_code, outage_hint,
+    CONTENT_TYPE, DeliveryClass, classify, classify_code, connection_hint, describe_outage,
+    ensure_topics, error_kind, error_text, is_permanent, is_permanent_code, outage_hint,
 };
 pub use config::{ForwardSettings, producer_client, producer_config, producer_properties};
 
@@ -91,6 +91,8 @@ impl ForwardState {
 
     /// Records a problem; the time it started is kept while it lasts.
     pub fn set_problem(&self, reason: String) {
+        // Shown on `/health`: a client error can quote a configured secret.
+        let reason = crate::config::redact::scrub(&reason).into_owned();
         let mut s = self.lock();
         let since_ms = s.problem.as_ref().map_or_else(now_ms, |p| p.since_ms);
         s.problem = Some(Problem { reason, since_ms });

@@ -30,7 +30,8 @@ impl Publisher {
             .create()
             .map_err(|e| {
                 IntegrityError::Publish(format!(
-                    "cannot create the seal producer (check kafka.producer): {e}"
+                    "cannot create the seal producer (check kafka.producer): {}",
+                    crate::forward::error_text(&e)
                 ))
             })?;
         Ok(Publisher {

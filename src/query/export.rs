@@ -99,7 +99,7 @@ pub fn stream(
                         continue;
                     };
                     if !st.header_written {
-                        csv_line(&mut out, obj.keys().map(|k| k.as_str()));
+                        csv_line(&mut out, obj.keys().map(|k| (k.as_str(), true)));
                         st.header_written = true;
                     }
                     csv_row(&mut out, &obj);
@@ -112,25 +112,39 @@ pub fn stream(
 }
 
 fn csv_row(out: &mut BytesMut, obj: &Map<String, Value>) {
-    let cells: Vec<String> = obj
+    // Only text can be a formula: a number (`-5`) or `details` (`{…}`) is written as it is.
+    let cells: Vec<(String, bool)> = obj
         .values()
         .map(|v| match v {
-            Value::Null => String::new(),
-            Value::String(s) => s.clone(),
-            other => other.to_string(),
+            Value::Null => (String::new(), false),
+            Value::String(s) => (s.clone(), true),
+            other => (other.to_string(), false),
         })
         .collect();
-    csv_line(out, cells.iter().map(String::as_str));
+    csv_line(out, cells.iter().map(|(c, text)| (c.as_str(), *text)));
 }
 
-/// One RFC 4180 line: a field with a comma, quote, CR or LF is quoted, quotes doubled.
-fn csv_line<'a>(out: &mut BytesMut, cells: impl Iterator<Item = &'a str>) {
-    for (i, cell) in cells.enumerate() {
+/// Whether a spreadsheet would read the cell as a formula (OWASP's list: `=`, `+`, `-`, `@`,
+/// TAB, CR). Every text column of a row is emitter-chosen, so an exported file opened by an
+/// investigator must not run what an emitter wrote.
+fn formula_like(cell: &str) -> bool {
+    cell.starts_with(['=', '+', '-', '@', '\t', '\r'])
+}
+
+/// One RFC 4180 line: a field with a comma, quote, CR or LF is quoted, quotes doubled. A text
+/// field (`true` beside it) a spreadsheet would take for a formula is prefixed with `'` (shown as text, not evaluated)
+/// and always quoted, so the prefix and the cell stay one field.
+fn csv_line<'a>(out: &mut BytesMut, cells: impl Iterator<Item = (&'a str, bool)>) {
+    for (i, (cell, text)) in cells.enumerate() {
         if i > 0 {
             out.put_u8(b',');
         }
-        if cell.contains([',', '"', '\r', '\n']) {
+        let formula = text && formula_like(cell);
+        if formula || cell.contains([',', '"', '\r', '\n']) {
             out.put_u8(b'"');
+            if formula {
+                out.put_u8(b'\'');
+            }
             out.put_slice(cell.replace('"', "\"\"").as_bytes());
             out.put_u8(b'"');
         } else {
@@ -169,6 +183,22 @@ mod tests {
         assert_eq!(
             std::str::from_utf8(&out).unwrap(),
             "\"a,b\",\"say \"\"no\"\"\",,\"{\"\"k\"\":[1,2]}\",x\r\n"
+        );
+    }
+
+    #[test]
+    fn csv_neutralises_formulas() {
+        let obj: Map<String, Value> = serde_json::from_str(
+            r#"{"a":"=HYPERLINK(\"http://x\",\"y\")","b":"+1","c":"-2+3","d":"@SUM(A1)",
+                "e":"\tx","f":"\r=1","g":"a=b","h":-5}"#,
+        )
+        .unwrap();
+        let mut out = BytesMut::new();
+        csv_row(&mut out, &obj);
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            "\"'=HYPERLINK(\"\"http://x\"\",\"\"y\"\")\",\"'+1\",\"'-2+3\",\"'@SUM(A1)\",\
+             \"'\tx\",\"'\r=1\",a=b,-5\r\n"
         );
     }
 }

@@ -87,6 +87,13 @@ impl SinkContext {
 }
 
 impl ClientContext for SinkContext {
+    /// Connection-level trouble, with what to set when TLS or SASL is the cause.
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        let hint = crate::forward::connection_hint(reason)
+            .unwrap_or("check kafka.bootstrap_servers, the network and the brokers");
+        tracing::warn!(%error, "Kafka consumer error: {reason}; {hint}");
+    }
+
     fn stats(&self, statistics: Statistics) {
         for (topic, t) in &statistics.topics {
             for (partition, p) in &t.partitions {

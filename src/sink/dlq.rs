@@ -66,7 +66,7 @@ impl DeadLetters {
     }
 
     async fn send(&self, record: &Record, reason: &DeadReason) -> Result<(), DlqError> {
-        let error = reason.header();
+        let error = reason_text(reason);
         let partition = record.partition.to_string();
         let offset = record.offset.to_string();
         let headers = OwnedHeaders::new()
@@ -109,6 +109,14 @@ impl DeadLetters {
             }),
         }
     }
+}
+
+/// The reason as the `x-audit-error` header and the log line carry it: `kind: message`, with
+/// control characters escaped. The message can quote what the emitter sent (a key name in a
+/// field path), so a raw newline or terminal escape would reach whoever reads the header or
+/// the log.
+fn reason_text(reason: &DeadReason) -> String {
+    crate::logging::escape_controls(&reason.header()).into_owned()
 }
 
 /// What a replay did.
@@ -227,4 +235,41 @@ pub async fn replay(
 /// The consumer group whose committed DLQ offsets remember how far replays got.
 pub fn replay_group(kafka: &KafkaConfig) -> String {
     format!("{}-dlq-replay", kafka.consumer_group)
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+
+    use super::*;
+    use crate::event::ValidationMode;
+
+    #[test]
+    fn the_reason_does_not_carry_an_emitters_control_characters() {
+        // A key an emitter chose, sent twice so the record is dead-lettered with its path.
+        let key = "k\n2026-12-07T10:00:00.000000Z  INFO audit_manager: forged\u{1b}[31m";
+        let value = format!(
+            r#"{{"specversion":"1.0","id":"a","source":"s","type":"t","time":"2026-11-01T00:00:00Z",
+                "data":{{"actor":{{"id":"u"}},"action":"a","outcome":"success","{k}":1,"{k}":2}}}}"#,
+            k = key.replace('\n', "\\n").replace('\u{1b}', "\\u001b")
+        );
+        let record = Record {
+            topic: "t".into(),
+            partition: 0,
+            offset: 0,
+            key: None,
+            value: Some(value.into_bytes()),
+        };
+        let reason = super::super::batch::decode(&record, Utc::now(), None, ValidationMode::Strict)
+            .expect_err("a duplicated key is dead-lettered");
+        assert!(reason.header().contains(key), "{}", reason.header());
+        let text = reason_text(&reason);
+        assert!(!text.contains(['\n', '\u{1b}']), "{text}");
+        assert!(
+            text.contains(
+                r"data.k\n2026-12-07T10:00:00.000000Z  INFO audit_manager: forged\u{1b}[31m"
+            ),
+            "{text}"
+        );
+    }
 }

@@ -107,6 +107,9 @@ fn sqlstate(e: &sqlx::Error) -> Option<String> {
 
 /// What the operator should check or run, for the errors that have a clear remedy.
 fn hint(e: &sqlx::Error, class: ErrorClass, role: &str) -> Option<String> {
+    if let Some(tls) = tls_trouble(e) {
+        return Some(tls.hint().to_string());
+    }
     let text = match e {
         sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut => {
             "is PostgreSQL running and reachable at database.url? the sink retries until it is"
@@ -157,6 +160,117 @@ fn hint(e: &sqlx::Error, class: ErrorClass, role: &str) -> Option<String> {
     Some(text)
 }
 
+/// What went wrong setting up TLS to the server (see [`tls_trouble`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsTrouble {
+    /// The server's certificate does not chain to a trusted CA.
+    Untrusted,
+    /// The certificate is trusted but names another host.
+    WrongName,
+    /// The certificate has expired or is not valid yet.
+    Expired,
+    /// The server does not accept TLS (`sslmode=require` or stricter).
+    NotOffered,
+    /// The server refused the handshake (e.g. our client certificate).
+    Refused,
+    /// A certificate or key file named in the URL is missing, unreadable or not PEM.
+    Files,
+    /// Any other handshake failure.
+    Other,
+}
+
+impl TlsTrouble {
+    /// What the operator should do.
+    pub fn hint(self) -> &'static str {
+        match self {
+            TlsTrouble::Untrusted => {
+                "the server's certificate is not trusted: set sslrootcert=/path/to/ca.pem in \
+                 database.url to the CA that signed it (sslmode=require encrypts without \
+                 checking the certificate)"
+            }
+            TlsTrouble::WrongName => {
+                "the server's certificate does not name the host in database.url: connect by a \
+                 name the certificate lists, or give the server a certificate that names this \
+                 host"
+            }
+            TlsTrouble::Expired => {
+                "the server's certificate has expired or is not valid yet: renew it (or check \
+                 this machine's clock)"
+            }
+            TlsTrouble::NotOffered => {
+                "the server does not accept TLS connections: turn ssl on in its \
+                 postgresql.conf, or lower sslmode in database.url"
+            }
+            TlsTrouble::Refused => {
+                "the server refused the TLS handshake: check the client certificate (sslcert, \
+                 sslkey in database.url) and the server's ssl settings"
+            }
+            TlsTrouble::Files => {
+                "a file named in database.url (sslrootcert, sslcert, sslkey) is missing, \
+                 unreadable or not PEM: check the path and the mounted Secret"
+            }
+            TlsTrouble::Other => {
+                "the TLS handshake with the server failed: check sslmode, sslrootcert, sslcert \
+                 and sslkey in database.url"
+            }
+        }
+    }
+}
+
+/// Whether `e` is a failure to set up TLS, and which. A certificate the client refuses is
+/// reported by the TLS library inside an I/O error; the driver's own TLS errors are
+/// [`sqlx::Error::Tls`].
+pub fn tls_trouble(e: &sqlx::Error) -> Option<TlsTrouble> {
+    use tokio_rustls::rustls::{CertificateError as C, Error as R};
+    match e {
+        sqlx::Error::Tls(inner) => {
+            let text = inner.to_string();
+            Some(if text.contains("does not support TLS") {
+                TlsTrouble::NotOffered
+            } else if text.contains("certificate") || text.contains("key") {
+                TlsTrouble::Files
+            } else {
+                TlsTrouble::Other
+            })
+        }
+        // The driver's complaints about sslcert/sslkey ("no keys found pem file", "... must be
+        // given together"); not our own reading of the URL, which says what to do itself.
+        sqlx::Error::Configuration(inner)
+            if inner.downcast_ref::<super::UrlError>().is_none()
+                && inner.to_string().contains("key") =>
+        {
+            Some(TlsTrouble::Files)
+        }
+        // Reading sslrootcert, sslcert or sslkey (a TCP connection never says "not found").
+        sqlx::Error::Io(io)
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
+            ) =>
+        {
+            Some(TlsTrouble::Files)
+        }
+        sqlx::Error::Io(io) => {
+            let rustls = io.get_ref().and_then(|i| i.downcast_ref::<R>())?;
+            Some(match rustls {
+                R::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. }) => {
+                    TlsTrouble::WrongName
+                }
+                R::InvalidCertificate(
+                    C::Expired
+                    | C::ExpiredContext { .. }
+                    | C::NotValidYet
+                    | C::NotValidYetContext { .. },
+                ) => TlsTrouble::Expired,
+                R::InvalidCertificate(_) => TlsTrouble::Untrusted,
+                R::AlertReceived(_) => TlsTrouble::Refused,
+                _ => TlsTrouble::Other,
+            })
+        }
+        _ => None,
+    }
+}
+
 /// What to grant for an "insufficient privilege" error, from what PostgreSQL says was refused.
 fn privilege_hint(e: &sqlx::Error, role: &str) -> String {
     let message = match e {
@@ -191,7 +305,8 @@ fn privilege_hint(e: &sqlx::Error, role: &str) -> String {
 /// Transient: connection exceptions (08), transaction rollbacks (40: serialization, deadlock),
 /// "no partition for row" (23514 without a constraint: created on retry), a lock not available
 /// (55P03, 55006), operator intervention (57: cancel, admin or crash shutdown, server starting),
-/// and client-side connection trouble (I/O, TLS, protocol, pool timeout).
+/// and client-side connection trouble (I/O, protocol, pool timeout). TLS that cannot be set
+/// up ([`tls_trouble`]: an untrusted certificate, a missing CA file) is systemic.
 ///
 /// Everything else is systemic, notably insufficient privilege (42501), undefined table, column
 /// or function (42P01, 42703, 42883) and every other class-42 error (our statements are fixed,
@@ -214,8 +329,9 @@ pub fn classify(e: &sqlx::Error) -> ErrorClass {
                 _ => Systemic,
             }
         }
+        // Certificates and TLS settings do not fix themselves.
+        _ if tls_trouble(e).is_some() => Systemic,
         sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
         | sqlx::Error::Protocol(_)
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
@@ -393,6 +509,51 @@ pub(crate) mod tests {
         let text = e.to_string();
         assert!(text.contains("inserting 3 rows"), "{text}");
         assert!(text.contains("database.url"), "{text}");
+    }
+
+    #[test]
+    fn tls_failures_are_systemic_and_say_what_to_set() {
+        use tokio_rustls::rustls::{CertificateError, Error as Rustls};
+        let refused =
+            |e: Rustls| sqlx::Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, e));
+        let cases = [
+            (
+                refused(Rustls::InvalidCertificate(CertificateError::UnknownIssuer)),
+                "not trusted: set sslrootcert=",
+            ),
+            (
+                refused(Rustls::InvalidCertificate(
+                    CertificateError::NotValidForName,
+                )),
+                "does not name the host",
+            ),
+            (
+                refused(Rustls::InvalidCertificate(CertificateError::Expired)),
+                "has expired",
+            ),
+            (
+                sqlx::Error::Tls("server does not support TLS".into()),
+                "does not accept TLS",
+            ),
+            (
+                sqlx::Error::Io(std::io::ErrorKind::NotFound.into()),
+                "sslrootcert, sslcert, sslkey) is missing",
+            ),
+        ];
+        for (e, hint) in cases {
+            assert_eq!(classify(&e), ErrorClass::Systemic, "{e}");
+            let text = StoreError::new("connecting", e).to_string();
+            assert!(text.contains(hint), "{text}");
+        }
+        // Our own refusal of the URL carries its own remedy, not a file hint.
+        let url =
+            crate::store::connect_options("postgres://h/d?sslkey=/k&sslpassword=x").unwrap_err();
+        let e = sqlx::Error::Configuration(Box::new(url));
+        assert!(tls_trouble(&e).is_none());
+        // A dropped connection stays transient.
+        let reset = sqlx::Error::Io(std::io::ErrorKind::ConnectionReset.into());
+        assert_eq!(classify(&reset), ErrorClass::Transient);
+        assert!(tls_trouble(&reset).is_none());
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //! answers, not that the role may still insert, so a systemic error of a write (a revoked
 //! privilege, a changed column) stays on `/health` until a write succeeds again.
 
+pub mod connect;
 pub mod error;
 pub mod insert;
 pub mod month;
@@ -20,7 +21,6 @@ pub mod partitions;
 pub mod schema;
 
 use std::collections::HashSet;
-use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,6 +29,7 @@ use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio_util::sync::CancellationToken;
 
+pub use connect::{UrlError, connect_options};
 pub use error::{ErrorClass, StoreError, classify, is_retriable};
 pub use insert::{InsertMethod, Inserted};
 pub use month::{Month, months_ahead, retention_cutoff};
@@ -133,10 +134,15 @@ pub struct Store {
 
 impl Store {
     /// A lazily connecting pool for `url`: no connection is made until the first query, so a
-    /// role can start while the database is down and report it in `/health`.
+    /// role can start while the database is down and report it in `/health`. Every connection
+    /// of the service is made with these options ([`connect_options`]: TLS settings included).
     pub fn connect_lazy(url: &str, max_connections: u32) -> Result<Store, StoreError> {
-        let options = PgConnectOptions::from_str(url)
-            .map_err(|e| StoreError::new("parsing database.url", e))?
+        let parsed = connect_options(url).map_err(|e| {
+            StoreError::new("parsing database.url", sqlx::Error::Configuration(e.into()))
+        })?;
+        parsed.warn_ignored();
+        let options = parsed
+            .options
             .application_name("audit-manager")
             .log_statements(tracing::log::LevelFilter::Trace);
         let pool = PgPoolOptions::new()

@@ -41,6 +41,24 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- end -}}
 {{- $_ := set $owned "auth" (dict "mode" .Values.auth.mode "tokens_file" (printf "/run/secrets/audit-manager/auth/%s" .Values.auth.tokensKey)) -}}
 {{- end -}}
+{{- $pg := .Values.tls.postgres -}}
+{{- if or $pg.sslmode $pg.secretName -}}
+{{- $query := list (printf "sslmode=%s" (default "verify-full" $pg.sslmode)) -}}
+{{- if $pg.secretName -}}
+{{- $dir := "/run/secrets/audit-manager/postgres-tls" -}}
+{{- if $pg.caKey }}{{ $query = append $query (printf "sslrootcert=%s/%s" $dir $pg.caKey) }}{{ end -}}
+{{- if $pg.certKey }}{{ $query = append $query (printf "sslcert=%s/%s" $dir $pg.certKey) }}{{ end -}}
+{{- if $pg.keyKey }}{{ $query = append $query (printf "sslkey=%s/%s" $dir $pg.keyKey) }}{{ end -}}
+{{- end -}}
+{{- /* Host, port, name, user and password come from DB_* over this URL; its query stays. */ -}}
+{{- $url := printf "postgres://%s:%d/%s?%s" .Values.database.host (int .Values.database.port) .Values.database.name (join "&" $query) -}}
+{{- $_ := set $owned "database" (dict "url" $url) -}}
+{{- end -}}
+{{- $kafka := include "audit-manager.kafkaProperties" . | fromYaml -}}
+{{- if $kafka -}}
+{{- $_ := set $owned.kafka "producer" $kafka -}}
+{{- $_ := set $owned.kafka "consumer" (deepCopy $kafka) -}}
+{{- end -}}
 {{- $config := mergeOverwrite (deepCopy .Values.config) $owned -}}
 {{- dict "audit_manager" $config | toYaml -}}
 {{- end -}}
@@ -68,5 +86,76 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
     secretKeyRef:
       name: {{ .Values.database.urlSecret.name }}
       key: {{ .Values.database.urlSecret.key }}
+{{- end }}
+{{- end -}}
+
+
+{{/* librdkafka security properties of the producer and the consumer, from tls.kafka and
+     kafkaSasl (the SASL password comes through the environment: audit-manager.kafkaEnv). */}}
+{{- define "audit-manager.kafkaProperties" -}}
+{{- $tls := .Values.tls.kafka -}}
+{{- $sasl := .Values.kafkaSasl -}}
+{{- $props := dict -}}
+{{- $secure := or $tls.enabled $tls.secretName -}}
+{{- if $sasl.mechanism -}}
+{{- $_ := set $props "security.protocol" (ternary "sasl_ssl" "sasl_plaintext" (not (not $secure))) -}}
+{{- $_ := set $props "sasl.mechanism" $sasl.mechanism -}}
+{{- if $sasl.username }}{{ $_ := set $props "sasl.username" $sasl.username }}{{ end -}}
+{{- else if $secure -}}
+{{- $_ := set $props "security.protocol" "ssl" -}}
+{{- end -}}
+{{- if $tls.secretName -}}
+{{- $dir := "/run/secrets/audit-manager/kafka-tls" -}}
+{{- if $tls.caKey }}{{ $_ := set $props "ssl.ca.location" (printf "%s/%s" $dir $tls.caKey) }}{{ end -}}
+{{- if $tls.certKey }}{{ $_ := set $props "ssl.certificate.location" (printf "%s/%s" $dir $tls.certKey) }}{{ end -}}
+{{- if $tls.keyKey }}{{ $_ := set $props "ssl.key.location" (printf "%s/%s" $dir $tls.keyKey) }}{{ end -}}
+{{- end -}}
+{{- if $props }}{{ toYaml $props }}{{ end -}}
+{{- end -}}
+
+{{/* The SASL password of the producer and the consumer, from its Secret. */}}
+{{- define "audit-manager.kafkaEnv" -}}
+{{- with .Values.kafkaSasl.passwordSecret -}}
+{{- if .name }}
+- name: AUDIT_MANAGER__KAFKA__PRODUCER__SASL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ .name }}
+      key: {{ .key }}
+- name: AUDIT_MANAGER__KAFKA__CONSUMER__SASL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ .name }}
+      key: {{ .key }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* Read-only mounts of the backend TLS Secrets (tls.postgres, tls.kafka). */}}
+{{- define "audit-manager.backendTlsMounts" -}}
+{{- if .Values.tls.postgres.secretName }}
+- name: postgres-tls
+  mountPath: /run/secrets/audit-manager/postgres-tls
+  readOnly: true
+{{- end }}
+{{- if .Values.tls.kafka.secretName }}
+- name: kafka-tls
+  mountPath: /run/secrets/audit-manager/kafka-tls
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{- define "audit-manager.backendTlsVolumes" -}}
+{{- if .Values.tls.postgres.secretName }}
+- name: postgres-tls
+  secret:
+    secretName: {{ .Values.tls.postgres.secretName }}
+    defaultMode: 0400
+{{- end }}
+{{- if .Values.tls.kafka.secretName }}
+- name: kafka-tls
+  secret:
+    secretName: {{ .Values.tls.kafka.secretName }}
+    defaultMode: 0400
 {{- end }}
 {{- end -}}
