@@ -1014,43 +1014,6 @@ fn auth_and_tls_validation_names_what_to_set() {
 }
 
 #[test]
-fn loaded_secret_values_are_masked_in_any_text() {
-    Config::from_yaml_str(
-        r#"
-audit_manager:
-  database:
-    url: "postgres://u:pa%24%24word-1@db:5432/x?sslmode=require&password=query-secret-2"
-  kafka:
-    producer:
-      security.protocol: sasl_ssl
-      sasl.mechanism: OAUTHBEARER
-      sasl.oauthbearer.config: "principal=audit extension_x=oauth\"secret-3"
-      enable.sasl.oauthbearer.unsecure.jwt: "false"
-      ssl.key.location: /etc/tls/client.key
-"#,
-        &[],
-    )
-    .unwrap();
-    let text = "pw pa$$word-1 raw pa%24%24word-1 query query-secret-2 \
-                quoted at: extension_x=oauth\"secret-3 json x=oauth\\\"secret-3 flag false \
-                path /etc/tls/client.key";
-    let scrubbed = redact::scrub(text);
-    for secret in [
-        "pa$$word-1",
-        "pa%24%24word-1",
-        "query-secret-2",
-        "oauth\"secret-3",
-        "oauth\\\"secret-3",
-    ] {
-        assert!(!scrubbed.contains(secret), "{secret}: {scrubbed}");
-    }
-    // Choices and file paths are not secrets: the log keeps them.
-    for kept in ["flag false", "path /etc/tls/client.key", "extension_x="] {
-        assert!(scrubbed.contains(kept), "{kept}: {scrubbed}");
-    }
-}
-
-#[test]
 fn http_listener_bounds_defaults_overrides_and_refusals() {
     let d = HttpConfig::default();
     assert_eq!(d.header_timeout, Duration::from_secs(10));
@@ -1091,5 +1054,42 @@ fn http_listener_bounds_defaults_overrides_and_refusals() {
     ] {
         let e = with_env(&[(var, zero)]).unwrap_err().to_string();
         assert!(e.contains(key) && e.contains(why), "{e}");
+    }
+}
+
+#[test]
+fn loaded_secret_values_are_masked_in_any_text() {
+    Config::from_yaml_str(
+        r#"
+audit_manager:
+  database:
+    url: "postgres://u:pa%24%24word-1@db:5432/x?sslmode=require&password=query-secret-2"
+  kafka:
+    producer:
+      security.protocol: sasl_ssl
+      sasl.mechanism: OAUTHBEARER
+      sasl.oauthbearer.config: "principal=audit extension_x=oauth\"secret-3"
+      enable.sasl.oauthbearer.unsecure.jwt: "false"
+      ssl.key.location: /etc/tls/client.key
+"#,
+        &[],
+    )
+    .unwrap();
+    let text = "pw pa$$word-1 raw pa%24%24word-1 query query-secret-2 \
+                quoted at: extension_x=oauth\"secret-3 json x=oauth\\\"secret-3 flag false \
+                path /etc/tls/client.key";
+    let scrubbed = redact::scrub(text);
+    for secret in [
+        "pa$$word-1",
+        "pa%24%24word-1",
+        "query-secret-2",
+        "oauth\"secret-3",
+        "oauth\\\"secret-3",
+    ] {
+        assert!(!scrubbed.contains(secret), "{secret}: {scrubbed}");
+    }
+    // Choices and file paths are not secrets: the log keeps them.
+    for kept in ["flag false", "path /etc/tls/client.key", "extension_x="] {
+        assert!(scrubbed.contains(kept), "{kept}: {scrubbed}");
     }
 }
