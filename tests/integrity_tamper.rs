@@ -776,3 +776,106 @@ async fn a_seal_changed_in_the_database_differs_from_its_file() {
         "{refused:?}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// The format-2 worked example of docs/integrity.md
+// ---------------------------------------------------------------------------------------------
+
+/// The text of the fenced block right after the line `<!-- example: NAME -->`.
+fn doc_block<'a>(doc: &'a str, name: &str) -> &'a str {
+    let marker = format!("<!-- example: {name} -->");
+    let start = doc
+        .find(&marker)
+        .unwrap_or_else(|| panic!("{marker} in docs/integrity.md"));
+    let rest = &doc[start + marker.len()..];
+    let open = rest.find("```").expect("fence");
+    let body = &rest[open + 3..];
+    let body = &body[body.find('\n').expect("fence line") + 1..];
+    &body[..body.find("```").expect("closing fence")]
+}
+
+fn hex_block(doc: &str, name: &str) -> Vec<u8> {
+    let text: String = doc_block(doc, name).split_whitespace().collect();
+    hex::decode(text).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+/// The documented format-2 seal: the format-1 example's seal with row encoding 2 and a legacy
+/// boundary (2 rows, the newest stored a day before the example row), and the documented
+/// canonical forms of a `details` value in both row encodings.
+#[test]
+fn the_documented_format_2_example_holds() {
+    use audit_manager::integrity::jcs::{canonicalize, canonicalize_exact};
+    use audit_manager::integrity::seal::{LegacyBoundary, RetentionRecord};
+    let doc = include_str!("../docs/integrity.md");
+    let details = doc_block(doc, "details").trim();
+    let (v1, v2) = (
+        canonicalize(details).unwrap(),
+        canonicalize_exact(details).unwrap(),
+    );
+    let seed: [u8; 32] = hex_block(doc, "signing-key").try_into().unwrap();
+    let signer = Signer::new(SigningKey::from_bytes(&seed));
+    let ingested = Utc
+        .with_ymd_and_hms(2026, 1, 15, 9, 30, 1)
+        .unwrap()
+        .timestamp_micros()
+        + 500_000;
+    let seal = Seal {
+        seal_no: 1,
+        key_id: signer.key_id(),
+        created_at_us: ingested + 60_000_000,
+        watermark_at_us: ingested + 59_000_000,
+        lo: 0,
+        hi: 7,
+        prev_hash: [0; 32],
+        leaves: vec![Leaf {
+            seal_seq: 7,
+            occurred_at_us: Utc
+                .with_ymd_and_hms(2026, 1, 15, 9, 30, 0)
+                .unwrap()
+                .timestamp_micros()
+                + 123_456,
+            id: "evt-0001".into(),
+            row_hash: hex_block(doc, "row-hash").try_into().unwrap(),
+        }],
+        retention: vec![RetentionRecord {
+            partition: "audit_events_2019_01".into(),
+            lower_us: Utc
+                .with_ymd_and_hms(2019, 1, 1, 0, 0, 0)
+                .unwrap()
+                .timestamp_micros(),
+            upper_us: Utc
+                .with_ymd_and_hms(2019, 2, 1, 0, 0, 0)
+                .unwrap()
+                .timestamp_micros(),
+            dropped_at_us: ingested + 30_000_000,
+            rows: 2,
+            sealed_rows: 0,
+        }],
+        row_encoding: RowEncoding::V2,
+        legacy: Some(LegacyBoundary {
+            rows: 2,
+            newest_ingested_at_us: ingested - 86_400_000_000,
+        }),
+    };
+    let signed = signer.sign(&seal);
+    let shown = format!(
+        "v1 {v1}\nv2 {v2}\nbytes {}\nhash {}\nsig {}",
+        hex::encode(&signed.bytes),
+        hex::encode(signed.hash),
+        hex::encode(signed.signature)
+    );
+    assert_eq!(v1, doc_block(doc, "details-v1").trim(), "{shown}");
+    assert_eq!(v2, doc_block(doc, "details-v2").trim(), "{shown}");
+    assert_eq!(signed.bytes, hex_block(doc, "seal-bytes-v2"), "{shown}");
+    assert_eq!(Seal::from_bytes(&signed.bytes).unwrap(), seal);
+    assert_eq!(
+        signed.hash.to_vec(),
+        hex_block(doc, "seal-hash-v2"),
+        "{shown}"
+    );
+    assert_eq!(
+        signed.signature.to_vec(),
+        hex_block(doc, "signature-v2"),
+        "{shown}"
+    );
+}
