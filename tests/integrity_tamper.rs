@@ -72,7 +72,7 @@ struct Tamper {
     pool: PgPool,
     signer: Signer,
     keys_dir: tempfile::TempDir,
-    _kafka: TestKafka,
+    kafka: TestKafka,
     app: TestApp,
 }
 
@@ -115,7 +115,7 @@ impl Tamper {
             pool,
             signer,
             keys_dir,
-            _kafka: kafka,
+            kafka,
             app,
         }
     }
@@ -775,6 +775,67 @@ async fn a_seal_changed_in_the_database_differs_from_its_file() {
         matches!(&refused, Err(IntegrityError::TipMismatch(m)) if m.contains("is not the seal 1")),
         "{refused:?}"
     );
+}
+
+/// With only the seal topic as the off-database copy: a sealer started afresh over a truncated
+/// `audit_seals` learns the newest seal from the end of the topic and refuses; while the topic
+/// cannot be read it does not begin a chain over an empty `audit_seals`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sealer_learns_the_newest_seal_from_the_seal_topic() {
+    use audit_manager::integrity::publish::Publisher;
+    let t = Tamper::new().await;
+    let topic = "openg2p.audit.seals";
+    t.kafka.cluster.create_topic(topic, 1, 1).unwrap();
+    let kc = audit_manager::config::KafkaConfig {
+        bootstrap_servers: t.kafka.bootstrap.clone(),
+        ..Default::default()
+    };
+    let publisher = Publisher::new(&kc, topic).unwrap();
+    let mut off = OffDatabase::new(None, Some((kc.clone(), topic.to_string())));
+    for batch in ["p", "q"] {
+        t.insert(&rows(batch, 3, Utc::now())).await;
+        let r = seal_pass_checked(
+            &mut t.conn().await,
+            &t.signer,
+            Some(&publisher),
+            Some(&mut off),
+        )
+        .await
+        .expect("seal");
+        assert!(r.published >= 1, "{r:?}");
+    }
+    t.sql("TRUNCATE audit_seals").await;
+    t.sql("UPDATE audit_events SET outcome = 'success' WHERE id = 'p-1'")
+        .await;
+    let mut fresh = OffDatabase::new(None, Some((kc.clone(), topic.to_string())));
+    let refused = seal_pass_checked(
+        &mut t.conn().await,
+        &t.signer,
+        Some(&publisher),
+        Some(&mut fresh),
+    )
+    .await;
+    assert!(
+        matches!(&refused, Err(IntegrityError::TipMismatch(m))
+            if m.contains("audit_seals lacks seal 2") && m.contains("integrity.seal_topic")),
+        "{refused:?}"
+    );
+    // Kafka unreachable at start, nothing in audit_seals: no chain is begun.
+    let nowhere = audit_manager::config::KafkaConfig {
+        bootstrap_servers: "127.0.0.1:9".to_string(),
+        ..Default::default()
+    };
+    let mut blind = OffDatabase::new(None, Some((nowhere, topic.to_string())));
+    let refused = seal_pass_checked(&mut t.conn().await, &t.signer, None, Some(&mut blind)).await;
+    assert!(
+        matches!(&refused, Err(IntegrityError::Publish(m)) if m.contains("not beginning a chain")),
+        "{refused:?}"
+    );
+    let seals: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_seals")
+        .fetch_one(&t.pool)
+        .await
+        .unwrap();
+    assert_eq!(seals, 0);
 }
 
 // ---------------------------------------------------------------------------------------------

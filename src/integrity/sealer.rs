@@ -796,7 +796,9 @@ pub async fn selfcheck(pool: &PgPool, signer: &Signer) -> Result<Option<String>,
     }))
 }
 
-/// Age of the oldest row no seal covers yet, and how many seals are unpublished.
+/// Age of the oldest row no seal covers yet, and how many seals are unpublished. The newest
+/// seal's `hi` is read from its signed bytes (offset 62, in both formats), not from the
+/// editable `hi_seq` column.
 ///
 /// "Oldest" is the unsealed row with the lowest `seal_seq`, read through the index: one row,
 /// where `min(ingested_at)` read every unsealed row (about 100 ms per 100 000 waiting rows, at
@@ -807,8 +809,8 @@ pub async fn observe(pool: &PgPool) -> Result<(f64, u64), IntegrityError> {
     let (lag, unpublished): (Option<f64>, i64) = sqlx::query_as(
         "SELECT (SELECT extract(epoch FROM now() - ingested_at)::float8
                    FROM audit_events
-                  WHERE seal_seq > COALESCE((SELECT hi_seq FROM audit_seals
-                                              ORDER BY seal_no DESC LIMIT 1), 0)
+                  WHERE seal_seq > COALESCE((SELECT ('x' || encode(substring(bytes from 63 for 8), 'hex'))::bit(64)::int8
+                                               FROM audit_seals ORDER BY seal_no DESC LIMIT 1), 0)
                   ORDER BY seal_seq LIMIT 1),
                 (SELECT count(*) FROM audit_seals WHERE published_at IS NULL)",
     )
