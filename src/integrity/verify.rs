@@ -187,15 +187,15 @@ impl<W: Write> Run<'_, W> {
         Some((seal, trusted))
     }
 
-    /// Compares seal `no` with its copies in `copies` (`where_` names them). `expected`: the
-    /// copy must hold it (marked published, or below the copy's newest seal).
+    /// Compares seal `no` with its copies in `copies` (`where_` names them). `absent`: the
+    /// finding when the copy lacks the seal although it should hold it (`None`: it need not).
     fn compare_copy(
         &mut self,
         no: u64,
         bytes: &[u8],
         copies: &BTreeMap<u64, Vec<SealLine>>,
         where_: &str,
-        expected: bool,
+        absent: Option<&str>,
     ) {
         let hash = hex::encode(seal_hash(bytes));
         match copies.get(&no) {
@@ -208,10 +208,11 @@ impl<W: Write> Run<'_, W> {
                     format!("seal {no}: differs from its copy in {where_}"),
                 )
             }
-            None if expected => self.find(
-                "seal-changed",
-                format!("seal {no}: absent from {where_}, which should hold it"),
-            ),
+            None => {
+                if let Some(why) = absent {
+                    self.find("seal-changed", format!("seal {no}: {why}"));
+                }
+            }
             _ => {}
         }
     }
@@ -476,8 +477,10 @@ pub async fn verify(
                 no,
                 &bytes,
                 topic,
-                "the seal topic (it was marked published)",
-                published_at.is_some(),
+                "the seal topic",
+                published_at
+                    .is_some()
+                    .then_some("marked published but absent from the seal topic"),
             );
         }
         if let Some(dir) = &opts.dir {
@@ -486,7 +489,9 @@ pub async fn verify(
                 &bytes,
                 dir,
                 "the seal directory",
-                dir_newest.is_some_and(|n| no < n),
+                dir_newest
+                    .is_some_and(|n| no < n)
+                    .then_some("absent from the seal directory, which holds later seals"),
             );
         }
         let hash = seal_hash(&bytes);
