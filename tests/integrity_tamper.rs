@@ -733,6 +733,31 @@ async fn editing_a_seals_range_columns_cannot_hide_a_changed_row() {
     );
 }
 
+/// The page finds a row's seal by the seals' signed ranges even with seals deleted between
+/// others; a row whose seal was deleted fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_finds_seals_by_their_bytes_across_deleted_seals() {
+    let t = Tamper::new().await;
+    let at = Utc::now() - chrono::Duration::minutes(1);
+    for batch in ["s1", "s2", "s3", "s4", "s5"] {
+        t.insert(&rows(batch, 2, at)).await;
+        t.seal().await;
+    }
+    for id in ["s1-0", "s3-1", "s5-1"] {
+        assert_eq!(t.page(id).await.0, "verified", "{id}");
+    }
+    t.sql("DELETE FROM audit_seals WHERE seal_no IN (2, 3)")
+        .await;
+    let (status, detail) = t.page("s3-1").await;
+    assert_eq!(status, "failed", "{detail}");
+    assert!(detail.contains("no seal covers it"), "{detail}");
+    for id in ["s1-1", "s4-0", "s5-1"] {
+        assert_eq!(t.page(id).await.0, "verified", "{id}");
+    }
+    let (r, out) = t.verify().await;
+    assert_eq!(named(&r, "seal-missing", "seals 2..=3"), 1, "{out}");
+}
+
 /// The files `integrity.seal_dir` holds are the seals as published elsewhere, so a changed
 /// seal is found against them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
