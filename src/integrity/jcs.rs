@@ -35,7 +35,7 @@ enum Json<'a> {
     Number(f64),
     /// An integer's exact decimal digits, as [`write_canonical_exact`] writes it: `-`? then no
     /// leading zero (`0` alone for zero).
-    Integer(String),
+    Integer(Cow<'a, str>),
     String(Cow<'a, str>),
     Array(Vec<Json<'a>>),
     /// Members in input order; sorted when written.
@@ -399,7 +399,9 @@ mod exact {
                 frac = &self.text[from..self.pos];
             }
             let mut exp: i64 = 0;
+            let mut exp_given = false;
             if let Some(b'e' | b'E') = self.peek() {
+                exp_given = true;
                 self.pos += 1;
                 let minus = match self.peek() {
                     Some(b'-') => {
@@ -423,11 +425,20 @@ mod exact {
                 exp = if minus { -e } else { e };
             }
             let lexeme = &self.text[start..self.pos];
+            if frac.is_empty() && !exp_given {
+                // The common case, a plain integer: already its canonical digits (the grammar
+                // allows no leading zero), except `-0`.
+                return Ok(Json::Integer(if int == "0" {
+                    Cow::Borrowed("0")
+                } else {
+                    Cow::Borrowed(lexeme)
+                }));
+            }
             // value = digits × 10^scale, digits without leading or trailing zeros.
             let all = format!("{int}{frac}");
             let digits = all.trim_start_matches('0');
             if digits.is_empty() {
-                return Ok(Json::Integer("0".to_string()));
+                return Ok(Json::Integer(Cow::Borrowed("0")));
             }
             let trimmed = digits.trim_end_matches('0');
             let scale = exp
@@ -444,7 +455,7 @@ mod exact {
                 }
                 s.push_str(trimmed);
                 s.extend(std::iter::repeat_n('0', scale as usize));
-                return Ok(Json::Integer(s));
+                return Ok(Json::Integer(Cow::Owned(s)));
             }
             // Correctly rounded, as serde_json's `float_roundtrip` (row encoding 1) reads it.
             match lexeme.parse::<f64>() {
