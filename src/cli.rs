@@ -80,6 +80,10 @@ pub enum Command {
         /// deleted newest seals).
         #[arg(long)]
         seals_from_topic: bool,
+        /// Also compare the seals with their copies in DIR (integrity.seal_dir, or a copy of
+        /// it): finds deleted or changed seals without Kafka.
+        #[arg(long, value_name = "DIR")]
+        seals_from_dir: Option<PathBuf>,
     },
     /// Create an ed25519 signing key for the sealer: FILE (mode 0600) and FILE.pub.
     Keygen {
@@ -252,9 +256,16 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             from,
             to,
             seals_from_topic,
+            seals_from_dir,
         } => {
             let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-            rt.block_on(verify_command(&config, from, to, seals_from_topic))
+            rt.block_on(verify_command(
+                &config,
+                from,
+                to,
+                seals_from_topic,
+                seals_from_dir,
+            ))
         }
         Command::Serve { roles, dev } => {
             if let Some(roles) = roles {
@@ -478,7 +489,7 @@ async fn topics_ensure(
     let replication = kafka.topic_replication;
     let mut ok = true;
     let mut topics = vec![(&kafka.topic, partitions), (&kafka.dlq_topic, partitions)];
-    if config.integrity.signing_key_file.is_some() {
+    if config.integrity.signing_key_file.is_some() && !config.integrity.seal_topic.is_empty() {
         // Seals are few and read whole by verify: one partition is enough.
         topics.push((&config.integrity.seal_topic, 1));
     }
@@ -554,6 +565,7 @@ async fn verify_command(
     from: Option<chrono::DateTime<chrono::Utc>>,
     to: Option<chrono::DateTime<chrono::Utc>>,
     seals_from_topic: bool,
+    seals_from_dir: Option<PathBuf>,
 ) -> anyhow::Result<ExitCode> {
     use crate::integrity::{publish, seal, verify};
     use std::io::{IsTerminal as _, Write as _};
@@ -580,11 +592,19 @@ async fn verify_command(
     } else {
         None
     };
+    let dir = match seals_from_dir {
+        Some(d) => {
+            Some(tokio::task::spawn_blocking(move || publish::SealDir::new(d).read_all()).await??)
+        }
+        None => None,
+    };
     let store = crate::store::Store::connect_lazy(&config.database.url, 3)?.for_long_reads();
     let opts = verify::VerifyOptions {
         from,
         to,
         topic,
+        dir,
+        seal_interval: Some(config.integrity.seal_interval),
         progress: std::io::stderr().is_terminal(),
         retention_months: Some(config.database.partition_retention_months),
     };

@@ -99,7 +99,9 @@ pub async fn start(
     if let Some((task, trigger)) = opts.inject_panic {
         supervisor.inject_panic(task, trigger);
     }
-    let seals = config.has_role(Role::Maintain) && config.integrity.signing_key_file.is_some();
+    let seals = config.has_role(Role::Maintain)
+        && config.integrity.signing_key_file.is_some()
+        && !config.integrity.seal_topic.is_empty();
     let uses_kafka = config.has_role(Role::Forward) || config.has_role(Role::Sink) || seals;
     let embedded_kafka = if uses_kafka && config.kafka.bootstrap_servers == EMBEDDED_KAFKA {
         let mut topics = vec![config.kafka.topic.clone(), config.kafka.dlq_topic.clone()];
@@ -362,14 +364,32 @@ fn start_sealer(
     let key = seal::load_signing_key(path).context("cannot load integrity.signing_key_file")?;
     let signer = seal::Signer::new(key);
     tracing::info!(key_id = %hex::encode(signer.key_id()), "sealing stored rows");
-    let publisher = Publisher::new(&config.kafka, &config.integrity.seal_topic)?;
+    let topic = &config.integrity.seal_topic;
+    let publisher = if topic.is_empty() {
+        None
+    } else {
+        Some(Publisher::new(&config.kafka, topic)?)
+    };
+    if topic.is_empty() && config.integrity.seal_dir.is_none() {
+        tracing::warn!(
+            "neither integrity.seal_topic nor integrity.seal_dir is set: no copy of the seals \
+             outside the database, so deleted seals go unnoticed by `verify` and, after a \
+             restart, by the sealer, which would seal changed rows afresh. Set one (see \
+             docs/integrity.md)"
+        );
+    }
+    let off = sealer::OffDatabase::new(
+        config.integrity.seal_dir.clone(),
+        (!topic.is_empty()).then(|| (config.kafka.clone(), topic.clone())),
+    );
     let state = sealer::SealerState::default();
     supervisor.watch(
         Task::Sealer,
         sealer::spawn(
             store.pool().clone(),
             signer,
-            Some(publisher),
+            publisher,
+            off,
             config.integrity.seal_interval,
             state.clone(),
             shutdown.child_token(),
@@ -408,6 +428,11 @@ fn maintain_check(
             }),
         );
         if report.status != Status::Up {
+            return report;
+        }
+        if let Some(m) = &s.tip_mismatch {
+            report.status = Status::Down;
+            report.reason = Some(format!("sealing refused: {m}"));
             return report;
         }
         let limit = 3.0 * interval.as_secs_f64();

@@ -734,6 +734,9 @@ fn the_documented_worked_example_holds() {
             rows: 2,
             sealed_rows: 0,
         }],
+        // The example is a format-1 seal (row encoding 1, no legacy boundary).
+        row_encoding: audit_manager::integrity::encoding::RowEncoding::V1,
+        legacy: None,
     };
     let signed = signer.sign(&seal);
     assert_eq!(signed.bytes, hex_block(doc, "seal-bytes"));

@@ -368,7 +368,10 @@ pub async fn by_id(
             .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
             .map(|t| t.timestamp_micros());
         let status = match at {
-            Some(at) => integrity::check_row(store.pool(), &state.trusted_keys, &id, at).await,
+            Some(at) => {
+                let interval = state.config.integrity.seal_interval;
+                integrity::check_row(store.pool(), &state.trusted_keys, interval, &id, at).await
+            }
             None => json!({ "status": "unknown", "detail": "the row's time cannot be read" }),
         };
         if let Value::Object(m) = e {

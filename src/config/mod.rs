@@ -586,8 +586,12 @@ pub struct IntegrityConfig {
     )]
     pub seal_interval: Duration,
     /// Kafka topic every seal is also published to (the off-database copy).
-    /// Default `openg2p.audit.seals`.
+    /// Default `openg2p.audit.seals`; `""` publishes no seal (then set `seal_dir`).
     pub seal_topic: String,
+    /// Off-database copy of every seal as files, one per seal (used when there is no Kafka;
+    /// `verify --seals-from-dir DIR` checks against it). The sealer also reads its newest seal
+    /// at start, and refuses to seal over a database whose seals were deleted. Default: none.
+    pub seal_dir: Option<PathBuf>,
 }
 
 impl Default for IntegrityConfig {
@@ -597,6 +601,7 @@ impl Default for IntegrityConfig {
             public_key_files: Vec::new(),
             seal_interval: Duration::from_secs(60),
             seal_topic: "openg2p.audit.seals".to_string(),
+            seal_dir: None,
         }
     }
 }
@@ -899,7 +904,6 @@ impl Config {
             "database.partition_pre_create_months",
             self.database.partition_pre_create_months,
         )?;
-        non_empty("integrity.seal_topic", &self.integrity.seal_topic)?;
         if self.integrity.seal_interval.is_zero() {
             return Err(invalid(
                 "integrity.seal_interval",

@@ -15,12 +15,40 @@
 //! | `0x04` | JSON | u32 big-endian byte length, then the RFC 8785 (JCS) form of the value |
 //!
 //! The row hash is `SHA-256(ROW_DOMAIN || encoding)`.
+//!
+//! Two versions ([`RowEncoding`]) differ only in how `details` numbers are written: version 1
+//! writes every number as its nearest double (RFC 8785), so integers beyond 2^53 were not
+//! hashed exactly; version 2, the one new seals use, writes integers with their exact digits
+//! ([`super::jcs::write_canonical_exact`]). Each seal names the version of its leaves.
 
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 
-/// Domain-separation prefix of a row hash: a row's hash can never equal a seal's.
+/// Domain-separation prefix of a row hash: a row's hash can never equal a seal's. It names
+/// the column layout, which both [`RowEncoding`]s share (the seal names the encoding).
 pub const ROW_DOMAIN: &[u8] = b"audit-manager/row/v1\n";
+
+/// How a seal's leaves encode rows (a byte of the seal, see `seal.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RowEncoding {
+    /// Numbers in `details` as their nearest double (seal format 1).
+    V1 = 1,
+    /// Integers in `details` with their exact digits; everything else as `V1`.
+    V2 = 2,
+}
+
+impl RowEncoding {
+    /// What the sealer writes now.
+    pub const CURRENT: RowEncoding = RowEncoding::V2;
+
+    pub fn from_byte(b: u8) -> Option<RowEncoding> {
+        match b {
+            1 => Some(RowEncoding::V1),
+            2 => Some(RowEncoding::V2),
+            _ => None,
+        }
+    }
+}
 
 /// The columns of a row, in encoding order.
 pub const COLUMNS: [&str; 18] = [
@@ -144,8 +172,19 @@ fn put_time(out: &mut Vec<u8>, t: DateTime<Utc>) {
     out.extend_from_slice(&micros(t).to_be_bytes());
 }
 
-/// The canonical encoding of `row` (without the domain prefix).
+/// The canonical encoding of `row` in the current version, [`RowEncoding::V2`] (without the
+/// domain prefix).
 pub fn encode(row: &StoredRow) -> Result<Vec<u8>, EncodingError> {
+    encode_as(RowEncoding::CURRENT, row)
+}
+
+/// Row encoding 1 (integers as doubles), for seals made before version 2.
+pub fn encode_v1(row: &StoredRow) -> Result<Vec<u8>, EncodingError> {
+    encode_as(RowEncoding::V1, row)
+}
+
+/// The canonical encoding of `row` in `version`.
+pub fn encode_as(version: RowEncoding, row: &StoredRow) -> Result<Vec<u8>, EncodingError> {
     let mut out = Vec::with_capacity(256 + row.details.as_ref().map_or(0, String::len));
     put_text(&mut out, Some(&row.id))?;
     put_time(&mut out, row.occurred_at);
@@ -168,8 +207,11 @@ pub fn encode(row: &StoredRow) -> Result<Vec<u8>, EncodingError> {
             out.push(TAG_JSON);
             let at = out.len();
             out.extend_from_slice(&[0; 4]);
-            super::jcs::write_canonical(&mut out, text)
-                .map_err(|e| EncodingError::Details(e.to_string()))?;
+            match version {
+                RowEncoding::V1 => super::jcs::write_canonical(&mut out, text),
+                RowEncoding::V2 => super::jcs::write_canonical_exact(&mut out, text),
+            }
+            .map_err(|e| EncodingError::Details(e.to_string()))?;
             let len = u32::try_from(out.len() - at - 4).map_err(|_| EncodingError::TooLong)?;
             out[at..at + 4].copy_from_slice(&len.to_be_bytes());
         }
@@ -186,11 +228,21 @@ pub fn encode(row: &StoredRow) -> Result<Vec<u8>, EncodingError> {
     Ok(out)
 }
 
-/// `SHA-256(ROW_DOMAIN || encode(row))`.
+/// `SHA-256(ROW_DOMAIN || encode(row))`: the hash a new seal's leaf holds (row encoding 2).
 pub fn row_hash(row: &StoredRow) -> Result<[u8; 32], EncodingError> {
+    row_hash_as(RowEncoding::CURRENT, row)
+}
+
+/// The row hash of row encoding 2 by its name (what [`row_hash`] computes today).
+pub fn row_hash_v2(row: &StoredRow) -> Result<[u8; 32], EncodingError> {
+    row_hash_as(RowEncoding::V2, row)
+}
+
+/// The row hash in `version` (a seal's leaves use the version the seal names).
+pub fn row_hash_as(version: RowEncoding, row: &StoredRow) -> Result<[u8; 32], EncodingError> {
     let mut h = Sha256::new();
     h.update(ROW_DOMAIN);
-    h.update(encode(row)?);
+    h.update(encode_as(version, row)?);
     Ok(h.finalize().into())
 }
 
@@ -239,6 +291,20 @@ pub(crate) mod tests {
         let mut b = sample();
         b.details = Some(r#"{"c":[100,0],"a":"é","b":1}"#.into());
         assert_eq!(row_hash(&sample()).unwrap(), row_hash(&b).unwrap());
+    }
+
+    #[test]
+    fn version_2_hashes_integers_exactly_and_equals_version_1_otherwise() {
+        let mut a = sample();
+        a.details = Some(r#"{"n": 9007199254740993}"#.into());
+        let mut b = sample();
+        b.details = Some(r#"{"n": 9007199254740992}"#.into());
+        assert_eq!(
+            row_hash_as(RowEncoding::V1, &a).unwrap(),
+            row_hash_as(RowEncoding::V1, &b).unwrap()
+        );
+        assert_ne!(row_hash_v2(&a).unwrap(), row_hash_v2(&b).unwrap());
+        assert_eq!(encode_v1(&sample()).unwrap(), encode(&sample()).unwrap());
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! - [`seal`]: the seal format, its hash and ed25519 signature, key files (pure);
 //! - [`sealer`]: the maintain role's loop that seals new rows, gap-proof by a lock;
 //! - [`verify`]: `audit-manager verify`, recomputing everything from the rows;
-//! - [`publish`]: seals on `integrity.seal_topic`, the off-database copy.
+//! - [`publish`]: the off-database copies, `integrity.seal_topic` and `integrity.seal_dir`.
 //!
 //! The format for third-party verifiers is `docs/integrity.md`.
 //!
@@ -139,6 +139,10 @@ pub enum IntegrityError {
     Key(#[from] seal::KeyError),
     #[error("{0}")]
     Config(String),
+    /// The database's newest seal is behind, or other than, the newest seal of an
+    /// off-database copy: seals were deleted or replaced. The sealer refuses to seal.
+    #[error("{0}")]
+    TipMismatch(String),
 }
 
 impl IntegrityError {
@@ -245,4 +249,37 @@ pub async fn record_retention(
     .execute(&mut *tx)
     .await?;
     Ok(())
+}
+
+/// A row that contradicts the retention record `r` signed by a seal whose range starts after
+/// `sealed_before` (that seal's `lo`): a row in the record's `occurred_at` bounds with a
+/// `seal_seq` at or below it was committed before the drop (see `docs/integrity.md`), so the
+/// drop would have removed it. Returns `(id, occurred_at, partition still in the catalog)`
+/// when such a row is still stored: the partition was not really dropped, and the record is
+/// not believed. One indexed probe per record (records are rare: one per dropped month).
+pub async fn retention_contradiction(
+    conn: &mut sqlx::PgConnection,
+    r: &seal::RetentionRecord,
+    sealed_before: i64,
+) -> Result<Option<(String, chrono::DateTime<chrono::Utc>, bool)>, sqlx::Error> {
+    let lower = seal::from_micros(r.lower_us).filter(|_| r.lower_us != i64::MIN);
+    let upper = seal::from_micros(r.upper_us).filter(|_| r.upper_us != i64::MAX);
+    let row: Option<(String, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+        "SELECT id, occurred_at FROM audit_events
+          WHERE occurred_at >= COALESCE($1, '-infinity'::timestamptz)
+            AND occurred_at < COALESCE($2, 'infinity'::timestamptz)
+            AND seal_seq <= $3
+          LIMIT 1",
+    )
+    .bind(lower)
+    .bind(upper)
+    .bind(sealed_before)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((id, at)) = row else { return Ok(None) };
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass(quote_ident($1)) IS NOT NULL")
+        .bind(&r.partition)
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(Some((id, at, exists)))
 }

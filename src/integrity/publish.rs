@@ -1,7 +1,14 @@
-//! Seals on `integrity.seal_topic`: the off-database copy `verify --seals-from-topic` compares
-//! with `audit_seals`. Each message is one [`SealLine`] as JSON, keyed by the seal number.
+//! The off-database copies of the seals, which `verify --seals-from-topic` and
+//! `verify --seals-from-dir` compare with `audit_seals`, and from which the sealer learns the
+//! newest seal without trusting the database (see `sealer.rs`):
+//!
+//! - `integrity.seal_topic`: each message is one [`SealLine`] as JSON, keyed by the seal
+//!   number;
+//! - `integrity.seal_dir`: one file per seal, `seal-NNNNNNNNNNNNNNNNNNNN.json` (the number in
+//!   20 digits), holding the same JSON line; written atomically ([`SealDir`]).
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
@@ -69,6 +76,37 @@ pub fn read_topic(
     topic: &str,
     timeout: Duration,
 ) -> Result<BTreeMap<u64, Vec<SealLine>>, IntegrityError> {
+    read_partitions(kafka, topic, timeout, None)
+}
+
+/// How many of the last messages of each partition [`read_tail`] reads: a seal is published
+/// again after a crash between sending and marking it, so the newest seal may sit just before
+/// a repeated older one.
+const TAIL_MESSAGES: i64 = 16;
+
+/// The published seal with the highest number (`None` when the topic is empty or absent),
+/// read from the last messages of each partition only. Seals are published in order, so the
+/// newest is among them.
+pub fn read_tail(
+    kafka: &KafkaConfig,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Option<SealLine>, IntegrityError> {
+    let all = read_partitions(kafka, topic, timeout, Some(TAIL_MESSAGES))?;
+    Ok(all
+        .into_iter()
+        .next_back()
+        .and_then(|(_, mut copies)| copies.pop()))
+}
+
+/// Reads `topic` to its current end, from the beginning or (`tail`) from that many messages
+/// before the end of each partition.
+fn read_partitions(
+    kafka: &KafkaConfig,
+    topic: &str,
+    timeout: Duration,
+    tail: Option<i64>,
+) -> Result<BTreeMap<u64, Vec<SealLine>>, IntegrityError> {
     let err = |what: &str| {
         let what = what.to_string();
         let topic = topic.to_string();
@@ -102,7 +140,11 @@ pub fn read_topic(
             .map_err(err("reading the offsets"))?;
         if high > low {
             ends.insert(*p, high);
-            tpl.add_partition_offset(topic, *p, Offset::Beginning)
+            let from = match tail {
+                Some(n) => Offset::Offset(low.max(high - n)),
+                None => Offset::Beginning,
+            };
+            tpl.add_partition_offset(topic, *p, from)
                 .map_err(err("assigning"))?;
         }
     }
@@ -144,4 +186,156 @@ pub fn read_topic(
         }
     }
     Ok(out)
+}
+
+/// `integrity.seal_dir`: one file per seal, written after the seal is committed.
+#[derive(Debug, Clone)]
+pub struct SealDir {
+    path: PathBuf,
+}
+
+const FILE_PREFIX: &str = "seal-";
+const FILE_SUFFIX: &str = ".json";
+
+impl SealDir {
+    pub fn new(path: impl Into<PathBuf>) -> SealDir {
+        SealDir { path: path.into() }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The file name of seal `seal_no` (fixed width, so names sort by number).
+    pub fn file_name(seal_no: u64) -> String {
+        format!("{FILE_PREFIX}{seal_no:020}{FILE_SUFFIX}")
+    }
+
+    fn io(&self, what: &str) -> impl FnOnce(std::io::Error) -> IntegrityError {
+        let what = format!("{what} in integrity.seal_dir {}", self.path.display());
+        move |e| IntegrityError::Publish(format!("{what}: {e}"))
+    }
+
+    /// The seal numbers of the files present, ascending (temporary files are not seals).
+    fn numbers(&self) -> Result<Vec<u64>, IntegrityError> {
+        let mut out = Vec::new();
+        let entries = match std::fs::read_dir(&self.path) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(self.io("listing the seal files")(e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(self.io("listing the seal files"))?;
+            let name = entry.file_name();
+            let Some(no) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix(FILE_PREFIX))
+                .and_then(|n| n.strip_suffix(FILE_SUFFIX))
+                .filter(|n| n.len() == 20)
+                .and_then(|n| n.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            out.push(no);
+        }
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    fn read(&self, seal_no: u64) -> Result<SealLine, IntegrityError> {
+        let path = self.path.join(Self::file_name(seal_no));
+        let text = std::fs::read(&path).map_err(self.io(&format!("reading seal {seal_no}")))?;
+        let line: SealLine = serde_json::from_slice(&text).map_err(|e| {
+            IntegrityError::Corrupt(format!("{} is not a seal file: {e}", path.display()))
+        })?;
+        if line.seal_no != seal_no {
+            return Err(IntegrityError::Corrupt(format!(
+                "{} holds seal {}, not seal {seal_no}",
+                path.display(),
+                line.seal_no
+            )));
+        }
+        Ok(line)
+    }
+
+    /// The seal with the highest number, if any.
+    pub fn newest(&self) -> Result<Option<SealLine>, IntegrityError> {
+        match self.numbers()?.last() {
+            Some(&no) => self.read(no).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Every seal file, by number (for verify). An unreadable file is an error: the copy is
+    /// damaged and cannot vouch for anything.
+    pub fn read_all(&self) -> Result<BTreeMap<u64, Vec<SealLine>>, IntegrityError> {
+        if !self.path.is_dir() {
+            return Err(IntegrityError::Config(format!(
+                "{} is not a directory of seal files",
+                self.path.display()
+            )));
+        }
+        let mut out = BTreeMap::new();
+        for no in self.numbers()? {
+            out.insert(no, vec![self.read(no)?]);
+        }
+        Ok(out)
+    }
+
+    /// Writes `lines` as files, each atomically: a temporary file written and synced, renamed
+    /// into place, then the directory synced once (so a crash leaves each seal's file whole
+    /// or absent, never torn).
+    pub fn write(&self, lines: &[SealLine]) -> Result<(), IntegrityError> {
+        use std::io::Write as _;
+        if lines.is_empty() {
+            return Ok(());
+        }
+        std::fs::create_dir_all(&self.path).map_err(self.io("creating the directory"))?;
+        for line in lines {
+            let name = Self::file_name(line.seal_no);
+            let tmp = self.path.join(format!(".{name}.tmp"));
+            let mut text = serde_json::to_vec(line)
+                .map_err(|e| IntegrityError::Publish(format!("cannot encode seal: {e}")))?;
+            text.push(b'\n');
+            let what = format!("writing seal {}", line.seal_no);
+            let mut f = std::fs::File::create(&tmp).map_err(self.io(&what))?;
+            f.write_all(&text)
+                .and_then(|()| f.sync_all())
+                .map_err(self.io(&what))?;
+            drop(f);
+            std::fs::rename(&tmp, self.path.join(&name)).map_err(self.io(&what))?;
+        }
+        std::fs::File::open(&self.path)
+            .and_then(|d| d.sync_all())
+            .map_err(self.io("syncing the directory"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seal_files_are_written_whole_and_read_back_by_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = SealDir::new(dir.path().join("seals"));
+        assert_eq!(d.newest().unwrap(), None);
+        let lines: Vec<SealLine> = (1..=3)
+            .map(|n| SealLine::new(n, &[n as u8; 10], &[0; 64], "00"))
+            .collect();
+        d.write(&lines).unwrap();
+        std::fs::write(dir.path().join("seals/.seal-x.tmp"), "torn").unwrap();
+        std::fs::write(dir.path().join("seals/notes.txt"), "ignored").unwrap();
+        assert_eq!(d.newest().unwrap().as_ref(), lines.last());
+        let all = d.read_all().unwrap();
+        assert_eq!(all.keys().copied().collect::<Vec<_>>(), [1, 2, 3]);
+        assert_eq!(all[&2], vec![lines[1].clone()]);
+        // A file holding another seal's number is not believed.
+        std::fs::copy(
+            dir.path().join("seals").join(SealDir::file_name(1)),
+            dir.path().join("seals").join(SealDir::file_name(9)),
+        )
+        .unwrap();
+        assert!(d.newest().is_err());
+    }
 }

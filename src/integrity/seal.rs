@@ -1,10 +1,11 @@
 //! Seals: the canonical seal bytes, their hash and signature, and the signing keys (pure, no
 //! database). `docs/integrity.md` documents every byte.
 //!
-//! A seal's canonical bytes, all integers big-endian:
+//! A seal's canonical bytes (format 2; format 1 lacks the two fields marked †), all integers
+//! big-endian:
 //!
 //! ```text
-//! SEAL_DOMAIN                       "audit-manager/seal/v1\n" (22 bytes)
+//! SEAL_DOMAIN                       "audit-manager/seal/v2\n" (22 bytes; v1 for format 1)
 //! seal_no          u64              1, 2, 3, … without gaps
 //! key_id           [u8; 8]          first 8 bytes of SHA-256(ed25519 public key)
 //! created_at       i64              µs since the Unix epoch
@@ -12,6 +13,10 @@
 //! lo               i64              covered seal_seq range: lo < seal_seq <= hi
 //! hi               i64
 //! prev_hash        [u8; 32]         seal hash of seal_no - 1; 32 zero bytes for seal 1
+//! row_encoding †   u8               how the leaves encode rows (2; format 1 means 1)
+//! legacy †         u8 0 | u8 1 then legacy_rows i64, legacy_newest_ingested_at i64 µs
+//!                                   (i64::MIN when none): the rows without seal_seq when the
+//!                                   chain's first format-2 seal was made (only that seal)
 //! leaf_count       u32
 //! leaf × leaf_count, in ascending seal_seq:
 //!   seal_seq       i64
@@ -36,8 +41,23 @@ use chrono::{DateTime, Utc};
 use ed25519_dalek::{Signer as _, SigningKey, Verifier as _, VerifyingKey};
 use sha2::{Digest, Sha256};
 
-/// First bytes of every seal: domain separation from row hashes and a format version.
-pub const SEAL_DOMAIN: &[u8] = b"audit-manager/seal/v1\n";
+/// First bytes of every seal: domain separation from row hashes and the format version.
+pub const SEAL_DOMAIN: &[u8] = b"audit-manager/seal/v2\n";
+/// The prefix of format 1 (before the row encoding and legacy boundary were added); such
+/// seals are still read and verified.
+pub const SEAL_DOMAIN_V1: &[u8] = b"audit-manager/seal/v1\n";
+
+use super::encoding::RowEncoding;
+
+/// The rows without `seal_seq` (stored before sealing began) when the chain's first format-2
+/// seal was made: verify reports any legacy row beyond these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LegacyBoundary {
+    /// How many rows had no `seal_seq`.
+    pub rows: i64,
+    /// The newest `ingested_at` among them (µs), `i64::MIN` when there were none.
+    pub newest_ingested_at_us: i64,
+}
 
 /// At most this many leaves per seal, and at most [`MAX_SEAL_BYTES`]: a seal stays well below
 /// Kafka's default 1 MB message limit.
@@ -84,13 +104,21 @@ pub struct Seal {
     pub prev_hash: [u8; 32],
     pub leaves: Vec<Leaf>,
     pub retention: Vec<RetentionRecord>,
+    /// How the leaves encode rows: [`RowEncoding::V1`] only in format 1.
+    pub row_encoding: RowEncoding,
+    /// Set in the chain's first format-2 seal only.
+    pub legacy: Option<LegacyBoundary>,
 }
 
 /// Why seal bytes could not be read.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SealFormatError {
-    #[error("does not start with the seal format prefix (not a v1 seal)")]
+    #[error("does not start with a seal format prefix (neither format 1 nor 2)")]
     Domain,
+    #[error("names an unknown row encoding {0}")]
+    RowEncoding(u8),
+    #[error("is not in canonical form")]
+    NotCanonical,
     #[error("truncated at byte {0}")]
     Truncated(usize),
     #[error("{0} trailing bytes after the seal")]
@@ -106,13 +134,24 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
 }
 
 impl Seal {
+    /// The format these bytes take: 1 for a seal with row encoding 1 and no legacy boundary
+    /// (what earlier releases made), else 2.
+    pub fn format(&self) -> u8 {
+        if self.row_encoding == RowEncoding::V1 && self.legacy.is_none() {
+            1
+        } else {
+            2
+        }
+    }
+
     /// The canonical bytes.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(
             128 + self.leaves.iter().map(Leaf::encoded_len).sum::<usize>()
                 + self.retention.len() * 64,
         );
-        out.extend_from_slice(SEAL_DOMAIN);
+        let v2 = self.format() == 2;
+        out.extend_from_slice(if v2 { SEAL_DOMAIN } else { SEAL_DOMAIN_V1 });
         out.extend_from_slice(&self.seal_no.to_be_bytes());
         out.extend_from_slice(&self.key_id);
         out.extend_from_slice(&self.created_at_us.to_be_bytes());
@@ -120,6 +159,17 @@ impl Seal {
         out.extend_from_slice(&self.lo.to_be_bytes());
         out.extend_from_slice(&self.hi.to_be_bytes());
         out.extend_from_slice(&self.prev_hash);
+        if v2 {
+            out.push(self.row_encoding as u8);
+            match &self.legacy {
+                None => out.push(0),
+                Some(l) => {
+                    out.push(1);
+                    out.extend_from_slice(&l.rows.to_be_bytes());
+                    out.extend_from_slice(&l.newest_ingested_at_us.to_be_bytes());
+                }
+            }
+        }
         out.extend_from_slice(&(self.leaves.len() as u32).to_be_bytes());
         for l in &self.leaves {
             out.extend_from_slice(&l.seal_seq.to_be_bytes());
@@ -146,9 +196,14 @@ impl Seal {
     /// Parses canonical bytes (the exact inverse of [`Seal::to_bytes`]).
     pub fn from_bytes(bytes: &[u8]) -> Result<Seal, SealFormatError> {
         let mut r = Reader { bytes, pos: 0 };
-        if r.take(SEAL_DOMAIN.len())? != SEAL_DOMAIN {
+        let domain = r.take(SEAL_DOMAIN.len())?;
+        let v2 = if domain == SEAL_DOMAIN {
+            true
+        } else if domain == SEAL_DOMAIN_V1 {
+            false
+        } else {
             return Err(SealFormatError::Domain);
-        }
+        };
         let seal_no = u64::from_be_bytes(r.array()?);
         let key_id = r.array()?;
         let created_at_us = r.i64()?;
@@ -156,6 +211,24 @@ impl Seal {
         let lo = r.i64()?;
         let hi = r.i64()?;
         let prev_hash = r.array()?;
+        let (row_encoding, legacy) = if v2 {
+            let b = r.array::<1>()?[0];
+            let enc = RowEncoding::from_byte(b).ok_or(SealFormatError::RowEncoding(b))?;
+            let legacy = match r.array::<1>()?[0] {
+                0 => None,
+                1 => Some(LegacyBoundary {
+                    rows: r.i64()?,
+                    newest_ingested_at_us: r.i64()?,
+                }),
+                _ => return Err(SealFormatError::NotCanonical),
+            };
+            if enc == RowEncoding::V1 && legacy.is_none() {
+                return Err(SealFormatError::NotCanonical);
+            }
+            (enc, legacy)
+        } else {
+            (RowEncoding::V1, None)
+        };
         let n = r.u32()? as usize;
         let mut leaves = Vec::with_capacity(n.min(MAX_LEAVES));
         for _ in 0..n {
@@ -191,6 +264,8 @@ impl Seal {
             prev_hash,
             leaves,
             retention,
+            row_encoding,
+            legacy,
         })
     }
 }
@@ -405,6 +480,11 @@ mod tests {
                 rows: 4,
                 sealed_rows: 5,
             }],
+            row_encoding: RowEncoding::V2,
+            legacy: Some(LegacyBoundary {
+                rows: 3,
+                newest_ingested_at_us: 8,
+            }),
         }
     }
 
@@ -421,6 +501,29 @@ mod tests {
         longer.push(0);
         assert_eq!(Seal::from_bytes(&longer), Err(SealFormatError::Trailing(1)));
         assert_eq!(Seal::from_bytes(b"x"), Err(SealFormatError::Truncated(0)));
+    }
+
+    #[test]
+    fn both_formats_round_trip_and_keep_the_header_offsets() {
+        let v2 = seal();
+        let mut v1 = seal();
+        v1.row_encoding = RowEncoding::V1;
+        v1.legacy = None;
+        let mut plain_v2 = seal();
+        plain_v2.legacy = None;
+        for s in [&v2, &v1, &plain_v2] {
+            let b = s.to_bytes();
+            assert_eq!(&Seal::from_bytes(&b).unwrap(), s);
+            // lo and hi sit at the same offsets in both formats (the query role reads them).
+            assert_eq!(b[54..62], s.lo.to_be_bytes());
+            assert_eq!(b[62..70], s.hi.to_be_bytes());
+        }
+        assert!(v1.to_bytes().starts_with(SEAL_DOMAIN_V1));
+        assert!(plain_v2.to_bytes().starts_with(SEAL_DOMAIN));
+        assert_eq!(v2.to_bytes().len(), v1.to_bytes().len() + 18);
+        let mut bad = plain_v2.to_bytes();
+        bad[22 + 8 + 8 + 8 + 8 + 8 + 8 + 32] = 9;
+        assert_eq!(Seal::from_bytes(&bad), Err(SealFormatError::RowEncoding(9)));
     }
 
     #[test]

@@ -25,6 +25,23 @@
 //!
 //! Only one sealer works at a time: a pass holds the session lock [`SEALER_LOCK`]; another
 //! maintainer skips its pass.
+//!
+//! # Never a second chain over the same rows
+//!
+//! The newest seal in `audit_seals` is where the next seal continues, but whoever can write
+//! the database can delete seals, change the rows they covered, and let the sealer seal the
+//! changed rows afresh. So the sealer also knows the newest seal from outside the database
+//! ([`OffDatabase`]): from `integrity.seal_dir`, from the end of `integrity.seal_topic`, and
+//! from what it sealed or checked itself since it started. When the database's chain does not
+//! hold that seal (fewer seals, or another seal under its number) the pass refuses to seal
+//! ([`IntegrityError::TipMismatch`]): the maintain role turns DOWN and says so.
+//!
+//! # Retention records
+//!
+//! A record of `audit_retention_log` is signed only when its `dropped_at` is not after the
+//! pass's watermark (so no signed record postdates the seal that signs it) and no row it
+//! claims dropped is still stored ([`super::retention_contradiction`]); any other record is
+//! left unsigned, which verify reports.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -34,10 +51,11 @@ use futures_util::TryStreamExt as _;
 use sqlx::{Connection as _, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
-use super::encoding::{SELECT_LIST, StoredRow, micros, row_hash};
-use super::publish::Publisher;
+use super::encoding::{RowEncoding, SELECT_LIST, StoredRow, micros, row_hash, row_hash_as};
+use super::publish::{Publisher, SealDir};
 use super::seal::{
-    Leaf, MAX_LEAVES, MAX_SEAL_BYTES, RetentionRecord, Seal, SignedSeal, Signer, seal_hash,
+    Leaf, LegacyBoundary, MAX_LEAVES, MAX_SEAL_BYTES, RetentionRecord, Seal, SignedSeal, Signer,
+    from_micros, seal_hash,
 };
 use super::{IntegrityError, SEAL_WRITE_LOCK, SEALER_LOCK, fault_point};
 
@@ -54,6 +72,9 @@ pub struct SealerStatus {
     pub last_seal: Option<u64>,
     /// What the last self-check of the newest seal found wrong, if anything.
     pub selfcheck: Option<String>,
+    /// Set while the database's seals disagree with the off-database copy: the sealer
+    /// refuses to seal (the maintain role is DOWN).
+    pub tip_mismatch: Option<String>,
 }
 
 /// Shared view of the sealer.
@@ -73,10 +94,11 @@ pub struct PassReport {
 }
 
 /// The newest seal as stored (parsed from its bytes, not from the helper columns).
-struct Tip {
+pub struct Tip {
     seal_no: u64,
     hash: [u8; 32],
     hi: i64,
+    format: u8,
 }
 
 async fn tip(conn: &mut PgConnection) -> Result<Option<Tip>, IntegrityError> {
@@ -96,6 +118,7 @@ async fn tip(conn: &mut PgConnection) -> Result<Option<Tip>, IntegrityError> {
         seal_no: seal.seal_no,
         hash: seal_hash(&bytes),
         hi: seal.hi,
+        format: seal.format(),
     }))
 }
 
@@ -122,37 +145,89 @@ pub async fn watermark(conn: &mut PgConnection) -> Result<(i64, i64), IntegrityE
     Ok((if called { last } else { last - 1 }, micros(now)))
 }
 
-async fn pending_retention(
+/// What a pass takes in besides rows, read in one snapshot: the retention records to sign,
+/// and (for the chain's first format-2 seal) the legacy boundary.
+struct Intake {
+    retention_ids: Vec<i64>,
+    retention: Vec<RetentionRecord>,
+    legacy: Option<LegacyBoundary>,
+}
+
+/// Reads the retention records to sign and, when `want_legacy`, the legacy boundary, in one
+/// repeatable-read snapshot (a drop committing in between cannot be counted twice or not at
+/// all). A record is signed only when its `dropped_at` is not after `watermark_at_us` and no
+/// row with `seal_seq <= sealed_upto` in its bounds is still stored; others stay unsigned
+/// (logged; verify reports them).
+async fn intake(
     conn: &mut PgConnection,
-) -> Result<(Vec<i64>, Vec<RetentionRecord>), IntegrityError> {
+    watermark_at_us: i64,
+    sealed_upto: i64,
+    want_legacy: bool,
+) -> Result<Intake, IntegrityError> {
+    let err = || IntegrityError::db("reading audit_retention_log");
+    let mut tx = conn.begin().await.map_err(err())?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *tx)
+        .await
+        .map_err(err())?;
     let rows: Vec<(i64, String, i64, i64, i64, i64, i64)> = sqlx::query_as(
         "SELECT id, partition,
                 COALESCE((extract(epoch FROM lower_bound) * 1000000)::int8, -9223372036854775808),
                 COALESCE((extract(epoch FROM upper_bound) * 1000000)::int8, 9223372036854775807),
                 (extract(epoch FROM dropped_at) * 1000000)::int8, rows, sealed_rows
-           FROM audit_retention_log WHERE sealed_in IS NULL ORDER BY id",
+           FROM audit_retention_log
+          WHERE sealed_in IS NULL AND dropped_at <= $1
+          ORDER BY id",
     )
-    .fetch_all(&mut *conn)
+    .bind(from_micros(watermark_at_us))
+    .fetch_all(&mut *tx)
     .await
-    .map_err(IntegrityError::db("reading audit_retention_log"))?;
-    Ok(rows
-        .into_iter()
-        .map(
-            |(id, partition, lower_us, upper_us, dropped_at_us, rows, sealed_rows)| {
-                (
-                    id,
-                    RetentionRecord {
-                        partition,
-                        lower_us,
-                        upper_us,
-                        dropped_at_us,
-                        rows,
-                        sealed_rows,
-                    },
-                )
-            },
+    .map_err(err())?;
+    let mut out = Intake {
+        retention_ids: Vec::new(),
+        retention: Vec::new(),
+        legacy: None,
+    };
+    for (id, partition, lower_us, upper_us, dropped_at_us, rows, sealed_rows) in rows {
+        let record = RetentionRecord {
+            partition,
+            lower_us,
+            upper_us,
+            dropped_at_us,
+            rows,
+            sealed_rows,
+        };
+        let contradiction = super::retention_contradiction(&mut tx, &record, sealed_upto)
+            .await
+            .map_err(err())?;
+        if let Some((row_id, at, exists)) = contradiction {
+            tracing::error!(
+                partition = %record.partition, row_id = %row_id, occurred_at = %at,
+                partition_exists = exists,
+                "not signing a retention record: rows it claims were dropped are still stored \
+                 (a forged record?); run `audit-manager verify`"
+            );
+            metrics::counter!("audit_seal_retention_refused_total").increment(1);
+            continue;
+        }
+        out.retention_ids.push(id);
+        out.retention.push(record);
+    }
+    if want_legacy {
+        let (rows, newest): (i64, Option<i64>) = sqlx::query_as(
+            "SELECT count(*), (extract(epoch FROM max(ingested_at)) * 1000000)::int8
+               FROM audit_events WHERE seal_seq IS NULL",
         )
-        .unzip())
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(IntegrityError::db("counting rows without seal_seq"))?;
+        out.legacy = Some(LegacyBoundary {
+            rows,
+            newest_ingested_at_us: newest.unwrap_or(i64::MIN),
+        });
+    }
+    tx.commit().await.map_err(err())?;
+    Ok(out)
 }
 
 /// Reads the rows with `seal_seq` in `(after, min(upto, after + MAX_LEAVES)]` as leaves,
@@ -251,11 +326,23 @@ async fn insert_seal(
 }
 
 /// One sealing pass on `conn`: publish what is unpublished, take the watermark, seal up to it
-/// (in as many seals as the size bounds need), publish them.
+/// (in as many seals as the size bounds need), publish them. Without an off-database copy to
+/// check the database's newest seal against: see [`seal_pass_checked`].
 pub async fn seal_pass(
     conn: &mut PgConnection,
     signer: &Signer,
     publisher: Option<&Publisher>,
+) -> Result<PassReport, IntegrityError> {
+    seal_pass_checked(conn, signer, publisher, None).await
+}
+
+/// [`seal_pass`], refusing to seal when the database's newest seal disagrees with what `off`
+/// knows from outside the database, and copying every new seal to `integrity.seal_dir`.
+pub async fn seal_pass_checked(
+    conn: &mut PgConnection,
+    signer: &Signer,
+    publisher: Option<&Publisher>,
+    off: Option<&mut OffDatabase>,
 ) -> Result<PassReport, IntegrityError> {
     let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
         .bind(SEALER_LOCK)
@@ -265,7 +352,7 @@ pub async fn seal_pass(
     if !locked {
         return Ok(PassReport::default());
     }
-    let result = seal_locked(conn, signer, publisher).await;
+    let result = seal_locked(conn, signer, publisher, off).await;
     let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
         .bind(SEALER_LOCK)
         .execute(&mut *conn)
@@ -281,12 +368,16 @@ async fn seal_locked(
     conn: &mut PgConnection,
     signer: &Signer,
     publisher: Option<&Publisher>,
+    mut off: Option<&mut OffDatabase>,
 ) -> Result<PassReport, IntegrityError> {
     let mut report = PassReport {
         locked: true,
         ..PassReport::default()
     };
     fault_point("pass_start");
+    if let Some(o) = off.as_deref_mut() {
+        o.learn().await?;
+    }
     // Kafka being down must not stop sealing: the seals wait in audit_seals (published_at
     // NULL, counted in /health) and go out on a later pass.
     let mut publisher = publisher;
@@ -302,6 +393,13 @@ async fn seal_locked(
     let (upto, watermark_at_us) = watermark(conn).await?;
     fault_point("after_watermark");
     let tip = tip(conn).await?;
+    if let Some(o) = off.as_deref_mut() {
+        o.check(conn, tip.as_ref()).await?;
+        o.copy_to_dir(conn).await;
+    }
+    // The chain's first format-2 seal records the legacy boundary: seal 1, or the first seal
+    // after seals of an earlier release.
+    let want_legacy = tip.as_ref().is_none_or(|t| t.format == 1);
     // The next seal covers (lo, hi]; rows are read from `cursor` on (lo < cursor only after
     // windows holding nothing but gaps).
     let (mut seal_no, mut prev_hash, mut lo) = match &tip {
@@ -309,12 +407,16 @@ async fn seal_locked(
         None => (1, [0u8; 32], 0),
     };
     let mut cursor = lo;
-    let (mut retention_ids, mut retention) = pending_retention(conn).await?;
-    while cursor < upto || !retention.is_empty() {
+    let Intake {
+        mut retention_ids,
+        mut retention,
+        mut legacy,
+    } = intake(conn, watermark_at_us, lo, want_legacy).await?;
+    while cursor < upto || !retention.is_empty() || legacy.is_some() {
         let (leaves, hi) = read_leaves(conn, cursor, upto).await?;
         let hi = hi.max(cursor);
         fault_point("rows_read");
-        if leaves.is_empty() && retention.is_empty() {
+        if leaves.is_empty() && retention.is_empty() && legacy.is_none() {
             if hi < upto {
                 // A window of gaps only (aborted inserts): look further.
                 cursor = hi;
@@ -333,10 +435,16 @@ async fn seal_locked(
             prev_hash,
             leaves,
             retention: std::mem::take(&mut retention),
+            row_encoding: RowEncoding::CURRENT,
+            legacy: legacy.take(),
         };
         let signed = signer.sign(&seal);
         fault_point("seal_signed");
         insert_seal(conn, &signed, &seal, &std::mem::take(&mut retention_ids)).await?;
+        if let Some(o) = off.as_deref_mut() {
+            o.sealed(&signed);
+            o.copy_to_dir(conn).await;
+        }
         report.rows += seal.leaves.len() as u64;
         report.sealed.push(seal_no);
         tracing::debug!(
@@ -362,6 +470,236 @@ async fn seal_locked(
         cursor = hi;
     }
     Ok(report)
+}
+
+/// The newest seal as known from outside the database.
+#[derive(Debug, Clone)]
+struct KnownSeal {
+    seal_no: u64,
+    hash: [u8; 32],
+    /// Where it is known from, for the operator.
+    from: String,
+}
+
+/// What the sealer knows about the chain without trusting the database: the newest seal of
+/// `integrity.seal_dir` and of `integrity.seal_topic` (read once, at the first pass that can),
+/// then every seal it made or found in order itself. Also keeps `integrity.seal_dir` filled.
+pub struct OffDatabase {
+    dir: Option<SealDir>,
+    topic: Option<(crate::config::KafkaConfig, String)>,
+    known: Option<KnownSeal>,
+    /// The highest seal number with a file in `dir` (once listed).
+    dir_newest: Option<Option<u64>>,
+    /// Why the topic's end could not be read yet (`None` once it was, or without a topic).
+    topic_unread: Option<String>,
+}
+
+/// How long the sealer waits for the end of the seal topic.
+const TOPIC_TAIL_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl OffDatabase {
+    /// `dir`: `integrity.seal_dir`; `topic`: the Kafka settings and `integrity.seal_topic`.
+    /// With neither, only what this process sealed itself is known (a restarted sealer over a
+    /// truncated `audit_seals` would start a new chain: warned at start).
+    pub fn new(
+        dir: Option<std::path::PathBuf>,
+        topic: Option<(crate::config::KafkaConfig, String)>,
+    ) -> OffDatabase {
+        let topic_unread = topic.as_ref().map(|_| "not read yet".to_string());
+        OffDatabase {
+            dir: dir.map(SealDir::new),
+            topic,
+            known: None,
+            dir_newest: None,
+            topic_unread,
+        }
+    }
+
+    fn merge(&mut self, seal_no: u64, hash: [u8; 32], from: String) -> Result<(), IntegrityError> {
+        match &self.known {
+            Some(k) if k.seal_no == seal_no && k.hash != hash => {
+                Err(IntegrityError::TipMismatch(format!(
+                    "seal {seal_no} of {from} differs from seal {seal_no} of {}: the \
+                     off-database copies disagree. Compare them with `audit-manager verify \
+                     --seals-from-dir` / `--seals-from-topic`; sealing stays off until they \
+                     agree",
+                    k.from
+                )))
+            }
+            Some(k) if k.seal_no >= seal_no => Ok(()),
+            _ => {
+                self.known = Some(KnownSeal {
+                    seal_no,
+                    hash,
+                    from,
+                });
+                Ok(())
+            }
+        }
+    }
+
+    fn merge_line(&mut self, line: &super::SealLine, from: String) -> Result<(), IntegrityError> {
+        // The hash is recomputed from the bytes: the copy's own `hash` field is not trusted.
+        let bytes = line.decoded().ok_or_else(|| {
+            IntegrityError::Corrupt(format!("seal {} of {from} is not base64", line.seal_no))
+        })?;
+        self.merge(line.seal_no, seal_hash(&bytes), from)
+    }
+
+    /// Reads the newest seal of each copy not read yet.
+    async fn learn(&mut self) -> Result<(), IntegrityError> {
+        if let (Some(dir), None) = (&self.dir, &self.dir_newest) {
+            let d = dir.clone();
+            let newest = tokio::task::spawn_blocking(move || d.newest())
+                .await
+                .map_err(|e| IntegrityError::Publish(e.to_string()))??;
+            let from = format!("integrity.seal_dir {}", dir.path().display());
+            self.dir_newest = Some(newest.as_ref().map(|l| l.seal_no));
+            if let Some(line) = newest {
+                self.merge_line(&line, from)?;
+            }
+        }
+        if let (Some((kafka, topic)), Some(_)) = (&self.topic, &self.topic_unread) {
+            let (k, t) = (kafka.clone(), topic.clone());
+            let read = tokio::task::spawn_blocking(move || {
+                super::publish::read_tail(&k, &t, TOPIC_TAIL_TIMEOUT)
+            })
+            .await
+            .map_err(|e| IntegrityError::Publish(e.to_string()));
+            let from = format!("integrity.seal_topic {topic}");
+            match read.and_then(|r| r) {
+                Ok(newest) => {
+                    self.topic_unread = None;
+                    if let Some(line) = newest {
+                        self.merge_line(&line, from)?;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the end of the seal topic yet");
+                    self.topic_unread = Some(e.to_string());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses (`TipMismatch`) when the database's chain does not hold the newest seal known
+    /// from outside it; refuses (`Publish`) to begin a chain while the seal topic, which may
+    /// hold an earlier chain, cannot be read.
+    async fn check(
+        &mut self,
+        conn: &mut PgConnection,
+        db: Option<&Tip>,
+    ) -> Result<(), IntegrityError> {
+        let advice = "Seals were deleted or replaced in audit_seals, and sealing again would \
+                      cover changed rows with a new chain. Find out what changed with \
+                      `audit-manager verify --seals-from-dir DIR` (or `--seals-from-topic`), \
+                      then restore audit_seals (from a backup of the database) so that it \
+                      holds that seal again; sealing stays off until it does";
+        let Some(k) = self.known.clone() else {
+            if db.is_none()
+                && let Some(why) = &self.topic_unread
+            {
+                return Err(IntegrityError::Publish(format!(
+                    "not beginning a chain of seals while the seal topic cannot be read ({why}): \
+                     it may hold the seals of an earlier chain; check kafka.* and \
+                     integrity.seal_topic"
+                )));
+            }
+            return Ok(());
+        };
+        let found = match db {
+            None => None,
+            Some(t) if t.seal_no < k.seal_no => None,
+            Some(t) if t.seal_no == k.seal_no => Some(t.hash),
+            Some(_) => {
+                let row: Option<(Vec<u8>,)> =
+                    sqlx::query_as("SELECT bytes FROM audit_seals WHERE seal_no = $1")
+                        .bind(k.seal_no as i64)
+                        .fetch_optional(&mut *conn)
+                        .await
+                        .map_err(IntegrityError::db("reading a seal"))?;
+                row.map(|(b,)| seal_hash(&b))
+            }
+        };
+        match found {
+            Some(h) if h == k.hash => {}
+            Some(_) => {
+                return Err(IntegrityError::TipMismatch(format!(
+                    "seal {} in audit_seals is not the seal {} of {}. {advice}",
+                    k.seal_no, k.seal_no, k.from
+                )));
+            }
+            None => {
+                let newest = db.map_or("none".to_string(), |t| t.seal_no.to_string());
+                return Err(IntegrityError::TipMismatch(format!(
+                    "audit_seals lacks seal {} (its newest seal: {newest}), which {} holds. \
+                     {advice}",
+                    k.seal_no, k.from
+                )));
+            }
+        }
+        if let Some(t) = db {
+            self.merge(t.seal_no, t.hash, "this sealer".to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Remembers a seal this sealer committed.
+    fn sealed(&mut self, signed: &SignedSeal) {
+        self.known = Some(KnownSeal {
+            seal_no: signed.seal_no,
+            hash: signed.hash,
+            from: "this sealer".to_string(),
+        });
+    }
+
+    /// Writes a file for every seal above the newest one in `integrity.seal_dir` (after a
+    /// crash between a commit and its file, or on a new directory, several). A failure is
+    /// logged and retried on the next pass: the seals wait in `audit_seals`.
+    async fn copy_to_dir(&mut self, conn: &mut PgConnection) {
+        let Some(dir) = self.dir.clone() else { return };
+        let after = self.dir_newest.flatten().unwrap_or(0);
+        let copied = async {
+            let mut rows = sqlx::query_as::<_, (i64, Vec<u8>, Vec<u8>, String)>(
+                "SELECT seal_no, bytes, signature, key_id FROM audit_seals
+                  WHERE seal_no > $1 ORDER BY seal_no",
+            )
+            .bind(after as i64)
+            .fetch(&mut *conn);
+            let mut newest = None;
+            let mut batch = Vec::new();
+            loop {
+                let next = rows
+                    .try_next()
+                    .await
+                    .map_err(IntegrityError::db("reading seals to copy"))?;
+                if let Some((no, bytes, sig, key)) = &next {
+                    batch.push(super::SealLine::new(*no as u64, bytes, sig, key));
+                }
+                if batch.len() >= 256 || (next.is_none() && !batch.is_empty()) {
+                    let d = dir.clone();
+                    let lines = std::mem::take(&mut batch);
+                    let last = lines.last().map(|l| l.seal_no);
+                    tokio::task::spawn_blocking(move || d.write(&lines))
+                        .await
+                        .map_err(|e| IntegrityError::Publish(e.to_string()))??;
+                    newest = last;
+                }
+                if next.is_none() {
+                    return Ok::<_, IntegrityError>(newest);
+                }
+            }
+        }
+        .await;
+        match copied {
+            Ok(Some(n)) => self.dir_newest = Some(Some(n)),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "copying seals to integrity.seal_dir failed; will retry")
+            }
+        }
+    }
 }
 
 /// Publishes every seal whose `published_at` is NULL, oldest first, marking each once the
@@ -444,7 +782,7 @@ pub async fn selfcheck(pool: &PgPool, signer: &Signer) -> Result<Option<String>,
             .is_some_and(|l| {
                 l.id == r.id
                     && l.occurred_at_us == micros(r.occurred_at)
-                    && row_hash(&r).is_ok_and(|h| h == l.row_hash)
+                    && row_hash_as(seal.row_encoding, &r).is_ok_and(|h| h == l.row_hash)
             });
         if !matches {
             bad += 1;
@@ -458,7 +796,9 @@ pub async fn selfcheck(pool: &PgPool, signer: &Signer) -> Result<Option<String>,
     }))
 }
 
-/// Age of the oldest row no seal covers yet, and how many seals are unpublished.
+/// Age of the oldest row no seal covers yet, and how many seals are unpublished. The newest
+/// seal's `hi` is read from its signed bytes (offset 62, in both formats), not from the
+/// editable `hi_seq` column.
 ///
 /// "Oldest" is the unsealed row with the lowest `seal_seq`, read through the index: one row,
 /// where `min(ingested_at)` read every unsealed row (about 100 ms per 100 000 waiting rows, at
@@ -469,8 +809,8 @@ pub async fn observe(pool: &PgPool) -> Result<(f64, u64), IntegrityError> {
     let (lag, unpublished): (Option<f64>, i64) = sqlx::query_as(
         "SELECT (SELECT extract(epoch FROM now() - ingested_at)::float8
                    FROM audit_events
-                  WHERE seal_seq > COALESCE((SELECT hi_seq FROM audit_seals
-                                              ORDER BY seal_no DESC LIMIT 1), 0)
+                  WHERE seal_seq > COALESCE((SELECT ('x' || encode(substring(bytes from 63 for 8), 'hex'))::bit(64)::int8
+                                               FROM audit_seals ORDER BY seal_no DESC LIMIT 1), 0)
                   ORDER BY seal_seq LIMIT 1),
                 (SELECT count(*) FROM audit_seals WHERE published_at IS NULL)",
     )
@@ -486,10 +826,12 @@ pub fn spawn(
     pool: PgPool,
     signer: Signer,
     publisher: Option<Publisher>,
+    off: OffDatabase,
     interval: Duration,
     state: SealerState,
     token: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
+    let off = Arc::new(tokio::sync::Mutex::new(off));
     tokio::spawn(async move {
         crate::maintain::schedule(interval, token, || async {
             let outcome = async {
@@ -498,7 +840,9 @@ pub fn spawn(
                     .await
                     .map_err(IntegrityError::db("connecting for the sealer"))?
                     .detach();
-                let r = seal_pass(&mut conn, &signer, publisher.as_ref()).await;
+                let mut off = off.lock().await;
+                let r = seal_pass_checked(&mut conn, &signer, publisher.as_ref(), Some(&mut off))
+                    .await;
                 let _ = conn.close().await;
                 r
             }
@@ -525,6 +869,15 @@ pub fn spawn(
             if let Ok(problem) = checked {
                 s.selfcheck = problem;
             }
+            let mismatch = match &outcome {
+                Err(IntegrityError::TipMismatch(m)) => Some(m.clone()),
+                _ => None,
+            };
+            metrics::gauge!("audit_seal_tip_mismatch").set(if mismatch.is_some() { 1.0 } else { 0.0 });
+            if let Some(m) = &mismatch {
+                tracing::error!(problem = %m, "refusing to seal: audit_seals disagrees with the off-database copy of the seals");
+            }
+            s.tip_mismatch = mismatch;
             match outcome {
                 Ok(report) => {
                     s.error = None;

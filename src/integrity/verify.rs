@@ -9,34 +9,46 @@
 //!   `integrity.public_key_files` (keys in the database are never trusted); **chain broken**:
 //!   its `prev_hash` is not the previous seal's hash, or its range does not continue the
 //!   previous seal's;
-//! - **row changed**: a sealed row whose hash differs from its leaf; **row missing**: a leaf
-//!   without its row, unless a signed retention record covers its `occurred_at` (then it is
-//!   counted as dropped by retention, which is not a finding);
+//! - **row changed**: a sealed row whose hash differs from its leaf (hashed in the row
+//!   encoding the seal names); **row missing**: a leaf without its row, unless a believed
+//!   retention record covers its `occurred_at` (then it is counted as dropped by retention,
+//!   which is not a finding);
 //! - **row unsealed**: a row whose `seal_seq` lies inside a sealed range but which no leaf of
-//!   that seal names; a row with a `seal_seq` above the newest seal, or with none, whose
-//!   `ingested_at` is older than the *previous* seal pass's watermark (a row stored by the
-//!   sink in time for that pass is always covered by the newest one, see `sealer.rs`); a row
-//!   without `seal_seq` stored after the first seal's watermark;
-//! - **retention early**: a retention record of a partition that was not yet past
-//!   `database.partition_retention_months` when it was dropped (the command line passes the
-//!   configured value);
-//! - with `--seals-from-topic`: a seal on the topic that the database lacks (the newest seals
-//!   deleted: truncation), a seal that differs from its published copy, or a seal marked
-//!   published that the topic lacks.
+//!   that seal names; a row with a `seal_seq` above the newest seal whose `ingested_at` is
+//!   older than the *previous* seal pass's watermark (a row stored by the sink in time for
+//!   that pass is always covered by the newest one, see `sealer.rs`), or (with
+//!   `seal_interval`) more than 3 seal intervals before verify ran, or more than one interval
+//!   in the future; a row without `seal_seq` stored after the legacy boundary (or the first
+//!   seal's watermark);
+//! - **legacy count**: the rows without `seal_seq` are not the ones the legacy boundary
+//!   counted (less those retention dropped since);
+//! - **retention unsigned**: a record of `audit_retention_log` that no seal signed although a
+//!   seal pass has run since it was dropped, or that claims a drop in the future (it is not
+//!   believed either way); **retention invalid**: a signed record whose `dropped_at` postdates
+//!   the seal that signed it, or whose partition still holds rows it claims dropped (not
+//!   believed); **retention early**: a believed record of a partition that was not yet past
+//!   `database.partition_retention_months` at the signing seal's time (the command line
+//!   passes the configured value);
+//! - with `--seals-from-topic` / `--seals-from-dir`: a seal in the copy that the database
+//!   lacks (the newest seals deleted: truncation), a seal that differs from its copy, a seal
+//!   marked published that the topic lacks, or one missing from the directory below its newest
+//!   file; a seal whose helper columns (`lo_seq`, `hi_seq`, `leaves`, `retention_records`) do
+//!   not match its bytes.
 //!
-//! Rows without `seal_seq` stored before sealing began are legacy: counted, not findings.
+//! Rows without `seal_seq` within the legacy boundary are legacy: counted, not findings.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::io::Write;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use ed25519_dalek::VerifyingKey;
 use futures_util::{StreamExt as _, TryStreamExt as _};
 use sqlx::PgPool;
 
-use super::encoding::{SELECT_LIST, StoredRow, micros, row_hash};
-use super::seal::{RetentionRecord, Seal, from_micros, seal_hash, signature_valid};
+use super::encoding::{SELECT_LIST, StoredRow, micros, row_hash_as};
+use super::seal::{LegacyBoundary, RetentionRecord, Seal, from_micros, seal_hash, signature_valid};
 use super::{IntegrityError, SealLine};
 
 /// What to check.
@@ -48,6 +60,12 @@ pub struct VerifyOptions {
     pub to: Option<DateTime<Utc>>,
     /// The published copies of the seals (`--seals-from-topic`), by seal number.
     pub topic: Option<BTreeMap<u64, Vec<SealLine>>>,
+    /// The seal files of `integrity.seal_dir` (`--seals-from-dir`), by seal number.
+    pub dir: Option<BTreeMap<u64, Vec<SealLine>>>,
+    /// `integrity.seal_interval`: a row no seal covers that was stored more than 3 intervals
+    /// before verify ran, or claims to be stored more than one interval after, is a finding.
+    /// `None`: only the signed watermarks date rows.
+    pub seal_interval: Option<Duration>,
     /// Show a progress bar on stderr.
     pub progress: bool,
     /// `database.partition_retention_months`: a retention record of a partition that was not
@@ -58,9 +76,9 @@ pub struct VerifyOptions {
 /// One thing found wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Finding {
-    /// Stable kind: `row-changed`, `row-missing`, `row-unsealed`, `seal-missing`,
-    /// `seal-changed`, `signature-invalid`, `unknown-key`, `chain-broken`, `seal-truncated`,
-    /// `retention-early`.
+    /// Stable kind: `row-changed`, `row-missing`, `row-unsealed`, `legacy-count`,
+    /// `seal-missing`, `seal-changed`, `signature-invalid`, `unknown-key`, `chain-broken`,
+    /// `seal-truncated`, `retention-early`, `retention-unsigned`, `retention-invalid`.
     pub kind: &'static str,
     pub detail: String,
 }
@@ -111,14 +129,15 @@ impl<W: Write> Run<'_, W> {
         self.report.findings.push(f);
     }
 
-    /// Hash, signature and format of one seal; `None` when its bytes cannot be read.
+    /// Hash, signature and format of one seal; `None` when its bytes cannot be read, else the
+    /// seal and whether a trusted key signed it.
     fn check_seal(
         &mut self,
         no: u64,
         bytes: &[u8],
         stored_hash: &[u8],
         sig: &[u8],
-    ) -> Option<Seal> {
+    ) -> Option<(Seal, bool)> {
         let hash = seal_hash(bytes);
         if stored_hash != hash {
             self.find(
@@ -142,24 +161,60 @@ impl<W: Write> Run<'_, W> {
                 ),
             );
         }
-        match self.keys.get(&seal.key_id) {
-            None => self.find(
-                "unknown-key",
-                format!(
-                    "seal {no}: signed by key {}, which is not in integrity.public_key_files",
-                    hex::encode(seal.key_id)
-                ),
-            ),
-            Some(key) if !signature_valid(key, &hash, sig) => self.find(
-                "signature-invalid",
-                format!(
-                    "seal {no}: the signature does not verify under key {}",
-                    hex::encode(seal.key_id)
-                ),
-            ),
-            Some(_) => {}
+        let trusted = match self.keys.get(&seal.key_id) {
+            None => {
+                self.find(
+                    "unknown-key",
+                    format!(
+                        "seal {no}: signed by key {}, which is not in integrity.public_key_files",
+                        hex::encode(seal.key_id)
+                    ),
+                );
+                false
+            }
+            Some(key) if !signature_valid(key, &hash, sig) => {
+                self.find(
+                    "signature-invalid",
+                    format!(
+                        "seal {no}: the signature does not verify under key {}",
+                        hex::encode(seal.key_id)
+                    ),
+                );
+                false
+            }
+            Some(_) => stored_hash == hash,
+        };
+        Some((seal, trusted))
+    }
+
+    /// Compares seal `no` with its copies in `copies` (`where_` names them). `absent`: the
+    /// finding when the copy lacks the seal although it should hold it (`None`: it need not).
+    fn compare_copy(
+        &mut self,
+        no: u64,
+        bytes: &[u8],
+        copies: &BTreeMap<u64, Vec<SealLine>>,
+        where_: &str,
+        absent: Option<&str>,
+    ) {
+        let hash = hex::encode(seal_hash(bytes));
+        match copies.get(&no) {
+            Some(c)
+                if c.iter()
+                    .any(|c| c.hash != hash || c.decoded().as_deref() != Some(bytes)) =>
+            {
+                self.find(
+                    "seal-changed",
+                    format!("seal {no}: differs from its copy in {where_}"),
+                )
+            }
+            None => {
+                if let Some(why) = absent {
+                    self.find("seal-changed", format!("seal {no}: {why}"));
+                }
+            }
+            _ => {}
         }
-        Some(seal)
     }
 }
 
@@ -179,14 +234,41 @@ fn range_sql(opts: &VerifyOptions) -> String {
     s
 }
 
-type SealRow = (i64, Vec<u8>, Vec<u8>, Vec<u8>, Option<DateTime<Utc>>);
+/// `seal_no, bytes, hash, signature, published_at`, and the helper columns `lo_seq, hi_seq,
+/// leaves, retention_records` (checked against the bytes: readers use them to find seals).
+type SealRow = (
+    i64,
+    Vec<u8>,
+    Vec<u8>,
+    Vec<u8>,
+    Option<DateTime<Utc>>,
+    i64,
+    i64,
+    i32,
+    i32,
+);
+
+/// A retention record as signed, with the seal that signed it.
+struct SignedRecord {
+    record: RetentionRecord,
+    seal_no: u64,
+    /// The signing seal's `lo`: rows at or below it were committed before the drop.
+    seal_lo: i64,
+    /// The signing seal's own time: its watermark (format 2; a record is signed only when
+    /// dropped by then) or its creation time (format 1).
+    signed_at_us: i64,
+    /// `false` when the record contradicts that seal or the stored rows (not believed).
+    believed: bool,
+}
 
 /// Retention records of the seals that carry any, from seals whose hash and signature check
-/// out (a record is only believed when a trusted key signed it).
-async fn trusted_retention(
+/// out (a record is only believed when a trusted key signed it). `retention_records > 0`
+/// only narrows the read: a seal whose column hides its records is reported by the main pass
+/// (its columns do not match its bytes).
+async fn signed_retention(
     pool: &PgPool,
     keys: &BTreeMap<[u8; 8], VerifyingKey>,
-) -> Result<Vec<RetentionRecord>, IntegrityError> {
+) -> Result<Vec<SignedRecord>, IntegrityError> {
     let rows: Vec<(Vec<u8>, Vec<u8>)> = sqlx::query_as(
         "SELECT bytes, signature FROM audit_seals WHERE retention_records > 0 ORDER BY seal_no",
     )
@@ -201,32 +283,100 @@ async fn trusted_retention(
         let trusted = keys
             .get(&seal.key_id)
             .is_some_and(|k| signature_valid(k, &seal_hash(&bytes), &sig));
-        if trusted {
-            out.extend(seal.retention);
+        if !trusted {
+            continue;
         }
+        let signed_at_us = if seal.format() == 1 {
+            seal.created_at_us
+        } else {
+            seal.watermark_at_us
+        };
+        out.extend(seal.retention.into_iter().map(|record| SignedRecord {
+            record,
+            seal_no: seal.seal_no,
+            seal_lo: seal.lo,
+            signed_at_us,
+            believed: true,
+        }));
     }
-    // Drops recorded since the newest seal: the next seal takes them in.
-    let pending: Vec<(String, i64, i64, i64, i64, i64)> = sqlx::query_as(
+    Ok(out)
+}
+
+/// Every record of `audit_retention_log` as stored (signed or not).
+async fn logged_retention(pool: &PgPool) -> Result<Vec<RetentionRecord>, IntegrityError> {
+    let rows: Vec<(String, i64, i64, i64, i64, i64)> = sqlx::query_as(
         "SELECT partition,
                 COALESCE((extract(epoch FROM lower_bound) * 1000000)::int8, -9223372036854775808),
                 COALESCE((extract(epoch FROM upper_bound) * 1000000)::int8, 9223372036854775807),
                 (extract(epoch FROM dropped_at) * 1000000)::int8, rows, sealed_rows
-           FROM audit_retention_log WHERE sealed_in IS NULL ORDER BY id",
+           FROM audit_retention_log ORDER BY id",
     )
     .fetch_all(pool)
     .await
     .map_err(IntegrityError::db("reading audit_retention_log"))?;
-    out.extend(pending.into_iter().map(
-        |(partition, lower_us, upper_us, dropped_at_us, rows, sealed_rows)| RetentionRecord {
-            partition,
-            lower_us,
-            upper_us,
-            dropped_at_us,
-            rows,
-            sealed_rows,
-        },
-    ));
-    Ok(out)
+    Ok(rows
+        .into_iter()
+        .map(
+            |(partition, lower_us, upper_us, dropped_at_us, rows, sealed_rows)| RetentionRecord {
+                partition,
+                lower_us,
+                upper_us,
+                dropped_at_us,
+                rows,
+                sealed_rows,
+            },
+        )
+        .collect())
+}
+
+/// Judges each signed record (`retention-invalid` when it postdates its seal or its partition
+/// still holds rows it claims dropped) and marks the ones not to believe.
+async fn judge_retention<W: Write>(
+    pool: &PgPool,
+    run: &mut Run<'_, W>,
+    records: &mut [SignedRecord],
+) -> Result<(), IntegrityError> {
+    let mut conn = pool
+        .acquire()
+        .await
+        .map_err(IntegrityError::db("connecting"))?;
+    for r in records.iter_mut() {
+        let rec = &r.record;
+        let what = format!(
+            "partition {} [{}, {}) recorded dropped at {} and signed by seal {}",
+            rec.partition,
+            ts(rec.lower_us),
+            ts(rec.upper_us),
+            ts(rec.dropped_at_us),
+            r.seal_no
+        );
+        if rec.dropped_at_us > r.signed_at_us {
+            run.find(
+                "retention-invalid",
+                format!(
+                    "{what}: the drop postdates the seal that signed it ({}); not believed",
+                    ts(r.signed_at_us)
+                ),
+            );
+            r.believed = false;
+            continue;
+        }
+        let contradiction = super::retention_contradiction(&mut conn, rec, r.seal_lo)
+            .await
+            .map_err(IntegrityError::db("checking a retention record"))?;
+        if let Some((id, at, exists)) = contradiction {
+            run.find(
+                "retention-invalid",
+                format!(
+                    "{what}: row id={id} occurred_at={}, stored before that drop, is still stored{}; the partition was not dropped, the record is not believed",
+                    ts(micros(at)),
+                    if exists { " and the partition still exists" } else { "" }
+                ),
+            );
+            r.believed = false;
+        }
+    }
+    Ok(())
 }
 
 /// Checks every seal and every sealed row; writes one line per finding to `out`.
@@ -236,13 +386,21 @@ pub async fn verify(
     opts: &VerifyOptions,
     out: &mut impl Write,
 ) -> Result<Report, IntegrityError> {
-    let retention = trusted_retention(pool, keys).await?;
-    let mut retained_by: Vec<u64> = vec![0; retention.len()];
     let mut run = Run {
         keys,
         report: Report::default(),
         out,
     };
+    // The database's clock, which wrote every ingested_at.
+    let now_us: i64 = micros(
+        sqlx::query_scalar::<_, DateTime<Utc>>("SELECT clock_timestamp()")
+            .fetch_one(pool)
+            .await
+            .map_err(IntegrityError::db("reading the time"))?,
+    );
+    let mut retention = signed_retention(pool, keys).await?;
+    judge_retention(pool, &mut run, &mut retention).await?;
+    let mut retained_by: Vec<u64> = vec![0; retention.len()];
     let progress = if opts.progress {
         let pb = indicatif::ProgressBar::new_spinner();
         pb.set_style(
@@ -265,7 +423,9 @@ pub async fn verify(
         .await
         .map_err(IntegrityError::db("connecting"))?;
     let mut seals = sqlx::query_as::<_, SealRow>(
-        "SELECT seal_no, bytes, hash, signature, published_at FROM audit_seals ORDER BY seal_no",
+        "SELECT seal_no, bytes, hash, signature, published_at, lo_seq, hi_seq, leaves,
+                retention_records
+           FROM audit_seals ORDER BY seal_no",
     )
     .fetch(&mut *seal_conn);
     let row_sql = format!(
@@ -282,13 +442,20 @@ pub async fn verify(
     // The two newest distinct watermarks (newest first).
     let mut watermarks: (Option<i64>, Option<i64>) = (None, None);
     let mut max_no: u64 = 0;
+    // The first signed legacy boundary of the chain, with its seal's number.
+    let mut boundary: Option<(LegacyBoundary, u64)> = None;
+    let dir_newest = opts
+        .dir
+        .as_ref()
+        .and_then(|d| d.keys().next_back().copied());
 
     while let Some(seal_row) = seals
         .try_next()
         .await
         .map_err(IntegrityError::db("reading audit_seals"))?
     {
-        let (no, bytes, stored_hash, sig, published_at) = seal_row;
+        let (no, bytes, stored_hash, sig, published_at, lo_col, hi_col, leaves_col, ret_col) =
+            seal_row;
         let no = no as u64;
         run.report.seals += 1;
         max_no = no;
@@ -306,30 +473,57 @@ pub async fn verify(
         }
         expected_no = no + 1;
         if let Some(topic) = &opts.topic {
-            let hash = hex::encode(seal_hash(&bytes));
-            match topic.get(&no) {
-                Some(copies)
-                    if copies
-                        .iter()
-                        .any(|c| c.hash != hash || c.decoded().as_deref() != Some(&bytes[..])) =>
-                {
-                    run.find(
-                        "seal-changed",
-                        format!("seal {no}: differs from its published copy on the seal topic"),
-                    )
-                }
-                None if published_at.is_some() => run.find(
-                    "seal-changed",
-                    format!("seal {no}: marked published but absent from the seal topic"),
-                ),
-                _ => {}
-            }
+            run.compare_copy(
+                no,
+                &bytes,
+                topic,
+                "the seal topic",
+                published_at
+                    .is_some()
+                    .then_some("marked published but absent from the seal topic"),
+            );
+        }
+        if let Some(dir) = &opts.dir {
+            run.compare_copy(
+                no,
+                &bytes,
+                dir,
+                "the seal directory",
+                dir_newest
+                    .is_some_and(|n| no < n)
+                    .then_some("absent from the seal directory, which holds later seals"),
+            );
         }
         let hash = seal_hash(&bytes);
-        let Some(seal) = run.check_seal(no, &bytes, &stored_hash, &sig) else {
+        let Some((seal, trusted)) = run.check_seal(no, &bytes, &stored_hash, &sig) else {
             prev = None;
             continue;
         };
+        if (lo_col, hi_col, leaves_col as i64, ret_col as i64)
+            != (
+                seal.lo,
+                seal.hi,
+                seal.leaves.len() as i64,
+                seal.retention.len() as i64,
+            )
+        {
+            run.find(
+                "seal-changed",
+                format!(
+                    "seal {no}: its columns lo_seq, hi_seq, leaves, retention_records ({lo_col}, {hi_col}, {leaves_col}, {ret_col}) do not match its signed bytes ({}, {}, {}, {}): the row of audit_seals was edited",
+                    seal.lo,
+                    seal.hi,
+                    seal.leaves.len(),
+                    seal.retention.len()
+                ),
+            );
+        }
+        if trusted
+            && boundary.is_none()
+            && let Some(b) = seal.legacy
+        {
+            boundary = Some((b, no));
+        }
         match prev {
             Some((prev_hash, prev_hi)) => {
                 if seal.prev_hash != prev_hash {
@@ -429,7 +623,7 @@ pub async fn verify(
                 Some(i) => {
                     seen[i] = true;
                     let leaf = &seal.leaves[i];
-                    match row_hash(&row) {
+                    match row_hash_as(seal.row_encoding, &row) {
                         Ok(h) if h == leaf.row_hash => run.report.rows_ok += 1,
                         _ => run.find(
                             "row-changed",
@@ -452,7 +646,9 @@ pub async fn verify(
         for i in (0..seal.leaves.len()).filter(|&i| !seen[i]) {
             let leaf = &seal.leaves[i];
             let dropped = retention.iter().position(|r| {
-                r.lower_us <= leaf.occurred_at_us && leaf.occurred_at_us < r.upper_us
+                r.believed
+                    && r.record.lower_us <= leaf.occurred_at_us
+                    && leaf.occurred_at_us < r.record.upper_us
             });
             match dropped {
                 Some(r) => {
@@ -472,8 +668,10 @@ pub async fn verify(
     }
     drop(seals);
 
-    // Rows above the newest seal: pending, unless older than the previous pass's watermark.
+    // Rows above the newest seal: pending, unless older than the previous pass's watermark or
+    // (with a seal interval) than 3 intervals, or dated in the future.
     let horizon = watermarks.1;
+    let window = opts.seal_interval.map(|i| i.as_micros() as i64);
     while let Some(row) = rows
         .try_next()
         .await
@@ -481,24 +679,45 @@ pub async fn verify(
     {
         progress.inc(1);
         let ingested = micros(row.ingested_at);
-        match horizon {
-            Some(h) if ingested < h => run.find(
+        let name = format!(
+            "id={} occurred_at={}: seal_seq {} is above the newest seal",
+            row.id,
+            ts(micros(row.occurred_at)),
+            row.seal_seq.unwrap_or_default(),
+        );
+        if horizon.is_some_and(|h| ingested < h) {
+            run.find(
                 "row-unsealed",
                 format!(
-                    "id={} occurred_at={}: seal_seq {} is above the newest seal although the row was stored at {}, before the previous seal pass (inserted behind the sealer's back, or the newest seals were deleted)",
-                    row.id,
-                    ts(micros(row.occurred_at)),
-                    row.seal_seq.unwrap_or_default(),
+                    "{name} although the row was stored at {}, before the previous seal pass (inserted behind the sealer's back, or the newest seals were deleted)",
                     ts(ingested)
                 ),
-            ),
-            _ => run.report.pending_rows += 1,
+            );
+        } else if window.is_some_and(|w| ingested < now_us.saturating_sub(w.saturating_mul(3))) {
+            run.find(
+                "row-unsealed",
+                format!(
+                    "{name} although the row was stored at {}, more than 3 x integrity.seal_interval ago (the seals that covered it were deleted, or the sealer is not running)",
+                    ts(ingested)
+                ),
+            );
+        } else if window.is_some_and(|w| ingested > now_us.saturating_add(w)) {
+            run.find(
+                "row-unsealed",
+                format!(
+                    "{name} and its ingested_at {} lies in the future (set by hand to look pending)",
+                    ts(ingested)
+                ),
+            );
+        } else {
+            run.report.pending_rows += 1;
         }
     }
     drop(rows);
     progress.finish_and_clear();
 
-    // Rows without seal_seq: legacy before the first seal's watermark, findings after it.
+    // Rows without seal_seq: legacy within the boundary (or before the first seal's
+    // watermark), findings after it.
     let legacy_sql = format!(
         "SELECT {SELECT_LIST} FROM audit_events WHERE seal_seq IS NULL{}",
         range_sql(opts)
@@ -506,60 +725,140 @@ pub async fn verify(
     let mut nulls = sqlx::query_as::<_, StoredRow>(&legacy_sql).fetch(&mut *row_conn);
     while let Some(row) = nulls.next().await {
         let row = row.map_err(IntegrityError::db("reading rows without seal_seq"))?;
-        match first_watermark {
-            Some(w) if micros(row.ingested_at) >= w => run.find(
+        let ingested = micros(row.ingested_at);
+        let after = match (&boundary, first_watermark) {
+            (Some((b, no)), _) if ingested > b.newest_ingested_at_us => Some(format!(
+                "the legacy boundary signed in seal {no} ({})",
+                if b.rows == 0 {
+                    "no such row".to_string()
+                } else {
+                    format!("newest {}", ts(b.newest_ingested_at_us))
+                }
+            )),
+            (_, Some(w)) if ingested >= w => Some("sealing began".to_string()),
+            _ => None,
+        };
+        match after {
+            Some(after) => run.find(
                 "row-unsealed",
                 format!(
-                    "id={} occurred_at={}: has no seal_seq but was stored at {}, after sealing began",
+                    "id={} occurred_at={}: has no seal_seq but was stored at {}, after {after}",
                     row.id,
                     ts(micros(row.occurred_at)),
-                    ts(micros(row.ingested_at))
+                    ts(ingested)
                 ),
             ),
-            _ => run.report.legacy_rows += 1,
+            None => run.report.legacy_rows += 1,
         }
     }
     drop(nulls);
-
-    if let Some(topic) = &opts.topic {
-        for (&no, _) in topic.range(max_no + 1..) {
+    if let Some((b, no)) = boundary
+        && opts.from.is_none()
+        && opts.to.is_none()
+    {
+        // Retention dropped partitions since: their rows without seal_seq are gone too.
+        let dropped: i64 = retention
+            .iter()
+            .filter(|r| r.believed && r.seal_no > no)
+            .map(|r| r.record.rows - r.record.sealed_rows)
+            .sum();
+        let expected = b.rows - dropped;
+        let found = run.report.legacy_rows as i64;
+        if found != expected {
             run.find(
-                "seal-truncated",
-                format!("seal {no}: on the seal topic but absent from audit_seals (newest seals deleted)"),
+                "legacy-count",
+                format!(
+                    "{found} rows without seal_seq are stored within the legacy boundary, but seal {no} counted {} when sealing began{}: rows without seal_seq were {} (they are not protected, so they cannot be named)",
+                    b.rows,
+                    if dropped > 0 { format!(" and retention dropped {dropped} since") } else { String::new() },
+                    if found > expected { "added" } else { "deleted" }
+                ),
+            );
+        }
+    }
+
+    for (copies, where_) in [
+        (&opts.topic, "on the seal topic"),
+        (&opts.dir, "in the seal directory"),
+    ] {
+        if let Some(copies) = copies {
+            for (&no, _) in copies.range(max_no + 1..) {
+                run.find(
+                    "seal-truncated",
+                    format!(
+                        "seal {no}: {where_} but absent from audit_seals (newest seals deleted)"
+                    ),
+                );
+            }
+        }
+    }
+
+    // Records nobody signed are never believed; they are findings once a pass should have
+    // signed them (or when they claim a drop in the future).
+    let logged = logged_retention(pool).await?;
+    for rec in logged
+        .iter()
+        .filter(|l| !retention.iter().any(|r| &r.record == *l))
+    {
+        let what = format!(
+            "partition {} [{}, {}) recorded dropped at {}",
+            rec.partition,
+            ts(rec.lower_us),
+            ts(rec.upper_us),
+            ts(rec.dropped_at_us)
+        );
+        if rec.dropped_at_us > now_us {
+            run.find(
+                "retention-unsigned",
+                format!("{what}: no seal signed it and its drop lies in the future (forged); not believed"),
+            );
+        } else if horizon.is_some_and(|h| rec.dropped_at_us < h) {
+            run.find(
+                "retention-unsigned",
+                format!("{what}: no seal signed it although seal passes ran since (the sealer refused it, or it was written by hand); not believed"),
+            );
+        } else {
+            let _ = writeln!(
+                run.out,
+                "info: {what}: not signed yet (the next seal signs it); until then its rows count as missing"
             );
         }
     }
     if let Some(months) = opts.retention_months {
-        for r in &retention {
-            let cutoff = from_micros(r.dropped_at_us)
+        for r in retention.iter().filter(|r| r.believed) {
+            let rec = &r.record;
+            let cutoff = from_micros(r.signed_at_us)
                 .and_then(|at| crate::store::retention_cutoff(at, months));
-            let expired = cutoff.is_some_and(|c| r.upper_us <= micros(c));
+            let expired = cutoff.is_some_and(|c| rec.upper_us <= micros(c));
             if !expired {
                 run.find(
                     "retention-early",
                     format!(
-                        "partition {} [{}, {}) was dropped at {} although \
+                        "partition {} [{}, {}) was dropped (signed by seal {} at {}) although \
                          database.partition_retention_months ({months}) kept it (deleted, not \
                          expired)",
-                        r.partition,
-                        ts(r.lower_us),
-                        ts(r.upper_us),
-                        ts(r.dropped_at_us)
+                        rec.partition,
+                        ts(rec.lower_us),
+                        ts(rec.upper_us),
+                        r.seal_no,
+                        ts(r.signed_at_us)
                     ),
                 );
             }
         }
     }
     for (r, n) in retention.iter().zip(retained_by) {
+        let rec = &r.record;
         let _ = writeln!(
             run.out,
-            "info: retention dropped partition {} [{}, {}) at {} ({} rows, {} sealed); {n} sealed rows checked as dropped",
-            r.partition,
-            ts(r.lower_us),
-            ts(r.upper_us),
-            ts(r.dropped_at_us),
-            r.rows,
-            r.sealed_rows
+            "info: retention dropped partition {} [{}, {}) at {} ({} rows, {} sealed){}; {n} sealed rows checked as dropped",
+            rec.partition,
+            ts(rec.lower_us),
+            ts(rec.upper_us),
+            ts(rec.dropped_at_us),
+            rec.rows,
+            rec.sealed_rows,
+            if r.believed { "" } else { ", NOT BELIEVED" }
         );
     }
     Ok(run.report)
