@@ -556,6 +556,14 @@ pub struct IntegrityConfig {
     /// Kafka topic every seal is also published to (the off-database copy).
     /// Default `openg2p.audit.seals`.
     pub seal_topic: String,
+    /// The writer key (from `audit-manager keygen`) of the processes that store rows (the
+    /// sink): every storing transaction is attested (signed) with it. Held by those processes
+    /// only, never by the database. Default: none (rows are stored unattested).
+    pub writer_key_file: Option<PathBuf>,
+    /// Public keys (`FILE.pub` of every writer key, past and present) whose attestations the
+    /// sealer and `verify` accept. Empty: the sealer seals rows without checking attestation
+    /// (a warning at start) and `verify` does not check it. Default: none.
+    pub writer_public_key_files: Vec<PathBuf>,
 }
 
 impl Default for IntegrityConfig {
@@ -565,6 +573,8 @@ impl Default for IntegrityConfig {
             public_key_files: Vec::new(),
             seal_interval: Duration::from_secs(60),
             seal_topic: "openg2p.audit.seals".to_string(),
+            writer_key_file: None,
+            writer_public_key_files: Vec::new(),
         }
     }
 }

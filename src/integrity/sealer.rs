@@ -34,6 +34,7 @@ use futures_util::TryStreamExt as _;
 use sqlx::{Connection as _, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
+use super::attest::SealCheck;
 use super::encoding::{SELECT_LIST, StoredRow, micros, row_hash};
 use super::publish::Publisher;
 use super::seal::{
@@ -54,6 +55,12 @@ pub struct SealerStatus {
     pub last_seal: Option<u64>,
     /// What the last self-check of the newest seal found wrong, if anything.
     pub selfcheck: Option<String>,
+    /// Writer attestation is checked before sealing (`integrity.writer_public_key_files`).
+    pub attestation: bool,
+    /// Sealing waits for the first valid writer attestation (see `attest.rs`).
+    pub attestation_waiting: bool,
+    /// Rows refused since start for want of a valid writer attestation.
+    pub unattested: u64,
 }
 
 /// Shared view of the sealer.
@@ -166,8 +173,12 @@ async fn read_leaves(
     conn: &mut PgConnection,
     after: i64,
     upto: i64,
+    mut check: Option<&mut SealCheck>,
 ) -> Result<(Vec<Leaf>, i64), IntegrityError> {
     let window_hi = upto.min(after.saturating_add(MAX_LEAVES as i64));
+    if let Some(c) = check.as_deref_mut() {
+        c.load(conn, after, window_hi).await?;
+    }
     let sql = format!(
         "SELECT {SELECT_LIST} FROM audit_events WHERE seal_seq > $1 AND seal_seq <= $2 \
          ORDER BY seal_seq"
@@ -185,6 +196,12 @@ async fn read_leaves(
         .await
         .map_err(IntegrityError::db("reading rows to seal"))?
     {
+        // A row without a valid writer attestation is left out (and reported by the check).
+        if let Some(c) = check.as_deref_mut()
+            && !c.admits(&r)
+        {
+            continue;
+        }
         let leaf = Leaf {
             seal_seq: r.seal_seq.unwrap_or_default(),
             occurred_at_us: micros(r.occurred_at),
@@ -257,6 +274,16 @@ pub async fn seal_pass(
     signer: &Signer,
     publisher: Option<&Publisher>,
 ) -> Result<PassReport, IntegrityError> {
+    seal_pass_checked(conn, signer, publisher, None).await
+}
+
+/// [`seal_pass`], sealing only rows `check` admits (writer attestation) when given.
+pub async fn seal_pass_checked(
+    conn: &mut PgConnection,
+    signer: &Signer,
+    publisher: Option<&Publisher>,
+    check: Option<&mut SealCheck>,
+) -> Result<PassReport, IntegrityError> {
     let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
         .bind(SEALER_LOCK)
         .fetch_one(&mut *conn)
@@ -265,7 +292,7 @@ pub async fn seal_pass(
     if !locked {
         return Ok(PassReport::default());
     }
-    let result = seal_locked(conn, signer, publisher).await;
+    let result = seal_locked(conn, signer, publisher, check).await;
     let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
         .bind(SEALER_LOCK)
         .execute(&mut *conn)
@@ -281,6 +308,7 @@ async fn seal_locked(
     conn: &mut PgConnection,
     signer: &Signer,
     publisher: Option<&Publisher>,
+    mut check: Option<&mut SealCheck>,
 ) -> Result<PassReport, IntegrityError> {
     let mut report = PassReport {
         locked: true,
@@ -301,6 +329,12 @@ async fn seal_locked(
     }
     let (upto, watermark_at_us) = watermark(conn).await?;
     fault_point("after_watermark");
+    if let Some(c) = check.as_deref_mut()
+        && !c.begin_pass(conn).await?
+    {
+        // No valid writer attestation yet: which rows are legacy is not known (see attest.rs).
+        return Ok(report);
+    }
     let tip = tip(conn).await?;
     // The next seal covers (lo, hi]; rows are read from `cursor` on (lo < cursor only after
     // windows holding nothing but gaps).
@@ -311,7 +345,7 @@ async fn seal_locked(
     let mut cursor = lo;
     let (mut retention_ids, mut retention) = pending_retention(conn).await?;
     while cursor < upto || !retention.is_empty() {
-        let (leaves, hi) = read_leaves(conn, cursor, upto).await?;
+        let (leaves, hi) = read_leaves(conn, cursor, upto, check.as_deref_mut()).await?;
         let hi = hi.max(cursor);
         fault_point("rows_read");
         if leaves.is_empty() && retention.is_empty() {
@@ -486,11 +520,13 @@ pub fn spawn(
     pool: PgPool,
     signer: Signer,
     publisher: Option<Publisher>,
+    check: Option<SealCheck>,
     interval: Duration,
     state: SealerState,
     token: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        let check = tokio::sync::Mutex::new(check);
         crate::maintain::schedule(interval, token, || async {
             let outcome = async {
                 let mut conn = pool
@@ -498,9 +534,12 @@ pub fn spawn(
                     .await
                     .map_err(IntegrityError::db("connecting for the sealer"))?
                     .detach();
-                let r = seal_pass(&mut conn, &signer, publisher.as_ref()).await;
+                let mut check = check.lock().await;
+                let r =
+                    seal_pass_checked(&mut conn, &signer, publisher.as_ref(), check.as_mut()).await;
                 let _ = conn.close().await;
-                r
+                let attestation = check.as_ref().map(|c| (c.waiting(), c.refused()));
+                r.map(|r| (r, attestation))
             }
             .await;
             let observed = observe(&pool).await;
@@ -526,7 +565,12 @@ pub fn spawn(
                 s.selfcheck = problem;
             }
             match outcome {
-                Ok(report) => {
+                Ok((report, attestation)) => {
+                    s.attestation = attestation.is_some();
+                    if let Some((waiting, refused)) = attestation {
+                        s.attestation_waiting = waiting;
+                        s.unattested = refused;
+                    }
                     s.error = None;
                     if let Some(&n) = report.sealed.last() {
                         s.last_seal = Some(n);
