@@ -520,7 +520,8 @@ async fn verify_command(
     };
     let writer_keys =
         crate::integrity::attest::WriterKeys::load(&config.integrity.writer_public_key_files)?;
-    let store = crate::store::Store::connect_lazy(&config.database.url, 3)?.for_long_reads();
+    // Two streams for the seals and rows, two more for the attestation pass.
+    let store = crate::store::Store::connect_lazy(&config.database.url, 5)?.for_long_reads();
     let opts = verify::VerifyOptions {
         writer_keys,
         from,

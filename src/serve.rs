@@ -465,17 +465,18 @@ fn maintain_check(
         }
         let limit = 3.0 * interval.as_secs_f64();
         let reason = match (&s.error, s.lag_seconds > limit) {
-            _ if s.selfcheck.is_some() => s
-                .selfcheck
-                .as_ref()
-                .map(|p| format!("the seal self-check failed: {p}")),
-            (Some(e), _) => Some(format!("sealing is failing: {e}")),
+            // First: a refused row also fails the self-check of the seal whose range holds it.
             _ if s.unattested > 0 => Some(format!(
                 "{} stored row(s) without a valid writer attestation were not sealed (inserted \
                  or changed behind the sink's back, or stored by a writer without \
                  integrity.writer_key_file); run `audit-manager verify`",
                 s.unattested
             )),
+            _ if s.selfcheck.is_some() => s
+                .selfcheck
+                .as_ref()
+                .map(|p| format!("the seal self-check failed: {p}")),
+            (Some(e), _) => Some(format!("sealing is failing: {e}")),
             (None, true) => Some(format!(
                 "the oldest unsealed row is {:.0}s old, more than 3 x integrity.seal_interval; \
                  check the sealer's log",
