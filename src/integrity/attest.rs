@@ -56,7 +56,7 @@ const TAG_RAW_JSON: u8 = 0x05;
 
 /// The table of attestations. `lo_seq`, `ingested_at` and `key_id` repeat signed fields (an
 /// attestation whose copies differ from its bytes is not valid); `hi_seq` is the writer's
-/// `currval` after it wrote, unsigned: it only tells where to look.
+/// sequence position after it wrote, unsigned: it only tells where to look.
 pub const TABLE_DDL: &str = "CREATE TABLE IF NOT EXISTS audit_attestations (
         lo_seq      bigint      NOT NULL,
         hi_seq      bigint      NOT NULL,
@@ -381,8 +381,9 @@ pub const STAMP_SQL: &str = "SELECT now(), CASE WHEN s.is_called THEN s.last_val
      ELSE s.last_value - 1 END FROM audit_events_seal_seq s, \
      (SELECT pg_advisory_xact_lock_shared($1)) l";
 
-/// Stores the attestation of the rows just written in this transaction (`hi_seq` is the
-/// session's `currval`: the highest number its rows drew).
+/// Stores the attestation of the rows just written in this transaction. `hi_seq` is the
+/// sequence's last value now, at or above every number its rows drew (not the session's
+/// `currval`, which is undefined when the column's default was removed and rows drew none).
 pub async fn record(
     tx: &mut PgConnection,
     attestor: &Attestor,
@@ -393,7 +394,7 @@ pub async fn record(
     sqlx::query(
         "INSERT INTO audit_attestations (lo_seq, hi_seq, ingested_at, key_id, rows, bytes,
              signature)
-         VALUES ($1, currval('audit_events_seal_seq'), $2, $3, $4, $5, $6)",
+         SELECT $1, last_value, $2, $3, $4, $5, $6 FROM audit_events_seal_seq",
     )
     .bind(stamp.lo)
     .bind(stamp.ingested_at)
