@@ -421,7 +421,10 @@ fn writer_check(config: &Config) -> anyhow::Result<Option<crate::integrity::atte
         return Ok(None);
     }
     let keys = WriterKeys::new(keys);
-    tracing::info!(writer_keys = keys.len(), "sealing only rows with a writer attestation");
+    tracing::info!(
+        writer_keys = keys.len(),
+        "sealing only rows with a writer attestation"
+    );
     Ok(Some(SealCheck::new(keys)))
 }
 

@@ -42,7 +42,12 @@ fn row(id: &str, at: DateTime<Utc>) -> Row {
 
 fn rows(prefix: &str, n: usize, at: DateTime<Utc>) -> Vec<Row> {
     (0..n)
-        .map(|i| row(&format!("{prefix}-{i}"), at + chrono::Duration::seconds(i as i64)))
+        .map(|i| {
+            row(
+                &format!("{prefix}-{i}"),
+                at + chrono::Duration::seconds(i as i64),
+            )
+        })
         .collect()
 }
 
@@ -111,7 +116,11 @@ impl Attested {
             self.dir.path().join("sealer.pub"),
             self.dir.path().join("writer.pub"),
         );
-        std::fs::write(&sealer_pub, hex::encode(self.signer.verifying_key().as_bytes())).unwrap();
+        std::fs::write(
+            &sealer_pub,
+            hex::encode(self.signer.verifying_key().as_bytes()),
+        )
+        .unwrap();
         std::fs::write(
             &writer_pub,
             hex::encode(writer_key().verifying_key().as_bytes()),
@@ -220,15 +229,17 @@ async fn an_attested_row_changed_before_sealing_is_unattested_and_not_sealed() {
     // Changed between storing and the seal pass: content, details, ingested_at.
     s.sql("UPDATE audit_events SET outcome = 'success', reason = NULL WHERE id = 'a-3'")
         .await;
-    s.sql(
-        "UPDATE audit_events SET details = jsonb_set(details, '{amount}', '1') WHERE id = 'a-4'",
-    )
-    .await;
+    s.sql("UPDATE audit_events SET details = jsonb_set(details, '{amount}', '1') WHERE id = 'a-4'")
+        .await;
     s.sql("UPDATE audit_events SET ingested_at = ingested_at - interval '1 day' WHERE id = 'a-5'")
         .await;
     let (r, out) = s.verify().await;
     for id in ["a-3", "a-4", "a-5"] {
-        assert_eq!(named(&r, "row-unattested", &format!("id={id} ")), 1, "{out}");
+        assert_eq!(
+            named(&r, "row-unattested", &format!("id={id} ")),
+            1,
+            "{out}"
+        );
     }
     assert_eq!(r.findings.len(), 3, "{out}");
     assert_eq!(r.attested_rows, 7);
@@ -241,7 +252,11 @@ async fn an_attested_row_changed_before_sealing_is_unattested_and_not_sealed() {
     // After the seal: still unattested, and unsealed inside the seal's range.
     let (r, out) = s.verify().await;
     for id in ["a-3", "a-4", "a-5"] {
-        assert_eq!(named(&r, "row-unattested", &format!("id={id} ")), 1, "{out}");
+        assert_eq!(
+            named(&r, "row-unattested", &format!("id={id} ")),
+            1,
+            "{out}"
+        );
         assert_eq!(named(&r, "row-unsealed", &format!("id={id} ")), 1, "{out}");
     }
     assert_eq!(r.findings.len(), 6, "{out}");
@@ -274,7 +289,10 @@ async fn rows_stored_before_attestation_began_are_legacy() {
     let (r, out) = s.verify().await;
     assert!(r.is_clean(), "{out}");
     assert_eq!((r.attested_rows, r.unattested_legacy_rows), (5, 10));
-    assert!(out.contains("info: 10 row(s) numbered at or below seal_seq 10"), "{out}");
+    assert!(
+        out.contains("info: 10 row(s) numbered at or below seal_seq 10"),
+        "{out}"
+    );
     // A sink that still writes without a key after that stores unattested rows.
     s.plain.insert(&rows("late", 1, t)).await.unwrap();
     let (r, out) = s.verify().await;
@@ -312,9 +330,13 @@ async fn every_insert_path_attests_what_it_stores() {
         resource_id: Some(String::new()),
         ..row(id, t)
     };
-    for (i, method) in [InsertMethod::CopyFirst, InsertMethod::Unnest, InsertMethod::Copy]
-        .into_iter()
-        .enumerate()
+    for (i, method) in [
+        InsertMethod::CopyFirst,
+        InsertMethod::Unnest,
+        InsertMethod::Copy,
+    ]
+    .into_iter()
+    .enumerate()
     {
         let store = s.store.clone().with_insert_method(method);
         let batch: Vec<Row> = (0..3).map(|j| awkward(&format!("m{i}-{j}"))).collect();
@@ -346,7 +368,11 @@ async fn the_maintain_role_reports_refused_rows_and_warns_without_a_writer_key()
     let dir = tempfile::tempdir().unwrap();
     let (key, writer) = (dir.path().join("sealer.key"), dir.path().join("writer.key"));
     audit_manager::integrity::seal::keygen(&key).unwrap();
-    std::fs::write(&writer, format!("{}\n", hex::encode(writer_key().to_bytes()))).unwrap();
+    std::fs::write(
+        &writer,
+        format!("{}\n", hex::encode(writer_key().to_bytes())),
+    )
+    .unwrap();
     let writer_pub = dir.path().join("writer.key.pub");
     std::fs::write(
         &writer_pub,
@@ -419,6 +445,9 @@ async fn the_maintain_role_reports_refused_rows_and_warns_without_a_writer_key()
         .then_some(log)
     })
     .await;
-    assert!(log.contains("WARN") || log.contains("\"level\":\"WARN\""), "{log}");
+    assert!(
+        log.contains("WARN") || log.contains("\"level\":\"WARN\""),
+        "{log}"
+    );
     child.kill9();
 }

@@ -8,10 +8,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use audit_manager::event::Row;
+use audit_manager::integrity::attest::{Attestor, SealCheck, WriterKeys};
 use audit_manager::integrity::encoding::{StoredRow, encode, row_hash};
 use audit_manager::integrity::publish::{Publisher, read_topic};
 use audit_manager::integrity::seal::{Leaf, RetentionRecord, Seal, Signer, key_id, seal_hash};
-use audit_manager::integrity::attest::{Attestor, SealCheck, WriterKeys};
 use audit_manager::integrity::sealer::{PassReport, seal_pass, seal_pass_checked};
 use audit_manager::integrity::verify::{Report, VerifyOptions, verify};
 use audit_manager::integrity::{SEAL_WRITE_LOCK, SealLine};

@@ -481,7 +481,10 @@ const ATTESTATION_COLUMNS: &str = "lo_seq, hi_seq, ingested_at, key_id, bytes, s
 
 /// The boundary: the signed `lo` of the first valid attestation (in `lo_seq` order), `None`
 /// when there is none.
-async fn boundary(conn: &mut PgConnection, keys: &WriterKeys) -> Result<Option<i64>, IntegrityError> {
+async fn boundary(
+    conn: &mut PgConnection,
+    keys: &WriterKeys,
+) -> Result<Option<i64>, IntegrityError> {
     let sql = format!("SELECT {ATTESTATION_COLUMNS} FROM audit_attestations ORDER BY lo_seq");
     let mut rows = sqlx::query_as::<_, StoredAttestation>(&sql).fetch(&mut *conn);
     while let Some(stored) = rows
@@ -848,23 +851,23 @@ mod tests {
     fn every_attested_column_changes_the_digest() {
         let mut buf = Vec::new();
         let base = row_digest(&row(), &mut buf);
-        let changes: Vec<Box<dyn Fn(&mut Row)>> = vec![
-            Box::new(|r| r.id.push('x')),
-            Box::new(|r| r.occurred_at += chrono::Duration::microseconds(1)),
-            Box::new(|r| r.source.push('x')),
-            Box::new(|r| r.r#type.push('x')),
-            Box::new(|r| r.subject = Some(String::new())),
-            Box::new(|r| r.actor_type.push('x')),
-            Box::new(|r| r.actor_id.push('x')),
-            Box::new(|r| r.resource_type = None),
-            Box::new(|r| r.resource_id = None),
-            Box::new(|r| r.action.push('x')),
-            Box::new(|r| r.outcome = "failure".into()),
-            Box::new(|r| r.reason = Some("r".into())),
-            Box::new(|r| r.trace_id = Some("t".into())),
-            Box::new(|r| r.details = Some(r#"{"a":"é","b":2,"c":[100,0]}"#.into())),
-            Box::new(|r| r.auth_type = None),
-            Box::new(|r| r.auth_id = Some("x".into())),
+        let changes: Vec<fn(&mut Row)> = vec![
+            |r| r.id.push('x'),
+            |r| r.occurred_at += chrono::Duration::microseconds(1),
+            |r| r.source.push('x'),
+            |r| r.r#type.push('x'),
+            |r| r.subject = Some(String::new()),
+            |r| r.actor_type.push('x'),
+            |r| r.actor_id.push('x'),
+            |r| r.resource_type = None,
+            |r| r.resource_id = None,
+            |r| r.action.push('x'),
+            |r| r.outcome = "failure".into(),
+            |r| r.reason = Some("r".into()),
+            |r| r.trace_id = Some("t".into()),
+            |r| r.details = Some(r#"{"a":"é","b":2,"c":[100,0]}"#.into()),
+            |r| r.auth_type = None,
+            |r| r.auth_id = Some("x".into()),
         ];
         for (i, change) in changes.iter().enumerate() {
             let mut r = row();
@@ -899,10 +902,16 @@ mod tests {
             signature: sig.to_vec(),
         };
         assert!(keys.validate(&stored(bytes.clone(), 41)).is_some());
-        assert!(keys.validate(&stored(bytes.clone(), 40)).is_none(), "copy differs");
+        assert!(
+            keys.validate(&stored(bytes.clone(), 40)).is_none(),
+            "copy differs"
+        );
         let mut changed = bytes.clone();
         *changed.last_mut().unwrap() ^= 1;
-        assert!(keys.validate(&stored(changed, 41)).is_none(), "digest changed");
+        assert!(
+            keys.validate(&stored(changed, 41)).is_none(),
+            "digest changed"
+        );
         assert!(
             WriterKeys::default().validate(&stored(bytes, 41)).is_none(),
             "untrusted key"

@@ -572,8 +572,15 @@ pub async fn verify(
         );
     }
     if !opts.writer_keys.is_empty() {
-        super::attest::verify_rows(pool, &opts.writer_keys, opts.from, opts.to, &mut run.report, run.out)
-            .await?;
+        super::attest::verify_rows(
+            pool,
+            &opts.writer_keys,
+            opts.from,
+            opts.to,
+            &mut run.report,
+            run.out,
+        )
+        .await?;
     }
     Ok(run.report)
 }
