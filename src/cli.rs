@@ -85,7 +85,8 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         seals_from_dir: Option<PathBuf>,
     },
-    /// Create an ed25519 signing key for the sealer: FILE (mode 0600) and FILE.pub.
+    /// Create an ed25519 key: FILE (mode 0600) and FILE.pub. The same command makes the sealer's
+    /// key (integrity.signing_key_file) and a writer's key (integrity.writer_key_file).
     Keygen {
         /// Where to write the signing key; never overwritten.
         #[arg(long, value_name = "FILE")]
@@ -598,8 +599,12 @@ async fn verify_command(
         }
         None => None,
     };
-    let store = crate::store::Store::connect_lazy(&config.database.url, 3)?.for_long_reads();
+    let writer_keys =
+        crate::integrity::attest::WriterKeys::load(&config.integrity.writer_public_key_files)?;
+    // Two streams for the seals and rows, two more for the attestation pass.
+    let store = crate::store::Store::connect_lazy(&config.database.url, 5)?.for_long_reads();
     let opts = verify::VerifyOptions {
+        writer_keys,
         from,
         to,
         topic,
@@ -626,6 +631,17 @@ async fn verify_command(
         report.retained_rows,
         report.findings.len()
     );
+    if report.attestation_checked {
+        eprintln!(
+            "verify: writer attestation: {} row(s) attested, {} unattested-legacy (stored before \
+             attestation began)",
+            report.attested_rows, report.unattested_legacy_rows
+        );
+    } else {
+        eprintln!(
+            "verify: writer attestation not checked (integrity.writer_public_key_files is empty)"
+        );
+    }
     Ok(if report.is_clean() {
         ExitCode::SUCCESS
     } else {

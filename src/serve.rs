@@ -382,6 +382,7 @@ fn start_sealer(
         config.integrity.seal_dir.clone(),
         (!topic.is_empty()).then(|| (config.kafka.clone(), topic.clone())),
     );
+    let check = writer_check(config)?;
     let state = sealer::SealerState::default();
     supervisor.watch(
         Task::Sealer,
@@ -390,6 +391,7 @@ fn start_sealer(
             signer,
             publisher,
             off,
+            check,
             config.integrity.seal_interval,
             state.clone(),
             shutdown.child_token(),
@@ -398,8 +400,46 @@ fn start_sealer(
     Ok(Some(state))
 }
 
+/// The sealer's writer attestation check: the keys of `integrity.writer_public_key_files`, and
+/// the public half of `integrity.writer_key_file` when this process has one (all roles in one
+/// process). Without any, rows are sealed unchecked, with a warning.
+fn writer_check(config: &Config) -> anyhow::Result<Option<crate::integrity::attest::SealCheck>> {
+    use crate::integrity::attest::{Attestor, SealCheck, WriterKeys};
+    let mut keys: Vec<_> = config
+        .integrity
+        .writer_public_key_files
+        .iter()
+        .map(|p| crate::integrity::seal::load_public_key(p))
+        .collect::<Result<_, _>>()
+        .context("cannot load integrity.writer_public_key_files")?;
+    if let Some(path) = &config.integrity.writer_key_file {
+        keys.push(
+            Attestor::load(path)
+                .context("cannot load integrity.writer_key_file")?
+                .verifying_key(),
+        );
+    }
+    if keys.is_empty() {
+        tracing::warn!(
+            "no writer key (integrity.writer_public_key_files, integrity.writer_key_file): rows \
+             are sealed without checking writer attestation, so a row inserted by someone with \
+             database access before the next seal is sealed as genuine. Create a writer key \
+             with `audit-manager keygen --out FILE`, give FILE to the sink \
+             (integrity.writer_key_file) and FILE.pub to the maintain role and verify \
+             (integrity.writer_public_key_files); see docs/integrity.md"
+        );
+        return Ok(None);
+    }
+    let keys = WriterKeys::new(keys);
+    tracing::info!(
+        writer_keys = keys.len(),
+        "sealing only rows with a writer attestation"
+    );
+    Ok(Some(SealCheck::new(keys)))
+}
+
 /// The maintain role: the database check, and DEGRADED while the sealer lags more than three
-/// seal intervals behind or fails.
+/// seal intervals behind or fails, or has refused rows without a writer attestation.
 fn maintain_check(
     store: Store,
     sealer: Option<crate::integrity::sealer::SealerState>,
@@ -425,6 +465,12 @@ fn maintain_check(
                 "lag_seconds": s.lag_seconds,
                 "last_seal": s.last_seal,
                 "unpublished": s.unpublished,
+                "attestation": match (s.attestation, s.attestation_waiting) {
+                    (false, _) => "off (no writer key)",
+                    (true, true) => "waiting for the first attested write",
+                    (true, false) => "on",
+                },
+                "unattested_rows": s.unattested,
             }),
         );
         if report.status != Status::Up {
@@ -437,6 +483,13 @@ fn maintain_check(
         }
         let limit = 3.0 * interval.as_secs_f64();
         let reason = match (&s.error, s.lag_seconds > limit) {
+            // First: a refused row also fails the self-check of the seal whose range holds it.
+            _ if s.unattested > 0 => Some(format!(
+                "{} stored row(s) without a valid writer attestation were not sealed (inserted \
+                 or changed behind the sink's back, or stored by a writer without \
+                 integrity.writer_key_file); run `audit-manager verify`",
+                s.unattested
+            )),
             _ if s.selfcheck.is_some() => s
                 .selfcheck
                 .as_ref()

@@ -8,10 +8,11 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use audit_manager::event::Row;
+use audit_manager::integrity::attest::{Attestor, SealCheck, WriterKeys};
 use audit_manager::integrity::encoding::{StoredRow, encode, row_hash};
 use audit_manager::integrity::publish::{Publisher, read_topic};
 use audit_manager::integrity::seal::{Leaf, RetentionRecord, Seal, Signer, key_id, seal_hash};
-use audit_manager::integrity::sealer::{PassReport, seal_pass};
+use audit_manager::integrity::sealer::{PassReport, seal_pass, seal_pass_checked};
 use audit_manager::integrity::verify::{Report, VerifyOptions, verify};
 use audit_manager::integrity::{SEAL_WRITE_LOCK, SealLine};
 use audit_manager::store::Store;
@@ -68,12 +69,18 @@ struct Sealed {
     store: Store,
     pool: PgPool,
     signer: Signer,
+    /// The sealer's writer attestation check (the store attests with the matching key).
+    check: tokio::sync::Mutex<SealCheck>,
 }
 
 impl Sealed {
     async fn new() -> Sealed {
         let db = TestDb::new().await;
-        let store = Store::connect_lazy(&db.url, 8).expect("store");
+        let writer = SigningKey::from_bytes(&[9; 32]);
+        let check = SealCheck::new(WriterKeys::new([writer.verifying_key()]));
+        let store = Store::connect_lazy(&db.url, 8)
+            .expect("store")
+            .with_attestor(Attestor::new(writer));
         store.prepare().await.expect("schema");
         let pool = db.pool().await;
         Sealed {
@@ -81,6 +88,7 @@ impl Sealed {
             store,
             pool,
             signer: signer(1),
+            check: tokio::sync::Mutex::new(check),
         }
     }
 
@@ -92,7 +100,10 @@ impl Sealed {
         let mut conn = sqlx::PgConnection::connect(&self.db.url)
             .await
             .expect("conn");
-        let r = seal_pass(&mut conn, s, publisher).await.expect("seal pass");
+        let mut check = self.check.lock().await;
+        let r = seal_pass_checked(&mut conn, s, publisher, None, Some(&mut check))
+            .await
+            .expect("seal pass");
         assert!(r.locked);
         r
     }

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use audit_manager::event::Row;
 use audit_manager::integrity::FAULT_ENV;
+use audit_manager::integrity::attest::{Attestor, WriterKeys};
 use audit_manager::integrity::publish::read_topic;
 use audit_manager::integrity::seal::{Seal, key_id, load_public_key};
 use audit_manager::integrity::verify::{VerifyOptions, verify};
@@ -43,14 +44,22 @@ struct Sealer {
 }
 
 impl Sealer {
-    fn spawn(db: &TestDb, kafka: &TestKafka, key: &std::path::Path, fault: Option<&str>) -> Sealer {
+    fn spawn(db: &TestDb, kafka: &TestKafka, dir: &std::path::Path, fault: Option<&str>) -> Sealer {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_audit-manager"));
         cmd.arg("serve")
             .env("AUDIT_MANAGER__ROLES", "maintain")
             .env("AUDIT_MANAGER__HTTP__LISTEN", "127.0.0.1:0")
             .env("AUDIT_MANAGER__DATABASE__URL", &db.url)
             .env("AUDIT_MANAGER__KAFKA__BOOTSTRAP_SERVERS", &kafka.bootstrap)
-            .env("AUDIT_MANAGER__INTEGRITY__SIGNING_KEY_FILE", key)
+            .env(
+                "AUDIT_MANAGER__INTEGRITY__SIGNING_KEY_FILE",
+                dir.join("sealer.key"),
+            )
+            // Attestation checked with the writer key's public half.
+            .env(
+                "AUDIT_MANAGER__INTEGRITY__WRITER_KEY_FILE",
+                dir.join("writer.key"),
+            )
             .env("AUDIT_MANAGER__INTEGRITY__SEAL_INTERVAL", "30ms")
             .env("RUST_LOG", "error")
             .env_remove("CONFIG_PATH")
@@ -126,8 +135,13 @@ async fn killing_the_sealer_anywhere_loses_no_coverage() {
     let key = dir.path().join("sealer.key");
     audit_manager::integrity::seal::keygen(&key).expect("keygen");
     let public = load_public_key(&dir.path().join("sealer.key.pub")).unwrap();
+    audit_manager::integrity::seal::keygen(&dir.path().join("writer.key")).expect("keygen");
+    let writer = Attestor::load(&dir.path().join("writer.key")).unwrap();
+    let writer_keys = WriterKeys::new([writer.verifying_key()]);
 
-    let store = Store::connect_lazy(&db.url, 6).unwrap();
+    let store = Store::connect_lazy(&db.url, 6)
+        .unwrap()
+        .with_attestor(writer);
     store.prepare().await.expect("schema");
     // Rows keep flowing through the sink's insert path for the whole test.
     let stop = Arc::new(AtomicBool::new(false));
@@ -149,14 +163,14 @@ async fn killing_the_sealer_anywhere_loses_no_coverage() {
     let mut kills = 0;
     for point in POINTS {
         // The 2nd time, so that earlier passes have left seals behind.
-        let mut s = Sealer::spawn(&db, &kafka, &key, Some(&format!("{point}@2")));
+        let mut s = Sealer::spawn(&db, &kafka, dir.path(), Some(&format!("{point}@2")));
         let code = s.wait_exit(Duration::from_secs(60)).await;
         assert_eq!(code, None, "aborted at {point} (killed by SIGABRT)");
         kills += 1;
     }
     let mut rng = rand::rng();
     for _ in 0..4 {
-        let mut s = Sealer::spawn(&db, &kafka, &key, None);
+        let mut s = Sealer::spawn(&db, &kafka, dir.path(), None);
         tokio::time::sleep(Duration::from_millis(rng.random_range(100..600))).await;
         s.kill9();
         kills += 1;
@@ -169,7 +183,7 @@ async fn killing_the_sealer_anywhere_loses_no_coverage() {
 
     // One more sealer, left alone until everything is sealed and published.
     let pool = db.pool().await;
-    let mut s = Sealer::spawn(&db, &kafka, &key, None);
+    let mut s = Sealer::spawn(&db, &kafka, dir.path(), None);
     eventually(
         Duration::from_secs(60),
         "every row sealed and published",
@@ -232,6 +246,7 @@ async fn killing_the_sealer_anywhere_loses_no_coverage() {
     let keys = BTreeMap::from([(key_id(&public), public)]);
     let opts = VerifyOptions {
         topic: Some(topic),
+        writer_keys,
         ..VerifyOptions::default()
     };
     let mut out = Vec::new();
@@ -239,4 +254,5 @@ async fn killing_the_sealer_anywhere_loses_no_coverage() {
     let out = String::from_utf8_lossy(&out);
     assert!(report.is_clean(), "{out}");
     assert_eq!(report.rows_ok, total);
+    assert_eq!(report.attested_rows, total);
 }

@@ -364,7 +364,7 @@ async fn truncating_the_seals_is_found_at_once_and_the_sealer_refuses_a_new_chai
     t.sql("UPDATE audit_events SET ingested_at = now() - interval '1 hour'")
         .await;
     let mut off = OffDatabase::new(Some(seal_dir.clone()), None);
-    seal_pass_checked(&mut t.conn().await, &t.signer, None, Some(&mut off))
+    seal_pass_checked(&mut t.conn().await, &t.signer, None, Some(&mut off), None)
         .await
         .expect("seal");
     let dir_opts = || VerifyOptions {
@@ -405,7 +405,8 @@ async fn truncating_the_seals_is_found_at_once_and_the_sealer_refuses_a_new_chai
     // The sealer refuses to begin a new chain: the one that sealed (it remembers), and one
     // started afresh (it reads the directory).
     for mut o in [off, OffDatabase::new(Some(seal_dir.clone()), None)] {
-        let refused = seal_pass_checked(&mut t.conn().await, &t.signer, None, Some(&mut o)).await;
+        let refused =
+            seal_pass_checked(&mut t.conn().await, &t.signer, None, Some(&mut o), None).await;
         match refused {
             Err(IntegrityError::TipMismatch(m)) => {
                 assert!(m.contains("audit_seals lacks seal 1"), "{m}")
@@ -766,7 +767,7 @@ async fn a_seal_changed_in_the_database_differs_from_its_file() {
     let seal_dir = t.keys_dir.path().join("seals");
     let mut off = OffDatabase::new(Some(seal_dir.clone()), None);
     t.insert(&rows("f", 3, Utc::now())).await;
-    seal_pass_checked(&mut t.conn().await, &t.signer, None, Some(&mut off))
+    seal_pass_checked(&mut t.conn().await, &t.signer, None, Some(&mut off), None)
         .await
         .unwrap();
     let files = SealDir::new(&seal_dir).read_all().unwrap();
@@ -795,7 +796,8 @@ async fn a_seal_changed_in_the_database_differs_from_its_file() {
         "{out}"
     );
     // And the sealer that knows the directory refuses to go on from the replaced seal.
-    let refused = seal_pass_checked(&mut t.conn().await, &t.signer, None, Some(&mut off)).await;
+    let refused =
+        seal_pass_checked(&mut t.conn().await, &t.signer, None, Some(&mut off), None).await;
     assert!(
         matches!(&refused, Err(IntegrityError::TipMismatch(m)) if m.contains("is not the seal 1")),
         "{refused:?}"
@@ -824,6 +826,7 @@ async fn the_sealer_learns_the_newest_seal_from_the_seal_topic() {
             &t.signer,
             Some(&publisher),
             Some(&mut off),
+            None,
         )
         .await
         .expect("seal");
@@ -838,6 +841,7 @@ async fn the_sealer_learns_the_newest_seal_from_the_seal_topic() {
         &t.signer,
         Some(&publisher),
         Some(&mut fresh),
+        None,
     )
     .await;
     assert!(
@@ -851,7 +855,8 @@ async fn the_sealer_learns_the_newest_seal_from_the_seal_topic() {
         ..Default::default()
     };
     let mut blind = OffDatabase::new(None, Some((nowhere, topic.to_string())));
-    let refused = seal_pass_checked(&mut t.conn().await, &t.signer, None, Some(&mut blind)).await;
+    let refused =
+        seal_pass_checked(&mut t.conn().await, &t.signer, None, Some(&mut blind), None).await;
     assert!(
         matches!(&refused, Err(IntegrityError::Publish(m)) if m.contains("not beginning a chain")),
         "{refused:?}"

@@ -413,6 +413,145 @@ async fn bench_sink_with_sealing_off_and_on() {
     );
 }
 
+/// The sink with writer attestation off and on, as deployed: one process with the sink and
+/// maintain roles draining a preloaded topic into a fresh database, sealing every
+/// `BENCH_SEAL_INTERVAL` seconds (default 1) in both variants; "on" adds
+/// `integrity.writer_key_file`, so the sink attests every storing transaction and the sealer
+/// (trusting the key's public half) seals only attested rows. `BENCH_ROUNDS` (default 3)
+/// interleaves the two, reversing their order every other round.
+///
+/// After each variant it waits for the sealer to cover every row and runs `verify` (with the
+/// writer key after "on": every row attested).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: run explicitly with --ignored --nocapture"]
+async fn bench_sink_with_attestation_off_and_on() {
+    use audit_manager::integrity::attest::{Attestor, WriterKeys};
+    let n = events();
+    let partitions = partitions();
+    let rounds: usize = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let interval = Duration::from_secs_f64(
+        std::env::var("BENCH_SEAL_INTERVAL")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1.0),
+    );
+    let kafka = TestKafka::new(partitions);
+    kafka
+        .cluster
+        .create_topic("openg2p.audit.seals", 1, 1)
+        .unwrap();
+    preload(&kafka, n, partitions).await;
+    let keys = tempfile::tempdir().unwrap();
+    let (key, writer) = (keys.path().join("seal.key"), keys.path().join("writer.key"));
+    audit_manager::integrity::seal::keygen(&key).unwrap();
+    audit_manager::integrity::seal::keygen(&writer).unwrap();
+    let pk =
+        audit_manager::integrity::seal::load_public_key(&keys.path().join("seal.key.pub")).unwrap();
+    let keyring =
+        std::collections::BTreeMap::from([(audit_manager::integrity::seal::key_id(&pk), pk)]);
+    let writer_keys = WriterKeys::new([Attestor::load(&writer).unwrap().verifying_key()]);
+    let mut rates: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    for round in 0..rounds {
+        let order = if round % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        for attesting in order {
+            let db = TestDb::new().await;
+            let pool = db.pool().await;
+            let baseline = rows_inserted();
+            let (key, writer) = (key.clone(), writer.clone());
+            let app = TestApp::start_with(
+                |c| {
+                    *c = sink_config(&kafka, &db.url, &[Role::Sink, Role::Maintain]);
+                    c.kafka.consumer_group = format!("bench-attest-{}", uuid::Uuid::new_v4());
+                    c.integrity.signing_key_file = Some(key);
+                    c.integrity.seal_interval = interval;
+                    if attesting {
+                        c.integrity.writer_key_file = Some(writer);
+                    }
+                },
+                StartOptions::default(),
+            )
+            .await;
+            let mut max_lag: f64 = 0.0;
+            let (t0, c0) = wait_until_stored(baseline, n, |_| {
+                max_lag = max_lag.max(gauge("audit_seal_lag_seconds"));
+            })
+            .await;
+            let secs = t0.elapsed().as_secs_f64();
+            let rate = (n as u64 - c0) as f64 / secs;
+            assert_eq!(count_rows(&pool).await, n as i64, "every event stored once");
+            rates[usize::from(attesting)].push(rate);
+            let finished = Instant::now();
+            let sealed: i64 = loop {
+                let sealed: i64 =
+                    sqlx::query_scalar("SELECT COALESCE(sum(leaves), 0)::int8 FROM audit_seals")
+                        .fetch_one(&pool)
+                        .await
+                        .unwrap();
+                if sealed >= n as i64 || finished.elapsed() > Duration::from_secs(600) {
+                    break sealed;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
+            let sealed_after = finished.elapsed().as_secs_f64();
+            assert_eq!(sealed, n as i64, "the sealer covered every row");
+            let opts = audit_manager::integrity::verify::VerifyOptions {
+                writer_keys: if attesting {
+                    writer_keys.clone()
+                } else {
+                    WriterKeys::default()
+                },
+                ..Default::default()
+            };
+            let mut out = Vec::new();
+            let report = audit_manager::integrity::verify::verify(&pool, &keyring, &opts, &mut out)
+                .await
+                .unwrap();
+            assert!(report.is_clean(), "{}", String::from_utf8_lossy(&out));
+            if attesting {
+                assert_eq!(report.attested_rows, n as u64, "every row attested");
+            }
+            println!(
+                "round {}: attestation {}: {} rows in {secs:.1}s after the first batch = \
+                 {rate:.0} rows/s; largest seal lag {max_lag:.1}s; every row sealed \
+                 {sealed_after:.1}s after the last was stored; verify clean",
+                round + 1,
+                if attesting { "on" } else { "off" },
+                n as u64 - c0
+            );
+            app.shutdown().await;
+        }
+    }
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        let m = v.len() / 2;
+        if v.len().is_multiple_of(2) {
+            (v[m - 1] + v[m]) / 2.0
+        } else {
+            v[m]
+        }
+    };
+    let (off, on) = (median(&rates[0]), median(&rates[1]));
+    let per_round: Vec<f64> = rates[1]
+        .iter()
+        .zip(&rates[0])
+        .map(|(on, off)| (on / off - 1.0) * 100.0)
+        .collect();
+    println!(
+        "medians of {rounds} rounds: attestation off {off:.0} rows/s, on {on:.0} rows/s: \
+         {:+.1} %; median of the rounds' own differences {:+.1} %",
+        (on / off - 1.0) * 100.0,
+        median(&per_round)
+    );
+}
+
 /// Polls the sink's own counter every 100 ms (a `count(*)` this often would cost PostgreSQL a
 /// large share of a core on a table this size), handing each reading to `progress`, until `n`
 /// rows more than `baseline` are stored (the count before the sink started). Returns when, and

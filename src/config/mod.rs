@@ -592,6 +592,14 @@ pub struct IntegrityConfig {
     /// `verify --seals-from-dir DIR` checks against it). The sealer also reads its newest seal
     /// at start, and refuses to seal over a database whose seals were deleted. Default: none.
     pub seal_dir: Option<PathBuf>,
+    /// The writer key (from `audit-manager keygen`) of the processes that store rows (the
+    /// sink): every storing transaction is attested (signed) with it. Held by those processes
+    /// only, never by the database. Default: none (rows are stored unattested).
+    pub writer_key_file: Option<PathBuf>,
+    /// Public keys (`FILE.pub` of every writer key, past and present) whose attestations the
+    /// sealer and `verify` accept. Empty: the sealer seals rows without checking attestation
+    /// (a warning at start) and `verify` does not check it. Default: none.
+    pub writer_public_key_files: Vec<PathBuf>,
 }
 
 impl Default for IntegrityConfig {
@@ -602,6 +610,8 @@ impl Default for IntegrityConfig {
             seal_interval: Duration::from_secs(60),
             seal_topic: "openg2p.audit.seals".to_string(),
             seal_dir: None,
+            writer_key_file: None,
+            writer_public_key_files: Vec::new(),
         }
     }
 }

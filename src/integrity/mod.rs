@@ -5,13 +5,16 @@
 //! - [`seal`]: the seal format, its hash and ed25519 signature, key files (pure);
 //! - [`sealer`]: the maintain role's loop that seals new rows, gap-proof by a lock;
 //! - [`verify`]: `audit-manager verify`, recomputing everything from the rows;
-//! - [`publish`]: the off-database copies, `integrity.seal_topic` and `integrity.seal_dir`.
+//! - [`publish`]: the off-database copies, `integrity.seal_topic` and `integrity.seal_dir`;
+//! - [`attest`]: writer attestation — each storing transaction signed by the sink, checked by
+//!   the sealer and `verify`.
 //!
 //! The format for third-party verifiers is `docs/integrity.md`.
 //!
 //! Errors: one [`IntegrityError`] for this module boundary; what verify *finds* is not an
 //! error but a [`verify::Finding`].
 
+pub mod attest;
 pub mod encoding;
 pub mod jcs;
 pub mod publish;
@@ -101,6 +104,7 @@ pub async fn apply_schema(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Err
     for ddl in TABLES_DDL {
         sqlx::query(ddl).execute(&mut *conn).await?;
     }
+    attest::apply_schema(&mut *conn).await?;
     let storage: Option<i8> = sqlx::query_scalar(
         "SELECT attstorage FROM pg_attribute
           WHERE attrelid = 'audit_seals'::regclass AND attname = 'bytes'",

@@ -51,6 +51,7 @@ use futures_util::TryStreamExt as _;
 use sqlx::{Connection as _, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
+use super::attest::SealCheck;
 use super::encoding::{RowEncoding, SELECT_LIST, StoredRow, micros, row_hash, row_hash_as};
 use super::publish::{Publisher, SealDir};
 use super::seal::{
@@ -75,6 +76,12 @@ pub struct SealerStatus {
     /// Set while the database's seals disagree with the off-database copy: the sealer
     /// refuses to seal (the maintain role is DOWN).
     pub tip_mismatch: Option<String>,
+    /// Writer attestation is checked before sealing (`integrity.writer_public_key_files`).
+    pub attestation: bool,
+    /// Sealing waits for the first valid writer attestation (see `attest.rs`).
+    pub attestation_waiting: bool,
+    /// Rows refused since start for want of a valid writer attestation.
+    pub unattested: u64,
 }
 
 /// Shared view of the sealer.
@@ -241,8 +248,12 @@ async fn read_leaves(
     conn: &mut PgConnection,
     after: i64,
     upto: i64,
+    mut check: Option<&mut SealCheck>,
 ) -> Result<(Vec<Leaf>, i64), IntegrityError> {
     let window_hi = upto.min(after.saturating_add(MAX_LEAVES as i64));
+    if let Some(c) = check.as_deref_mut() {
+        c.load(conn, after, window_hi).await?;
+    }
     let sql = format!(
         "SELECT {SELECT_LIST} FROM audit_events WHERE seal_seq > $1 AND seal_seq <= $2 \
          ORDER BY seal_seq"
@@ -260,6 +271,12 @@ async fn read_leaves(
         .await
         .map_err(IntegrityError::db("reading rows to seal"))?
     {
+        // A row without a valid writer attestation is left out (and reported by the check).
+        if let Some(c) = check.as_deref_mut()
+            && !c.admits(&r)
+        {
+            continue;
+        }
         let leaf = Leaf {
             seal_seq: r.seal_seq.unwrap_or_default(),
             occurred_at_us: micros(r.occurred_at),
@@ -333,16 +350,18 @@ pub async fn seal_pass(
     signer: &Signer,
     publisher: Option<&Publisher>,
 ) -> Result<PassReport, IntegrityError> {
-    seal_pass_checked(conn, signer, publisher, None).await
+    seal_pass_checked(conn, signer, publisher, None, None).await
 }
 
 /// [`seal_pass`], refusing to seal when the database's newest seal disagrees with what `off`
-/// knows from outside the database, and copying every new seal to `integrity.seal_dir`.
+/// knows from outside the database, copying every new seal to `integrity.seal_dir`, and sealing
+/// only rows `check` admits (writer attestation) when given.
 pub async fn seal_pass_checked(
     conn: &mut PgConnection,
     signer: &Signer,
     publisher: Option<&Publisher>,
     off: Option<&mut OffDatabase>,
+    check: Option<&mut SealCheck>,
 ) -> Result<PassReport, IntegrityError> {
     let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
         .bind(SEALER_LOCK)
@@ -352,7 +371,7 @@ pub async fn seal_pass_checked(
     if !locked {
         return Ok(PassReport::default());
     }
-    let result = seal_locked(conn, signer, publisher, off).await;
+    let result = seal_locked(conn, signer, publisher, off, check).await;
     let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
         .bind(SEALER_LOCK)
         .execute(&mut *conn)
@@ -369,6 +388,7 @@ async fn seal_locked(
     signer: &Signer,
     publisher: Option<&Publisher>,
     mut off: Option<&mut OffDatabase>,
+    mut check: Option<&mut SealCheck>,
 ) -> Result<PassReport, IntegrityError> {
     let mut report = PassReport {
         locked: true,
@@ -392,6 +412,12 @@ async fn seal_locked(
     }
     let (upto, watermark_at_us) = watermark(conn).await?;
     fault_point("after_watermark");
+    if let Some(c) = check.as_deref_mut()
+        && !c.begin_pass(conn).await?
+    {
+        // No valid writer attestation yet: which rows are legacy is not known (see attest.rs).
+        return Ok(report);
+    }
     let tip = tip(conn).await?;
     if let Some(o) = off.as_deref_mut() {
         o.check(conn, tip.as_ref()).await?;
@@ -413,7 +439,7 @@ async fn seal_locked(
         mut legacy,
     } = intake(conn, watermark_at_us, lo, want_legacy).await?;
     while cursor < upto || !retention.is_empty() || legacy.is_some() {
-        let (leaves, hi) = read_leaves(conn, cursor, upto).await?;
+        let (leaves, hi) = read_leaves(conn, cursor, upto, check.as_deref_mut()).await?;
         let hi = hi.max(cursor);
         fault_point("rows_read");
         if leaves.is_empty() && retention.is_empty() && legacy.is_none() {
@@ -827,12 +853,14 @@ pub fn spawn(
     signer: Signer,
     publisher: Option<Publisher>,
     off: OffDatabase,
+    check: Option<SealCheck>,
     interval: Duration,
     state: SealerState,
     token: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     let off = Arc::new(tokio::sync::Mutex::new(off));
     tokio::spawn(async move {
+        let check = tokio::sync::Mutex::new(check);
         crate::maintain::schedule(interval, token, || async {
             let outcome = async {
                 let mut conn = pool
@@ -841,10 +869,18 @@ pub fn spawn(
                     .map_err(IntegrityError::db("connecting for the sealer"))?
                     .detach();
                 let mut off = off.lock().await;
-                let r = seal_pass_checked(&mut conn, &signer, publisher.as_ref(), Some(&mut off))
-                    .await;
+                let mut check = check.lock().await;
+                let r = seal_pass_checked(
+                    &mut conn,
+                    &signer,
+                    publisher.as_ref(),
+                    Some(&mut off),
+                    check.as_mut(),
+                )
+                .await;
                 let _ = conn.close().await;
-                r
+                let attestation = check.as_ref().map(|c| (c.waiting(), c.refused()));
+                r.map(|r| (r, attestation))
             }
             .await;
             let observed = observe(&pool).await;
@@ -879,7 +915,12 @@ pub fn spawn(
             }
             s.tip_mismatch = mismatch;
             match outcome {
-                Ok(report) => {
+                Ok((report, attestation)) => {
+                    s.attestation = attestation.is_some();
+                    if let Some((waiting, refused)) = attestation {
+                        s.attestation_waiting = waiting;
+                        s.unattested = refused;
+                    }
                     s.error = None;
                     if let Some(&n) = report.sealed.last() {
                         s.last_seal = Some(n);

@@ -71,6 +71,9 @@ pub struct VerifyOptions {
     /// `database.partition_retention_months`: a retention record of a partition that was not
     /// yet expired when it was dropped is a finding (`0` = nothing may be dropped).
     pub retention_months: Option<u32>,
+    /// `integrity.writer_public_key_files`: with keys, every numbered row must carry a valid
+    /// writer attestation (`row-unattested`, see `attest.rs`); empty: not checked.
+    pub writer_keys: super::attest::WriterKeys,
 }
 
 /// One thing found wrong.
@@ -102,6 +105,12 @@ pub struct Report {
     pub pending_rows: u64,
     /// Sealed rows absent because their partition was dropped by retention.
     pub retained_rows: u64,
+    /// Whether writer attestation was checked (writer keys configured).
+    pub attestation_checked: bool,
+    /// Rows with a valid writer attestation.
+    pub attested_rows: u64,
+    /// Rows stored before writer attestation began (at or below its boundary), unattested.
+    pub unattested_legacy_rows: u64,
 }
 
 impl Report {
@@ -860,6 +869,17 @@ pub async fn verify(
             rec.sealed_rows,
             if r.believed { "" } else { ", NOT BELIEVED" }
         );
+    }
+    if !opts.writer_keys.is_empty() {
+        super::attest::verify_rows(
+            pool,
+            &opts.writer_keys,
+            opts.from,
+            opts.to,
+            &mut run.report,
+            run.out,
+        )
+        .await?;
     }
     Ok(run.report)
 }

@@ -30,10 +30,43 @@ pub enum SinkError {
         #[source]
         source: rdkafka::error::KafkaError,
     },
+    #[error("cannot load integrity.writer_key_file: {0}")]
+    WriterKey(#[from] crate::integrity::seal::KeyError),
+}
+
+/// `store` attesting every storing transaction with `integrity.writer_key_file`, when set.
+/// Without it while this configuration seals or checks attestation, a warning: the rows will
+/// not be sealed once attestation has begun, and are not protected before.
+pub fn attesting(config: &Config, store: Store) -> Result<Store, SinkError> {
+    let integrity = &config.integrity;
+    match &integrity.writer_key_file {
+        Some(path) => {
+            let attestor = crate::integrity::attest::Attestor::load(path)?;
+            tracing::info!(
+                key_id = %hex::encode(attestor.key_id()),
+                "attesting stored rows with the writer key"
+            );
+            Ok(store.with_attestor(attestor))
+        }
+        None => {
+            if integrity.signing_key_file.is_some() || !integrity.writer_public_key_files.is_empty()
+            {
+                tracing::warn!(
+                    "integrity.writer_key_file is not set: rows are stored without writer \
+                     attestation, so a forged row cannot be told from a stored one before it is \
+                     sealed (and, once attestation has begun, these rows are not sealed). Give \
+                     the sink a key from `audit-manager keygen --out FILE`; see \
+                     docs/integrity.md"
+                );
+            }
+            Ok(store)
+        }
+    }
 }
 
 /// Builds the sink's Kafka clients for `config` and `store`.
 pub fn build(config: &Config, store: Store) -> Result<SinkLoop, SinkError> {
+    let store = attesting(config, store)?;
     let consumer: StreamConsumer<client::SinkContext> =
         client::consumer_config(&config.kafka, &config.kafka.consumer_group)
             .create_with_context(client::SinkContext::default())

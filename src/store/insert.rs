@@ -14,17 +14,21 @@
 //!
 //! Every write runs in a transaction that first takes the seal write lock shared
 //! (`pg_advisory_xact_lock_shared`, see `integrity::sealer`), so the sealer can find a point
-//! where no write is in flight and no committed row can fall between two seals.
+//! where no write is in flight and no committed row can fall between two seals. With a writer
+//! key ([`Store::with_attestor`]) the same statement reads the transaction's `now()` and the
+//! sequence's position, and the transaction ends by storing its signed attestation (see
+//! `integrity::attest`): one more statement per transaction, no more per row.
 //!
 //! `BENCHMARKS.md` has the measurements that chose the default.
 
 use std::fmt::Write as _;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound as _, Utc};
 use sqlx::Connection as _;
 
 use super::{Month, Operation, Store, StoreError};
 use crate::event::Row;
+use crate::integrity::attest::{self, Attestor, RowDigest, WriteStamp};
 
 /// How a batch is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -75,16 +79,25 @@ const TEMP_TABLE_SQL: &str = "
 
 /// Begins a write transaction of `audit_events`: every one holds the seal write lock shared
 /// until it ends, which is what lets the sealer find a gap-free watermark (see
-/// `integrity::sealer`).
+/// `integrity::sealer`). With `stamp`, the same statement also returns the [`WriteStamp`] an
+/// attestation signs.
 async fn begin_write(
     conn: &mut sqlx::PgConnection,
-) -> Result<sqlx::Transaction<'_, sqlx::Postgres>, sqlx::Error> {
+    stamp: bool,
+) -> Result<(sqlx::Transaction<'_, sqlx::Postgres>, Option<WriteStamp>), sqlx::Error> {
     let mut tx = conn.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
+    if !stamp {
+        sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
+            .bind(crate::integrity::SEAL_WRITE_LOCK)
+            .execute(&mut *tx)
+            .await?;
+        return Ok((tx, None));
+    }
+    let (ingested_at, lo): (DateTime<Utc>, i64) = sqlx::query_as(attest::STAMP_SQL)
         .bind(crate::integrity::SEAL_WRITE_LOCK)
-        .execute(&mut *tx)
+        .fetch_one(&mut *tx)
         .await?;
-    Ok(tx)
+    Ok((tx, Some(WriteStamp { ingested_at, lo })))
 }
 
 /// Batches smaller than this are written by one statement even when parallelism allows more.
@@ -128,10 +141,13 @@ impl Store {
                 let n = self.parallelism.min(rows.len() / MIN_PARALLEL_CHUNK).max(1);
                 let groups = split_by_id(rows, n);
                 let writes = groups.iter().map(|g| async move {
+                    // Before the transaction: no lock is held while rows are hashed.
+                    let digests = self.attestor.as_ref().map(|_| Attestor::digests(g));
+                    let d = digests.as_deref();
                     match self.method {
-                        InsertMethod::Unnest => self.insert_unnest(g).await,
-                        InsertMethod::Copy => self.insert_copy(g).await,
-                        InsertMethod::CopyFirst => self.insert_copy_first(g).await,
+                        InsertMethod::Unnest => self.insert_unnest(g, d).await,
+                        InsertMethod::Copy => self.insert_copy(g, d).await,
+                        InsertMethod::CopyFirst => self.insert_copy_first(g, d).await,
                     }
                 });
                 futures_util::future::try_join_all(writes)
@@ -180,7 +196,7 @@ impl Store {
         };
         let err = |e| StoreError::new("inserting a probe row (rolled back)", e);
         let mut conn = self.pool.acquire().await.map_err(err)?;
-        let mut tx = begin_write(&mut conn).await.map_err(err)?;
+        let (mut tx, _) = begin_write(&mut conn, false).await.map_err(err)?;
         unnest_query(&[&probe])
             .execute(&mut *tx)
             .await
@@ -188,11 +204,32 @@ impl Store {
         tx.rollback().await.map_err(err)
     }
 
-    async fn insert_unnest(&self, rows: &[&Row]) -> Result<Inserted, StoreError> {
+    /// Stores the attestation of a transaction that stored `stored` rows (nothing when there is
+    /// no writer key or nothing was stored).
+    async fn attest(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        stamp: Option<WriteStamp>,
+        digests: Option<&[RowDigest]>,
+        stored: u64,
+    ) -> Result<(), sqlx::Error> {
+        match (&self.attestor, stamp, digests) {
+            (Some(a), Some(stamp), Some(d)) if stored > 0 => attest::record(tx, a, &stamp, d).await,
+            _ => Ok(()),
+        }
+    }
+
+    async fn insert_unnest(
+        &self,
+        rows: &[&Row],
+        digests: Option<&[RowDigest]>,
+    ) -> Result<Inserted, StoreError> {
         let result = async {
             let mut conn = self.pool.acquire().await?;
-            let mut tx = begin_write(&mut conn).await?;
+            let (mut tx, stamp) = begin_write(&mut conn, digests.is_some()).await?;
             let r = unnest_query(rows).execute(&mut *tx).await?;
+            self.attest(&mut tx, stamp, digests, r.rows_affected())
+                .await?;
             tx.commit().await?;
             Ok::<_, sqlx::Error>(r)
         }
@@ -201,11 +238,17 @@ impl Store {
         Ok(counted(rows.len(), result.rows_affected()))
     }
 
-    async fn insert_copy(&self, rows: &[&Row]) -> Result<Inserted, StoreError> {
+    async fn insert_copy(
+        &self,
+        rows: &[&Row],
+        digests: Option<&[RowDigest]>,
+    ) -> Result<Inserted, StoreError> {
         let what = || format!("copying {} rows", rows.len());
         let err = |e| StoreError::new(what(), e);
         let mut conn = self.pool.acquire().await.map_err(err)?;
-        let mut tx = begin_write(&mut conn).await.map_err(err)?;
+        let (mut tx, stamp) = begin_write(&mut conn, digests.is_some())
+            .await
+            .map_err(err)?;
         sqlx::query(TEMP_TABLE_SQL)
             .execute(&mut *tx)
             .await
@@ -223,17 +266,25 @@ impl Store {
         .execute(&mut *tx)
         .await
         .map_err(err)?;
+        self.attest(&mut tx, stamp, digests, result.rows_affected())
+            .await
+            .map_err(err)?;
         tx.commit().await.map_err(err)?;
         Ok(counted(rows.len(), result.rows_affected()))
     }
 
     /// `COPY` into `audit_events` itself; a group holding a stored key (`23505`, nothing
     /// written) goes again through [`Self::insert_unnest`], which skips that key.
-    async fn insert_copy_first(&self, rows: &[&Row]) -> Result<Inserted, StoreError> {
+    async fn insert_copy_first(
+        &self,
+        rows: &[&Row],
+        digests: Option<&[RowDigest]>,
+    ) -> Result<Inserted, StoreError> {
         let copied = async {
             let mut conn = self.pool.acquire().await?;
-            let mut tx = begin_write(&mut conn).await?;
+            let (mut tx, stamp) = begin_write(&mut conn, digests.is_some()).await?;
             let n = copy_in(&mut tx, "audit_events", rows).await?;
+            self.attest(&mut tx, stamp, digests, n).await?;
             tx.commit().await?;
             Ok::<_, sqlx::Error>(n)
         }
@@ -241,7 +292,9 @@ impl Store {
         .map_err(|e| StoreError::new(format!("copying {} rows", rows.len()), e));
         match copied {
             Ok(n) => Ok(counted(rows.len(), n)),
-            Err(e) if e.code().as_deref() == Some("23505") => self.insert_unnest(rows).await,
+            Err(e) if e.code().as_deref() == Some("23505") => {
+                self.insert_unnest(rows, digests).await
+            }
             Err(e) => Err(e),
         }
     }
@@ -256,7 +309,9 @@ fn unnest_query<'q>(
     }
     sqlx::query(UNNEST_SQL)
         .bind(col(rows, |r| r.id.as_str()))
-        .bind(col(rows, |r| r.occurred_at))
+        // To the microsecond PostgreSQL keeps, truncated as `COPY`'s text is: bound as is, a
+        // time before 2000 with a sub-microsecond part would be rounded the other way.
+        .bind(col(rows, |r| r.occurred_at.trunc_subsecs(6)))
         .bind(col(rows, |r| r.source.as_str()))
         .bind(col(rows, |r| r.r#type.as_str()))
         .bind(col(rows, |r| r.subject.as_deref()))

@@ -130,6 +130,8 @@ pub struct Store {
     method: InsertMethod,
     /// Concurrent insert statements per batch.
     parallelism: usize,
+    /// The writer key every storing transaction is attested with (`integrity.writer_key_file`).
+    attestor: Option<Arc<crate::integrity::attest::Attestor>>,
 }
 
 impl Store {
@@ -161,6 +163,7 @@ impl Store {
             state: Arc::new(Mutex::new(observed)),
             method: InsertMethod::default(),
             parallelism: DEFAULT_INSERT_PARALLELISM,
+            attestor: None,
         })
     }
 
@@ -211,6 +214,17 @@ impl Store {
     pub fn with_insert_parallelism(mut self, n: usize) -> Store {
         self.parallelism = n.max(1);
         self
+    }
+
+    /// Attests every storing transaction with `attestor` (see `integrity::attest`).
+    pub fn with_attestor(mut self, attestor: crate::integrity::attest::Attestor) -> Store {
+        self.attestor = Some(Arc::new(attestor));
+        self
+    }
+
+    /// Whether storing transactions are attested.
+    pub fn attests(&self) -> bool {
+        self.attestor.is_some()
     }
 
     pub fn pool(&self) -> &PgPool {
