@@ -277,7 +277,11 @@ impl ChildServer {
     /// Waits until `/health` answers, or panics after `deadline`.
     pub async fn wait_ready(&mut self, deadline: Duration) {
         let url = format!("http://{}{BASE}/health", self.addr);
-        let client = reqwest::Client::new();
+        // Each probe is bounded too, so the deadline holds even if a connection stalls.
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()
+            .expect("HTTP client");
         let until = Instant::now() + deadline;
         loop {
             if let Ok(r) = client.get(&url).send().await
