@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from audit_manager_client import (
+    AuditRejected,
     AuditRoute,
     InvalidEvent,
     actor,
@@ -19,7 +20,7 @@ from audit_manager_client import (
     resource,
     uuid7,
 )
-from audit_manager_client.client import _chunks, _retry_after
+from audit_manager_client.client import _chunks, _classify, _retry_after
 
 
 def test_uuid7_is_version_7_and_increasing() -> None:
@@ -103,3 +104,17 @@ def test_routes_and_outcomes() -> None:
         "failure",
         "failure",
     ]
+
+
+def _error(status: int, code: str) -> httpx.Response:
+    body = {"response": None, "errors": [{"errorCode": code, "errorMessage": "x"}]}
+    return httpx.Response(status, json=body)
+
+
+def test_a_body_timeout_is_retried_and_other_4xx_are_final() -> None:
+    # 408 AUD-408: the body did not arrive in time and nothing was stored.
+    outcome = _classify(_error(408, "AUD-408"))
+    assert outcome.status == 408 and outcome.envelope is None
+    with pytest.raises(AuditRejected) as refused:
+        _classify(_error(422, "AUD-002"))
+    assert refused.value.code == "AUD-002"

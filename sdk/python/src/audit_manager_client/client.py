@@ -1,9 +1,9 @@
 """HTTP clients for audit-manager's ingest API (``POST /v1/auditmanager/events[/batch]``).
 
 Both clients fill ``id`` (UUIDv7) and ``time`` before the first attempt, retry what may
-succeed later (connection errors, timeouts, 5xx such as 503 AUD-004 with ``Retry-After``)
-with exponential backoff and full jitter until a deadline, and never retry a 4xx: that
-raises :class:`AuditRejected` with the service's ``AUD-…`` code.
+succeed later (connection errors, timeouts, 408 AUD-408, 5xx such as 503 AUD-004 with
+``Retry-After``) with exponential backoff and full jitter until a deadline, and never retry another
+4xx: that raises :class:`AuditRejected` with the service's ``AUD-…`` code.
 """
 
 from __future__ import annotations
@@ -114,7 +114,9 @@ def _classify(response: httpx.Response) -> _Outcome:
     if response.status_code in _ACCEPTED:
         return _Outcome(envelope=envelope)
     errors = _errors(envelope)
-    if 400 <= response.status_code < 500:
+    # 408 (AUD-408): the body did not reach the service in time, so nothing was stored; like a
+    # broken connection, it is worth another attempt. Every other 4xx is final.
+    if 400 <= response.status_code < 500 and response.status_code != 408:
         raise AuditRejected(response.status_code, errors)
     return _Outcome(
         status=response.status_code,
