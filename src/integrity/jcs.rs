@@ -512,6 +512,20 @@ mod tests {
         );
     }
 
+    /// Arrays and objects of `leaf`s, up to 4 levels deep (keys with escapes and non-BMP text).
+    fn nested(
+        leaf: impl Strategy<Value = serde_json::Value> + 'static,
+    ) -> impl Strategy<Value = serde_json::Value> {
+        use serde_json::Value;
+        leaf.prop_recursive(4, 64, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::vec(("[a-c\\\\\"\u{1}é€😀\u{e000}\u{ffff}]{0,3}", inner), 0..6)
+                    .prop_map(|members| Value::Object(members.into_iter().collect())),
+            ]
+        })
+    }
+
     fn json() -> impl Strategy<Value = serde_json::Value> {
         use serde_json::Value;
         let leaf = prop_oneof![
@@ -525,13 +539,7 @@ mod tests {
             any::<String>().prop_map(Value::String),
             "[a-c\\\\\"\u{0}-\u{1f}é€😀\u{e000}\u{ffff}]{0,4}".prop_map(Value::String),
         ];
-        leaf.prop_recursive(4, 64, 6, |inner| {
-            prop_oneof![
-                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
-                prop::collection::vec(("[a-c\\\\\"\u{1}é€😀\u{e000}\u{ffff}]{0,3}", inner), 0..6)
-                    .prop_map(|members| Value::Object(members.into_iter().collect())),
-            ]
-        })
+        nested(leaf)
     }
 
     proptest! {
@@ -612,13 +620,7 @@ mod tests {
                 .prop_map(Value::from),
             "[a-c\\\\\"\u{0}-\u{1f}é€😀\u{e000}\u{ffff}]{0,4}".prop_map(Value::String),
         ];
-        leaf.prop_recursive(4, 64, 6, |inner| {
-            prop_oneof![
-                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
-                prop::collection::vec(("[a-c\\\\\"\u{1}é€😀\u{e000}\u{ffff}]{0,3}", inner), 0..6)
-                    .prop_map(|members| Value::Object(members.into_iter().collect())),
-            ]
-        })
+        nested(leaf)
     }
 
     proptest! {
