@@ -11,7 +11,8 @@
 //!   writer cannot know before it writes (the transaction's `ingested_at` is signed once per
 //!   attestation instead);
 //! - [`Attestation`], [`Attestor`]: the signed record of one storing transaction and the writer
-//!   key that signs it; [`record`] stores it in the writing transaction;
+//!   key that signs it; the store's insert path signs each storing transaction through it
+//!   (`store::Attest`) and stores the attestation in that transaction;
 //! - [`WriterKeys`]: the public keys the sealer and `verify` accept;
 //! - [`SealCheck`]: the sealer's test of each row before it goes into a seal;
 //! - [`verify_rows`]: `verify`'s pass over every numbered row.
@@ -41,9 +42,6 @@ pub use crate::store::attestations::{DIGEST_LEN, RowDigest, WriteStamp};
 pub const ROW_DOMAIN: &[u8] = b"audit-manager/attested-row/v1\n";
 /// First bytes of every attestation: domain separation from seals and a format version.
 pub const ATTESTATION_DOMAIN: &[u8] = b"audit-manager/attestation/v1\n";
-// A row digest is a truncated SHA-256 of DIGEST_LEN bytes: 2^128 work to make another row
-// match one.
-
 const TAG_NULL: u8 = 0x00;
 const TAG_TEXT: u8 = 0x01;
 const TAG_TIME: u8 = 0x02;

@@ -9,7 +9,8 @@ use sqlx::PgConnection;
 use super::locks::AdvisoryLock;
 use crate::event::Row;
 
-/// Bytes of a row digest (a truncated SHA-256, see `integrity::attest`).
+/// Bytes of a row digest (a truncated SHA-256, see `integrity::attest`: 2^128 work to make
+/// another row match one).
 pub const DIGEST_LEN: usize = 16;
 /// What an attestation says about one row.
 pub type RowDigest = [u8; DIGEST_LEN];
