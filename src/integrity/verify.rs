@@ -47,12 +47,11 @@ use ed25519_dalek::VerifyingKey;
 use futures_util::{StreamExt as _, TryStreamExt as _};
 use sqlx::PgPool;
 
-use crate::store::rows::{self, RowScan};
-use crate::store::{retention as retention_log, seals as stored_seals};
-
 use super::encoding::{micros, row_hash_as};
 use super::seal::{LegacyBoundary, RetentionRecord, Seal, from_micros, seal_hash, signature_valid};
 use super::{IntegrityError, SealLine};
+use crate::store::rows::{self, RowScan};
+use crate::store::{retention as retention_log, seals as stored_seals};
 
 /// What to check.
 #[derive(Debug, Default)]
