@@ -18,6 +18,10 @@ use rdkafka::{Message as _, Offset, TopicPartitionList};
 use super::{IntegrityError, SealLine};
 use crate::config::KafkaConfig;
 
+/// The consumer group the seal-topic reader names (it assigns partitions by hand and never
+/// commits, so the group keeps no position).
+const READER_GROUP: &str = "audit-manager-verify";
+
 /// How long one seal may wait for the broker's acknowledgement.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -114,7 +118,7 @@ fn read_partitions(
         }
     };
     let consumer =
-        crate::kafka::consumer::seal_reader(kafka).map_err(err("creating a consumer"))?;
+        crate::kafka::consumer::reader(kafka, READER_GROUP).map_err(err("creating a consumer"))?;
     let md = consumer
         .fetch_metadata(Some(topic), timeout)
         .map_err(err("reading the metadata"))?;

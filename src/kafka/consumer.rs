@@ -69,26 +69,13 @@ pub fn stream_consumer<C: ConsumerContext + 'static>(
     consumer_config(kafka, group).create_with_context(context)
 }
 
-/// A consumer of partitions it is assigned by hand, committing (if at all) as `group`
-/// (`dlq replay`). Nothing reads its statistics, so librdkafka is not asked for them.
+/// A consumer of partitions it is assigned by hand, committing (if at all) as `group`: `dlq
+/// replay`, and the seal-topic reader, which never commits. Nothing reads its statistics, so
+/// librdkafka is not asked for them.
 pub fn reader(kafka: &KafkaConfig, group: &str) -> KafkaResult<BaseConsumer> {
     consumer_config(kafka, group)
         .set("statistics.interval.ms", "0")
         .create()
-}
-
-/// The reader of the seal topic (`verify --seals-from-topic`, the sealer's newest seal): it
-/// assigns partitions by hand and never commits.
-pub fn seal_reader(kafka: &KafkaConfig) -> KafkaResult<BaseConsumer> {
-    let mut cc = ClientConfig::new();
-    cc.set("bootstrap.servers", &kafka.bootstrap_servers)
-        .set("group.id", "audit-manager-verify")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false");
-    for (k, v) in &kafka.consumer {
-        cc.set(k, v);
-    }
-    cc.create()
 }
 
 #[cfg(test)]
