@@ -31,8 +31,8 @@ pub struct Overridden {
 }
 
 /// The three layers of every producer (see the module documentation): `bootstrap.servers` and
-/// `client.id` from `kafka`, then `defaults`, then `kafka.producer`, then [`FORCED`]; and the
-/// operator settings that had to be overridden.
+/// `client.id` from `kafka`, then `defaults`, then `kafka.producer`, then `enable.idempotence`
+/// and `acks` forced; and the operator settings that had to be overridden.
 pub fn properties(
     kafka: &KafkaConfig,
     defaults: BTreeMap<String, String>,
