@@ -1,6 +1,6 @@
 //! The `sink` role: Kafka consumer group → batched idempotent inserts into `audit_events`.
 //!
-//! - [`client`]: consumer (manual commits, rebalance tracking, lag) and DLQ producer settings;
+//! - [`client`]: what the consumer reports (rebalance tracking, failed commits, lag);
 //! - [`batch`]: decoding a batch with the ingest's validation, offsets to commit (pure);
 //! - [`dlq`]: dead letters with reason headers, and `dlq replay`;
 //! - [`run`]: the loop — offsets are committed only after the database commit (and the DLQ
@@ -13,8 +13,6 @@ pub mod run;
 
 use std::sync::Arc;
 
-use rdkafka::consumer::StreamConsumer;
-use rdkafka::producer::FutureProducer;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
@@ -67,16 +65,20 @@ pub fn attesting(config: &Config, store: Store) -> Result<Store, SinkError> {
 /// Builds the sink's Kafka clients for `config` and `store`.
 pub fn build(config: &Config, store: Store) -> Result<SinkLoop, SinkError> {
     let store = attesting(config, store)?;
-    let consumer: StreamConsumer<client::SinkContext> =
-        client::consumer_config(&config.kafka, &config.kafka.consumer_group)
-            .create_with_context(client::SinkContext::default())
+    let consumer = crate::kafka::consumer::stream_consumer(
+        &config.kafka,
+        &config.kafka.consumer_group,
+        client::SinkContext::default(),
+    )
+    .map_err(|source| SinkError::Client {
+        what: "consumer",
+        source,
+    })?;
+    // Idempotent and acks=all like every producer: a dead letter's source offset is committed
+    // on its acknowledgement, so it must be on every in-sync replica by then.
+    let producer =
+        crate::kafka::producer::future_producer("dead-letter", &config.kafka, Default::default())
             .map_err(|source| SinkError::Client {
-                what: "consumer",
-                source,
-            })?;
-    let producer: FutureProducer = client::producer_config(&config.kafka, "dead-letter")
-        .create()
-        .map_err(|source| SinkError::Client {
             what: "dead-letter producer",
             source,
         })?;
