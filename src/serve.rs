@@ -2,7 +2,6 @@
 
 use std::net::SocketAddr;
 
-use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
@@ -89,12 +88,19 @@ pub async fn start(
     }
     let res = resources::Resources::open(config, &shutdown, opts).await?;
     let ctx = res.context;
-    // Every role is built before any runs: a role that cannot start stops `serve` here.
+    // Every role is built before any runs: a role that cannot start stops `serve` here, after
+    // the supervisor logged it and cancelled the root token.
     let mut health = Health::supervised(supervisor.view());
     let mut api = ApiParts::default();
     let mut tasks = Vec::new();
     for role in Role::ALL.into_iter().filter(|r| ctx.config.has_role(*r)) {
-        let started = start_role(role, &ctx)?;
+        let started = match start_role(role, &ctx) {
+            Ok(started) => started,
+            Err(e) => {
+                supervisor.start_failed(role, &e);
+                return Err(e.context(format!("cannot start the {role} role")));
+            }
+        };
         health.register(role, &started.needs, started.health);
         tasks.extend(started.tasks);
         api.query = api.query.or(started.api.query);
@@ -156,7 +162,7 @@ fn start_role(role: Role, ctx: &RoleContext) -> anyhow::Result<Started> {
     match role {
         Role::Ingest => ingest::start(ctx),
         Role::Forward => crate::forward::start(ctx),
-        Role::Sink => crate::sink::start(ctx).context("cannot start the sink role"),
+        Role::Sink => crate::sink::start(ctx),
         Role::Maintain => crate::maintain::start(ctx),
         Role::Query => query::start(ctx),
     }

@@ -96,15 +96,18 @@ pub fn start(ctx: &RoleContext) -> anyhow::Result<Started> {
     let store = ctx.store()?;
     let check = crate::health::database_check(store.clone());
     let sink = build(&ctx.config, store.clone())?;
+    let topic = ctx.config.kafka.topic.clone();
     let token = ctx.shutdown.child_token();
     Ok(
         Started::new(Role::Sink, check, &[Task::Sink, Task::DatabaseMonitor]).task(
             Task::Sink,
             async move {
-                if let Err(e) = sink.run(token).await {
-                    tracing::error!(error = %e, "sink stopped: cannot subscribe to the topic");
-                }
-                Ok(())
+                sink.run(token).await.map_err(|e| {
+                    anyhow::anyhow!(
+                        "the sink cannot subscribe to kafka.topic {topic:?}: {e}; check the topic \
+                         name and the consumer's permissions"
+                    )
+                })
             },
         ),
     )
