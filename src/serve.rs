@@ -101,7 +101,7 @@ pub async fn start(
                 return Err(e.context(format!("cannot start the {role} role")));
             }
         };
-        health.register(role, &started.needs, started.health);
+        health.register(started.role, &started.needs, started.health);
         tasks.extend(started.tasks);
         api.query = api.query.or(started.api.query);
     }
