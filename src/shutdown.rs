@@ -400,6 +400,24 @@ mod tests {
         assert_eq!(failure.reason, "panicked: monitor bug");
     }
 
+    #[tokio::test]
+    async fn a_role_that_cannot_start_drains_what_already_runs() {
+        let token = CancellationToken::new();
+        let sup = Supervisor::new(token.clone());
+        let t = token.clone();
+        sup.spawn(Task::Http, async move {
+            t.cancelled().await;
+            Ok::<(), String>(())
+        });
+        sup.start_failed(
+            "sink",
+            &anyhow::anyhow!("cannot load integrity.writer_key_file"),
+        );
+        assert!(token.is_cancelled());
+        sup.wait().await.expect("what ran only drained");
+        assert_eq!(sup.view().ended(Task::Http).as_deref(), Some("stopped"));
+    }
+
     #[cfg(feature = "failpoints")]
     #[tokio::test]
     async fn the_seam_panics_the_chosen_task_only() {
