@@ -44,8 +44,10 @@ use tokio_util::sync::CancellationToken;
 pub use client::CONTENT_TYPE;
 pub use config::{ForwardSettings, producer_config, producer_properties};
 
-use crate::config::Config;
+use crate::config::{Config, Role};
 use crate::health::{Check, RoleReport, Status};
+use crate::serve::role::{RoleContext, Started};
+use crate::shutdown::Task;
 use crate::spool::{Spool, now_ms};
 
 /// Errors that stop the forward role from starting.
@@ -157,6 +159,36 @@ impl ForwardState {
         }
         report
     }
+}
+
+/// Starts the forward role: builds the producer (failing fast on invalid properties) and
+/// returns the loop, which ends only once the root token is cancelled.
+pub fn start(ctx: &RoleContext) -> anyhow::Result<Started> {
+    let settings = settings(ctx).bounded_by(&ctx.config);
+    let mut f = Forwarder::new(&ctx.config, ctx.spool()?.clone(), settings)?;
+    if ctx.embedded_kafka {
+        f = f.topics_precreated();
+    }
+    let token = ctx.shutdown.child_token();
+    Ok(
+        Started::new(Role::Forward, f.health_check(), &[Task::Forward]).task(
+            Task::Forward,
+            async move {
+                f.run(token).await;
+                Ok(())
+            },
+        ),
+    )
+}
+
+/// The loop's tuning: the defaults, or the test seam's.
+fn settings(ctx: &RoleContext) -> ForwardSettings {
+    #[cfg(feature = "failpoints")]
+    if let Some(settings) = &ctx.options.forward {
+        return settings.clone();
+    }
+    let _ = ctx;
+    ForwardSettings::default()
 }
 
 /// The forward role, ready to run.

@@ -113,7 +113,14 @@ impl SealLine {
 /// of the sealer. Unset in production.
 pub const FAULT_ENV: &str = "AUDIT_MANAGER_TEST_SEALER_ABORT";
 
+/// Aborts the process here when [`FAULT_ENV`] names this point (test seam, only with the
+/// `failpoints` cargo feature; without it this does nothing).
+#[cfg(not(feature = "failpoints"))]
+#[inline(always)]
+pub fn fault_point(_name: &str) {}
+
 /// Aborts the process here when [`FAULT_ENV`] names this point (test seam).
+#[cfg(feature = "failpoints")]
 pub fn fault_point(name: &str) {
     use std::sync::atomic::{AtomicU64, Ordering};
     static HITS: AtomicU64 = AtomicU64::new(0);

@@ -776,23 +776,33 @@ pub async fn observe(pool: &PgPool) -> Result<(f64, u64), IntegrityError> {
     Ok((lag.unwrap_or(0.0).max(0.0), unpublished.max(0) as u64))
 }
 
-/// Runs a pass every `interval` until `token` is cancelled. Each pass uses its own connection
-/// (closed afterwards, so a session lock never outlives a failed pass).
-// The role-start refactor gives every role one context argument; until then the sealer's
-// inputs are passed one by one.
-#[allow(clippy::too_many_arguments)]
-pub fn spawn(
-    pool: PgPool,
-    signer: Signer,
-    publisher: Option<Publisher>,
-    off: OffDatabase,
-    check: Option<SealCheck>,
-    interval: Duration,
-    state: SealerState,
-    token: CancellationToken,
-) -> tokio::task::JoinHandle<()> {
-    let off = Arc::new(tokio::sync::Mutex::new(off));
-    tokio::spawn(async move {
+/// What the sealer works with; the maintain role builds it from the configuration
+/// (`crate::maintain::sealing`).
+pub struct Sealer {
+    pub signer: Signer,
+    /// Publishes every seal to `integrity.seal_topic`, when set.
+    pub publisher: Option<Publisher>,
+    /// The off-database copy of the seals (`integrity.seal_dir`, `integrity.seal_topic`).
+    pub off: OffDatabase,
+    /// Writer attestation is checked before sealing, when writer keys are configured.
+    pub check: Option<SealCheck>,
+    /// `integrity.seal_interval`.
+    pub interval: Duration,
+}
+
+impl Sealer {
+    /// Runs a pass every `interval` until `token` is cancelled, reporting into `state`. Each
+    /// pass uses its own connection (closed afterwards, so a session lock never outlives a
+    /// failed pass).
+    pub async fn run(self, pool: PgPool, state: SealerState, token: CancellationToken) {
+        let Sealer {
+            signer,
+            publisher,
+            off,
+            check,
+            interval,
+        } = self;
+        let off = Arc::new(tokio::sync::Mutex::new(off));
         let check = tokio::sync::Mutex::new(check);
         crate::maintain::schedule(interval, token, || async {
             let outcome = async {
@@ -873,5 +883,5 @@ pub fn spawn(
             }
         })
         .await;
-    })
+    }
 }

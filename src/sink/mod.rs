@@ -13,9 +13,10 @@ pub mod run;
 
 use std::sync::Arc;
 
-use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, Role};
+use crate::serve::role::{RoleContext, Started};
+use crate::shutdown::Task;
 use crate::store::Store;
 
 pub use run::{SinkLoop, SinkSettings};
@@ -90,16 +91,26 @@ pub fn build(config: &Config, store: Store) -> Result<SinkLoop, SinkError> {
     })
 }
 
-/// Starts the sink loop; the task ends after `token` is cancelled and the loop has drained.
-pub fn spawn(
-    config: &Config,
-    store: Store,
-    token: CancellationToken,
-) -> Result<tokio::task::JoinHandle<()>, SinkError> {
-    let sink = build(config, store)?;
-    Ok(tokio::spawn(async move {
-        if let Err(e) = sink.run(token).await {
-            tracing::error!(error = %e, "sink stopped: cannot subscribe to the topic");
-        }
-    }))
+/// Starts the sink role: builds its clients (failing fast on invalid settings or an unreadable
+/// writer key) and returns the loop. The loop ends after the root token is cancelled and it
+/// has drained, or with an error when the consumer cannot subscribe to the topic at all.
+pub fn start(ctx: &RoleContext) -> anyhow::Result<Started> {
+    let store = ctx.store()?;
+    let check = crate::health::database_check(store.clone());
+    let sink = build(&ctx.config, store.clone())?;
+    let topic = ctx.config.kafka.topic.clone();
+    let token = ctx.shutdown.child_token();
+    Ok(
+        Started::new(Role::Sink, check, &[Task::Sink, Task::DatabaseMonitor]).task(
+            Task::Sink,
+            async move {
+                sink.run(token).await.map_err(|e| {
+                    anyhow::anyhow!(
+                        "the sink cannot subscribe to kafka.topic {topic:?}: {e}; check the topic \
+                         name and the consumer's permissions"
+                    )
+                })
+            },
+        ),
+    )
 }
