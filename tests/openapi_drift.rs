@@ -466,3 +466,67 @@ async fn docs_and_redoc_serve_pages_that_render_the_document() {
     }
     app.stop().await;
 }
+
+/// The official JSON Schema of OpenAPI 3.1 documents, vendored from the PyPI package
+/// `openapi-spec-validator` 0.9.0 (`resources/schemas/v3.1/schema.json`, by the OpenAPI
+/// Initiative; see `tests/fixtures/openapi-3.1/README.md`), so no network is needed.
+fn openapi_3_1_schema() -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/openapi-3.1/schema.json");
+    serde_json::from_slice(&std::fs::read(path).expect("the OpenAPI 3.1 schema")).expect("JSON")
+}
+
+/// `(operationId, "method path")` of every operation of `doc`.
+fn operation_ids(doc: &Value) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for (method, op) in item.as_object().expect("path item") {
+            if let Some(id) = op["operationId"].as_str() {
+                out.push((id.to_owned(), format!("{method} {path}")));
+            }
+        }
+    }
+    out
+}
+
+/// What openapi-spec-validator checks: the document is valid against the OpenAPI 3.1 schema and
+/// no two operations share an operationId (client generators name methods after it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_served_document_is_valid_openapi_3_1_with_unique_operation_ids() {
+    let mut app = TestApp::start().await;
+    let doc = served_document(&app).await;
+    let schema = openapi_3_1_schema();
+    let validator = jsonschema::draft202012::new(&schema).expect("the OpenAPI 3.1 schema compiles");
+    let errors: Vec<String> = validator
+        .iter_errors(&doc)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(errors.is_empty(), "not valid OpenAPI 3.1: {errors:#?}");
+    // The schema bites: a response without its required description is refused.
+    let mut broken = doc.clone();
+    broken["paths"][format!("{BASE}/health")]["get"]["responses"]["200"]
+        .as_object_mut()
+        .expect("the 200 of /health")
+        .remove("description");
+    assert!(
+        !validator.is_valid(&broken),
+        "a response needs a description"
+    );
+
+    let ids = operation_ids(&doc);
+    assert!(
+        ids.len() >= 18,
+        "every operation has an operationId: {ids:?}"
+    );
+    let mut first: BTreeMap<&str, &str> = BTreeMap::new();
+    let mut duplicates: Vec<String> = Vec::new();
+    for (id, operation) in &ids {
+        if let Some(earlier) = first.insert(id, operation) {
+            duplicates.push(format!("{id:?}: {earlier} and {operation}"));
+        }
+    }
+    assert!(
+        duplicates.is_empty(),
+        "operationIds used twice: {duplicates:?}"
+    );
+    app.stop().await;
+}

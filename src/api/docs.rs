@@ -134,6 +134,7 @@ pub async fn redoc() -> Html<&'static str> {
     get,
     path = "/v1/auditmanager/docs/assets/{file}",
     tag = "documentation",
+    operation_id = "docs_asset",
     summary = "Scripts and styles of the documentation pages",
     params(("file" = String, Path, description = "swagger-ui-bundle.js, swagger-ui.css or \
                                                  redoc.standalone.js")),

@@ -93,6 +93,7 @@ pub async fn index_no_slash(State(state): State<AppState>) -> Result<Response, A
     get,
     path = "/v1/auditmanager/ui/{file}",
     tag = "query",
+    operation_id = "ui_asset",
     summary = "A script or style of the investigators' page",
     params(("file" = String, Path, description = "`app.js` or `app.css`")),
     responses(
