@@ -187,8 +187,17 @@ async fn track(req: Request, next: Next) -> Response {
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
+    use std::sync::Arc;
+
+    use axum::body::Body;
+    use axum::http::Method;
+    use tokio_util::sync::CancellationToken;
+    use tower_service::Service as _;
 
     use super::*;
+    use crate::auth::Authenticator;
+    use crate::config::{AuthMode, Config};
+    use crate::health::Health;
 
     #[test]
     fn the_document_is_openapi_3_1_and_lists_the_routes() {
@@ -224,5 +233,81 @@ mod tests {
             "/ui/{file}",
         ]);
         assert_eq!(public, expected);
+    }
+
+    /// The router of a process with `auth.mode: token` and no role running.
+    fn token_mode_router(dir: &std::path::Path) -> Router {
+        let tokens = dir.join("tokens.yaml");
+        let principal = format!(
+            "principals:\n  - name: auditor\n    role: reader\n    token_sha256: \"{}\"\n",
+            "0".repeat(64)
+        );
+        std::fs::write(&tokens, principal).expect("write tokens");
+        let auth = Authenticator::load(AuthMode::Token, &tokens).expect("principals");
+        let state = AppState::with_auth(
+            Arc::new(Config::default()),
+            None,
+            Health::default(),
+            crate::metrics::install(),
+            CancellationToken::new(),
+            Some(auth),
+        );
+        router(state)
+    }
+
+    #[tokio::test]
+    async fn without_credentials_only_the_public_routes_answer() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let app = token_mode_router(dir.path());
+        let status = |method: Method, path: &str| {
+            let req = Request::builder()
+                .method(method)
+                .uri(path)
+                .body(Body::empty())
+                .expect("request");
+            let mut app = app.clone();
+            async move { app.call(req).await.expect("infallible").status().as_u16() }
+        };
+        for path in [
+            "/health",
+            "/ready",
+            "/version",
+            "/metrics",
+            "/openapi.json",
+            "/docs",
+            "/redoc",
+            "/docs/assets/swagger-ui.css",
+            "/ui",
+            "/ui/",
+            "/ui/app.js",
+        ] {
+            let got = status(Method::GET, &format!("{BASE}{path}")).await;
+            assert_ne!(got, 401, "GET {path} is public");
+        }
+        // A public route with a method it does not serve: 405, not 401.
+        assert_eq!(status(Method::POST, &format!("{BASE}/health")).await, 405);
+        for (method, path) in [
+            (Method::POST, "/events"),
+            (Method::POST, "/events/batch"),
+            (Method::GET, "/events"),
+            (Method::GET, "/events/e-1"),
+            (Method::GET, "/config"),
+            (Method::POST, "/config"),
+            (Method::GET, "/seals"),
+            (Method::GET, "/seals/keys"),
+            // No route: credentials first, so nothing is learnt of the routes.
+            (Method::GET, "/docs/assets/"),
+            (Method::GET, "/docs/assets/a/b"),
+            (Method::GET, "/healthz"),
+            (Method::GET, ""),
+        ] {
+            let got = status(method.clone(), &format!("{BASE}{path}")).await;
+            assert_eq!(got, 401, "{method} {path} needs credentials");
+        }
+        assert_eq!(
+            status(Method::GET, "/health").await,
+            401,
+            "outside the base"
+        );
     }
 }
