@@ -34,9 +34,10 @@ use utoipa_axum::routes;
 
 use crate::event::{Rule, ValidationMode};
 
-pub use auth::PublicRoutes;
-pub use envelope::Identity;
 pub use state::{AppInner, AppState, BASE};
+
+use auth::PublicRoutes;
+use envelope::Identity;
 
 /// Whether a route needs credentials (with `auth.mode` `token` or `mtls`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,7 +49,8 @@ enum Access {
 }
 
 /// Every route of the API, once: its handler, whose `#[utoipa::path]` attribute gives its path,
-/// method and document, and who may call it. The order is the document's.
+/// method and document, and who may call it. The order is the document's. Every process serves
+/// every route: the query routes answer 503 AUD-005 naming the role where it does not run.
 fn route_list(document: &docs::Document) -> Vec<(Access, UtoipaMethodRouter<AppState>)> {
     use Access::{Protected, Public};
     vec![
@@ -119,7 +121,8 @@ pub fn router(state: AppState) -> Router {
     let compatible = state.limits.mode == ValidationMode::Compatible;
     let identity = Identity::of(&state.config);
     let Routes { router, public, .. } = routes();
-    // The query routes answer 503 AUD-005 naming the role when it does not run here.
+    // From the inside out: authentication, then any bare error answer put in the envelope,
+    // then every envelope written with the identity, then every answer counted.
     let app = router
         .fallback(ops::not_found)
         .layer(middleware::from_fn_with_state(
