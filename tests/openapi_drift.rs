@@ -7,6 +7,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+use audit_manager::api::codes::ErrorCode;
 use common::{BASE, TestApp};
 use serde_json::{Value, json};
 
@@ -148,44 +149,19 @@ async fn fixtures_get_the_same_verdict_from_the_document_and_the_service() {
     app.stop().await;
 }
 
-/// `(method, path)` of every `.route("...", get(..).post(..))` in `src/api/mod.rs`, with the
-/// base path the API is nested under.
-fn routes_in_source() -> BTreeSet<(String, String)> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/api/mod.rs");
-    let src = std::fs::read_to_string(path).expect("src/api/mod.rs");
-    let mut out = BTreeSet::new();
-    for chunk in src.split(".route(").skip(1) {
-        let Some(rest) = chunk.strip_prefix('"') else {
-            continue;
-        };
-        let Some((route, handlers)) = rest.split_once('"') else {
-            continue;
-        };
-        // The handlers run to the call's closing parenthesis at depth 0.
-        let mut depth = 0usize;
-        let mut end = handlers.len();
-        for (i, c) in handlers.char_indices() {
-            match c {
-                '(' => depth += 1,
-                ')' if depth == 0 => {
-                    end = i;
-                    break;
-                }
-                ')' => depth -= 1,
-                _ => {}
-            }
-        }
-        for method in ["get", "post", "put", "delete", "patch"] {
-            let handlers = &handlers[..end];
-            let called = handlers
-                .match_indices(method)
-                .any(|(i, _)| handlers[i + method.len()..].starts_with('('));
-            if called {
-                out.insert((method.to_owned(), format!("{BASE}{route}")));
-            }
-        }
-    }
-    assert!(!out.is_empty(), "no routes found in src/api/mod.rs");
+/// The `.rs` files under `src/api/`, with their text.
+fn api_sources() -> Vec<(PathBuf, String)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/api");
+    let mut out: Vec<(PathBuf, String)> = std::fs::read_dir(&dir)
+        .expect("read src/api")
+        .map(|entry| entry.expect("entry").path())
+        .filter(|path| path.extension().is_some_and(|e| e == "rs"))
+        .map(|path| {
+            let text = std::fs::read_to_string(&path).expect("read source");
+            (path, text)
+        })
+        .collect();
+    out.sort();
     out
 }
 
@@ -199,29 +175,32 @@ fn routes_in_document(doc: &Value) -> BTreeSet<(String, String)> {
     out
 }
 
+/// The router list (`src/api/mod.rs`) registers each route with the `#[utoipa::path]` document of
+/// its handler, so what is served is what is documented, provided no route bypasses the list.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_routes_served_and_the_routes_documented_are_the_same() {
     let mut app = TestApp::start().await;
     let doc = served_document(&app).await;
-    let served = routes_in_source();
-    let mut documented = routes_in_document(&doc);
+    for (path, text) in api_sources() {
+        for bypass in [
+            ".route(\"",
+            ".route_service(\"",
+            ".nest(\"",
+            ".nest_service(\"",
+        ] {
+            assert!(
+                !text.contains(bypass),
+                "{}: `{bypass}` registers a route outside the router list, undocumented; \
+                 register it there with routes!(handler)",
+                path.display()
+            );
+        }
+    }
+    let mut served = routes_in_document(&doc);
     for (method, path) in PENDING_ROUTES {
         let route = (method.to_string(), path.to_string());
-        assert!(
-            documented.remove(&route),
-            "{method} {path} must be documented"
-        );
-        assert!(
-            !served.contains(&route),
-            "{method} {path} is served now: remove it from PENDING_ROUTES"
-        );
+        assert!(served.remove(&route), "{method} {path} must be documented");
     }
-    let undocumented: Vec<_> = served.difference(&documented).collect();
-    let unserved: Vec<_> = documented.difference(&served).collect();
-    assert!(
-        undocumented.is_empty() && unserved.is_empty(),
-        "served but not documented: {undocumented:?}; documented but not served: {unserved:?}"
-    );
 
     // And the router answers each of them (the fallback would answer 404 AUD-404).
     for (method, path) in &served {
@@ -249,35 +228,59 @@ async fn the_routes_served_and_the_routes_documented_are_the_same() {
             "{method} {path}: {status}, the router does not serve it"
         );
     }
+    for (method, path) in PENDING_ROUTES {
+        let url = format!("http://{}{path}", app.addr);
+        let resp = match *method {
+            "get" => app.client.get(&url).send().await,
+            "post" => app.client.post(&url).body("{}").send().await,
+            other => panic!("no probe for {other}"),
+        }
+        .expect("request");
+        let status = resp.status().as_u16();
+        assert!(
+            status == 404 || status == 405,
+            "{method} {path} is served now ({status}): remove it from PENDING_ROUTES"
+        );
+    }
     app.stop().await;
 }
 
-/// Every `"AUD-nnn"` string literal in `src/` outside the document's own table.
-fn codes_in_source() -> BTreeSet<String> {
-    fn walk(dir: &Path, out: &mut BTreeSet<String>) {
+/// The `.rs` files under `src/`, with their text, except the table of codes itself.
+fn sources_but_the_codes() -> Vec<(PathBuf, String)> {
+    fn walk(dir: &Path, out: &mut Vec<(PathBuf, String)>) {
         for entry in std::fs::read_dir(dir).expect("read src") {
             let path = entry.expect("entry").path();
             if path.is_dir() {
                 walk(&path, out);
-            } else if path.extension().is_some_and(|e| e == "rs")
-                && !path.ends_with("api/openapi.rs")
+            } else if path.extension().is_some_and(|e| e == "rs") && !path.ends_with("api/codes.rs")
             {
-                let src = std::fs::read_to_string(&path).expect("read source");
-                for (i, _) in src.match_indices("\"AUD-") {
-                    let code: String = src[i + 1..]
-                        .chars()
-                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
-                        .collect();
-                    out.insert(code);
-                }
+                let text = std::fs::read_to_string(&path).expect("read source");
+                out.push((path, text));
             }
         }
     }
-    let mut out = BTreeSet::new();
+    let mut out = Vec::new();
     walk(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"), &mut out);
     out
 }
 
+/// Every `"AUD-nnn"` string literal in `sources` (codes sent as strings, e.g. by health checks).
+fn code_literals(sources: &[(PathBuf, String)]) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for (_, src) in sources {
+        for (i, _) in src.match_indices("\"AUD-") {
+            let code: String = src[i + 1..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+                .collect();
+            out.insert(code);
+        }
+    }
+    out
+}
+
+/// The codes documented are the `ErrorCode` enum; each of them is sent somewhere (the code names
+/// its variant outside `codes.rs`), and each code sent as a string is one of them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_documented_error_codes_are_the_ones_the_code_sends() {
     let mut app = TestApp::start().await;
@@ -288,19 +291,43 @@ async fn the_documented_error_codes_are_the_ones_the_code_sends() {
         .iter()
         .map(|c| c.as_str().expect("code").to_owned())
         .collect();
-    let in_source = codes_in_source();
+    let all: BTreeSet<String> = ErrorCode::ALL
+        .iter()
+        .map(|c| c.as_str().to_owned())
+        .collect();
+    assert_eq!(documented, all, "documented codes vs the ErrorCode enum");
+
+    let sources = sources_but_the_codes();
+    let unsent: Vec<String> = ErrorCode::ALL
+        .iter()
+        .filter(|c| {
+            let variant = format!("ErrorCode::{c:?}");
+            !sources.iter().any(|(_, src)| {
+                src.match_indices(&variant).any(|(i, _)| {
+                    !src[i + variant.len()..].starts_with(|c: char| c.is_alphanumeric())
+                })
+            })
+        })
+        .map(|c| format!("{c:?} ({c})"))
+        .collect();
+    assert!(unsent.is_empty(), "documented but never sent: {unsent:?}");
+    let literals = code_literals(&sources);
     assert!(
-        in_source.contains("AUD-002"),
-        "the scan finds codes: {in_source:?}"
+        literals.contains("AUD-005"),
+        "the scan finds codes: {literals:?}"
     );
-    assert_eq!(documented, in_source, "documented vs sent error codes");
+    let undocumented: Vec<&String> = literals.difference(&documented).collect();
+    assert!(
+        undocumented.is_empty(),
+        "sent but not documented: {undocumented:?}"
+    );
     // Each code's row in the table names its status.
     let table = doc["components"]["schemas"]["ErrorCode"]["description"]
         .as_str()
         .expect("ErrorCode description");
-    for code in &documented {
+    for code in ErrorCode::ALL {
         assert!(
-            table.contains(&format!("| {code} |")),
+            table.contains(&format!("| {code} | {} |", code.status().as_u16())),
             "{code} in the table"
         );
     }
@@ -374,7 +401,7 @@ async fn docs_and_redoc_serve_pages_that_render_the_document() {
     let doc = served_document(&app).await;
     assert_eq!(doc["openapi"], "3.1.0");
     let generated: Value =
-        serde_json::from_str(audit_manager::api::openapi::document_json()).expect("JSON");
+        serde_json::from_str(&audit_manager::api::document_json()).expect("JSON");
     assert_eq!(
         doc, generated,
         "/openapi.json serves the generated document"
@@ -437,5 +464,69 @@ async fn docs_and_redoc_serve_pages_that_render_the_document() {
         let len = resp.bytes().await.expect("body").len();
         assert!(len > 100_000, "{url} is the real bundle ({len} bytes)");
     }
+    app.stop().await;
+}
+
+/// The official JSON Schema of OpenAPI 3.1 documents, vendored from the PyPI package
+/// `openapi-spec-validator` 0.9.0 (`resources/schemas/v3.1/schema.json`, by the OpenAPI
+/// Initiative; see `tests/fixtures/openapi-3.1/README.md`), so no network is needed.
+fn openapi_3_1_schema() -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/openapi-3.1/schema.json");
+    serde_json::from_slice(&std::fs::read(path).expect("the OpenAPI 3.1 schema")).expect("JSON")
+}
+
+/// `(operationId, "method path")` of every operation of `doc`.
+fn operation_ids(doc: &Value) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for (method, op) in item.as_object().expect("path item") {
+            if let Some(id) = op["operationId"].as_str() {
+                out.push((id.to_owned(), format!("{method} {path}")));
+            }
+        }
+    }
+    out
+}
+
+/// What openapi-spec-validator checks: the document is valid against the OpenAPI 3.1 schema and
+/// no two operations share an operationId (client generators name methods after it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_served_document_is_valid_openapi_3_1_with_unique_operation_ids() {
+    let mut app = TestApp::start().await;
+    let doc = served_document(&app).await;
+    let schema = openapi_3_1_schema();
+    let validator = jsonschema::draft202012::new(&schema).expect("the OpenAPI 3.1 schema compiles");
+    let errors: Vec<String> = validator
+        .iter_errors(&doc)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(errors.is_empty(), "not valid OpenAPI 3.1: {errors:#?}");
+    // The schema bites: a response without its required description is refused.
+    let mut broken = doc.clone();
+    broken["paths"][format!("{BASE}/health")]["get"]["responses"]["200"]
+        .as_object_mut()
+        .expect("the 200 of /health")
+        .remove("description");
+    assert!(
+        !validator.is_valid(&broken),
+        "a response needs a description"
+    );
+
+    let ids = operation_ids(&doc);
+    assert!(
+        ids.len() >= 18,
+        "every operation has an operationId: {ids:?}"
+    );
+    let mut first: BTreeMap<&str, &str> = BTreeMap::new();
+    let mut duplicates: Vec<String> = Vec::new();
+    for (id, operation) in &ids {
+        if let Some(earlier) = first.insert(id, operation) {
+            duplicates.push(format!("{id:?}: {earlier} and {operation}"));
+        }
+    }
+    assert!(
+        duplicates.is_empty(),
+        "operationIds used twice: {duplicates:?}"
+    );
     app.stop().await;
 }

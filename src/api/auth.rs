@@ -1,6 +1,7 @@
-//! Authentication middleware: with `auth.mode` `token` or `mtls`, every route except the
-//! operational and documentation ones ([`is_public`]) needs a verified principal, put on the
-//! request as a [`Caller`] for the handlers. Route-level permissions are decided here too:
+//! Authentication middleware: with `auth.mode` `token` or `mtls`, every route except the ones
+//! the router list marks public ([`PublicRoutes`]: the operational and documentation routes and
+//! the files of the investigators' page) needs a verified principal, put on the request as a
+//! [`Caller`] for the handlers. Route-level permissions are decided here too:
 //! `GET /config` needs a reader (403 AUD-012), the ingest routes an emitter (a reader gets 403
 //! AUD-011: it may emit no source). Which `source`s an emitter may use is checked by the ingest
 //! handlers, on the parsed events ([`check_sources`]).
@@ -8,44 +9,46 @@
 //! Refusals are counted in `audit_auth_rejected_total{code,principal}`. Tokens are never
 //! logged or echoed.
 
-use axum::extract::{ConnectInfo, Request, State};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{HeaderMap, Method, Uri, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use super::codes::ErrorCode;
 use super::error::ApiError;
-use super::{AppState, BASE};
+use super::reads;
+use super::state::{AppState, BASE};
 use crate::auth::tls::PeerInfo;
 use crate::auth::{AuthType, Caller, Role, count_rejection};
 use crate::config::AuthMode;
 
-/// Paths under [`BASE`] anyone may call: probes, metrics, version and the API documentation.
-const PUBLIC: &[&str] = &[
-    "/health",
-    "/ready",
-    "/version",
-    "/metrics",
-    "/docs",
-    "/redoc",
-    "/openapi.json",
-];
+/// The route templates anyone may call, as the router list marks them: probes, metrics, version,
+/// the API documentation, and the investigators' page, which holds no data and fetches every row
+/// through `GET /events` with the reader's own credentials.
+#[derive(Clone, Debug, Default)]
+pub struct PublicRoutes(Arc<BTreeSet<String>>);
 
-/// Whether `path` is served without credentials. The investigators' page (`/ui/…`) is public
-/// too: it holds no data, and fetches every row through `GET /events` with the reader's own
-/// credentials.
-pub fn is_public(path: &str) -> bool {
-    let Some(rel) = path.strip_prefix(BASE) else {
-        return false;
-    };
-    let asset = |dir: &str| {
-        rel.strip_prefix(dir)
-            .is_some_and(|f| !f.is_empty() && !f.contains('/'))
-    };
-    PUBLIC.contains(&rel)
-        || rel == "/ui"
-        || rel == "/ui/"
-        || asset("/docs/assets/")
-        || asset("/ui/")
+impl PublicRoutes {
+    pub fn new(templates: impl IntoIterator<Item = String>) -> PublicRoutes {
+        PublicRoutes(Arc::new(templates.into_iter().collect()))
+    }
+
+    /// Whether the route `req` matched is public. A request that matched no route (it is
+    /// answered 404) is not: credentials are checked first, so an unauthenticated caller learns
+    /// nothing of the routes.
+    fn admit(&self, req: &Request) -> bool {
+        req.extensions()
+            .get::<MatchedPath>()
+            .is_some_and(|m| self.0.contains(m.as_str()))
+    }
+
+    /// The templates, sorted.
+    pub fn templates(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(String::as_str)
+    }
 }
 
 /// What the `Authorization` headers of a request present.
@@ -83,7 +86,7 @@ fn bearer(headers: &HeaderMap) -> Presented<'_> {
 }
 
 fn refuse(e: ApiError, principal: Option<&str>) -> Response {
-    count_rejection(e.code(), principal);
+    count_rejection(e.code().as_str(), principal);
     e.into_response()
 }
 
@@ -99,8 +102,8 @@ async fn unauthenticated(
     let e = ApiError::Unauthenticated(why);
     let (method, uri, headers) = parts;
     let rel = uri.path().strip_prefix(BASE).unwrap_or(uri.path());
-    if super::query::is_read(method, rel)
-        && let Err(unrecorded) = super::query::record_unauthenticated(state, headers, uri, &e).await
+    if reads::is_read(method, rel)
+        && let Err(unrecorded) = reads::record_unauthenticated(state, headers, uri, &e).await
     {
         return unrecorded.into_response();
     }
@@ -108,14 +111,18 @@ async fn unauthenticated(
 }
 
 /// The middleware (see the module documentation).
-pub async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+pub async fn authenticate(
+    State((state, public)): State<(AppState, PublicRoutes)>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let Some(auth) = &state.auth else {
         return next.run(req).await;
     };
-    let path = req.uri().path();
-    if is_public(path) {
+    if public.admit(&req) {
         return next.run(req).await;
     }
+    let path = req.uri().path();
     let caller = match auth.mode() {
         AuthMode::None => return next.run(req).await,
         AuthMode::Token => {
@@ -248,7 +255,7 @@ pub fn check_sources<'a>(
         .iter()
         .map(|p| p.as_str())
         .collect();
-    count_rejection("AUD-011", Some(name));
+    count_rejection(ErrorCode::SourceForbidden.as_str(), Some(name));
     Err(ApiError::SourceForbidden(format!(
         "principal {name:?} may not emit events with source {}; it may use {}; nothing was \
          stored",
@@ -265,32 +272,6 @@ pub fn check_sources<'a>(
 mod tests {
     use super::*;
     use axum::http::HeaderValue;
-
-    #[test]
-    fn public_paths() {
-        for p in [
-            "/health",
-            "/ready",
-            "/version",
-            "/metrics",
-            "/docs",
-            "/redoc",
-            "/openapi.json",
-            "/docs/assets/swagger-ui.css",
-        ] {
-            assert!(is_public(&format!("{BASE}{p}")), "{p}");
-        }
-        for p in [
-            "/events",
-            "/events/batch",
-            "/config",
-            "/docs/assets/",
-            "/healthz",
-        ] {
-            assert!(!is_public(&format!("{BASE}{p}")), "{p}");
-        }
-        assert!(!is_public("/health"));
-    }
 
     #[test]
     fn bearer_parsing() {

@@ -1,12 +1,51 @@
-//! `GET /docs` (Swagger UI) and `GET /redoc` (Redoc): pages that render `/openapi.json`, as the
-//! reference service serves them, with their scripts and styles compiled into the binary
-//! (`docs_assets/`, see its README) so they work without internet access.
+//! `GET /openapi.json` (the document), and `GET /docs` (Swagger UI) and `GET /redoc` (Redoc):
+//! pages that render it, as the reference service serves them, with their scripts and styles
+//! compiled into the binary (`docs_assets/`, see its README) so they work without internet
+//! access.
 
-use axum::extract::Path;
+use std::sync::{Arc, OnceLock};
+
+use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
+use bytes::Bytes;
 
-use super::envelope::{ErrorItem, respond};
+use super::codes::{ErrorCode, ErrorItem};
+use super::envelope::respond;
+use super::schema::ErrorEnvelope;
+
+/// The OpenAPI document as JSON: the state of `GET /openapi.json`, filled in once the router
+/// list it describes (and which holds this route) is built.
+#[derive(Clone, Default)]
+pub struct Document(Arc<OnceLock<Bytes>>);
+
+impl Document {
+    /// Sets the document; only the first call counts.
+    pub fn set(&self, json: String) {
+        let _ = self.0.set(Bytes::from(json));
+    }
+}
+
+/// `GET /openapi.json`: this document.
+#[utoipa::path(
+    get,
+    path = "/v1/auditmanager/openapi.json",
+    tag = "documentation",
+    operation_id = "openapi",
+    summary = "This OpenAPI 3.1 document",
+    responses((status = 200, description = "The OpenAPI 3.1 document of this API",
+               content_type = "application/json", body = Object)),
+)]
+pub async fn openapi_json(State(document): State<Document>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        document.0.get().cloned().unwrap_or_default(),
+    )
+        .into_response()
+}
 
 const SWAGGER_UI_PAGE: &str = r##"<!doctype html>
 <html lang="en">
@@ -95,12 +134,13 @@ pub async fn redoc() -> Html<&'static str> {
     get,
     path = "/v1/auditmanager/docs/assets/{file}",
     tag = "documentation",
+    operation_id = "docs_asset",
     summary = "Scripts and styles of the documentation pages",
     params(("file" = String, Path, description = "swagger-ui-bundle.js, swagger-ui.css or \
                                                  redoc.standalone.js")),
     responses(
         (status = 200, description = "The file", content_type = "text/javascript", body = String),
-        (status = 404, description = "AUD-404: no such file", body = super::openapi::ErrorEnvelope),
+        (status = 404, description = "AUD-404: no such file", body = ErrorEnvelope),
     ),
 )]
 pub async fn asset(Path(file): Path<String>) -> Response {
@@ -119,13 +159,13 @@ pub async fn asset(Path(file): Path<String>) -> Response {
             .into_response(),
         None => {
             let names: Vec<&str> = ASSETS.iter().map(|(name, _, _)| *name).collect();
-            let errors = [ErrorItem {
-                error_code: "AUD-404",
-                message: format!(
+            let errors = [ErrorItem::new(
+                ErrorCode::NotFound,
+                format!(
                     "no such documentation asset; there are {}",
                     names.join(", ")
                 ),
-            }];
+            )];
             respond::<()>(StatusCode::NOT_FOUND, None, &errors)
         }
     }

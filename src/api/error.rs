@@ -1,7 +1,7 @@
 //! Error policy of the HTTP layer.
 //!
 //! Every failure a request can meet becomes one [`ApiError`] variant, and this file is the only
-//! place that maps them to an HTTP status, an `AUD-xxx` code and headers. Messages say what was
+//! place that maps them to an `AUD-xxx` code (`codes.rs`, which gives its status) and headers. Messages say what was
 //! wrong and what to do about it; they never echo secrets. 503s always carry `Retry-After`.
 
 use std::time::Duration;
@@ -11,7 +11,8 @@ use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use super::envelope::{ErrorItem, respond};
+use super::codes::{ErrorCode, ErrorItem};
+use super::envelope::respond;
 use crate::event::FieldError;
 
 #[derive(Debug, thiserror::Error)]
@@ -88,47 +89,34 @@ pub enum ApiError {
 pub const WWW_AUTHENTICATE: &str = "Bearer realm=\"audit-manager\"";
 
 impl ApiError {
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            ApiError::NotJson(_) => "AUD-001",
-            ApiError::Invalid(_) => "AUD-002",
-            ApiError::TooLarge(_) => "AUD-003",
-            ApiError::Backpressure { .. } => "AUD-004",
-            ApiError::NotReady { .. } => "AUD-005",
-            ApiError::BatchTooLarge(_) => "AUD-007",
-            ApiError::UnsupportedMediaType(_) => "AUD-008",
-            ApiError::SpoolWrite { .. } => "AUD-009",
-            ApiError::Unauthenticated(_) => "AUD-010",
-            ApiError::SourceForbidden(_) => "AUD-011",
-            ApiError::ReadForbidden(_) => "AUD-012",
-            ApiError::BadQuery(_) => "AUD-013",
-            ApiError::Database { .. } => "AUD-006",
-            ApiError::NotFound(_) => "AUD-404",
-            ApiError::MethodNotAllowed(_) => "AUD-405",
-            ApiError::Refused { status, .. } if status.is_server_error() => "AUD-500",
-            ApiError::Refused { .. } => "AUD-400",
-            ApiError::BodyTimeout(_) => "AUD-408",
+            ApiError::NotJson(_) => ErrorCode::NotJson,
+            ApiError::Invalid(_) => ErrorCode::Invalid,
+            ApiError::TooLarge(_) => ErrorCode::TooLarge,
+            ApiError::Backpressure { .. } => ErrorCode::Backpressure,
+            ApiError::NotReady { .. } => ErrorCode::NotReady,
+            ApiError::BatchTooLarge(_) => ErrorCode::BatchTooLarge,
+            ApiError::UnsupportedMediaType(_) => ErrorCode::UnsupportedMediaType,
+            ApiError::SpoolWrite { .. } => ErrorCode::SpoolWrite,
+            ApiError::Unauthenticated(_) => ErrorCode::Unauthenticated,
+            ApiError::SourceForbidden(_) => ErrorCode::SourceForbidden,
+            ApiError::ReadForbidden(_) => ErrorCode::ReadForbidden,
+            ApiError::BadQuery(_) => ErrorCode::BadQuery,
+            ApiError::Database { .. } => ErrorCode::Database,
+            ApiError::NotFound(_) => ErrorCode::NotFound,
+            ApiError::MethodNotAllowed(_) => ErrorCode::MethodNotAllowed,
+            ApiError::Refused { status, .. } if status.is_server_error() => ErrorCode::Internal,
+            ApiError::Refused { .. } => ErrorCode::Refused,
+            ApiError::BodyTimeout(_) => ErrorCode::BodyTimeout,
         }
     }
 
+    /// The code's status; an answer refused by the HTTP layer keeps the status that layer chose.
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::NotJson(_) | ApiError::BatchTooLarge(_) | ApiError::BadQuery(_) => {
-                StatusCode::BAD_REQUEST
-            }
-            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Refused { status, .. } => *status,
-            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
-            ApiError::SourceForbidden(_) | ApiError::ReadForbidden(_) => StatusCode::FORBIDDEN,
-            ApiError::Backpressure { .. }
-            | ApiError::NotReady { .. }
-            | ApiError::SpoolWrite { .. }
-            | ApiError::Database { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            other => other.code().status(),
         }
     }
 
@@ -148,15 +136,9 @@ impl ApiError {
         match self {
             ApiError::Invalid(fields) => fields
                 .iter()
-                .map(|f| ErrorItem {
-                    error_code: code,
-                    message: f.to_string(),
-                })
+                .map(|f| ErrorItem::new(code, f.to_string()))
                 .collect(),
-            other => vec![ErrorItem {
-                error_code: code,
-                message: other.to_string(),
-            }],
+            other => vec![ErrorItem::new(code, other.to_string())],
         }
     }
 }
@@ -177,7 +159,8 @@ impl IntoResponse for ApiError {
                 | ApiError::MethodNotAllowed(_)
                 | ApiError::Refused { .. }
         ) {
-            metrics::counter!("audit_events_rejected_total", "code" => self.code()).increment(1);
+            metrics::counter!("audit_events_rejected_total", "code" => self.code().as_str())
+                .increment(1);
         }
         let mut resp = respond::<()>(self.status(), None, &self.items());
         if let Some(d) = self.retry_after() {
@@ -320,8 +303,14 @@ mod tests {
             resp.headers()[header::WWW_AUTHENTICATE],
             "Bearer realm=\"audit-manager\""
         );
-        assert_eq!(ApiError::SourceForbidden("x".into()).code(), "AUD-011");
-        assert_eq!(ApiError::ReadForbidden("x".into()).code(), "AUD-012");
+        assert_eq!(
+            ApiError::SourceForbidden("x".into()).code().as_str(),
+            "AUD-011"
+        );
+        assert_eq!(
+            ApiError::ReadForbidden("x".into()).code().as_str(),
+            "AUD-012"
+        );
         assert_eq!(
             ApiError::ReadForbidden("x".into()).status(),
             StatusCode::FORBIDDEN
@@ -343,6 +332,6 @@ mod tests {
         let items = e.items();
         assert_eq!(items.len(), 2);
         assert!(items[0].message.contains("events[1].source"));
-        assert_eq!(items[1].error_code, "AUD-002");
+        assert_eq!(items[1].error_code.as_str(), "AUD-002");
     }
 }

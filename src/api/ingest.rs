@@ -10,18 +10,20 @@ use axum::response::Response;
 use bytes::Bytes;
 use serde_json::json;
 
-use super::AppState;
 use super::auth::check_sources;
 use super::budget::Held;
 use super::envelope::respond;
 use super::error::ApiError;
+use super::schema::{Accepted, BatchAccepted, BatchRequest, CloudEvent, Envelope, ErrorEnvelope};
+use super::spooling::{spool, to_record};
+use super::state::AppState;
 use crate::auth::Caller;
 use crate::event::authcontext::AuthContext;
 use crate::event::{
-    self, BatchBody, FieldError, Incoming, JsonError, Normalizations, NormalizedEvent, Rejection,
-    Rule, ValidationMode,
+    self, BatchBody, FieldError, Incoming, JsonError, Normalizations, Rejection, Rule,
+    ValidationMode,
 };
-use crate::spool::{AppendError, Record, now_ms};
+use crate::spool::now_ms;
 
 /// The media types a request body may have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -234,49 +236,6 @@ fn not_ready_unless_accepting(state: &AppState) -> Result<(), ApiError> {
     Ok(())
 }
 
-pub(super) fn to_record(e: NormalizedEvent, accepted_at_ms: u64) -> Record {
-    Record {
-        accepted_at_ms,
-        id: e.id,
-        key: e.key,
-        value: e.json,
-    }
-}
-
-/// Spools the records in one commit and maps refusals to their documented errors.
-pub(super) async fn spool(state: &AppState, records: &[Record]) -> Result<(), ApiError> {
-    let Some(spool) = &state.spool else {
-        return Err(ApiError::NotReady {
-            message: "the ingest role is not enabled in this process".into(),
-            retry_after: state.config.spool.retry_after,
-        });
-    };
-    let retry_after = state.config.spool.retry_after;
-    match spool.append(records).await {
-        Ok(_) => {
-            metrics::counter!("audit_events_accepted_total").increment(records.len() as u64);
-            Ok(())
-        }
-        Err(e @ (AppendError::Full { .. } | AppendError::Overloaded)) => {
-            Err(ApiError::Backpressure {
-                message: format!(
-                    "{e}; nothing was stored, retry after the Retry-After delay \
-                     (operators: check the forwarder and Kafka)"
-                ),
-                retry_after,
-            })
-        }
-        Err(e @ AppendError::Storage(_)) => Err(ApiError::SpoolWrite {
-            message: format!("{e}; nothing was stored, retry after the Retry-After delay"),
-            retry_after,
-        }),
-        Err(AppendError::Closed) => Err(ApiError::NotReady {
-            message: "shutting down; nothing was stored, retry".into(),
-            retry_after,
-        }),
-    }
-}
-
 /// `POST /v1/auditmanager/events`: one event, structured (`application/json`,
 /// `application/cloudevents+json`) or binary mode (`ce-*` headers, body = `data`).
 #[utoipa::path(
@@ -291,21 +250,21 @@ pub(super) async fn spool(state: &AppState, records: &[Record]) -> Result<(), Ap
                    …, percent-encoded) and the body = `data` with its `Content-Type`. Answered \
                    202 only after the event is in the spool and fsynced.",
     request_body(content(
-        (super::openapi::CloudEvent = "application/json"),
-        (super::openapi::CloudEvent = "application/cloudevents+json"),
+        (CloudEvent = "application/json"),
+        (CloudEvent = "application/cloudevents+json"),
     )),
     responses(
-        (status = 202, description = "Spooled durably", body = super::openapi::Envelope<super::openapi::Accepted>),
-        (status = 400, description = "AUD-001: not JSON", body = super::openapi::ErrorEnvelope),
-        (status = 401, description = "AUD-010: no or invalid credentials (auth.mode token or mtls)", body = super::openapi::ErrorEnvelope,
+        (status = 202, description = "Spooled durably", body = Envelope<Accepted>),
+        (status = 400, description = "AUD-001: not JSON", body = ErrorEnvelope),
+        (status = 401, description = "AUD-010: no or invalid credentials (auth.mode token or mtls)", body = ErrorEnvelope,
          headers(("WWW-Authenticate" = String, description = "Bearer realm=\"audit-manager\""))),
-        (status = 403, description = "AUD-011: the principal may not emit events with this source (a reader may emit none); nothing stored", body = super::openapi::ErrorEnvelope),
-        (status = 408, description = "AUD-408: the body did not arrive within http.body_timeout; nothing stored", body = super::openapi::ErrorEnvelope),
-        (status = 413, description = "AUD-003: too large", body = super::openapi::ErrorEnvelope),
-        (status = 415, description = "AUD-008: unsupported Content-Type", body = super::openapi::ErrorEnvelope),
-        (status = 422, description = "AUD-002: invalid event, one error per field", body = super::openapi::ErrorEnvelope),
+        (status = 403, description = "AUD-011: the principal may not emit events with this source (a reader may emit none); nothing stored", body = ErrorEnvelope),
+        (status = 408, description = "AUD-408: the body did not arrive within http.body_timeout; nothing stored", body = ErrorEnvelope),
+        (status = 413, description = "AUD-003: too large", body = ErrorEnvelope),
+        (status = 415, description = "AUD-008: unsupported Content-Type", body = ErrorEnvelope),
+        (status = 422, description = "AUD-002: invalid event, one error per field", body = ErrorEnvelope),
         (status = 503, description = "AUD-004 backpressure, AUD-005 not ready, AUD-009 spool write failed; nothing stored",
-         body = super::openapi::ErrorEnvelope,
+         body = ErrorEnvelope,
          headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
     ),
 )]
@@ -384,22 +343,22 @@ fn binary_error(e: event::BinaryError) -> ApiError {
                    events. Every event valid and spooled in one fsynced commit, or none: one \
                    invalid event refuses the batch, and the errors name it (`events[3].time`).",
     request_body(content(
-        (super::openapi::BatchRequest = "application/json"),
-        (Vec<super::openapi::CloudEvent> = "application/cloudevents-batch+json"),
+        (BatchRequest = "application/json"),
+        (Vec<CloudEvent> = "application/cloudevents-batch+json"),
     )),
     responses(
         (status = 202, description = "Every event spooled durably, ids in request order",
-         body = super::openapi::Envelope<super::openapi::BatchAccepted>),
-        (status = 400, description = "AUD-001: not JSON; AUD-007: more than ingest.max_batch_size events", body = super::openapi::ErrorEnvelope),
-        (status = 401, description = "AUD-010: no or invalid credentials (auth.mode token or mtls)", body = super::openapi::ErrorEnvelope,
+         body = Envelope<BatchAccepted>),
+        (status = 400, description = "AUD-001: not JSON; AUD-007: more than ingest.max_batch_size events", body = ErrorEnvelope),
+        (status = 401, description = "AUD-010: no or invalid credentials (auth.mode token or mtls)", body = ErrorEnvelope,
          headers(("WWW-Authenticate" = String, description = "Bearer realm=\"audit-manager\""))),
-        (status = 403, description = "AUD-011: the principal may not emit events with this source (a reader may emit none); nothing stored", body = super::openapi::ErrorEnvelope),
-        (status = 408, description = "AUD-408: the body did not arrive within http.body_timeout; nothing stored", body = super::openapi::ErrorEnvelope),
-        (status = 413, description = "AUD-003: too large", body = super::openapi::ErrorEnvelope),
-        (status = 415, description = "AUD-008: unsupported Content-Type", body = super::openapi::ErrorEnvelope),
-        (status = 422, description = "AUD-002: an invalid event; nothing stored", body = super::openapi::ErrorEnvelope),
+        (status = 403, description = "AUD-011: the principal may not emit events with this source (a reader may emit none); nothing stored", body = ErrorEnvelope),
+        (status = 408, description = "AUD-408: the body did not arrive within http.body_timeout; nothing stored", body = ErrorEnvelope),
+        (status = 413, description = "AUD-003: too large", body = ErrorEnvelope),
+        (status = 415, description = "AUD-008: unsupported Content-Type", body = ErrorEnvelope),
+        (status = 422, description = "AUD-002: an invalid event; nothing stored", body = ErrorEnvelope),
         (status = 503, description = "AUD-004 backpressure, AUD-005 not ready, AUD-009 spool write failed; nothing stored",
-         body = super::openapi::ErrorEnvelope,
+         body = ErrorEnvelope,
          headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
     ),
 )]

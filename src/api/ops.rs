@@ -5,9 +5,11 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use super::AppState;
-use super::envelope::{ErrorItem, respond};
+use super::codes::{ErrorCode, ErrorItem};
+use super::envelope::respond;
 use super::error::retry_after_secs;
+use super::schema::{EffectiveConfig, Envelope, ErrorEnvelope, HealthReport, VersionInfo};
+use super::state::{AppState, BASE};
 use crate::config::Role;
 use crate::health::Status;
 use crate::spool::{Room, now_ms};
@@ -20,11 +22,11 @@ use crate::spool::{Room, now_ms};
     summary = "Health of the roles running in this process",
     responses(
         (status = 200, description = "Every running role is UP or DEGRADED",
-         body = super::openapi::Envelope<super::openapi::HealthReport>),
+         body = Envelope<HealthReport>),
         (status = 503, description = "A running role is DOWN, or the process is shutting down; \
                                       the same report, and one error per DOWN role \
                                       (AUD-005, AUD-006, AUD-009)",
-         body = super::openapi::Envelope<super::openapi::HealthReport>),
+         body = Envelope<HealthReport>),
     ),
 )]
 pub async fn health(State(state): State<AppState>) -> Response {
@@ -33,7 +35,10 @@ pub async fn health(State(state): State<AppState>) -> Response {
         .iter()
         .filter(|(_, r)| r.status == Status::Down)
         .map(|(role, r)| ErrorItem {
-            error_code: r.code.unwrap_or("AUD-005"),
+            error_code: r
+                .code
+                .and_then(ErrorCode::parse)
+                .unwrap_or(ErrorCode::NotReady),
             message: format!(
                 "{role}: {}",
                 r.reason.clone().unwrap_or_else(|| "down".into())
@@ -42,10 +47,7 @@ pub async fn health(State(state): State<AppState>) -> Response {
         .collect();
     if state.shutdown.is_cancelled() {
         status = Status::Down;
-        errors.push(ErrorItem {
-            error_code: "AUD-005",
-            message: "shutting down".into(),
-        });
+        errors.push(ErrorItem::new(ErrorCode::NotReady, "shutting down"));
     }
     let http = if status == Status::Down {
         StatusCode::SERVICE_UNAVAILABLE
@@ -75,9 +77,9 @@ pub async fn health(State(state): State<AppState>) -> Response {
                    Kafka outage never takes ingest out of a Service, and never restarts a pod.",
     responses(
         (status = 200, description = "This process can take events now",
-         body = super::openapi::Envelope<serde_json::Value>),
+         body = Envelope<serde_json::Value>),
         (status = 503, description = "Not ready; `Retry-After` set",
-         body = super::openapi::ErrorEnvelope),
+         body = ErrorEnvelope),
     ),
 )]
 pub async fn ready(State(state): State<AppState>) -> Response {
@@ -101,26 +103,26 @@ pub async fn ready(State(state): State<AppState>) -> Response {
 
 /// Why this process cannot take events now, as the error item `/ready` answers with.
 fn readiness(state: &AppState) -> Result<(), ErrorItem> {
-    let not_ready = |error_code: &'static str, message: String| ErrorItem {
+    let not_ready = |error_code: ErrorCode, message: String| ErrorItem {
         error_code,
         message,
     };
     if state.shutdown.is_cancelled() {
         return Err(not_ready(
-            "AUD-005",
+            ErrorCode::NotReady,
             "draining: the process is shutting down; send events to another instance".into(),
         ));
     }
     if let Some(tasks) = state.health.tasks() {
         if !tasks.started() {
             return Err(not_ready(
-                "AUD-005",
+                ErrorCode::NotReady,
                 "starting: the roles are not all running yet".into(),
             ));
         }
         if let Some((task, why)) = tasks.first_ended() {
             return Err(not_ready(
-                "AUD-005",
+                ErrorCode::NotReady,
                 format!("the {task} task is not running ({why}); the process is shutting down"),
             ));
         }
@@ -129,18 +131,21 @@ fn readiness(state: &AppState) -> Result<(), ErrorItem> {
         return Ok(());
     }
     let Some(spool) = &state.spool else {
-        return Err(not_ready("AUD-005", "the ingest role has no spool".into()));
+        return Err(not_ready(
+            ErrorCode::NotReady,
+            "the ingest role has no spool".into(),
+        ));
     };
     if let Err(e) = spool.health() {
         return Err(not_ready(
-            "AUD-009",
+            ErrorCode::SpoolWrite,
             format!("spool writes are failing: {e}; check the disk under spool.path"),
         ));
     }
     let stats = spool.stats();
     if stats.room(state.config.ingest.max_event_bytes) == Room::Full {
         return Err(not_ready(
-            "AUD-004",
+            ErrorCode::Backpressure,
             format!(
                 "spool is full: {} of {} bytes (spool.max_bytes) hold events not yet delivered \
                  to Kafka; it takes events again once the forwarder delivers some (check \
@@ -160,7 +165,7 @@ fn readiness(state: &AppState) -> Result<(), ErrorItem> {
     tag = "operations",
     summary = "Version and build of this service",
     responses((status = 200, description = "Version and build",
-               body = super::openapi::Envelope<super::openapi::VersionInfo>)),
+               body = Envelope<VersionInfo>)),
 )]
 pub async fn version(State(state): State<AppState>) -> Response {
     // Stamped at build, unless GIT_COMMIT / BUILD_TIME were set when the configuration was
@@ -185,12 +190,12 @@ pub async fn version(State(state): State<AppState>) -> Response {
                    passwords and credentials in URLs are redacted.",
     responses(
         (status = 200, description = "The effective configuration",
-         body = super::openapi::Envelope<super::openapi::EffectiveConfig>),
+         body = Envelope<EffectiveConfig>),
         (status = 401, description = "AUD-010: no or invalid credentials (auth.mode token or mtls)",
-         body = super::openapi::ErrorEnvelope,
+         body = ErrorEnvelope,
          headers(("WWW-Authenticate" = String, description = "Bearer realm=\"audit-manager\""))),
         (status = 403, description = "AUD-012: the principal is not a reader",
-         body = super::openapi::ErrorEnvelope),
+         body = ErrorEnvelope),
     ),
 )]
 pub async fn config(State(state): State<AppState>) -> Response {
@@ -224,9 +229,9 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
 
 /// Anything else: 404 in the envelope, naming the base path.
 pub async fn not_found() -> Response {
-    let errors = [ErrorItem {
-        error_code: "AUD-404",
-        message: format!("no such route; the API lives under {}", super::BASE),
-    }];
+    let errors = [ErrorItem::new(
+        ErrorCode::NotFound,
+        format!("no such route; the API lives under {BASE}"),
+    )];
     respond::<()>(StatusCode::NOT_FOUND, None, &errors)
 }

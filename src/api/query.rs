@@ -1,6 +1,6 @@
 //! The query role's routes: `GET /events` (a page, or an export with `Accept:
 //! application/x-ndjson` / `text/csv`) and `GET /events/{id}`. Each read is recorded as an
-//! audit event in the spool before any row is returned (see `query::trail`).
+//! audit event in the spool before any row is returned (`reads.rs`).
 
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
@@ -9,26 +9,16 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use serde_json::{Map, Value, json};
 
-use super::AppState;
+use super::codes::ErrorCode;
 use super::envelope::respond;
 use super::error::ApiError;
-use super::ingest;
+use super::reads::{asked, export_format, failed, record, store};
+use super::schema::{Envelope, ErrorEnvelope, EventsPage};
+use super::state::AppState;
 use crate::auth::Caller;
-use crate::query::export::{self, Format};
-use crate::query::trail::{self, Action, Reader};
+use crate::query::export;
+use crate::query::trail::{Action, Reader};
 use crate::query::{integrity, params, sql};
-use crate::store::Store;
-
-/// The query role's connections, or 503 AUD-005 where the role does not run (the page's
-/// files answer the same).
-pub(super) fn store(state: &AppState) -> Result<&Store, ApiError> {
-    state.query.as_ref().ok_or_else(|| ApiError::NotReady {
-        message: "the query role is not enabled in this process: add `query` (and `forward`) \
-                  to `roles` here, or ask the deployment that runs it"
-            .into(),
-        retry_after: state.config.spool.retry_after,
-    })
-}
 
 /// Who is reading. Without authentication (the role then runs only with
 /// `query.allow_anonymous`) everyone is `anonymous`; with it, only a reader principal may read,
@@ -51,7 +41,7 @@ async fn reader(
     }
     record(state, &reader, action, "denied", context.clone()).await?;
     let name = &caller.principal.name;
-    crate::auth::count_rejection("AUD-012", Some(name));
+    crate::auth::count_rejection(ErrorCode::ReadForbidden.as_str(), Some(name));
     Err(ApiError::ReadForbidden(format!(
         "principal {name:?} is an emitter and may not read audit events; use a reader's \
          credentials"
@@ -74,132 +64,6 @@ fn db_error(state: &AppState, e: sqlx::Error) -> ApiError {
         message: format!("{hint} ({e})"),
         retry_after: state.config.spool.retry_after,
     }
-}
-
-/// Spools the audit event of this read; the read is refused when it cannot be recorded.
-async fn record(
-    state: &AppState,
-    reader: &Reader,
-    action: Action,
-    outcome: &str,
-    context: Map<String, Value>,
-) -> Result<(), ApiError> {
-    let now = chrono::Utc::now();
-    let event = trail::event(reader, action, outcome, context, now);
-    let normalized =
-        crate::event::normalize(event, now, &state.limits).map_err(|r| ApiError::NotReady {
-            message: format!("cannot record this read as an audit event: {}", r.message()),
-            retry_after: state.config.spool.retry_after,
-        })?;
-    ingest::spool(
-        state,
-        &[ingest::to_record(normalized, crate::spool::now_ms())],
-    )
-    .await?;
-    metrics::counter!("audit_query_requests_total", "action" => action.as_str(), "outcome" => outcome.to_owned())
-        .increment(1);
-    Ok(())
-}
-
-/// The longest raw text (a query string that does not parse, an id not yet verified) recorded
-/// for a read: the record of a refusal must fit in an event whatever the request held.
-const RECORDED_RAW_BYTES: usize = 2048;
-
-/// `raw` cut to [`RECORDED_RAW_BYTES`] on a character boundary.
-fn cut(raw: &str) -> &str {
-    let mut end = raw.len().min(RECORDED_RAW_BYTES);
-    while !raw.is_char_boundary(end) {
-        end -= 1;
-    }
-    &raw[..end]
-}
-
-/// What a search asked for, as its audit event records it: the filters, or the raw query
-/// string (cut to [`RECORDED_RAW_BYTES`]) when it does not parse.
-fn asked(query: Option<&str>, parsed: &Result<params::PageRequest, String>) -> Map<String, Value> {
-    match parsed {
-        Ok(req) => req.filter.to_json(),
-        Err(_) => {
-            let mut m = Map::new();
-            m.insert("query".into(), json!(cut(query.unwrap_or(""))));
-            m
-        }
-    }
-}
-
-/// Records a read refused after its reader was known — a bad parameter (400) or a database
-/// that did not answer (503) — with outcome `failure` and the error's code in `context.error`,
-/// then hands the error back to be answered. When even the record cannot be spooled, that
-/// failure is the answer (503), as for any read.
-async fn failed(
-    state: &AppState,
-    reader: &Reader,
-    action: Action,
-    mut context: Map<String, Value>,
-    e: ApiError,
-) -> ApiError {
-    context.insert("error".into(), json!(e.code()));
-    match record(state, reader, action, "failure", context).await {
-        Ok(()) => e,
-        Err(unrecorded) => unrecorded,
-    }
-}
-
-/// Whether `method` and `rel` (the path under the API's base) name a read of the query role:
-/// `GET /events` or `GET /events/{id}`.
-pub(super) fn is_read(method: &axum::http::Method, rel: &str) -> bool {
-    if method != axum::http::Method::GET {
-        return false;
-    }
-    match rel.strip_prefix("/events") {
-        Some("") => true,
-        Some(rest) => rest
-            .strip_prefix('/')
-            .is_some_and(|id| !id.is_empty() && !id.contains('/') && id != "batch"),
-        None => false,
-    }
-}
-
-/// Records a read refused for its credentials (401 AUD-010, decided by the authentication
-/// middleware before any handler runs): actor `anonymous` (no principal was verified),
-/// outcome `denied`, what was asked and `context.error`. Does nothing where the query role
-/// does not run. `Err` when the record cannot be spooled: then that is the answer.
-pub(super) async fn record_unauthenticated(
-    state: &AppState,
-    headers: &HeaderMap,
-    uri: &axum::http::Uri,
-    e: &ApiError,
-) -> Result<(), ApiError> {
-    if state.query.is_none() {
-        return Ok(());
-    }
-    let rel = uri.path().strip_prefix(super::BASE).unwrap_or(uri.path());
-    let (action, mut context) = match rel.strip_prefix("/events/") {
-        Some(id) => {
-            // As sent: percent-encoded where the client encoded it.
-            let mut m = Map::new();
-            m.insert("id".into(), json!(cut(id)));
-            (Action::Query, m)
-        }
-        None => {
-            let parsed = params::parse(uri.query(), state.config.query.max_page_size);
-            let action = if export_format(headers).is_some() {
-                Action::Export
-            } else {
-                Action::Query
-            };
-            (action, asked(uri.query(), &parsed))
-        }
-    };
-    context.insert("error".into(), json!(e.code()));
-    record(state, &Reader::anonymous(), action, "denied", context).await
-}
-
-fn export_format(headers: &HeaderMap) -> Option<Format> {
-    headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .and_then(Format::from_accept)
 }
 
 fn parse_rows(rows: Vec<String>) -> Vec<Value> {
@@ -231,12 +95,12 @@ fn parse_rows(rows: Vec<String>) -> Vec<Value> {
         ("limit" = Option<u32>, Query), ("cursor" = Option<String>, Query),
     ),
     responses(
-        (status = 200, description = "A page of rows (or the streamed export)", body = super::openapi::Envelope<super::openapi::EventsPage>),
-        (status = 400, description = "AUD-013: a bad parameter, named", body = super::openapi::ErrorEnvelope),
-        (status = 401, description = "AUD-010: no or invalid credentials", body = super::openapi::ErrorEnvelope),
-        (status = 403, description = "AUD-012: the principal is not a reader (the refusal is recorded)", body = super::openapi::ErrorEnvelope),
+        (status = 200, description = "A page of rows (or the streamed export)", body = Envelope<EventsPage>),
+        (status = 400, description = "AUD-013: a bad parameter, named", body = ErrorEnvelope),
+        (status = 401, description = "AUD-010: no or invalid credentials", body = ErrorEnvelope),
+        (status = 403, description = "AUD-012: the principal is not a reader (the refusal is recorded)", body = ErrorEnvelope),
         (status = 503, description = "AUD-006: the database did not answer; AUD-004/AUD-009: the read could not be recorded",
-         body = super::openapi::ErrorEnvelope),
+         body = ErrorEnvelope),
     ),
 )]
 pub async fn search(
@@ -318,12 +182,12 @@ pub async fn search(
     summary = "The stored rows of one event id (query role)",
     params(("id" = String, Path, description = "The event's `id`")),
     responses(
-        (status = 200, description = "The rows with this id, newest first", body = super::openapi::Envelope<super::openapi::EventsPage>),
-        (status = 401, description = "AUD-010: no or invalid credentials", body = super::openapi::ErrorEnvelope),
-        (status = 403, description = "AUD-012: the principal is not a reader (the refusal is recorded)", body = super::openapi::ErrorEnvelope),
-        (status = 400, description = "AUD-400: the id in the path is not valid percent-encoded UTF-8 (the attempt is recorded)", body = super::openapi::ErrorEnvelope),
-        (status = 404, description = "AUD-404: no row has this id", body = super::openapi::ErrorEnvelope),
-        (status = 503, description = "AUD-006: the database did not answer", body = super::openapi::ErrorEnvelope),
+        (status = 200, description = "The rows with this id, newest first", body = Envelope<EventsPage>),
+        (status = 401, description = "AUD-010: no or invalid credentials", body = ErrorEnvelope),
+        (status = 403, description = "AUD-012: the principal is not a reader (the refusal is recorded)", body = ErrorEnvelope),
+        (status = 400, description = "AUD-400: the id in the path is not valid percent-encoded UTF-8 (the attempt is recorded)", body = ErrorEnvelope),
+        (status = 404, description = "AUD-404: no row has this id", body = ErrorEnvelope),
+        (status = 503, description = "AUD-006: the database did not answer", body = ErrorEnvelope),
     ),
 )]
 pub async fn by_id(

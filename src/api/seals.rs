@@ -9,11 +9,11 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt as _;
-use serde::Serialize;
 
-use super::AppState;
 use super::envelope::respond;
 use super::error::ApiError;
+use super::schema::{Envelope, ErrorEnvelope, PublicKey, PublicKeys};
+use super::state::AppState;
 use crate::integrity::{SealLine, seal};
 
 /// Seals read per database round trip while streaming (each at most 512 KiB).
@@ -98,9 +98,9 @@ fn database(state: &AppState) -> Result<sqlx::PgPool, ApiError> {
         (status = 200, description = "The seals, one JSON object per line",
          content_type = "application/x-ndjson", body = SealLine),
         (status = 400, description = "A bad, unknown or repeated parameter (AUD-013)",
-         body = super::openapi::ErrorEnvelope),
+         body = ErrorEnvelope),
         (status = 503, description = "No database in this process, or it is unreachable (AUD-006)",
-         body = super::openapi::ErrorEnvelope),
+         body = ErrorEnvelope),
     ),
 )]
 pub async fn seals(
@@ -159,27 +159,6 @@ pub async fn seals(
         .into_response())
 }
 
-/// One public key of `GET /seals/keys`.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct PublicKey {
-    /// 16 hex digits: the first 8 bytes of SHA-256(public key).
-    pub key_id: Option<String>,
-    /// The ed25519 public key, 64 hex digits.
-    pub public_key: Option<String>,
-    /// `signing` (the sealer's key, `integrity.signing_key_file`) or `trusted`
-    /// (`integrity.public_key_files`).
-    pub role: &'static str,
-    /// The key file could not be read.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-/// Payload of `GET /seals/keys`.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct PublicKeys {
-    pub keys: Vec<PublicKey>,
-}
-
 /// `GET /seals/keys`: the public keys this process is configured with.
 #[utoipa::path(
     get,
@@ -190,7 +169,7 @@ pub struct PublicKeys {
                    `integrity.public_key_files`. For convenience only: a verifier must take the \
                    keys it trusts from its own configuration.",
     responses((status = 200, description = "The configured public keys",
-               body = super::openapi::Envelope<PublicKeys>)),
+               body = Envelope<PublicKeys>)),
 )]
 pub async fn keys(State(state): State<AppState>) -> Response {
     let integrity = &state.config.integrity;

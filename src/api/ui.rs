@@ -6,8 +6,10 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 
-use super::AppState;
 use super::error::ApiError;
+use super::reads;
+use super::schema::ErrorEnvelope;
+use super::state::AppState;
 
 /// The files of the page: name, content type, bytes.
 const ASSETS: &[(&str, &str, &str)] = &[
@@ -29,7 +31,7 @@ const ASSETS: &[(&str, &str, &str)] = &[
 ];
 
 fn serve(state: &AppState, name: &str) -> Result<Response, ApiError> {
-    super::query::store(state)?;
+    reads::store(state)?;
     let Some((_, content_type, body)) = ASSETS.iter().find(|(n, _, _)| *n == name) else {
         return Err(ApiError::NotFound(format!(
             "no such file of the investigators' page: {name}"
@@ -64,7 +66,7 @@ fn serve(state: &AppState, name: &str) -> Result<Response, ApiError> {
                    internet access.",
     responses(
         (status = 200, description = "The page", content_type = "text/html"),
-        (status = 503, description = "AUD-005: the query role does not run here", body = super::openapi::ErrorEnvelope),
+        (status = 503, description = "AUD-005: the query role does not run here", body = ErrorEnvelope),
     ),
 )]
 pub async fn index(State(state): State<AppState>) -> Result<Response, ApiError> {
@@ -79,7 +81,7 @@ pub async fn index(State(state): State<AppState>) -> Result<Response, ApiError> 
     summary = "The investigators' web page (query role)",
     responses(
         (status = 200, description = "The page", content_type = "text/html"),
-        (status = 503, description = "AUD-005: the query role does not run here", body = super::openapi::ErrorEnvelope),
+        (status = 503, description = "AUD-005: the query role does not run here", body = ErrorEnvelope),
     ),
 )]
 pub async fn index_no_slash(State(state): State<AppState>) -> Result<Response, ApiError> {
@@ -91,12 +93,13 @@ pub async fn index_no_slash(State(state): State<AppState>) -> Result<Response, A
     get,
     path = "/v1/auditmanager/ui/{file}",
     tag = "query",
+    operation_id = "ui_asset",
     summary = "A script or style of the investigators' page",
     params(("file" = String, Path, description = "`app.js` or `app.css`")),
     responses(
         (status = 200, description = "The file"),
-        (status = 404, description = "AUD-404: no such file", body = super::openapi::ErrorEnvelope),
-        (status = 503, description = "AUD-005: the query role does not run here", body = super::openapi::ErrorEnvelope),
+        (status = 404, description = "AUD-404: no such file", body = ErrorEnvelope),
+        (status = 503, description = "AUD-005: the query role does not run here", body = ErrorEnvelope),
     ),
 )]
 pub async fn asset(
