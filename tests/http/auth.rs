@@ -1,7 +1,7 @@
 //! Authentication with bearer tokens (`auth.mode: token`): who may call what, what gets
 //! stored, the recorded `authtype`/`authid`, and reloading the tokens file while running.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! A body that fails to arrive (broken chunked encoding, a client that disconnects mid-body) is
 //! 400 AUD-001, never 413: only a body over `http.max_body_bytes` is "too large".
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

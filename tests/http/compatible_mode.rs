@@ -3,7 +3,7 @@
 //! the spool (`spool export`), in Kafka (forward role) and in the row (sink role), including a
 //! record the reference itself left in Kafka.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::time::Duration;

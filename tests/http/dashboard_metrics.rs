@@ -7,7 +7,7 @@
 //! broker refusing records, a partition past retention); those must at least be registered by
 //! the service's code, and are listed here by name so the list is reviewed when it changes.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::path::Path;

@@ -1,6 +1,6 @@
 //! The HTTP contract: accepted forms, every documented error code, batch atomicity.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

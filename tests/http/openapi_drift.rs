@@ -2,7 +2,7 @@
 //! fixture, the same routes, the same error codes, response bodies that match their documented
 //! schemas, and the documentation pages.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

@@ -3,7 +3,7 @@
 //! once while rows arrive, the statements use the indexes and prune partitions (EXPLAIN),
 //! exports stream every match, and every read is itself recorded as an audit event.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::time::Duration;

@@ -5,7 +5,7 @@
 //! spool absorbs their outages, so a readiness probe that followed them would take ingest out of
 //! a Service exactly when it is needed.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -3,7 +3,7 @@
 //! `http.shutdown_grace`. None of them lets a client keep other emitters out, or the process
 //! from stopping, for longer than its bound.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

@@ -4,7 +4,7 @@
 //!
 //! Set `UI_SCREENSHOT=docs/ui-timeline.png` to refresh the screenshot the README shows.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

@@ -3,7 +3,7 @@
 //! sealing, and the sealer does not seal it; rows stored before attestation began are legacy;
 //! every insert path attests what it stores; a sealing process without a writer key warns.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

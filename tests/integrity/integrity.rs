@@ -2,7 +2,7 @@
 //! drop and a key rotation); every kind of tampering is found and named; the write lock keeps a
 //! late commit from falling between two seals; the documented worked example holds.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -704,7 +704,7 @@ fn doc_row(doc: &str) -> StoredRow {
 
 #[test]
 fn the_documented_worked_example_holds() {
-    let doc = include_str!("../docs/integrity.md");
+    let doc = include_str!("../../docs/integrity.md");
     let row = doc_row(doc);
     assert_eq!(encode(&row).unwrap(), hex_block(doc, "row-encoding"));
     let hash = row_hash(&row).unwrap();

@@ -4,7 +4,7 @@
 //! point of the sealer (`AUDIT_MANAGER_TEST_SEALER_ABORT`, an abort is as abrupt as SIGKILL)
 //! and SIGKILLed at random moments, while this test stores rows through the sink's insert path.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, HashSet};
 use std::process::{Child, Command, Stdio};

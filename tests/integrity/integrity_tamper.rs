@@ -10,7 +10,7 @@
 //! - a back-dated row without `seal_seq` inserted after seal 1;
 //! - a seal's `lo_seq`/`hi_seq` columns edited.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -897,7 +897,7 @@ fn hex_block(doc: &str, name: &str) -> Vec<u8> {
 fn the_documented_format_2_example_holds() {
     use audit_manager::integrity::jcs::{canonicalize, canonicalize_exact};
     use audit_manager::integrity::seal::{LegacyBoundary, RetentionRecord};
-    let doc = include_str!("../docs/integrity.md");
+    let doc = include_str!("../../docs/integrity.md");
     let details = doc_block(doc, "details").trim();
     let (v1, v2) = (
         canonicalize(details).unwrap(),

@@ -2,7 +2,7 @@
 //! local server's own certificate) and Kafka (`security.protocol: ssl`, against a loopback TLS
 //! listener that reads the client's first Kafka request), and secrets kept out of the logs.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

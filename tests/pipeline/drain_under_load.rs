@@ -7,7 +7,7 @@
 //!   then knows nothing was acknowledged and retries elsewhere);
 //! - the process exits 0.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

@@ -3,7 +3,7 @@
 //! load, round after round, at a different point each time; at the end every id that got a 202
 //! is in `audit_events` exactly once.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,7 +1,7 @@
 //! The forward role against librdkafka's mock cluster (real Kafka protocol, in process):
 //! content and order of what reaches the topic, outages, permanent rejections.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};

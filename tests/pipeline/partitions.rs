@@ -1,6 +1,6 @@
 //! Partition maintenance and the store's inserts against the real PostgreSQL.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 

@@ -3,7 +3,7 @@
 //! shows the reference's keys with their effective values and no secret, and the envelope
 //! carries the configured `service_id` / `api_version`.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

@@ -1,7 +1,7 @@
 //! Adopting a database the reference service created: its table, index names, partitions and
 //! rows are kept, no index is built twice, and its rows are deduplicated against.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -13,7 +13,7 @@ use sqlx::{Connection, PgConnection};
 const WAIT: Duration = Duration::from_secs(60);
 
 /// The reference's DDL and a few of its rows.
-const REFERENCE_SCHEMA: &str = include_str!("fixtures/reference-schema.sql");
+const REFERENCE_SCHEMA: &str = include_str!("../fixtures/reference-schema.sql");
 
 /// The reference's index names, the primary key's, and the sealer's `seal_seq` index.
 const REFERENCE_INDEXES: [&str; 7] = [

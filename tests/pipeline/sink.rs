@@ -1,7 +1,7 @@
 //! The sink role against the real PostgreSQL and librdkafka's mock broker: mapping, exactly-once
 //! rows, partitions on demand, dead letters, a database outage, a sink killed in a group.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::time::Duration;

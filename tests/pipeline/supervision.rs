@@ -6,7 +6,7 @@
 //! chosen role's own task once the test cancels its trigger. That the returned failure becomes
 //! a non-zero exit code is checked by the unit test `cli::tests::a_role_failure_exits_non_zero`.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};

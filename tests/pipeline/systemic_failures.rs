@@ -2,7 +2,7 @@
 //! privilege and a broker that refuses every record must stall the pipeline loudly (`/health`
 //! says why), dead-letter or quarantine nothing, and deliver everything once fixed.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};

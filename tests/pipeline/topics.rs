@@ -5,7 +5,7 @@
 //! would need creating or growing fails the command (exit 1) with the topic named, rather
 //! than the hook succeeding with nothing done.
 
-mod common;
+use crate::common;
 
 use common::kafka::{DLQ_TOPIC, MockKafka, TOPIC};
 use common::run_cli;

@@ -1,6 +1,6 @@
 //! The command line as an operator meets it: config errors, spool stats, graceful shutdown.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

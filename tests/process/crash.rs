@@ -4,7 +4,7 @@
 //! concurrently, kills the process with SIGKILL at a different point, and checks after the last
 //! round that `spool export` holds every id that was answered 202.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};

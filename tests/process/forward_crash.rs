@@ -2,7 +2,7 @@
 //! again and again, against a `dev-kafka` broker that lives on. Every event answered 202 must
 //! reach the topic.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -2,7 +2,7 @@
 //! back-pressure (503 AUD-004 at ingest, pausing elsewhere), never unbounded growth, an error or
 //! a crash. One test per bound; each measures the bounded structure while the flood runs.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! cannot drift from what works. Only the database name and the port differ, set through the
 //! ordinary configuration variables (a fresh database per run, a free port).
 
-mod common;
+use crate::common;
 
 use std::io::BufRead;
 use std::process::{Command, Stdio};

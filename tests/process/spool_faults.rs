@@ -1,7 +1,7 @@
 //! Storage faults: a failing fsync never yields 202; a damaged record is quarantined, reported
 //! by `spool verify`, and the rest is served.
 
-mod common;
+use crate::common;
 
 use std::fs::OpenOptions;
 use std::sync::Arc;

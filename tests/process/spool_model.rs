@@ -7,8 +7,7 @@
 //! issued since the last fsync. An operation that returned `Ok` must have survived; one that
 //! failed must have left all of its records or none.
 
-#[path = "common/power_cut.rs"]
-mod power_cut;
+use crate::power_cut;
 
 use std::collections::VecDeque;
 use std::path::PathBuf;

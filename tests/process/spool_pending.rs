@@ -2,7 +2,7 @@
 //! while the writer is held in an fsync (a slow disk), appends queue up to the bound and the
 //! excess is refused as overloaded (503 AUD-004 at ingest), never queued without limit.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -3,9 +3,8 @@
 //! clients are being answered, every event that got a 202 must be in the spool found on the
 //! medium afterwards, and every batch must be there entirely or not at all.
 
-mod common;
-#[path = "common/power_cut.rs"]
-mod power_cut;
+use crate::common;
+use crate::power_cut;
 
 use std::collections::HashSet;
 use std::path::PathBuf;

@@ -1,7 +1,7 @@
 //! The quarantine is bounded: quarantined records count toward `spool.max_bytes`, so a forwarder
 //! that rejects every record ends in 503 AUD-004 at ingest instead of filling the disk.
 
-mod common;
+use crate::common;
 
 use audit_manager::serve::StartOptions;
 use audit_manager::spool::{Spool, Stored};

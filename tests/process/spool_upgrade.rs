@@ -3,7 +3,7 @@
 //! with both frame versions side by side, and the offline commands work on the mix
 //! ("Version changes" in `spool-format.md`).
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::path::Path;
