@@ -13,6 +13,8 @@
 //! Each figure is the best of 5 runs of 200 000 iterations (the least disturbed by other work
 //! on the machine), in nanoseconds per operation.
 
+mod support;
+
 use std::hint::black_box;
 use std::time::Instant;
 
@@ -35,8 +37,6 @@ fn best_ns(mut op: impl FnMut()) -> f64 {
         .fold(f64::INFINITY, f64::min)
 }
 
-#[test]
-#[ignore = "benchmark; run with --release --ignored --nocapture"]
 fn bench_authentication_cost_per_request() {
     let token = "9f1c0e5d2b7a4c3e8f6a1d0b9c8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a3b2c1d0e";
     let mut file = String::from("principals:\n");
@@ -88,4 +88,11 @@ fn bench_authentication_cost_per_request() {
     println!("source pattern match (urn:openg2p:*):     {matching:>8.0} ns");
     println!("authtype/authid replaced in one event:    {apply:>8.0} ns");
     println!("(for scale: cloning that event:           {clone_only:>8.0} ns)");
+}
+
+fn main() {
+    support::run(&[(
+        "bench_authentication_cost_per_request",
+        bench_authentication_cost_per_request,
+    )]);
 }

@@ -10,7 +10,9 @@
 //! - `bench_ingest_and_forward`: HTTP batch POSTs (16 clients x 100-event batches, every 202
 //!   fsynced) with the forwarder running in the same process, until the spool is empty.
 
+#[path = "../tests/common/mod.rs"]
 mod common;
+mod support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,8 +28,6 @@ use tokio_util::sync::CancellationToken;
 
 const EVENTS: u64 = 200_000;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "benchmark; run with --release --ignored --nocapture"]
 async fn bench_spool_to_kafka() {
     let kafka = MockKafka::new(1, 3);
     let dir = tempfile::tempdir().unwrap();
@@ -79,8 +79,6 @@ async fn bench_spool_to_kafka() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "benchmark; run with --release --ignored --nocapture"]
 async fn bench_ingest_and_forward() {
     const CLIENTS: u64 = 16;
     const BATCH: u64 = 100;
@@ -128,4 +126,15 @@ async fn bench_ingest_and_forward() {
         EVENTS as f64 / accepted,
         EVENTS as f64 / drained
     );
+}
+
+fn main() {
+    support::run(&[
+        ("bench_spool_to_kafka", || {
+            support::multi_thread(bench_spool_to_kafka())
+        }),
+        ("bench_ingest_and_forward", || {
+            support::multi_thread(bench_ingest_and_forward())
+        }),
+    ]);
 }

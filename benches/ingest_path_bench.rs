@@ -13,6 +13,8 @@
 //! the same event with a naive `time` (which `compatible` rewrites), through the tree path
 //! alone and through `Incoming` (a skim, then the tree path).
 
+mod support;
+
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -117,8 +119,6 @@ fn tree_against_incoming(
     (t, i, format!("{rounds} rounds × {n} events"))
 }
 
-#[test]
-#[ignore = "benchmark: run with --release --ignored --nocapture"]
 fn bench_tree_and_borrowed_paths() {
     let bodies: Vec<String> = (0..1000).map(loadgen_event).collect();
     let (t, b, runs) = tree_against_incoming(&bodies, true, ["tree", "borrowed"]);
@@ -130,8 +130,6 @@ fn bench_tree_and_borrowed_paths() {
     );
 }
 
-#[test]
-#[ignore = "benchmark: run with --release --ignored --nocapture"]
 fn bench_an_event_the_borrowed_path_cannot_take() {
     let bodies: Vec<String> = (0..1000)
         .map(|i| loadgen_event(i).replace("10:00:00.123Z", "10:00:00.123"))
@@ -142,4 +140,17 @@ fn bench_an_event_the_borrowed_path_cannot_take() {
          Incoming {i:.0} ns/event (+{:.0} %)",
         (i / t - 1.0) * 100.0
     );
+}
+
+fn main() {
+    support::run(&[
+        (
+            "bench_tree_and_borrowed_paths",
+            bench_tree_and_borrowed_paths,
+        ),
+        (
+            "bench_an_event_the_borrowed_path_cannot_take",
+            bench_an_event_the_borrowed_path_cannot_take,
+        ),
+    ]);
 }

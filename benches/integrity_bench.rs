@@ -9,7 +9,9 @@
 //! database; rows are written the sink's way (`Store::insert`, batches of 5 000, COPY, four
 //! statements per batch).
 
+#[path = "../tests/common/mod.rs"]
 mod common;
+mod support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -124,8 +126,6 @@ async fn run(variant: Variant, rows: &[Row]) -> (Outcome, TestDb) {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "benchmark: run explicitly with --ignored --nocapture"]
 async fn bench_sink_with_and_without_sealing_then_verify() {
     let n = events();
     let now = chrono::Utc::now();
@@ -198,4 +198,10 @@ async fn bench_sink_with_and_without_sealing_then_verify() {
             report.rows_ok as f64 / secs
         );
     }
+}
+
+fn main() {
+    support::run(&[("bench_sink_with_and_without_sealing_then_verify", || {
+        support::multi_thread(bench_sink_with_and_without_sealing_then_verify())
+    })]);
 }

@@ -10,7 +10,9 @@
 //! measured through HTTP against the running query role, so it includes the read's own audit
 //! event (spooled and fsynced before the answer).
 
+#[path = "../tests/common/mod.rs"]
 mod common;
+mod support;
 
 use std::time::{Duration, Instant};
 
@@ -129,8 +131,6 @@ async fn latencies(app: &TestApp, label: &str, n: usize, mut path: impl FnMut(us
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "benchmark: run explicitly (see the module docs)"]
 async fn bench_query_latency_and_export_on_a_large_table() {
     {
         let mut admin = sqlx::PgConnection::connect(&format!("{}/postgres", pg_admin_url()))
@@ -206,4 +206,10 @@ async fn bench_query_latency_and_export_on_a_large_table() {
         lines as f64 / secs
     );
     app.stop().await;
+}
+
+fn main() {
+    support::run(&[("bench_query_latency_and_export_on_a_large_table", || {
+        support::multi_thread(bench_query_latency_and_export_on_a_large_table())
+    })]);
 }

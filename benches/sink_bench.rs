@@ -8,7 +8,9 @@
 //! `bench_sink_with_sealing_off_and_on`). Each benchmark uses a fresh
 //! database, so every insert lands in the indexed, partitioned `audit_events`.
 
+#[path = "../tests/common/mod.rs"]
 mod common;
+mod support;
 
 use std::time::{Duration, Instant};
 
@@ -82,8 +84,6 @@ async fn store_only(method: InsertMethod, parallelism: usize, rows: &[Row]) -> f
     rows.len() as f64 / secs
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "benchmark: run explicitly with --ignored --nocapture"]
 async fn bench_insert_methods_into_indexed_table() {
     let n = events();
     let now = chrono::Utc::now();
@@ -115,8 +115,6 @@ async fn bench_insert_methods_into_indexed_table() {
 /// stored) under `MAX_BACKLOG`, always ahead of the sink (librdkafka's mock broker keeps only
 /// ~5 MB per partition, and this topic has 12). The rate is measured from the first stored row
 /// to the last; progress is the sink's own counter, the total is checked once at the end.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "benchmark: run explicitly with --ignored --nocapture"]
 async fn bench_sink_kafka_to_postgres() {
     const PARTITIONS: i32 = 12;
     const MAX_BACKLOG: i64 = 40_000;
@@ -168,8 +166,6 @@ async fn bench_sink_kafka_to_postgres() {
 /// The mock broker keeps at most 5 MB per partition, so the topic gets enough partitions
 /// (`BENCH_PARTITIONS`, default 64) and the producer compresses; the benchmark checks that no
 /// record was evicted before the sink started.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "benchmark: run explicitly with --ignored --nocapture"]
 async fn bench_sink_drains_a_preloaded_topic() {
     use rdkafka::consumer::Consumer;
     let n = events();
@@ -281,8 +277,6 @@ fn partitions() -> i32 {
 /// order every other round; each drains the whole topic with a consumer group of its own.
 ///
 /// After "on" it waits for the sealer to cover every row and runs `verify` over them.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "benchmark: run explicitly with --ignored --nocapture"]
 async fn bench_sink_with_sealing_off_and_on() {
     let n = events();
     let partitions = partitions();
@@ -422,8 +416,6 @@ async fn bench_sink_with_sealing_off_and_on() {
 ///
 /// After each variant it waits for the sealer to cover every row and runs `verify` (with the
 /// writer key after "on": every row attested).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "benchmark: run explicitly with --ignored --nocapture"]
 async fn bench_sink_with_attestation_off_and_on() {
     use audit_manager::integrity::attest::{Attestor, WriterKeys};
     let n = events();
@@ -594,4 +586,24 @@ fn gauge(name: &str) -> f64 {
 /// includes earlier benchmarks of the same run: callers measure from a baseline.
 fn rows_inserted() -> u64 {
     gauge("audit_sink_rows_inserted_total") as u64
+}
+
+fn main() {
+    support::run(&[
+        ("bench_insert_methods_into_indexed_table", || {
+            support::multi_thread(bench_insert_methods_into_indexed_table())
+        }),
+        ("bench_sink_kafka_to_postgres", || {
+            support::multi_thread(bench_sink_kafka_to_postgres())
+        }),
+        ("bench_sink_drains_a_preloaded_topic", || {
+            support::multi_thread(bench_sink_drains_a_preloaded_topic())
+        }),
+        ("bench_sink_with_sealing_off_and_on", || {
+            support::multi_thread(bench_sink_with_sealing_off_and_on())
+        }),
+        ("bench_sink_with_attestation_off_and_on", || {
+            support::multi_thread(bench_sink_with_attestation_off_and_on())
+        }),
+    ]);
 }
