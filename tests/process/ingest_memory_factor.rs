@@ -11,25 +11,36 @@
 //! (`event::Incoming`) with a handful of allocations, where a tree costs one or more per field.
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use audit_manager::event::{self, Limits, ValidationMode};
 use audit_manager::spool::Record;
 use serde_json::{Value, json};
 
-/// The system allocator, counting live bytes and their peak.
+/// The system allocator, counting the live bytes, their peak and the allocations of the
+/// measuring thread. Only that thread counts: this binary's other tests may run in the same
+/// process at the same time (`cargo test` runs them on threads of one process), and the code
+/// measured here runs on the calling thread. Live bytes are signed: the measured code may free
+/// what was allocated before counting began.
 struct Counting;
 
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+static PEAK: AtomicIsize = AtomicIsize::new(0);
 static COUNT: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// Whether this thread's allocations count (no destructor, so usable inside the allocator).
+    static COUNTED: Cell<bool> = const { Cell::new(false) };
+}
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            let now = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
+        if !p.is_null() && COUNTED.get() {
+            let size = layout.size() as isize;
+            let now = LIVE.fetch_add(size, Ordering::Relaxed) + size;
             PEAK.fetch_max(now, Ordering::Relaxed);
             COUNT.fetch_add(1, Ordering::Relaxed);
         }
@@ -38,7 +49,9 @@ unsafe impl GlobalAlloc for Counting {
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         unsafe { System.dealloc(ptr, layout) };
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        if COUNTED.get() {
+            LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        }
     }
 }
 
@@ -47,6 +60,27 @@ static ALLOC: Counting = Counting;
 
 /// The counters are global: one test measures at a time.
 static MEASURING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Counts this thread's allocations while alive, one test at a time.
+struct Measuring {
+    _one_at_a_time: std::sync::MutexGuard<'static, ()>,
+}
+
+impl Measuring {
+    fn start() -> Measuring {
+        let one_at_a_time = MEASURING.lock().unwrap_or_else(|e| e.into_inner());
+        COUNTED.set(true);
+        Measuring {
+            _one_at_a_time: one_at_a_time,
+        }
+    }
+}
+
+impl Drop for Measuring {
+    fn drop(&mut self) {
+        COUNTED.set(false);
+    }
+}
 
 /// A realistic event of about 700 bytes (the shape `audit-loadgen` sends).
 fn event(n: usize) -> Value {
@@ -101,7 +135,7 @@ fn ingest_like(body: &[u8]) -> usize {
 
 #[test]
 fn a_body_byte_costs_a_bounded_few_bytes_while_it_is_ingested() {
-    let _one_at_a_time = MEASURING.lock().unwrap_or_else(|e| e.into_inner());
+    let _measuring = Measuring::start();
     for batch in [1usize, 100, 500] {
         let body = if batch == 1 {
             json!({ "events": [event(0)] })
@@ -157,7 +191,7 @@ fn allocations_per_event(body: &[u8], limits: &Limits) -> (usize, usize) {
 
 #[test]
 fn an_event_valid_as_sent_is_ingested_without_a_tree() {
-    let _one_at_a_time = MEASURING.lock().unwrap_or_else(|e| e.into_inner());
+    let _measuring = Measuring::start();
     let limits = Limits {
         mode: ValidationMode::Compatible,
         max_future_skew: Duration::from_secs(3600),
