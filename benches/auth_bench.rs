@@ -2,7 +2,7 @@
 //! default: it measures, it does not assert speed). Run it optimized:
 //!
 //! ```text
-//! cargo test --release --test auth_bench -- --ignored --nocapture --test-threads 1
+//! cargo bench --bench auth_bench
 //! ```
 //!
 //! - the token lookup: SHA-256 of a 64-character token and a constant-time comparison with

@@ -2,7 +2,7 @@
 //! measure, they do not assert speed). Run them optimized:
 //!
 //! ```text
-//! cargo test --release --test forward_bench -- --ignored --nocapture --test-threads 1
+//! cargo bench --bench forward_bench
 //! ```
 //!
 //! - `bench_spool_to_kafka`: a spool pre-filled with 200k events (~600-byte values), then the

@@ -4,7 +4,7 @@
 //! paths; the medians are printed. Run with
 //!
 //! ```sh
-//! cargo test --release --test ingest_path_bench -- --ignored --nocapture
+//! cargo bench --bench ingest_path_bench
 //! ```
 //!
 //! `BENCH_ROUNDS` (default 7) and `BENCH_EVENTS` (events per round and path, default 200 000).

@@ -1,7 +1,7 @@
-//! Integrity benchmarks (ignored: they measure, they do not assert timings).
+//! Integrity benchmarks (they measure, they do not assert timings).
 //!
 //! ```text
-//! cargo test --release --test integrity_bench -- --ignored --nocapture --test-threads 1
+//! cargo bench --bench integrity_bench
 //! ```
 //!
 //! `BENCH_EVENTS` (default 1 000 000) sets the number of rows, `BENCH_VARIANTS` picks variants

@@ -1,7 +1,7 @@
-//! Query-role benchmarks on a large table (ignored: they measure, they do not assert timings).
+//! Query-role benchmarks on a large table (they measure, they do not assert timings).
 //!
 //! ```text
-//! cargo test --release --test query_bench -- --ignored --nocapture --test-threads 1
+//! cargo bench --bench query_bench
 //! ```
 //!
 //! The table is built once in the database `audit_bench_query` (`BENCH_QUERY_ROWS`, default

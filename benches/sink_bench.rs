@@ -1,7 +1,7 @@
-//! Sink throughput benchmarks (ignored: they measure, they do not assert timings).
+//! Sink throughput benchmarks (they measure, they do not assert timings).
 //!
 //! ```text
-//! cargo test --release --test sink_bench -- --ignored --nocapture --test-threads 1
+//! cargo bench --bench sink_bench
 //! ```
 //!
 //! `BENCH_EVENTS` (default 1 000 000) sets the number of events (per variant and round in

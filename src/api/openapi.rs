@@ -4,7 +4,7 @@
 //!
 //! The ingest handlers validate `serde_json::Value`s (the event module is a rule set, not a
 //! serde type), so [`CloudEvent`] and its parts describe what that rule set accepts in the
-//! default `compatible` mode. `tests/openapi_drift.rs` keeps the two in step: it runs accepted
+//! default `compatible` mode. `tests/http/openapi_drift.rs` keeps the two in step: it runs accepted
 //! and rejected fixture events through these schemas and through the service and demands the
 //! same verdicts, checks the live response bodies against the documented ones, and checks that
 //! the routes served and the routes documented, and the `AUD-xxx` codes produced and
