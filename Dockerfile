@@ -3,7 +3,7 @@
 # Run:   docker run -p 8000:8000 -v audit-spool:/var/lib/audit-manager audit-manager serve --roles ingest
 #
 # The image holds the service binary only: the load generator (bench/loadgen) is a workspace
-# member of its own and is not built here (tests/packaging.rs checks both).
+# member of its own and is not built here (tests/process/packaging.rs checks both).
 
 FROM rust:1.95-bookworm AS build
 # librdkafka is compiled from source by rdkafka-sys: it needs make, perl, zlib headers and

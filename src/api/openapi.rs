@@ -3,7 +3,7 @@
 //! this file adds what is not an operation — the title, the tags, the security schemes and the
 //! schemas no operation names (`schema.rs`, `codes.rs`).
 //!
-//! `tests/openapi_drift.rs` keeps the document true: it runs accepted and rejected fixture
+//! `tests/http/openapi_drift.rs` keeps the document true: it runs accepted and rejected fixture
 //! events through the `CloudEvent` schema and through the service and demands the same
 //! verdicts, checks the live response bodies against the documented ones, checks that every
 //! documented route is served and that the `AUD-xxx` codes sent and documented are the same

@@ -1,6 +1,6 @@
 //! The request and response bodies of the HTTP API as the OpenAPI document describes them
 //! (`ToSchema`). Most handlers build their payloads with `json!`; these types are their documented
-//! shape, and `tests/openapi_drift.rs` checks the live bodies against them.
+//! shape, and `tests/http/openapi_drift.rs` checks the live bodies against them.
 //!
 //! The ingest handlers validate `serde_json::Value`s (the event module is a rule set, not a
 //! serde type), so [`CloudEvent`] describes what that rule set accepts in the default
