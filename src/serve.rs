@@ -6,8 +6,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
 use crate::config::{Config, Role};
-use crate::kafka::dev::EmbeddedKafka;
 use crate::health::Health;
+use crate::kafka::dev::EmbeddedKafka;
 use crate::shutdown::{Supervisor, Task};
 use crate::spool::Spool;
 use crate::store::Store;

@@ -804,7 +804,7 @@ impl Sealer {
         } = self;
         let off = Arc::new(tokio::sync::Mutex::new(off));
         let check = tokio::sync::Mutex::new(check);
-        crate::maintain::schedule(interval, token, || async {
+        crate::schedule::schedule(interval, token, || async {
             let outcome = async {
                 let mut conn = pool
                     .acquire()
@@ -868,17 +868,17 @@ impl Sealer {
                     if let Some(&n) = report.sealed.last() {
                         s.last_seal = Some(n);
                     }
-                    crate::maintain::PassOutcome::Done
+                    crate::schedule::PassOutcome::Done
                 }
                 Err(e) if e.is_schema_missing() => {
                     // The maintain loop creates the database and schema at start.
                     tracing::debug!(error = %e, "sealer waiting for the schema");
-                    crate::maintain::PassOutcome::Failed
+                    crate::schedule::PassOutcome::Failed
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "sealing failed; will retry");
                     s.error = Some(e.to_string());
-                    crate::maintain::PassOutcome::Failed
+                    crate::schedule::PassOutcome::Failed
                 }
             }
         })

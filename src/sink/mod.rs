@@ -13,7 +13,6 @@ pub mod run;
 
 use std::sync::Arc;
 
-
 use crate::config::{Config, Role};
 use crate::serve::role::{RoleContext, Started};
 use crate::shutdown::Task;
