@@ -1,5 +1,9 @@
-use super::*;
+use std::net::SocketAddr;
+use std::time::Duration;
+
 use serde_yaml_ng::Value;
+
+use super::*;
 
 fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
     pairs
