@@ -4,8 +4,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::Redacted;
+use super::error::{at_least_one, invalid, non_empty};
 use super::value::{de_duration, de_int};
+use super::{ConfigError, Redacted};
 
 /// PostgreSQL settings (`audit_manager.database`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -39,5 +40,20 @@ impl Default for DatabaseConfig {
             partition_retention_months: 84,
             partition_check_interval: Duration::from_secs(3600),
         }
+    }
+}
+
+impl DatabaseConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        non_empty("database.url", &self.url)?;
+        // The same reading of the URL every connection uses (TLS parameters included);
+        // dropped parameters are named by the store when it connects.
+        if let Err(e) = crate::store::connect_options(&self.url) {
+            return Err(invalid("database.url", e.to_string()));
+        }
+        at_least_one(
+            "database.partition_pre_create_months",
+            self.partition_pre_create_months,
+        )
     }
 }

@@ -53,3 +53,30 @@ pub enum ConfigError {
         message: String,
     },
 }
+
+/// A value out of range at `key` (below the root key, e.g. `spool.max_bytes`).
+pub(super) fn invalid(key: &str, message: String) -> ConfigError {
+    ConfigError::Invalid {
+        key: format!("{}.{key}", super::ROOT_KEY),
+        message,
+    }
+}
+
+/// `v` at `key` must be at least 1.
+pub(super) fn at_least_one<T: PartialOrd + From<u8> + std::fmt::Display>(
+    key: &str,
+    v: T,
+) -> Result<(), ConfigError> {
+    if v < T::from(1) {
+        return Err(invalid(key, format!("must be at least 1 (got {v})")));
+    }
+    Ok(())
+}
+
+/// `v` at `key` must hold more than whitespace.
+pub(super) fn non_empty(key: &str, v: &str) -> Result<(), ConfigError> {
+    if v.trim().is_empty() {
+        return Err(invalid(key, "must not be empty".to_string()));
+    }
+    Ok(())
+}

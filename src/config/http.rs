@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::ConfigError;
+use super::error::{at_least_one, invalid};
 use super::value::{de_byte_size, de_duration, de_int, de_socket_addr};
 
 /// HTTP server settings (`audit_manager.http`).
@@ -97,4 +99,86 @@ impl Default for HttpConfig {
             tls: TlsConfig::default(),
         }
     }
+}
+
+impl HttpConfig {
+    /// The listener's limits; `tls` is checked with `auth` (see [`super::Config::validate`]).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        at_least_one("http.max_body_bytes", self.max_body_bytes)?;
+        if self.max_in_flight_bytes < self.max_body_bytes {
+            return Err(invalid(
+                "http.max_in_flight_bytes",
+                format!(
+                    "must be at least http.max_body_bytes ({} bytes), or a request of the \
+                     largest allowed size could never be accepted (got {} bytes)",
+                    self.max_body_bytes, self.max_in_flight_bytes
+                ),
+            ));
+        }
+        for (key, d) in [
+            ("http.header_timeout", self.header_timeout),
+            ("http.body_timeout", self.body_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(invalid(
+                    key,
+                    "must be longer than 0s (0 would close every connection at once); e.g. \"10s\""
+                        .to_string(),
+                ));
+            }
+        }
+        at_least_one("http.max_connections", self.max_connections as u64)?;
+        Ok(())
+    }
+}
+
+impl TlsConfig {
+    /// The files come as a set: a certificate with its key, client CAs only with TLS on.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (key, p) in [
+            ("http.tls.cert_file", &self.cert_file),
+            ("http.tls.key_file", &self.key_file),
+            ("http.tls.client_ca_file", &self.client_ca_file),
+        ] {
+            if is_empty_path(p) {
+                return Err(invalid(
+                    key,
+                    "must not be empty: give a file path or leave the key out".into(),
+                ));
+            }
+        }
+        match (&self.cert_file, &self.key_file) {
+            (Some(_), None) => {
+                return Err(invalid(
+                    "http.tls.key_file",
+                    "http.tls.cert_file is set but the key is not: set http.tls.key_file to the \
+                     PEM private key of the certificate (or remove cert_file for plain HTTP)"
+                        .into(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "http.tls.cert_file",
+                    "http.tls.key_file is set but the certificate is not: set \
+                     http.tls.cert_file to the PEM certificate chain (or remove key_file)"
+                        .into(),
+                ));
+            }
+            _ => {}
+        }
+        if self.client_ca_file.is_some() && !self.enabled() {
+            return Err(invalid(
+                "http.tls.client_ca_file",
+                "client certificates are verified during the TLS handshake, so TLS must be on: \
+                 set http.tls.cert_file and http.tls.key_file too"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A path key given with an empty value (`key: ""`), which names no file.
+pub(super) fn is_empty_path(p: &Option<PathBuf>) -> bool {
+    p.as_ref().is_some_and(|p| p.as_os_str().is_empty())
 }

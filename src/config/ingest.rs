@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::ConfigError;
+use super::error::at_least_one;
 use super::value::{de_byte_size, de_duration, de_int};
 
 /// Event ingest limits (`audit_manager.ingest`).
@@ -38,5 +40,12 @@ impl Default for IngestConfig {
             max_event_bytes: 1024 * 1024,
             validation: crate::event::ValidationMode::Compatible,
         }
+    }
+}
+
+impl IngestConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        at_least_one("ingest.max_batch_size", self.max_batch_size as u64)?;
+        at_least_one("ingest.max_event_bytes", self.max_event_bytes)
     }
 }

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::ConfigError;
+use super::error::invalid;
 use super::value::de_duration;
 
 /// Tamper evidence (`audit_manager.integrity`); see `docs/integrity.md`.
@@ -51,5 +53,17 @@ impl Default for IntegrityConfig {
             writer_key_file: None,
             writer_public_key_files: Vec::new(),
         }
+    }
+}
+
+impl IntegrityConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.seal_interval.is_zero() {
+            return Err(invalid(
+                "integrity.seal_interval",
+                "must be longer than 0 (e.g. \"1m\")".to_string(),
+            ));
+        }
+        Ok(())
     }
 }

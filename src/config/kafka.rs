@@ -9,6 +9,7 @@ use rdkafka::ClientConfig;
 use rdkafka::error::KafkaError;
 use serde::{Deserialize, Serialize};
 
+use super::error::{at_least_one, invalid, non_empty};
 use super::redact::is_secret_name;
 use super::value::{de_int, de_string_map};
 use super::{ConfigError, KafkaProperties, ROOT_KEY};
@@ -57,6 +58,37 @@ impl Default for KafkaConfig {
             producer: KafkaProperties::default(),
             consumer: KafkaProperties::default(),
         }
+    }
+}
+
+impl KafkaConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        non_empty("kafka.bootstrap_servers", &self.bootstrap_servers)?;
+        non_empty("kafka.topic", &self.topic)?;
+        non_empty("kafka.dlq_topic", &self.dlq_topic)?;
+        non_empty("kafka.consumer_group", &self.consumer_group)?;
+        if self.dlq_topic == self.topic {
+            return Err(invalid(
+                "kafka.dlq_topic",
+                format!(
+                    "must differ from kafka.topic (both are `{}`); pick a separate dead-letter \
+                     topic",
+                    self.topic
+                ),
+            ));
+        }
+        at_least_one("kafka.topic_partitions", self.topic_partitions)?;
+        if self.topic_replication < 1 && self.topic_replication != -1 {
+            return Err(invalid(
+                "kafka.topic_replication",
+                format!(
+                    "must be at least 1, or -1 for the broker default (got {})",
+                    self.topic_replication
+                ),
+            ));
+        }
+        check_properties("producer", &self.producer)?;
+        check_properties("consumer", &self.consumer)
     }
 }
 

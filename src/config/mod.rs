@@ -72,8 +72,7 @@ mod spool;
 mod value;
 
 use std::collections::BTreeMap;
-use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use figment::Figment;
 use serde::{Deserialize, Serialize};
@@ -81,6 +80,7 @@ use serde::{Deserialize, Serialize};
 pub use auth::{AuthConfig, AuthMode};
 pub use database::DatabaseConfig;
 pub use error::ConfigError;
+use error::{invalid, non_empty};
 pub use forward::ForwardConfig;
 pub use http::{HttpConfig, TlsConfig};
 pub use ingest::IngestConfig;
@@ -243,30 +243,11 @@ impl Config {
         out
     }
 
-    /// Checks ranges and cross-field sanity (called by the `load*` functions).
+    /// Checks ranges and cross-field sanity (called by the `load*` functions): each section
+    /// checks itself, this adds what spans sections. The first problem found is reported, in
+    /// this order: roles, query, http, ingest, spool, kafka, sink, forward, database,
+    /// integrity, the envelope, then auth with the listener's TLS.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        fn invalid(key: &str, message: String) -> ConfigError {
-            ConfigError::Invalid {
-                key: format!("{ROOT_KEY}.{key}"),
-                message,
-            }
-        }
-        fn at_least_one<T: PartialOrd + From<u8> + fmt::Display>(
-            key: &str,
-            v: T,
-        ) -> Result<(), ConfigError> {
-            if v < T::from(1) {
-                return Err(invalid(key, format!("must be at least 1 (got {v})")));
-            }
-            Ok(())
-        }
-        fn non_empty(key: &str, v: &str) -> Result<(), ConfigError> {
-            if v.trim().is_empty() {
-                return Err(invalid(key, "must not be empty".to_string()));
-            }
-            Ok(())
-        }
-
         if self.roles.is_empty() {
             return Err(invalid(
                 "roles",
@@ -282,75 +263,12 @@ impl Config {
                     .to_string(),
             ));
         }
-        at_least_one("query.max_page_size", self.query.max_page_size as u64)?;
-        if self.query.statement_timeout.is_zero() {
-            return Err(invalid(
-                "query.statement_timeout",
-                "must be longer than 0s (0 would disable the timeout); e.g. \"10s\"".to_string(),
-            ));
-        }
-        at_least_one("http.max_body_bytes", self.http.max_body_bytes)?;
-        if self.http.max_in_flight_bytes < self.http.max_body_bytes {
-            return Err(invalid(
-                "http.max_in_flight_bytes",
-                format!(
-                    "must be at least http.max_body_bytes ({} bytes), or a request of the \
-                     largest allowed size could never be accepted (got {} bytes)",
-                    self.http.max_body_bytes, self.http.max_in_flight_bytes
-                ),
-            ));
-        }
-        for (key, d) in [
-            ("http.header_timeout", self.http.header_timeout),
-            ("http.body_timeout", self.http.body_timeout),
-        ] {
-            if d.is_zero() {
-                return Err(invalid(
-                    key,
-                    "must be longer than 0s (0 would close every connection at once); e.g. \"10s\""
-                        .to_string(),
-                ));
-            }
-        }
-        at_least_one("http.max_connections", self.http.max_connections as u64)?;
-        at_least_one("ingest.max_batch_size", self.ingest.max_batch_size as u64)?;
-        at_least_one("ingest.max_event_bytes", self.ingest.max_event_bytes)?;
-        at_least_one("spool.max_bytes", self.spool.max_bytes)?;
-        at_least_one("spool.cache_bytes", self.spool.cache_bytes)?;
-        at_least_one(
-            "spool.max_pending_appends",
-            self.spool.max_pending_appends as u64,
-        )?;
-        at_least_one("spool.max_pending_bytes", self.spool.max_pending_bytes)?;
-        non_empty("spool.path", &self.spool.path.to_string_lossy())?;
-        non_empty("kafka.bootstrap_servers", &self.kafka.bootstrap_servers)?;
-        non_empty("kafka.topic", &self.kafka.topic)?;
-        non_empty("kafka.dlq_topic", &self.kafka.dlq_topic)?;
-        non_empty("kafka.consumer_group", &self.kafka.consumer_group)?;
-        if self.kafka.dlq_topic == self.kafka.topic {
-            return Err(invalid(
-                "kafka.dlq_topic",
-                format!(
-                    "must differ from kafka.topic (both are `{}`); pick a separate dead-letter \
-                     topic",
-                    self.kafka.topic
-                ),
-            ));
-        }
-        at_least_one("kafka.topic_partitions", self.kafka.topic_partitions)?;
-        if self.kafka.topic_replication < 1 && self.kafka.topic_replication != -1 {
-            return Err(invalid(
-                "kafka.topic_replication",
-                format!(
-                    "must be at least 1, or -1 for the broker default (got {})",
-                    self.kafka.topic_replication
-                ),
-            ));
-        }
-        kafka::check_properties("producer", &self.kafka.producer)?;
-        kafka::check_properties("consumer", &self.kafka.consumer)?;
-        at_least_one("sink.batch_max_records", self.sink.batch_max_records as u64)?;
-        at_least_one("sink.batch_max_bytes", self.sink.batch_max_bytes)?;
+        self.query.validate()?;
+        self.http.validate()?;
+        self.ingest.validate()?;
+        self.spool.validate()?;
+        self.kafka.validate()?;
+        self.sink.validate()?;
         if self.forward.max_in_flight_bytes < self.ingest.max_event_bytes {
             return Err(invalid(
                 "forward.max_in_flight_bytes",
@@ -361,134 +279,14 @@ impl Config {
                 ),
             ));
         }
-        non_empty("database.url", &self.database.url)?;
-        // The same reading of the URL every connection uses (TLS parameters included);
-        // dropped parameters are named by the store when it connects.
-        if let Err(e) = crate::store::connect_options(&self.database.url) {
-            return Err(invalid("database.url", e.to_string()));
-        }
-        at_least_one(
-            "database.partition_pre_create_months",
-            self.database.partition_pre_create_months,
-        )?;
-        if self.integrity.seal_interval.is_zero() {
-            return Err(invalid(
-                "integrity.seal_interval",
-                "must be longer than 0 (e.g. \"1m\")".to_string(),
-            ));
-        }
+        self.database.validate()?;
+        self.integrity.validate()?;
         non_empty("service_id", &self.service_id)?;
         non_empty("api_version", &self.api_version)?;
-        self.validate_auth()
-    }
-
-    /// `auth.*` and `http.tls.*` together: each mode names what it still needs.
-    fn validate_auth(&self) -> Result<(), ConfigError> {
-        let invalid = |key: &str, message: String| ConfigError::Invalid {
-            key: format!("{ROOT_KEY}.{key}"),
-            message,
-        };
-        let tls = &self.http.tls;
-        let empty = |p: &Option<PathBuf>| p.as_ref().is_some_and(|p| p.as_os_str().is_empty());
-        for (key, p) in [
-            ("auth.tokens_file", &self.auth.tokens_file),
-            ("http.tls.cert_file", &tls.cert_file),
-            ("http.tls.key_file", &tls.key_file),
-            ("http.tls.client_ca_file", &tls.client_ca_file),
-        ] {
-            if empty(p) {
-                return Err(invalid(
-                    key,
-                    "must not be empty: give a file path or leave the key out".into(),
-                ));
-            }
-        }
-        match (&tls.cert_file, &tls.key_file) {
-            (Some(_), None) => {
-                return Err(invalid(
-                    "http.tls.key_file",
-                    "http.tls.cert_file is set but the key is not: set http.tls.key_file to the \
-                     PEM private key of the certificate (or remove cert_file for plain HTTP)"
-                        .into(),
-                ));
-            }
-            (None, Some(_)) => {
-                return Err(invalid(
-                    "http.tls.cert_file",
-                    "http.tls.key_file is set but the certificate is not: set \
-                     http.tls.cert_file to the PEM certificate chain (or remove key_file)"
-                        .into(),
-                ));
-            }
-            _ => {}
-        }
-        if tls.client_ca_file.is_some() && !tls.enabled() {
-            return Err(invalid(
-                "http.tls.client_ca_file",
-                "client certificates are verified during the TLS handshake, so TLS must be on: \
-                 set http.tls.cert_file and http.tls.key_file too"
-                    .into(),
-            ));
-        }
-        match self.auth.mode {
-            AuthMode::None => {
-                if tls.client_ca_file.is_some() {
-                    return Err(invalid(
-                        "http.tls.client_ca_file",
-                        "verifies client certificates, but auth.mode is `none`, which would \
-                         ignore who they name: set auth.mode: mtls (and auth.tokens_file with \
-                         the principals' dns_san), or remove client_ca_file"
-                            .into(),
-                    ));
-                }
-            }
-            AuthMode::Token => {
-                if self.auth.tokens_file.is_none() {
-                    return Err(invalid(
-                        "auth.tokens_file",
-                        "auth.mode is `token`: set auth.tokens_file to the YAML file listing \
-                         the principals and their token_sha256 (see docs/authentication.md)"
-                            .into(),
-                    ));
-                }
-                if tls.client_ca_file.is_some() {
-                    return Err(invalid(
-                        "http.tls.client_ca_file",
-                        "verifies client certificates, which only auth.mode `mtls` maps to \
-                         principals: set auth.mode: mtls, or remove client_ca_file to \
-                         authenticate by token"
-                            .into(),
-                    ));
-                }
-            }
-            AuthMode::Mtls => {
-                if !tls.enabled() {
-                    return Err(invalid(
-                        "http.tls.cert_file",
-                        "auth.mode is `mtls`: set http.tls.cert_file, http.tls.key_file and \
-                         http.tls.client_ca_file (client certificates need TLS)"
-                            .into(),
-                    ));
-                }
-                if tls.client_ca_file.is_none() {
-                    return Err(invalid(
-                        "http.tls.client_ca_file",
-                        "auth.mode is `mtls`: set http.tls.client_ca_file to the PEM CA that \
-                         signs the client certificates"
-                            .into(),
-                    ));
-                }
-                if self.auth.tokens_file.is_none() {
-                    return Err(invalid(
-                        "auth.tokens_file",
-                        "auth.mode is `mtls`: set auth.tokens_file to the YAML file mapping \
-                         each client certificate's DNS SAN (dns_san) to a principal"
-                            .into(),
-                    ));
-                }
-            }
-        }
-        Ok(())
+        // Who may call and how the listener proves it: each mode names what it still needs.
+        self.auth.validate()?;
+        self.http.tls.validate()?;
+        self.auth.validate_with_tls(&self.http.tls)
     }
 }
 

@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::ConfigError;
+use super::error::{at_least_one, invalid};
 use super::value::{de_bool, de_duration, de_int};
 
 /// The investigators' read API (`audit_manager.query`).
@@ -32,5 +34,18 @@ impl Default for QueryConfig {
             statement_timeout: Duration::from_secs(10),
             allow_anonymous: false,
         }
+    }
+}
+
+impl QueryConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        at_least_one("query.max_page_size", self.max_page_size as u64)?;
+        if self.statement_timeout.is_zero() {
+            return Err(invalid(
+                "query.statement_timeout",
+                "must be longer than 0s (0 would disable the timeout); e.g. \"10s\"".to_string(),
+            ));
+        }
+        Ok(())
     }
 }

@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::ConfigError;
+use super::error::at_least_one;
 use super::value::{de_byte_size, de_duration, de_int};
 
 /// Kafka -> PostgreSQL sink batching (`audit_manager.sink`).
@@ -35,5 +37,12 @@ impl Default for SinkConfig {
             batch_max_bytes: 8 * 1024 * 1024,
             flush_interval: Duration::from_millis(200),
         }
+    }
+}
+
+impl SinkConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        at_least_one("sink.batch_max_records", self.batch_max_records as u64)?;
+        at_least_one("sink.batch_max_bytes", self.batch_max_bytes)
     }
 }

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::ConfigError;
+use super::error::{at_least_one, non_empty};
 use super::value::{de_byte_size, de_duration, de_int};
 
 /// Local durable spool settings (`audit_manager.spool`).
@@ -53,6 +55,14 @@ impl Default for SpoolConfig {
 }
 
 impl SpoolConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        at_least_one("spool.max_bytes", self.max_bytes)?;
+        at_least_one("spool.cache_bytes", self.cache_bytes)?;
+        at_least_one("spool.max_pending_appends", self.max_pending_appends as u64)?;
+        at_least_one("spool.max_pending_bytes", self.max_pending_bytes)?;
+        non_empty("spool.path", &self.path.to_string_lossy())
+    }
+
     /// `retry_after` rounded up to whole seconds, as rendered in the `Retry-After` header.
     pub fn retry_after_secs(&self) -> u64 {
         let d = self.retry_after;
