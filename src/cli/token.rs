@@ -18,12 +18,8 @@ pub fn run(command: TokenCommand) -> anyhow::Result<ExitCode> {
         }
         TokenCommand::New { out, force } => {
             let mut bytes = [0u8; 32];
-            std::io::Read::read_exact(
-                &mut std::fs::File::open("/dev/urandom")
-                    .context("cannot open /dev/urandom for a random token")?,
-                &mut bytes,
-            )
-            .context("cannot read /dev/urandom for a random token")?;
+            rand_core::RngCore::try_fill_bytes(&mut rand_core::OsRng, &mut bytes)
+                .context("cannot get random bytes from the OS for a random token")?;
             let token = hex::encode(bytes);
             let line = token_hash_line(token.as_bytes())?;
             match out {
