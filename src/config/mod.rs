@@ -47,7 +47,8 @@
 //!
 //! Unknown keys are rejected — in the file and in `AUDIT_MANAGER__*` variables alike — with the
 //! full key path and the list of valid keys at that level, so typos never pass silently.
-//! [`Config::validate`] then checks ranges and cross-field sanity.
+//! [`Config::validate`] then checks ranges (each section in its own file, with its own
+//! `validate`) and cross-field sanity.
 //!
 //! # Secrets
 //!
@@ -80,7 +81,6 @@ use serde::{Deserialize, Serialize};
 pub use auth::{AuthConfig, AuthMode};
 pub use database::DatabaseConfig;
 pub use error::ConfigError;
-use error::{invalid, non_empty};
 pub use forward::ForwardConfig;
 pub use http::{HttpConfig, TlsConfig};
 pub use ingest::IngestConfig;
@@ -92,8 +92,10 @@ pub use reference::Notice;
 pub use role::{Role, UnknownRole};
 pub use sink::SinkConfig;
 pub use spool::SpoolConfig;
-use value::de_roles;
 pub use value::parse_byte_size;
+
+use error::{invalid, non_empty};
+use value::de_roles;
 
 /// Root key of the YAML file; every setting lives below it.
 pub const ROOT_KEY: &str = "audit_manager";
