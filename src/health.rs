@@ -111,3 +111,24 @@ impl Health {
         (worst, reports)
     }
 }
+
+/// The check of a role that needs the database (sink, maintain, query): DOWN (AUD-006) while
+/// [`Store::spawn_monitor`](crate::store::Store::spawn_monitor) finds it unreachable. Ingest
+/// is not affected by a database outage.
+pub fn database_check(store: crate::store::Store) -> Check {
+    Arc::new(move || {
+        let state = store.state();
+        let mut detail = serde_json::Map::new();
+        detail.insert(
+            "database".into(),
+            serde_json::json!(if state.error.is_none() { "UP" } else { "DOWN" }),
+        );
+        let mut report = RoleReport::up(detail);
+        if let Some(error) = state.error {
+            report.status = Status::Down;
+            report.code = Some("AUD-006");
+            report.reason = Some(format!("database unreachable: {error}"));
+        }
+        report
+    })
+}

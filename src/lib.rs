@@ -8,10 +8,12 @@
 //! - [`spool`]: the crash-safe redb spool and its group-commit writer (202 only after fsync),
 //!   with the offline tools (`spool stats|verify|export|requeue`);
 //! - [`forward`]: spool → Kafka, deleting from the spool only what the broker acknowledged;
-//!   [`devkafka`]: the in-memory development broker (`embedded`, `dev-kafka`, `serve --dev`);
 //! - [`sink`]: Kafka consumer group → batched idempotent inserts, offsets committed only after
 //!   the database commit, dead letters to the DLQ topic;
 //! - [`store`]: PostgreSQL — schema, monthly partitions, inserts, reachability for `/health`;
+//! - [`kafka`]: every broker client (producers, consumers, admin) with the properties the
+//!   delivery guarantees rest on, what a Kafka error says about the system, and the in-memory
+//!   development broker (`embedded`, `dev-kafka`, `serve --dev`);
 //! - [`maintain`]: the role that keeps partitions created ahead and drops expired ones;
 //! - [`auth`]: principals (tokens file, reloaded on change), TLS/mTLS on the listener;
 //! - [`integrity`]: tamper evidence — row encoding, seals, the sealer, `verify`;
@@ -27,11 +29,11 @@ pub mod api;
 pub mod auth;
 pub mod cli;
 pub mod config;
-pub mod devkafka;
 pub mod event;
 pub mod forward;
 pub mod health;
 pub mod integrity;
+pub mod kafka;
 pub mod logging;
 pub mod maintain;
 pub mod metrics;

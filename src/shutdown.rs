@@ -113,6 +113,7 @@ struct Shared {
     /// The first failure; later ones are only logged.
     failure: OnceLock<TaskFailure>,
     /// Test seam: tasks that panic when their token is cancelled.
+    #[cfg(feature = "failpoints")]
     injected: Mutex<Vec<(Task, CancellationToken)>>,
 }
 
@@ -145,12 +146,25 @@ impl Supervisor {
 
     /// Test seam: `task` panics (inside its own tokio task, as a bug would) when `trigger` is
     /// cancelled. Production code never calls this; `serve::StartOptions` exposes it to tests.
+    #[cfg(feature = "failpoints")]
     pub fn inject_panic(&self, task: Task, trigger: CancellationToken) {
         self.shared
             .injected
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push((task, trigger));
+    }
+
+    /// `role` could not start: logged with its error, and the root token is cancelled so that
+    /// whatever already runs drains. `serve` then returns `error` (the process exits non-zero).
+    pub fn start_failed(&self, role: impl fmt::Display, error: &anyhow::Error) {
+        let error = crate::config::redact::scrub(&format!("{error:#}")).into_owned();
+        tracing::error!(
+            %role,
+            %error,
+            "a role failed to start: draining the others, then exiting non-zero"
+        );
+        self.token.cancel();
     }
 
     /// Every role has been spawned: `/ready` stops answering "starting".
@@ -171,24 +185,12 @@ impl Supervisor {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push((task, state.clone()));
-        let trigger = self
-            .shared
-            .injected
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .find(|(t, _)| *t == task)
-            .map(|(_, trigger)| trigger.clone());
-        let inner = tokio::spawn(self.tracker.track_future(async move {
-            let outcome = match trigger {
-                None => fut.await,
-                Some(trigger) => tokio::select! {
-                    r = fut => r,
-                    _ = trigger.cancelled() => panic!("injected panic in the {task} task (test seam)"),
-                },
-            };
-            outcome.map_err(|e| e.to_string())
-        }));
+        #[cfg(feature = "failpoints")]
+        let fut = self.with_injected_panic(task, fut);
+        let inner = tokio::spawn(
+            self.tracker
+                .track_future(async move { fut.await.map_err(|e| e.to_string()) }),
+        );
         let (token, shared) = (self.token.clone(), self.shared.clone());
         self.tracker.spawn(async move {
             let failure = match inner.await {
@@ -212,6 +214,37 @@ impl Supervisor {
             let _ = shared.failure.set(TaskFailure { task, reason });
             token.cancel();
         });
+    }
+
+    /// `fut`, made to panic once the trigger [`Supervisor::inject_panic`] set for `task` is
+    /// cancelled.
+    #[cfg(feature = "failpoints")]
+    fn with_injected_panic<F, E>(
+        &self,
+        task: Task,
+        fut: F,
+    ) -> impl Future<Output = Result<(), E>> + Send + 'static
+    where
+        F: Future<Output = Result<(), E>> + Send + 'static,
+        E: Send + 'static,
+    {
+        let trigger = self
+            .shared
+            .injected
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .find(|(t, _)| *t == task)
+            .map(|(_, trigger)| trigger.clone());
+        async move {
+            match trigger {
+                None => fut.await,
+                Some(trigger) => tokio::select! {
+                    r = fut => r,
+                    _ = trigger.cancelled() => panic!("injected panic in the {task} task (test seam)"),
+                },
+            }
+        }
     }
 
     /// Runs a task spawned elsewhere (its [`JoinHandle`](tokio::task::JoinHandle)) as `task`.
@@ -367,6 +400,25 @@ mod tests {
         assert_eq!(failure.reason, "panicked: monitor bug");
     }
 
+    #[tokio::test]
+    async fn a_role_that_cannot_start_drains_what_already_runs() {
+        let token = CancellationToken::new();
+        let sup = Supervisor::new(token.clone());
+        let t = token.clone();
+        sup.spawn(Task::Http, async move {
+            t.cancelled().await;
+            Ok::<(), String>(())
+        });
+        sup.start_failed(
+            "sink",
+            &anyhow::anyhow!("cannot load integrity.writer_key_file"),
+        );
+        assert!(token.is_cancelled());
+        sup.wait().await.expect("what ran only drained");
+        assert_eq!(sup.view().ended(Task::Http).as_deref(), Some("stopped"));
+    }
+
+    #[cfg(feature = "failpoints")]
     #[tokio::test]
     async fn the_seam_panics_the_chosen_task_only() {
         let token = CancellationToken::new();

@@ -8,13 +8,14 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use audit_manager::event::Row;
+use audit_manager::integrity::SealLine;
 use audit_manager::integrity::attest::{Attestor, SealCheck, WriterKeys};
 use audit_manager::integrity::encoding::{StoredRow, encode, row_hash};
 use audit_manager::integrity::publish::{Publisher, read_topic};
 use audit_manager::integrity::seal::{Leaf, RetentionRecord, Seal, Signer, key_id, seal_hash};
 use audit_manager::integrity::sealer::{PassReport, seal_pass, seal_pass_checked};
 use audit_manager::integrity::verify::{Report, VerifyOptions, verify};
-use audit_manager::integrity::{SEAL_WRITE_LOCK, SealLine};
+use audit_manager::store::AdvisoryLock;
 use audit_manager::store::Store;
 use chrono::{DateTime, TimeZone, Utc};
 use common::{TestDb, eventually, run_cli};
@@ -415,7 +416,7 @@ async fn a_seal_re_signed_with_a_key_not_in_the_config_is_found() {
     let mut seal = Seal::from_bytes(&bytes).unwrap();
     let stored: StoredRow = sqlx::query_as(&format!(
         "SELECT {} FROM audit_events WHERE id = 'b-1'",
-        audit_manager::integrity::encoding::SELECT_LIST
+        audit_manager::store::columns::select_list()
     ))
     .fetch_one(&s.pool)
     .await
@@ -519,7 +520,7 @@ async fn a_transaction_committing_late_is_not_skipped_by_a_seal() {
     let mut slow = sqlx::PgConnection::connect(&s.db.url).await.unwrap();
     let mut tx = slow.begin().await.unwrap();
     sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
-        .bind(SEAL_WRITE_LOCK)
+        .bind(AdvisoryLock::SealWrite.id())
         .execute(&mut *tx)
         .await
         .unwrap();
@@ -878,7 +879,7 @@ async fn a_second_sealer_skips_while_one_is_working() {
     s.insert(&rows("one", 3, Utc::now())).await;
     let mut holder = sqlx::PgConnection::connect(&s.db.url).await.unwrap();
     sqlx::query("SELECT pg_advisory_lock($1)")
-        .bind(audit_manager::integrity::SEALER_LOCK)
+        .bind(AdvisoryLock::Sealer.id())
         .execute(&mut holder)
         .await
         .unwrap();

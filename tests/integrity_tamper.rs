@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use audit_manager::config::Role;
 use audit_manager::event::Row;
-use audit_manager::integrity::encoding::{RowEncoding, SELECT_LIST, StoredRow, row_hash_as};
+use audit_manager::integrity::encoding::{RowEncoding, StoredRow, row_hash_as};
 use audit_manager::integrity::publish::SealDir;
 use audit_manager::integrity::seal::{Leaf, Seal, Signer};
 use audit_manager::integrity::sealer::{OffDatabase, seal_pass, seal_pass_checked};
@@ -571,7 +571,8 @@ async fn format_1_seals_still_verify_and_the_next_seal_records_the_legacy_bounda
     t.insert(&first).await;
     // Seal 1 as an earlier release made it: format 1, row encoding 1.
     let stored: Vec<StoredRow> = sqlx::query_as(&format!(
-        "SELECT {SELECT_LIST} FROM audit_events WHERE seal_seq IS NOT NULL ORDER BY seal_seq"
+        "SELECT {} FROM audit_events WHERE seal_seq IS NOT NULL ORDER BY seal_seq",
+        audit_manager::store::columns::select_list()
     ))
     .fetch_all(&t.pool)
     .await

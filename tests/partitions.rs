@@ -5,7 +5,7 @@ mod common;
 use std::collections::BTreeSet;
 
 use audit_manager::event::{ValidationMode, row_from_record};
-use audit_manager::store::partitions::MAINTAIN_LOCK;
+use audit_manager::store::AdvisoryLock;
 use audit_manager::store::{InsertMethod, Month, Store};
 use chrono::{TimeZone, Utc};
 use common::{TestDb, event_at, run_cli};
@@ -104,7 +104,7 @@ async fn only_one_maintainer_works_at_a_time() {
     // Another maintainer holds the lock: this one skips the pass and changes nothing.
     let mut holder = sqlx::PgConnection::connect(&db.url).await.unwrap();
     sqlx::query("SELECT pg_advisory_lock($1)")
-        .bind(MAINTAIN_LOCK)
+        .bind(AdvisoryLock::Maintain.id())
         .execute(&mut holder)
         .await
         .unwrap();

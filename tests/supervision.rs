@@ -5,6 +5,9 @@
 //! The panic comes from the test seam `StartOptions::inject_panic`, which panics inside the
 //! chosen role's own task once the test cancels its trigger. That the returned failure becomes
 //! a non-zero exit code is checked by the unit test `cli::tests::a_role_failure_exits_non_zero`.
+//!
+//! A role's own error reaches the supervisor too, at start and while running: `serve` fails
+//! with the role's error text, never a bare "returned".
 
 mod common;
 
@@ -13,7 +16,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use audit_manager::serve::StartOptions;
+use audit_manager::config::Role;
+use audit_manager::serve::{self, StartOptions};
 use audit_manager::shutdown::{Task, TaskFailure};
 use common::kafka::{MockKafka, TOPIC, TopicTail, fast_settings, forwarding};
 use common::{TestApp, exported_ids};
@@ -165,5 +169,72 @@ async fn serve_exits_1_when_the_sink_stops_on_its_own() {
     assert!(
         log.contains("a role stopped before shutdown") && log.contains("\"task\":\"sink\""),
         "the failure is logged with the task:\n{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("a role stopped before shutdown")
+                && l.contains("cannot subscribe to kafka.topic")),
+        "the failure's log line carries the sink's error:\n{log}"
+    );
+}
+
+/// A sink that cannot start (its writer key file is missing) stops `serve` before any role
+/// runs: the error names the role and the cause, and the root token is cancelled, so what was
+/// already running (the ingest and forward roles built before it, the metrics upkeep) stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_that_cannot_start_fails_serve_with_its_error() {
+    let kafka = common::TestKafka::new(1);
+    let dir = tempfile::tempdir().unwrap();
+    let roles = [Role::Ingest, Role::Forward, Role::Sink];
+    // Never connected to: the sink fails before it would.
+    let mut config = common::sink_config(&kafka, "postgres://postgres@127.0.0.1:1/none", &roles);
+    config.spool.path = dir.path().join("spool");
+    config.integrity.writer_key_file = Some(dir.path().join("missing-writer.key"));
+    let token = CancellationToken::new();
+    let err = serve::start(config, token.clone(), StartOptions::default())
+        .await
+        .err()
+        .expect("a sink that cannot load its writer key must not start");
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("cannot start the sink role")
+            && text.contains("integrity.writer_key_file")
+            && text.contains("missing-writer.key"),
+        "the error names the role and the cause: {text}"
+    );
+    assert!(
+        token.is_cancelled(),
+        "the start failure cancels the root token, stopping what already runs"
+    );
+}
+
+/// A sink that fails while running (its consumer cannot subscribe: librdkafka refuses a topic
+/// that is an invalid regular expression) returns its error to the supervisor: `serve` fails
+/// naming the sink, with the sink's error text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_that_fails_while_running_fails_serve_with_its_error() {
+    let kafka = common::TestKafka::new(1);
+    let db = common::TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::sink_config(&kafka, &db.url, &[Role::Sink]);
+    config.spool.path = dir.path().join("spool");
+    config.kafka.topic = "^(unclosed".into();
+    let running = serve::start(config, CancellationToken::new(), StartOptions::default())
+        .await
+        .expect("the sink starts; it fails once it subscribes");
+    let err = tokio::time::timeout(Duration::from_secs(60), running.wait())
+        .await
+        .expect("the process drains after the sink failed")
+        .expect_err("a failed sink must make serve fail (non-zero exit)");
+    let failure = err
+        .downcast_ref::<TaskFailure>()
+        .unwrap_or_else(|| panic!("not a TaskFailure: {err:#}"));
+    assert_eq!(failure.task, Task::Sink);
+    assert!(
+        failure
+            .reason
+            .starts_with("failed: the sink cannot subscribe to kafka.topic \"^(unclosed\"")
+            && failure.reason.contains("Subscription error"),
+        "the failure carries the sink's error: {failure}"
     );
 }

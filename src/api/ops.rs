@@ -8,9 +8,9 @@ use serde_json::json;
 use super::AppState;
 use super::envelope::{ErrorItem, respond};
 use super::error::retry_after_secs;
-use crate::config::{Config, Role};
+use crate::config::Role;
 use crate::health::Status;
-use crate::spool::{SpoolStats, now_ms};
+use crate::spool::{Room, now_ms};
 
 /// `GET /health`: 200 while every running role is UP or DEGRADED, 503 when one is DOWN.
 #[utoipa::path(
@@ -138,36 +138,19 @@ fn readiness(state: &AppState) -> Result<(), ErrorItem> {
         ));
     }
     let stats = spool.stats();
-    if spool_is_full(&stats, &state.config) {
+    if stats.room(state.config.ingest.max_event_bytes) == Room::Full {
         return Err(not_ready(
             "AUD-004",
             format!(
                 "spool is full: {} of {} bytes (spool.max_bytes) hold events not yet delivered \
                  to Kafka; it takes events again once the forwarder delivers some (check \
                  Kafka and the forward role in /health)",
-                spool_used_bytes(&stats),
+                stats.used_bytes(),
                 stats.max_bytes
             ),
         ));
     }
     Ok(())
-}
-
-/// Bytes counted against `spool.max_bytes`: live events plus the quarantine.
-fn spool_used_bytes(stats: &SpoolStats) -> u64 {
-    stats.used_bytes()
-}
-
-/// The spool is full for readiness when its free room is smaller than one event of the largest
-/// allowed size (`ingest.max_event_bytes`) or a tenth of the bound, whichever is smaller: most
-/// requests would be refused with AUD-004.
-fn spool_is_full(stats: &SpoolStats, config: &Config) -> bool {
-    let headroom = config
-        .ingest
-        .max_event_bytes
-        .min(stats.max_bytes / 10)
-        .max(1);
-    stats.max_bytes.saturating_sub(spool_used_bytes(stats)) < headroom
 }
 
 /// `GET /version`.

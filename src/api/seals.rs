@@ -83,8 +83,6 @@ fn database(state: &AppState) -> Result<sqlx::PgPool, ApiError> {
     })
 }
 
-type SealRow = (i64, Vec<u8>, Vec<u8>, String);
-
 /// `GET /seals`: one JSON seal per line, oldest first.
 #[utoipa::path(
     get,
@@ -113,20 +111,7 @@ pub async fn seals(
     let pool = database(&state)?;
     let fetch = move |after: i64| {
         let pool = pool.clone();
-        async move {
-            sqlx::query_as::<_, SealRow>(
-                "SELECT seal_no, bytes, signature, key_id FROM audit_seals
-                  WHERE seal_no > $1 AND ($2::timestamptz IS NULL OR created_at >= $2)
-                    AND ($3::timestamptz IS NULL OR created_at < $3)
-                  ORDER BY seal_no LIMIT $4",
-            )
-            .bind(after)
-            .bind(from)
-            .bind(to)
-            .bind(PAGE)
-            .fetch_all(&pool)
-            .await
-        }
+        async move { crate::store::seals::created_between(&pool, after, from, to, PAGE).await }
     };
     // The first page is read before answering, so an unreachable database is a 503.
     let first = fetch(0).await.map_err(|e| ApiError::Database {
@@ -140,10 +125,10 @@ pub async fn seals(
             if page.is_empty() {
                 return None;
             }
-            let last = page.last().map(|r| r.0).unwrap_or(i64::MAX);
+            let last = page.last().map(|s| s.seal_no).unwrap_or(i64::MAX);
             let mut body = Vec::new();
-            for (no, bytes, sig, key_id) in &page {
-                let line = SealLine::new(*no as u64, bytes, sig, key_id);
+            for s in &page {
+                let line = SealLine::new(s.seal_no as u64, &s.bytes, &s.signature, &s.key_id);
                 if serde_json::to_writer(&mut body, &line).is_ok() {
                     body.push(b'\n');
                 }

@@ -16,9 +16,9 @@ pub fn run(
     use std::io::Write as _;
     let partitions = partitions.unwrap_or(config.kafka.topic_partitions);
     let topics = [config.kafka.topic.clone(), config.kafka.dlq_topic.clone()];
-    let kafka = crate::devkafka::EmbeddedKafka::start_with_rtt(partitions, &topics, rtt)?;
+    let kafka = crate::kafka::dev::EmbeddedKafka::start_with_rtt(partitions, &topics, rtt)?;
     let bootstrap = kafka.bootstrap_servers().to_string();
-    eprintln!("{}", crate::devkafka::NOT_DURABLE);
+    eprintln!("{}", crate::kafka::dev::NOT_DURABLE);
     eprintln!(
         "dev-kafka: topics {} ({partitions} partitions); stop with Ctrl-C or SIGTERM",
         topics.join(", ")

@@ -5,7 +5,6 @@
 //! any role builds a client, and the message never quotes the value (rdkafka's own error
 //! does: a misspelt `sasl.pasword` would print the password).
 
-use rdkafka::ClientConfig;
 use rdkafka::error::KafkaError;
 use serde::{Deserialize, Serialize};
 
@@ -94,11 +93,7 @@ impl KafkaConfig {
 
 /// Checks one property map (`map` is `producer` or `consumer`).
 pub(crate) fn check_properties(map: &str, props: &KafkaProperties) -> Result<(), ConfigError> {
-    let mut cc = ClientConfig::new();
-    for (k, v) in props {
-        cc.set(k, v);
-    }
-    let native = match cc.create_native_config() {
+    let native = match crate::kafka::native_config(props) {
         Ok(n) => n,
         Err(KafkaError::ClientConfig(_, desc, key, value)) => {
             // librdkafka quotes the value of typed properties ("Invalid value \"x\" for …");

@@ -1,21 +1,12 @@
-//! Forwarder settings and the librdkafka producer configuration derived from `kafka.*`.
-//!
-//! Every producer the service builds (the forwarder, the sink's dead-letter producer, `dlq
-//! replay`) gets its properties from [`producer_client`], in three layers: the role's defaults
-//! (for the forwarder: lz4, a bounded delivery timeout, a message size that fits the largest
-//! event ingest accepts), then the operator's `kafka.producer` map (the operator wins), then
-//! the properties the delivery guarantee rests on, which are forced back and logged as a warning
-//! when the operator tried to change them: `enable.idempotence=true` (no duplicates or
-//! reordering from librdkafka's own retries) and `acks=all` (the broker acknowledges only once
-//! every in-sync replica has the record; the forwarder deletes the spool copy and the sink
-//! commits the source offset of a dead letter on that acknowledgement).
+//! Forwarder settings and the forward producer's defaults derived from them and from the
+//! configuration; [`crate::kafka::producer`] layers the operator's `kafka.producer` over them
+//! and forces the properties the delivery guarantee rests on.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use rdkafka::ClientConfig;
-
-use crate::config::{Config, KafkaConfig};
+use crate::config::Config;
+use crate::kafka::producer::{Overridden, ProducerConfig};
 
 /// Tuning of the spool → Kafka loop. Not part of the YAML contract: the defaults suit a sidecar
 /// and a central deployment alike; tests shorten the timings.
@@ -69,25 +60,11 @@ impl Default for ForwardSettings {
     }
 }
 
-/// Properties the at-least-once guarantee depends on, with the only accepted value.
-const FORCED: &[(&str, &str)] = &[("enable.idempotence", "true"), ("acks", "all")];
-
-/// Aliases librdkafka accepts for the forced properties.
-const ALIASES: &[(&str, &str)] = &[("request.required.acks", "acks")];
-
 /// Room added to `ingest.max_event_bytes` for the key, headers and record framing.
 const MESSAGE_OVERHEAD: u64 = 64 * 1024;
 
 /// librdkafka's own default `message.max.bytes`.
 const LIBRDKAFKA_MESSAGE_MAX: u64 = 1_000_000;
-
-/// A producer property the operator set that was replaced to keep deliveries safe.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Overridden {
-    pub key: String,
-    pub requested: String,
-    pub forced: &'static str,
-}
 
 /// The forward producer's properties, and the operator settings that had to be overridden.
 pub fn producer_properties(
@@ -122,101 +99,13 @@ pub fn producer_properties(
             .max(1024)
             .to_string(),
     );
-    layered_properties(&config.kafka, defaults)
-}
-
-/// The three layers of every producer (see the module documentation): `bootstrap.servers` and
-/// `client.id` from `kafka`, then `defaults`, then `kafka.producer`, then [`FORCED`].
-fn layered_properties(
-    kafka: &KafkaConfig,
-    defaults: BTreeMap<String, String>,
-) -> (BTreeMap<String, String>, Vec<Overridden>) {
-    let mut props = BTreeMap::new();
-    props.insert(
-        "bootstrap.servers".to_string(),
-        kafka.bootstrap_servers.clone(),
-    );
-    props.insert("client.id".to_string(), kafka.client_id.clone());
-    props.extend(defaults);
-    for (k, v) in &kafka.producer {
-        props.insert(k.clone(), v.clone());
-    }
-    let mut overridden = Vec::new();
-    for (alias, canonical) in ALIASES {
-        if let Some(v) = props.remove(*alias) {
-            props.entry((*canonical).to_string()).or_insert(v);
-        }
-    }
-    for (k, forced) in FORCED {
-        let current = props.insert((*k).to_string(), (*forced).to_string());
-        if let Some(requested) = current
-            && !equivalent(k, &requested, forced)
-        {
-            overridden.push(Overridden {
-                key: (*k).to_string(),
-                requested,
-                forced,
-            });
-        }
-    }
-    (props, overridden)
-}
-
-/// `acks=-1` means the same as `acks=all`; booleans are case-insensitive.
-fn equivalent(key: &str, requested: &str, forced: &str) -> bool {
-    let r = requested.trim().to_ascii_lowercase();
-    r == forced || (key == "acks" && r == "-1")
-}
-
-/// The warning for one forced property of the producer of `role`.
-fn override_warning(role: &str, o: &Overridden) -> String {
-    format!(
-        "kafka.producer.{} = {:?} is ignored for the {role} producer: it would weaken delivery \
-         (events could be lost, duplicated or reordered); using {:?}. Remove it from \
-         kafka.producer to silence this warning",
-        o.key, o.requested, o.forced
-    )
-}
-
-/// The librdkafka configuration of a producer of `role` (e.g. "forward", "dead-letter"):
-/// `bootstrap.servers` and `client.id`, the role's `defaults`, the operator's `kafka.producer`,
-/// and `enable.idempotence=true` / `acks=all` forced over all of them, each override logged as a
-/// warning. Every producer the service builds comes from here.
-pub fn producer_client(
-    role: &str,
-    kafka: &KafkaConfig,
-    defaults: BTreeMap<String, String>,
-) -> ClientConfig {
-    let (props, overridden) = layered_properties(kafka, defaults);
-    client_config(role, props, &overridden)
-}
-
-fn client_config(
-    role: &str,
-    props: BTreeMap<String, String>,
-    overridden: &[Overridden],
-) -> ClientConfig {
-    for o in overridden {
-        tracing::warn!(
-            producer = role,
-            property = %o.key,
-            requested = %o.requested,
-            used = o.forced,
-            "{}",
-            override_warning(role, o)
-        );
-    }
-    let mut cc = ClientConfig::new();
-    for (k, v) in props {
-        cc.set(k, v);
-    }
-    cc
+    crate::kafka::producer::properties(&config.kafka, defaults)
 }
 
 /// The librdkafka client configuration for the forward producer; logs every forced override.
-pub fn producer_config(config: &Config, settings: &ForwardSettings) -> ClientConfig {
+pub fn producer_config(config: &Config, settings: &ForwardSettings) -> ProducerConfig {
     let (props, overridden) = producer_properties(config, settings);
-    client_config("forward", props, &overridden)
+    ProducerConfig::from_properties("forward", props, &overridden)
 }
 
 #[cfg(test)]
@@ -262,43 +151,6 @@ mod tests {
         let keys: Vec<&str> = o.iter().map(|o| o.key.as_str()).collect();
         assert_eq!(keys, ["enable.idempotence", "acks"]);
         assert_eq!(o[1].requested, "1");
-    }
-
-    #[test]
-    fn every_producer_gets_the_safety_properties_forced() {
-        let mut kafka = Config::default().kafka;
-        kafka.bootstrap_servers = "b1:9092".into();
-        for (k, v) in [
-            ("enable.idempotence", "false"),
-            ("acks", "0"),
-            ("linger.ms", "7"),
-        ] {
-            kafka.producer.insert(k.into(), v.into());
-        }
-        let defaults = BTreeMap::from([("linger.ms".to_string(), "1".to_string())]);
-        let (p, o) = layered_properties(&kafka, defaults);
-        assert_eq!(p["enable.idempotence"], "true");
-        assert_eq!(p["acks"], "all");
-        assert_eq!(p["linger.ms"], "7", "the operator wins over role defaults");
-        assert_eq!(p["bootstrap.servers"], "b1:9092");
-        assert_eq!(o.len(), 2, "{o:?}");
-        let cc = producer_client("dead-letter", &kafka, BTreeMap::new());
-        assert_eq!(cc.get("enable.idempotence"), Some("true"));
-        assert_eq!(cc.get("acks"), Some("all"));
-    }
-
-    #[test]
-    fn the_warning_says_what_was_overridden_and_why() {
-        let o = Overridden {
-            key: "acks".into(),
-            requested: "1".into(),
-            forced: "all",
-        };
-        let text = override_warning("dead-letter", &o);
-        assert!(text.contains("kafka.producer.acks = \"1\""), "{text}");
-        assert!(text.contains("dead-letter producer"), "{text}");
-        assert!(text.contains("using \"all\""), "{text}");
-        assert!(text.contains("weaken delivery"), "{text}");
     }
 
     #[test]

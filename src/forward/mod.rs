@@ -1,11 +1,10 @@
 //! The forward role: spool → Kafka, deleting a record from the spool only after the broker
 //! acknowledged it.
 //!
-//! - `config.rs`: loop tuning and the librdkafka producer properties; [`producer_client`]
-//!   builds every producer of the service (forwarder, dead letters, replay) with the safe
-//!   properties forced;
-//! - `client.rs`: the producer, delivery reports, [`classify`] (one record's fault or an
-//!   outage?), topic creation;
+//! - `config.rs`: loop tuning and the forward producer's defaults (the safe properties every
+//!   producer shares are forced by [`crate::kafka::producer`]);
+//! - `client.rs`: the producer and its delivery reports; whether a failure is one record's
+//!   fault or an outage is [`crate::kafka::error::classify`]'s call;
 //! - `runner.rs`: the loop.
 //!
 //! # Invariants
@@ -42,14 +41,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-pub use client::{
-    CONTENT_TYPE, DeliveryClass, classify, classify_code, connection_hint, describe_outage,
-    ensure_topics, error_kind, error_text, is_permanent, is_permanent_code, outage_hint,
-};
-pub use config::{ForwardSettings, producer_client, producer_config, producer_properties};
+pub use client::CONTENT_TYPE;
+pub use config::{ForwardSettings, producer_config, producer_properties};
 
-use crate::config::Config;
+use crate::config::{Config, Role};
 use crate::health::{Check, RoleReport, Status};
+use crate::serve::role::{RoleContext, Started};
+use crate::shutdown::Task;
 use crate::spool::{Spool, now_ms};
 
 /// Errors that stop the forward role from starting.
@@ -163,13 +161,43 @@ impl ForwardState {
     }
 }
 
+/// Starts the forward role: builds the producer (failing fast on invalid properties) and
+/// returns the loop, which ends only once the root token is cancelled.
+pub fn start(ctx: &RoleContext) -> anyhow::Result<Started> {
+    let settings = settings(ctx).bounded_by(&ctx.config);
+    let mut f = Forwarder::new(&ctx.config, ctx.spool()?.clone(), settings)?;
+    if ctx.embedded_kafka {
+        f = f.topics_precreated();
+    }
+    let token = ctx.shutdown.child_token();
+    Ok(
+        Started::new(Role::Forward, f.health_check(), &[Task::Forward]).task(
+            Task::Forward,
+            async move {
+                f.run(token).await;
+                Ok(())
+            },
+        ),
+    )
+}
+
+/// The loop's tuning: the defaults, or the test seam's.
+fn settings(ctx: &RoleContext) -> ForwardSettings {
+    #[cfg(feature = "failpoints")]
+    if let Some(settings) = &ctx.options.forward {
+        return settings.clone();
+    }
+    let _ = ctx;
+    ForwardSettings::default()
+}
+
 /// The forward role, ready to run.
 pub struct Forwarder {
     runner: runner::Runner,
     state: Arc<ForwardState>,
     spool: Spool,
     kafka: crate::config::KafkaConfig,
-    client_config: rdkafka::ClientConfig,
+    client_config: crate::kafka::producer::ProducerConfig,
     create_topics: bool,
 }
 
@@ -217,9 +245,11 @@ impl Forwarder {
     /// timeout passed).
     pub async fn run(self, token: CancellationToken) {
         let (kafka, cc) = (self.kafka, self.client_config);
-        let topics = self
-            .create_topics
-            .then(|| tokio::spawn(async move { ensure_topics(&kafka, &cc).await }));
+        let topics = self.create_topics.then(|| {
+            tokio::spawn(
+                async move { crate::kafka::admin::create_missing_topics(&kafka, &cc).await },
+            )
+        });
         self.runner.run(token).await;
         if let Some(t) = topics {
             t.abort();

@@ -9,7 +9,7 @@
 //!                                                             cursor := 0 (oldest live record)
 //! ```
 //!
-//! `record` and `outage` are [`super::client::classify`]'s verdicts: only a fault of the record
+//! `record` and `outage` are [`crate::kafka::error::classify`]'s verdicts: only a fault of the record
 //! itself (too large, invalid) quarantines it; a refusal that would hit every record (ACLs,
 //! authentication, a missing topic, a broker policy) is an outage, shown on `/health`.
 //!
@@ -21,15 +21,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::client::{Outcome, Producer, describe_outage, error_kind, is_permanent};
+use super::client::{Outcome, Producer};
 use super::{ForwardError, ForwardSettings, ForwardState};
+use crate::kafka::error::{describe_outage, error_kind, is_permanent, outage_hint};
+use crate::kafka::producer::ProducerConfig;
 use crate::spool::{Spool, SpoolError, Stored, now_ms};
 
 /// How long a health probe (metadata request) may take while the forwarder is idle.
@@ -42,7 +43,7 @@ const SPOOL_RETRY: Duration = Duration::from_secs(1);
 pub(super) struct Runner {
     spool: Spool,
     settings: ForwardSettings,
-    client_config: ClientConfig,
+    client_config: ProducerConfig,
     topic: String,
     state: Arc<ForwardState>,
     producer: Producer,
@@ -95,7 +96,7 @@ impl Runner {
     pub(super) fn new(
         spool: Spool,
         settings: ForwardSettings,
-        client_config: ClientConfig,
+        client_config: ProducerConfig,
         topic: String,
         state: Arc<ForwardState>,
     ) -> Result<Runner, ForwardError> {
@@ -268,7 +269,7 @@ impl Runner {
                         count_error(&e);
                         let fatal = self.producer.fatal_error();
                         let reason = format!("cannot hand events to the Kafka producer: {e}");
-                        let reason = match super::client::outage_hint(&e) {
+                        let reason = match outage_hint(&e) {
                             Some(hint) => format!("{reason} ({hint})"),
                             None => reason,
                         };

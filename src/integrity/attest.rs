@@ -11,7 +11,8 @@
 //!   writer cannot know before it writes (the transaction's `ingested_at` is signed once per
 //!   attestation instead);
 //! - [`Attestation`], [`Attestor`]: the signed record of one storing transaction and the writer
-//!   key that signs it; [`record`] stores it in the writing transaction;
+//!   key that signs it; the store's insert path signs each storing transaction through it
+//!   (`store::Attest`) and stores the attestation in that transaction;
 //! - [`WriterKeys`]: the public keys the sealer and `verify` accept;
 //! - [`SealCheck`]: the sealer's test of each row before it goes into a seal;
 //! - [`verify_rows`]: `verify`'s pass over every numbered row.
@@ -22,7 +23,6 @@
 //! every row, so deleting every attestation makes every row a finding rather than legacy.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
@@ -32,20 +32,16 @@ use sha2::{Digest, Sha256};
 use sqlx::{PgConnection, PgPool};
 
 use super::IntegrityError;
-use super::encoding::{SELECT_LIST, StoredRow, micros};
+use super::encoding::{StoredRow, micros};
 use super::seal::{KeyError, key_id, load_public_key, load_signing_key, signature_valid};
-use super::verify::{Finding, Report};
 use crate::event::Row;
+use crate::store::attestations::{self, Attest, Signed, StoredAttestation};
+pub use crate::store::attestations::{DIGEST_LEN, RowDigest, WriteStamp};
 
 /// First bytes hashed for a row's digest: a row digest never equals a row or seal hash.
 pub const ROW_DOMAIN: &[u8] = b"audit-manager/attested-row/v1\n";
 /// First bytes of every attestation: domain separation from seals and a format version.
 pub const ATTESTATION_DOMAIN: &[u8] = b"audit-manager/attestation/v1\n";
-/// Bytes of a row digest (a truncated SHA-256: 2^128 work to make another row match one).
-pub const DIGEST_LEN: usize = 16;
-/// What an attestation says about one row.
-pub type RowDigest = [u8; DIGEST_LEN];
-
 const TAG_NULL: u8 = 0x00;
 const TAG_TEXT: u8 = 0x01;
 const TAG_TIME: u8 = 0x02;
@@ -53,53 +49,6 @@ const TAG_JSON: u8 = 0x04;
 /// `details` that has no canonical form (a number beyond a double): its text as is, which
 /// the stored `jsonb` will not reproduce, so such a row is reported rather than trusted.
 const TAG_RAW_JSON: u8 = 0x05;
-
-/// The table of attestations. `lo_seq`, `ingested_at` and `key_id` repeat signed fields (an
-/// attestation whose copies differ from its bytes is not valid); `hi_seq` is the writer's
-/// sequence position after it wrote, unsigned: it only tells where to look.
-pub const TABLE_DDL: &str = "CREATE TABLE IF NOT EXISTS audit_attestations (
-        lo_seq      bigint      NOT NULL,
-        hi_seq      bigint      NOT NULL,
-        ingested_at timestamptz NOT NULL,
-        key_id      text        NOT NULL,
-        rows        integer     NOT NULL,
-        bytes       bytea       NOT NULL,
-        signature   bytea       NOT NULL
-    )";
-
-/// Creates the table and its indexes (`lo_seq`: the boundary; `hi_seq`: the attestations of a
-/// sealer's window). Indexes are created only when missing: `CREATE INDEX` locks the table
-/// against the sink's inserts even when the index exists.
-pub async fn apply_schema(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
-    sqlx::query(TABLE_DDL).execute(&mut *conn).await?;
-    for column in ["lo_seq", "hi_seq"] {
-        let name = format!("audit_attestations_{column}");
-        let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
-            .bind(&name)
-            .fetch_one(&mut *conn)
-            .await?;
-        if !exists {
-            sqlx::query(&format!(
-                "CREATE INDEX IF NOT EXISTS {name} ON audit_attestations ({column})"
-            ))
-            .execute(&mut *conn)
-            .await?;
-        }
-    }
-    // Digests do not compress: do not let PostgreSQL try (as for seals, see integrity::mod).
-    let storage: Option<i8> = sqlx::query_scalar(
-        "SELECT attstorage FROM pg_attribute
-          WHERE attrelid = 'audit_attestations'::regclass AND attname = 'bytes'",
-    )
-    .fetch_optional(&mut *conn)
-    .await?;
-    if storage != Some(b'e' as i8) {
-        sqlx::query("ALTER TABLE audit_attestations ALTER COLUMN bytes SET STORAGE EXTERNAL")
-            .execute(&mut *conn)
-            .await?;
-    }
-    Ok(())
-}
 
 // ---------------------------------------------------------------------------------------------
 // Row digests (pure)
@@ -124,10 +73,12 @@ struct Fields<'a> {
     auth_id: Option<&'a str>,
 }
 
-impl<'a> Fields<'a> {
-    /// A row as the writer sends it. `occurred_at` is taken to the microsecond as PostgreSQL
-    /// stores it (the insert path sends it truncated, by `COPY` and by binding alike).
-    fn of_row(r: &'a Row) -> Fields<'a> {
+/// The attested columns of `$r`, a [`Row`] or a [`StoredRow`] (they name them alike).
+/// `occurred_at` is taken to the microsecond as PostgreSQL stores it (the insert path sends it
+/// truncated, by `COPY` and by binding alike).
+macro_rules! fields_of {
+    ($r:expr) => {{
+        let r = $r;
         Fields {
             id: &r.id,
             occurred_at_us: micros(r.occurred_at),
@@ -146,28 +97,7 @@ impl<'a> Fields<'a> {
             auth_type: r.auth_type.as_deref(),
             auth_id: r.auth_id.as_deref(),
         }
-    }
-
-    fn of_stored(r: &'a StoredRow) -> Fields<'a> {
-        Fields {
-            id: &r.id,
-            occurred_at_us: micros(r.occurred_at),
-            source: &r.source,
-            r#type: &r.r#type,
-            subject: r.subject.as_deref(),
-            actor_type: &r.actor_type,
-            actor_id: &r.actor_id,
-            resource_type: r.resource_type.as_deref(),
-            resource_id: r.resource_id.as_deref(),
-            action: &r.action,
-            outcome: &r.outcome,
-            reason: r.reason.as_deref(),
-            trace_id: r.trace_id.as_deref(),
-            details: r.details.as_deref(),
-            auth_type: r.auth_type.as_deref(),
-            auth_id: r.auth_id.as_deref(),
-        }
-    }
+    }};
 }
 
 fn put_len(buf: &mut Vec<u8>, tag: u8, bytes: &[u8]) {
@@ -238,13 +168,13 @@ fn digest_fields(f: &Fields<'_>, buf: &mut Vec<u8>) -> RowDigest {
 
 /// The digest of a row as the writer sends it (`buf` is scratch space, reused across rows).
 pub fn row_digest(row: &Row, buf: &mut Vec<u8>) -> RowDigest {
-    digest_fields(&Fields::of_row(row), buf)
+    digest_fields(&fields_of!(row), buf)
 }
 
 /// The digest of a row as stored; equal to [`row_digest`] of the row that was sent when
 /// nothing changed it.
 pub fn stored_digest(row: &StoredRow, buf: &mut Vec<u8>) -> RowDigest {
-    digest_fields(&Fields::of_stored(row), buf)
+    digest_fields(&fields_of!(row), buf)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -366,46 +296,20 @@ impl Attestor {
     }
 }
 
-/// What a storing transaction learns when it takes the seal write lock, before it writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct WriteStamp {
-    /// The transaction's `now()`: the `ingested_at` of every row it stores.
-    pub ingested_at: DateTime<Utc>,
-    /// The sequence's last value drawn by anyone (0 when none): a lower bound, exclusive.
-    pub lo: i64,
-}
+/// The store attests its writes with the writer key (see `store::insert`).
+impl Attest for Attestor {
+    fn digests(&self, rows: &[&Row]) -> Vec<RowDigest> {
+        Attestor::digests(rows)
+    }
 
-/// Selects `(now(), lo)` for a [`WriteStamp`] after taking the seal write lock shared: one
-/// statement, the one the write transaction runs anyway.
-pub const STAMP_SQL: &str = "SELECT now(), CASE WHEN s.is_called THEN s.last_value \
-     ELSE s.last_value - 1 END FROM audit_events_seal_seq s, \
-     (SELECT pg_advisory_xact_lock_shared($1)) l";
-
-/// Stores the attestation of the rows just written in this transaction. `hi_seq` is the
-/// sequence's last value now, at or above every number its rows drew (not the session's
-/// `currval`, which is undefined when the column's default was removed and rows drew none).
-pub async fn record(
-    tx: &mut PgConnection,
-    attestor: &Attestor,
-    stamp: &WriteStamp,
-    digests: &[RowDigest],
-) -> Result<(), sqlx::Error> {
-    let (bytes, signature) = attestor.sign(stamp, digests);
-    sqlx::query(
-        "INSERT INTO audit_attestations (lo_seq, hi_seq, ingested_at, key_id, rows, bytes,
-             signature)
-         SELECT $1, last_value, $2, $3, $4, $5, $6 FROM audit_events_seal_seq",
-    )
-    .bind(stamp.lo)
-    .bind(stamp.ingested_at)
-    .bind(hex::encode(attestor.key_id()))
-    .bind(i32::try_from(digests.len()).unwrap_or(i32::MAX))
-    .bind(bytes)
-    .bind(&signature[..])
-    .execute(&mut *tx)
-    .await?;
-    metrics::counter!("audit_attestations_written_total").increment(1);
-    Ok(())
+    fn sign(&self, stamp: &WriteStamp, digests: &[RowDigest]) -> Signed {
+        let (bytes, signature) = Attestor::sign(self, stamp, digests);
+        Signed {
+            key_id: hex::encode(self.id),
+            bytes,
+            signature: signature.to_vec(),
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -451,42 +355,13 @@ impl WriterKeys {
     }
 }
 
-/// One row of `audit_attestations`.
-#[derive(Debug)]
-struct StoredAttestation {
-    lo_seq: i64,
-    hi_seq: i64,
-    ingested_at: DateTime<Utc>,
-    key_id: String,
-    bytes: Vec<u8>,
-    signature: Vec<u8>,
-}
-
-/// Reads the columns of [`ATTESTATION_COLUMNS`] by position.
-impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for StoredAttestation {
-    fn from_row(r: &'r sqlx::postgres::PgRow) -> Result<Self, sqlx::Error> {
-        use sqlx::Row as _;
-        Ok(StoredAttestation {
-            lo_seq: r.try_get(0)?,
-            hi_seq: r.try_get(1)?,
-            ingested_at: r.try_get(2)?,
-            key_id: r.try_get(3)?,
-            bytes: r.try_get(4)?,
-            signature: r.try_get(5)?,
-        })
-    }
-}
-
-const ATTESTATION_COLUMNS: &str = "lo_seq, hi_seq, ingested_at, key_id, bytes, signature";
-
 /// The boundary: the signed `lo` of the first valid attestation (in `lo_seq` order), `None`
 /// when there is none.
 async fn boundary(
     conn: &mut PgConnection,
     keys: &WriterKeys,
 ) -> Result<Option<i64>, IntegrityError> {
-    let sql = format!("SELECT {ATTESTATION_COLUMNS} FROM audit_attestations ORDER BY lo_seq");
-    let mut rows = sqlx::query_as::<_, StoredAttestation>(&sql).fetch(&mut *conn);
+    let mut rows = attestations::by_lo(conn);
     while let Some(stored) = rows
         .try_next()
         .await
@@ -601,13 +476,7 @@ impl SealCheck {
         upto: i64,
     ) -> Result<(), IntegrityError> {
         self.index = Index::default();
-        let sql = format!(
-            "SELECT {ATTESTATION_COLUMNS} FROM audit_attestations WHERE hi_seq > $1 AND lo_seq < $2"
-        );
-        let mut rows = sqlx::query_as::<_, StoredAttestation>(&sql)
-            .bind(after)
-            .bind(upto)
-            .fetch(&mut *conn);
+        let mut rows = attestations::overlapping(conn, after, upto);
         let mut n = 0;
         while let Some(stored) = rows
             .try_next()
@@ -673,18 +542,30 @@ where
     Ok(None)
 }
 
+/// What `verify`'s attestation pass found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RowsChecked {
+    /// One line per numbered row above the boundary that no valid attestation lists (each a
+    /// `row-unattested` finding of `verify`).
+    pub unattested: Vec<String>,
+    /// Rows a valid attestation lists.
+    pub attested: u64,
+    /// Rows at or below the boundary without one (unattested-legacy).
+    pub legacy: u64,
+    /// The signed `lo` of the first valid attestation, `None` when there is none.
+    pub boundary: Option<i64>,
+}
+
 /// `verify`'s attestation pass: every row with a `seal_seq` (within `from`/`to`) above the
-/// boundary must be attested; each one that is not is a `row-unattested` finding. A pass of
-/// its own over the rows (streamed in `seal_seq` order, merged with the attestations in
-/// `lo_seq` order, so memory holds only the attestations whose ranges are open).
+/// boundary must be attested. A pass of its own over the rows (streamed in `seal_seq` order,
+/// merged with the attestations in `lo_seq` order, so memory holds only the attestations whose
+/// ranges are open).
 pub async fn verify_rows(
     pool: &PgPool,
     keys: &WriterKeys,
     from: Option<DateTime<Utc>>,
     to: Option<DateTime<Utc>>,
-    report: &mut Report,
-    out: &mut impl Write,
-) -> Result<(), IntegrityError> {
+) -> Result<RowsChecked, IntegrityError> {
     let mut att_conn = pool
         .acquire()
         .await
@@ -693,17 +574,8 @@ pub async fn verify_rows(
         .acquire()
         .await
         .map_err(IntegrityError::db("connecting"))?;
-    let att_sql = format!("SELECT {ATTESTATION_COLUMNS} FROM audit_attestations ORDER BY lo_seq");
-    let mut atts = sqlx::query_as::<_, StoredAttestation>(&att_sql).fetch(&mut *att_conn);
-    let row_sql = format!(
-        "SELECT {SELECT_LIST} FROM audit_events WHERE seal_seq IS NOT NULL \
-           AND ($1::timestamptz IS NULL OR occurred_at >= $1) \
-           AND ($2::timestamptz IS NULL OR occurred_at < $2) ORDER BY seal_seq"
-    );
-    let mut rows = sqlx::query_as::<_, StoredRow>(&row_sql)
-        .bind(from)
-        .bind(to)
-        .fetch(&mut *row_conn);
+    let mut atts = attestations::by_lo(&mut att_conn);
+    let mut rows = crate::store::rows::numbered_between(&mut row_conn, from, to);
 
     let mut next = next_valid(&mut atts, keys).await?;
     let boundary = next.as_ref().map(|(a, _)| a.lo);
@@ -712,7 +584,10 @@ pub async fn verify_rows(
     let mut open: BTreeMap<(i64, u64), Vec<RowDigest>> = BTreeMap::new();
     let mut n: u64 = 0;
     let mut buf = Vec::with_capacity(1024);
-    let (mut attested, mut legacy) = (0u64, 0u64);
+    let mut checked = RowsChecked {
+        boundary,
+        ..RowsChecked::default()
+    };
     while let Some(row) = rows
         .try_next()
         .await
@@ -743,45 +618,20 @@ pub async fn verify_rows(
             index.remove(done, &digests);
         }
         if index.attests(&row, &mut buf) {
-            attested += 1;
+            checked.attested += 1;
         } else if boundary.is_some_and(|b| seq <= b) {
-            legacy += 1;
+            checked.legacy += 1;
         } else {
-            let f = Finding {
-                kind: "row-unattested",
-                detail: format!(
-                    "id={} occurred_at={}: seal_seq {seq}: no valid writer attestation lists \
-                     this row as stored (inserted or changed by someone without a writer key)",
-                    row.id,
-                    row.occurred_at
-                        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
-                ),
-            };
-            let _ = writeln!(out, "{f}");
-            report.findings.push(f);
+            checked.unattested.push(format!(
+                "id={} occurred_at={}: seal_seq {seq}: no valid writer attestation lists this \
+                 row as stored (inserted or changed by someone without a writer key)",
+                row.id,
+                row.occurred_at
+                    .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+            ));
         }
     }
-    report.attestation_checked = true;
-    report.attested_rows = attested;
-    report.unattested_legacy_rows = legacy;
-    match boundary {
-        Some(b) if legacy > 0 => {
-            let _ = writeln!(
-                out,
-                "info: {legacy} row(s) numbered at or below seal_seq {b} were stored before \
-                 writer attestation began (unattested-legacy)"
-            );
-        }
-        Some(_) => {}
-        None => {
-            let _ = writeln!(
-                out,
-                "info: no attestation signed by a key in integrity.writer_public_key_files \
-                 exists: every numbered row is reported"
-            );
-        }
-    }
-    Ok(())
+    Ok(checked)
 }
 
 #[cfg(test)]

@@ -3,8 +3,8 @@
 //! `docs/integrity.md` describes these bytes for third-party verifiers; a test parses its
 //! worked example, so the document and this code cannot drift apart.
 //!
-//! Every column of the row is covered, in the fixed order of [`COLUMNS`]: a change to any of
-//! them changes the hash. Each field is one tag byte followed by its value:
+//! Every column of the row is covered, in the order of the table's columns
+//! (`store::columns::COLUMNS`): a change to any of them changes the hash. Each field is one tag byte followed by its value:
 //!
 //! | tag | meaning | value |
 //! |---|---|---|
@@ -50,90 +50,14 @@ impl RowEncoding {
     }
 }
 
-/// The columns of a row, in encoding order.
-pub const COLUMNS: [&str; 18] = [
-    "id",
-    "occurred_at",
-    "ingested_at",
-    "source",
-    "type",
-    "subject",
-    "actor_type",
-    "actor_id",
-    "resource_type",
-    "resource_id",
-    "action",
-    "outcome",
-    "reason",
-    "trace_id",
-    "details",
-    "auth_type",
-    "auth_id",
-    "seal_seq",
-];
-
-/// The `SELECT` list reading a [`StoredRow`]: `details` as text, parsed and canonicalised here.
-pub const SELECT_LIST: &str = "id, occurred_at, ingested_at, source, type, subject, actor_type, \
-     actor_id, resource_type, resource_id, action, outcome, reason, trace_id, details::text, \
-     auth_type, auth_id, seal_seq";
-
 const TAG_NULL: u8 = 0x00;
 const TAG_TEXT: u8 = 0x01;
 const TAG_TIME: u8 = 0x02;
 const TAG_INT: u8 = 0x03;
 const TAG_JSON: u8 = 0x04;
 
-/// One row as stored, every column.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StoredRow {
-    pub id: String,
-    pub occurred_at: DateTime<Utc>,
-    pub ingested_at: DateTime<Utc>,
-    pub source: String,
-    pub r#type: String,
-    pub subject: Option<String>,
-    pub actor_type: String,
-    pub actor_id: String,
-    pub resource_type: Option<String>,
-    pub resource_id: Option<String>,
-    pub action: String,
-    pub outcome: String,
-    pub reason: Option<String>,
-    pub trace_id: Option<String>,
-    /// `details` as PostgreSQL prints the jsonb value; canonicalised before hashing.
-    pub details: Option<String>,
-    pub auth_type: Option<String>,
-    pub auth_id: Option<String>,
-    /// `None` for a row stored before sealing existed (legacy).
-    pub seal_seq: Option<i64>,
-}
-
-/// Reads the columns of [`SELECT_LIST`] by position.
-impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for StoredRow {
-    fn from_row(r: &'r sqlx::postgres::PgRow) -> Result<Self, sqlx::Error> {
-        use sqlx::Row as _;
-        Ok(StoredRow {
-            id: r.try_get(0)?,
-            occurred_at: r.try_get(1)?,
-            ingested_at: r.try_get(2)?,
-            source: r.try_get(3)?,
-            r#type: r.try_get(4)?,
-            subject: r.try_get(5)?,
-            actor_type: r.try_get(6)?,
-            actor_id: r.try_get(7)?,
-            resource_type: r.try_get(8)?,
-            resource_id: r.try_get(9)?,
-            action: r.try_get(10)?,
-            outcome: r.try_get(11)?,
-            reason: r.try_get(12)?,
-            trace_id: r.try_get(13)?,
-            details: r.try_get(14)?,
-            auth_type: r.try_get(15)?,
-            auth_id: r.try_get(16)?,
-            seal_seq: r.try_get(17)?,
-        })
-    }
-}
+/// One row as stored, every column (read by `store::rows`).
+pub use crate::store::StoredRow;
 
 /// Why a row cannot be encoded.
 #[derive(Debug, thiserror::Error)]
@@ -336,7 +260,7 @@ pub(crate) mod tests {
         change!(auth_type, Some("x".into()));
         change!(auth_id, Some("x".into()));
         change!(seal_seq, Some(8));
-        assert_eq!(changes.len(), COLUMNS.len());
+        assert_eq!(changes.len(), crate::store::columns::COLUMNS.len());
         for c in changes {
             assert_ne!(row_hash(&c).unwrap(), base, "{c:?}");
         }

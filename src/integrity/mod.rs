@@ -9,7 +9,10 @@
 //! - [`attest`]: writer attestation — each storing transaction signed by the sink, checked by
 //!   the sealer and `verify`.
 //!
-//! The format for third-party verifiers is `docs/integrity.md`.
+//! The format for third-party verifiers is `docs/integrity.md`. The tables, their DDL and every
+//! statement reading or writing them are the store's (`store::integrity_schema`,
+//! `store::seals`, `store::attestations`, `store::retention`, `store::rows`): this module
+//! encodes, signs and checks, and its loops call the store.
 //!
 //! Errors: one [`IntegrityError`] for this module boundary; what verify *finds* is not an
 //! error but a [`verify::Finding`].
@@ -24,107 +27,7 @@ pub mod verify;
 
 use serde::{Deserialize, Serialize};
 
-/// Every transaction writing `audit_events` holds this lock shared
-/// (`pg_advisory_xact_lock_shared`); the sealer takes it exclusively for an instant to find the
-/// watermark (see [`sealer`]). ASCII "audit" followed by 4.
-pub const SEAL_WRITE_LOCK: i64 = 0x6175_6469_7400_0004;
-/// Held (per session, try-lock) by the one sealer working at a time.
-pub const SEALER_LOCK: i64 = 0x6175_6469_7400_0005;
-
-/// The sequence numbering rows for sealing. `CACHE 1`: values are handed out in order, so
-/// `last_value` is the highest value drawn (see [`sealer`]).
-pub const SEQUENCE_DDL: &str =
-    "CREATE SEQUENCE IF NOT EXISTS audit_events_seal_seq AS bigint CACHE 1";
-
-/// The default every new row's `seal_seq` takes.
-pub const SEAL_SEQ_DEFAULT: &str = "nextval('audit_events_seal_seq'::regclass)";
-
-/// The tables of the seals and of the retention drops waiting to be sealed.
-pub const TABLES_DDL: &[&str] = &[
-    "CREATE TABLE IF NOT EXISTS audit_seals (
-        seal_no           bigint      PRIMARY KEY,
-        bytes             bytea       NOT NULL,
-        hash              bytea       NOT NULL,
-        signature         bytea       NOT NULL,
-        key_id            text        NOT NULL,
-        created_at        timestamptz NOT NULL,
-        lo_seq            bigint      NOT NULL,
-        hi_seq            bigint      NOT NULL,
-        leaves            integer     NOT NULL,
-        retention_records integer     NOT NULL,
-        published_at      timestamptz
-    )",
-    "CREATE TABLE IF NOT EXISTS audit_retention_log (
-        id          bigserial   PRIMARY KEY,
-        partition   text        NOT NULL,
-        lower_bound timestamptz,
-        upper_bound timestamptz,
-        dropped_at  timestamptz NOT NULL,
-        rows        bigint      NOT NULL,
-        sealed_rows bigint      NOT NULL,
-        sealed_in   bigint
-    )",
-];
-
-/// Applies the schema integrity adds to `audit_events` (called by `Store::prepare` inside its
-/// schema transaction, after the table's own columns).
-///
-/// `seal_seq` is added without a default first (a volatile default in `ADD COLUMN` would
-/// rewrite every row of an adopted table); the default then applies to rows stored from then
-/// on, and older rows keep NULL ("legacy, stored before sealing"). Both `ALTER TABLE`s run only
-/// when needed: they take an exclusive lock on `audit_events`, which would queue every insert
-/// behind any long-running query at every start and maintenance pass.
-pub async fn apply_schema(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
-    sqlx::query(SEQUENCE_DDL).execute(&mut *conn).await?;
-    let column: Option<(Option<String>,)> = sqlx::query_as(
-        "SELECT pg_get_expr(d.adbin, d.adrelid)
-           FROM pg_attribute a
-           LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
-          WHERE a.attrelid = 'audit_events'::regclass AND a.attname = 'seal_seq'
-            AND NOT a.attisdropped",
-    )
-    .fetch_optional(&mut *conn)
-    .await?;
-    if column.is_none() {
-        sqlx::query("ALTER TABLE audit_events ADD COLUMN IF NOT EXISTS seal_seq bigint")
-            .execute(&mut *conn)
-            .await?;
-    }
-    let default = column.and_then(|(d,)| d);
-    if default.as_deref() != Some(SEAL_SEQ_DEFAULT) {
-        if let Some(other) = &default {
-            tracing::warn!(found = %other, "audit_events.seal_seq had another default; restoring it");
-        }
-        sqlx::query(&format!(
-            "ALTER TABLE audit_events ALTER COLUMN seal_seq SET DEFAULT {SEAL_SEQ_DEFAULT}"
-        ))
-        .execute(&mut *conn)
-        .await?;
-    }
-    for ddl in TABLES_DDL {
-        sqlx::query(ddl).execute(&mut *conn).await?;
-    }
-    attest::apply_schema(&mut *conn).await?;
-    let storage: Option<i8> = sqlx::query_scalar(
-        "SELECT attstorage FROM pg_attribute
-          WHERE attrelid = 'audit_seals'::regclass AND attname = 'bytes'",
-    )
-    .fetch_optional(&mut *conn)
-    .await?;
-    if storage != Some(SEAL_BYTES_STORAGE) {
-        sqlx::query("ALTER TABLE audit_seals ALTER COLUMN bytes SET STORAGE EXTERNAL")
-            .execute(&mut *conn)
-            .await?;
-    }
-    Ok(())
-}
-
-/// `attstorage` of `audit_seals.bytes`: `e`, stored out of line *uncompressed*. A seal's bytes
-/// (up to 512 KiB, half of them hashes) shrink by only a quarter under PostgreSQL's default
-/// `pglz`, which costs about 8 ms per full seal (2 µs per sealed row, measured) on the cores
-/// the sink writes with; uncompressed they cost about 16 more bytes per sealed row on disk.
-/// Set once (only when it differs), so later starts take no lock on the table.
-const SEAL_BYTES_STORAGE: i8 = b'e' as i8;
+use crate::store::retention;
 
 /// Why an integrity operation could not run (not a finding: see [`verify::Finding`]).
 #[derive(Debug, thiserror::Error)]
@@ -210,7 +113,14 @@ impl SealLine {
 /// of the sealer. Unset in production.
 pub const FAULT_ENV: &str = "AUDIT_MANAGER_TEST_SEALER_ABORT";
 
+/// Aborts the process here when [`FAULT_ENV`] names this point (test seam, only with the
+/// `failpoints` cargo feature; without it this does nothing).
+#[cfg(not(feature = "failpoints"))]
+#[inline(always)]
+pub fn fault_point(_name: &str) {}
+
 /// Aborts the process here when [`FAULT_ENV`] names this point (test seam).
+#[cfg(feature = "failpoints")]
 pub fn fault_point(name: &str) {
     use std::sync::atomic::{AtomicU64, Ordering};
     static HITS: AtomicU64 = AtomicU64::new(0);
@@ -227,34 +137,6 @@ pub fn fault_point(name: &str) {
     }
 }
 
-/// Records, in the transaction that drops it, what partition `name` held: verify then reports
-/// its sealed rows as dropped by retention instead of deleted. Counting reads the whole
-/// partition once, which retention does at most once a month per partition.
-pub async fn record_retention(
-    tx: &mut sqlx::PgConnection,
-    name: &str,
-    lower: Option<chrono::DateTime<chrono::Utc>>,
-    upper: Option<chrono::DateTime<chrono::Utc>>,
-) -> Result<(), sqlx::Error> {
-    let quoted = crate::store::schema::quote_ident(name);
-    let (rows, sealed): (i64, i64) =
-        sqlx::query_as(&format!("SELECT count(*), count(seal_seq) FROM {quoted}"))
-            .fetch_one(&mut *tx)
-            .await?;
-    sqlx::query(
-        "INSERT INTO audit_retention_log (partition, lower_bound, upper_bound, dropped_at, rows,
-             sealed_rows) VALUES ($1, $2, $3, clock_timestamp(), $4, $5)",
-    )
-    .bind(name)
-    .bind(lower)
-    .bind(upper)
-    .bind(rows)
-    .bind(sealed)
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
-}
-
 /// A row that contradicts the retention record `r` signed by a seal whose range starts after
 /// `sealed_before` (that seal's `lo`): a row in the record's `occurred_at` bounds with a
 /// `seal_seq` at or below it was committed before the drop (see `docs/integrity.md`), so the
@@ -268,22 +150,8 @@ pub async fn retention_contradiction(
 ) -> Result<Option<(String, chrono::DateTime<chrono::Utc>, bool)>, sqlx::Error> {
     let lower = seal::from_micros(r.lower_us).filter(|_| r.lower_us != i64::MIN);
     let upper = seal::from_micros(r.upper_us).filter(|_| r.upper_us != i64::MAX);
-    let row: Option<(String, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
-        "SELECT id, occurred_at FROM audit_events
-          WHERE occurred_at >= COALESCE($1, '-infinity'::timestamptz)
-            AND occurred_at < COALESCE($2, 'infinity'::timestamptz)
-            AND seal_seq <= $3
-          LIMIT 1",
-    )
-    .bind(lower)
-    .bind(upper)
-    .bind(sealed_before)
-    .fetch_optional(&mut *conn)
-    .await?;
+    let row = retention::stored_row_within(&mut *conn, lower, upper, sealed_before).await?;
     let Some((id, at)) = row else { return Ok(None) };
-    let exists: bool = sqlx::query_scalar("SELECT to_regclass(quote_ident($1)) IS NOT NULL")
-        .bind(&r.partition)
-        .fetch_one(&mut *conn)
-        .await?;
+    let exists = retention::partition_exists(&mut *conn, &r.partition).await?;
     Ok(Some((id, at, exists)))
 }

@@ -11,12 +11,16 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::consumer::Consumer as _;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
+use rdkafka::{Message as _, Offset, TopicPartitionList};
 
 use super::{IntegrityError, SealLine};
 use crate::config::KafkaConfig;
+
+/// The consumer group the seal-topic reader names (it assigns partitions by hand and never
+/// commits, so the group keeps no position).
+const READER_GROUP: &str = "audit-manager-verify";
 
 /// How long one seal may wait for the broker's acknowledgement.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -33,12 +37,11 @@ impl Publisher {
             "message.timeout.ms".to_string(),
             DELIVERY_TIMEOUT.as_millis().to_string(),
         )]);
-        let producer = crate::forward::producer_client("seal", kafka, defaults)
-            .create()
-            .map_err(|e| {
+        let producer =
+            crate::kafka::producer::future_producer("seal", kafka, defaults).map_err(|e| {
                 IntegrityError::Publish(format!(
                     "cannot create the seal producer (check kafka.producer): {}",
-                    crate::forward::error_text(&e)
+                    crate::kafka::error::error_text(&e)
                 ))
             })?;
         Ok(Publisher {
@@ -114,15 +117,8 @@ fn read_partitions(
             IntegrityError::Publish(format!("{what} of seal topic {topic}: {e}"))
         }
     };
-    let mut cc = ClientConfig::new();
-    cc.set("bootstrap.servers", &kafka.bootstrap_servers)
-        .set("group.id", "audit-manager-verify")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false");
-    for (k, v) in &kafka.consumer {
-        cc.set(k, v);
-    }
-    let consumer: BaseConsumer = cc.create().map_err(err("creating a consumer"))?;
+    let consumer =
+        crate::kafka::consumer::reader(kafka, READER_GROUP).map_err(err("creating a consumer"))?;
     let md = consumer
         .fetch_metadata(Some(topic), timeout)
         .map_err(err("reading the metadata"))?;

@@ -92,6 +92,20 @@ pub struct RetentionRecord {
     pub sealed_rows: i64,
 }
 
+/// A record of `audit_retention_log` as a seal signs it.
+impl From<crate::store::retention::LoggedDrop> for RetentionRecord {
+    fn from(d: crate::store::retention::LoggedDrop) -> RetentionRecord {
+        RetentionRecord {
+            partition: d.partition,
+            lower_us: d.lower_us,
+            upper_us: d.upper_us,
+            dropped_at_us: d.dropped_at_us,
+            rows: d.rows,
+            sealed_rows: d.sealed_rows,
+        }
+    }
+}
+
 /// The content of a seal (what is signed).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Seal {

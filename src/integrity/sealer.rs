@@ -6,7 +6,8 @@
 //! Every row gets `seal_seq = nextval('audit_events_seal_seq')` from the column default (the
 //! sequence has `CACHE 1`, so values are handed out in order and `last_value` is the highest
 //! value any session has drawn). Every write transaction of the sink first takes
-//! `pg_advisory_xact_lock_shared(SEAL_WRITE_LOCK)` and keeps it until it commits or aborts.
+//! `pg_advisory_xact_lock_shared` of [`AdvisoryLock::SealWrite`] and keeps it until it commits
+//! or aborts.
 //! The sealer takes the same lock exclusively, reads the sequence's `last_value` S and lets go
 //! at once. When the exclusive lock is granted, no writer holds the shared one: every
 //! transaction that drew a value ≤ S has committed (its rows are visible) or aborted (its
@@ -23,7 +24,7 @@
 //! `published_at` is NULL, at start and before every new seal; a duplicate on the topic is
 //! harmless (verify keys seals by number).
 //!
-//! Only one sealer works at a time: a pass holds the session lock [`SEALER_LOCK`]; another
+//! Only one sealer works at a time: a pass holds the session lock [`AdvisoryLock::Sealer`]; another
 //! maintainer skips its pass.
 //!
 //! # Never a second chain over the same rows
@@ -52,13 +53,16 @@ use sqlx::{Connection as _, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
 use super::attest::SealCheck;
-use super::encoding::{RowEncoding, SELECT_LIST, StoredRow, micros, row_hash, row_hash_as};
+use super::encoding::{RowEncoding, micros, row_hash, row_hash_as};
 use super::publish::{Publisher, SealDir};
 use super::seal::{
     Leaf, LegacyBoundary, MAX_LEAVES, MAX_SEAL_BYTES, RetentionRecord, Seal, SignedSeal, Signer,
     from_micros, seal_hash,
 };
-use super::{IntegrityError, SEAL_WRITE_LOCK, SEALER_LOCK, fault_point};
+use super::{IntegrityError, fault_point};
+use crate::store::locks::{self, AdvisoryLock};
+use crate::store::seals::{self, NewSeal};
+use crate::store::{retention, rows};
 
 /// What the sealer reports for `/health` and metrics.
 #[derive(Debug, Clone, Default)]
@@ -109,12 +113,10 @@ pub struct Tip {
 }
 
 async fn tip(conn: &mut PgConnection) -> Result<Option<Tip>, IntegrityError> {
-    let row: Option<(Vec<u8>,)> =
-        sqlx::query_as("SELECT bytes FROM audit_seals ORDER BY seal_no DESC LIMIT 1")
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(IntegrityError::db("reading the newest seal"))?;
-    let Some((bytes,)) = row else { return Ok(None) };
+    let newest = seals::newest_bytes(conn)
+        .await
+        .map_err(IntegrityError::db("reading the newest seal"))?;
+    let Some(bytes) = newest else { return Ok(None) };
     let seal = Seal::from_bytes(&bytes).map_err(|e| {
         IntegrityError::Corrupt(format!(
             "the newest seal in audit_seals cannot be read ({e}); run `audit-manager verify` and \
@@ -134,18 +136,13 @@ async fn tip(conn: &mut PgConnection) -> Result<Option<Tip>, IntegrityError> {
 pub async fn watermark(conn: &mut PgConnection) -> Result<(i64, i64), IntegrityError> {
     let err = IntegrityError::db("taking the seal watermark");
     let mut tx = conn.begin().await.map_err(err)?;
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(SEAL_WRITE_LOCK)
-        .execute(&mut *tx)
+    locks::lock_for_transaction(&mut tx, AdvisoryLock::SealWrite)
         .await
         .map_err(IntegrityError::db("taking the seal watermark"))?;
     fault_point("watermark_locked");
-    let (last, called, now): (i64, bool, chrono::DateTime<Utc>) = sqlx::query_as(
-        "SELECT last_value, is_called, clock_timestamp() FROM audit_events_seal_seq",
-    )
-    .fetch_one(&mut *tx)
-    .await
-    .map_err(IntegrityError::db("reading audit_events_seal_seq"))?;
+    let (last, called, now) = seals::sequence_position(&mut tx)
+        .await
+        .map_err(IntegrityError::db("reading audit_events_seal_seq"))?;
     tx.commit()
         .await
         .map_err(IntegrityError::db("taking the seal watermark"))?;
@@ -173,37 +170,20 @@ async fn intake(
 ) -> Result<Intake, IntegrityError> {
     let err = || IntegrityError::db("reading audit_retention_log");
     let mut tx = conn.begin().await.map_err(err())?;
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        .execute(&mut *tx)
+    crate::store::repeatable_read_only(&mut tx)
         .await
         .map_err(err())?;
-    let rows: Vec<(i64, String, i64, i64, i64, i64, i64)> = sqlx::query_as(
-        "SELECT id, partition,
-                COALESCE((extract(epoch FROM lower_bound) * 1000000)::int8, -9223372036854775808),
-                COALESCE((extract(epoch FROM upper_bound) * 1000000)::int8, 9223372036854775807),
-                (extract(epoch FROM dropped_at) * 1000000)::int8, rows, sealed_rows
-           FROM audit_retention_log
-          WHERE sealed_in IS NULL AND dropped_at <= $1
-          ORDER BY id",
-    )
-    .bind(from_micros(watermark_at_us))
-    .fetch_all(&mut *tx)
-    .await
-    .map_err(err())?;
+    let unsigned = retention::unsigned(&mut tx, from_micros(watermark_at_us))
+        .await
+        .map_err(err())?;
     let mut out = Intake {
         retention_ids: Vec::new(),
         retention: Vec::new(),
         legacy: None,
     };
-    for (id, partition, lower_us, upper_us, dropped_at_us, rows, sealed_rows) in rows {
-        let record = RetentionRecord {
-            partition,
-            lower_us,
-            upper_us,
-            dropped_at_us,
-            rows,
-            sealed_rows,
-        };
+    for logged in unsigned {
+        let id = logged.id;
+        let record = RetentionRecord::from(logged);
         let contradiction = super::retention_contradiction(&mut tx, &record, sealed_upto)
             .await
             .map_err(err())?;
@@ -221,13 +201,9 @@ async fn intake(
         out.retention.push(record);
     }
     if want_legacy {
-        let (rows, newest): (i64, Option<i64>) = sqlx::query_as(
-            "SELECT count(*), (extract(epoch FROM max(ingested_at)) * 1000000)::int8
-               FROM audit_events WHERE seal_seq IS NULL",
-        )
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(IntegrityError::db("counting rows without seal_seq"))?;
+        let (rows, newest) = rows::unnumbered_summary(&mut tx)
+            .await
+            .map_err(IntegrityError::db("counting rows without seal_seq"))?;
         out.legacy = Some(LegacyBoundary {
             rows,
             newest_ingested_at_us: newest.unwrap_or(i64::MIN),
@@ -254,16 +230,9 @@ async fn read_leaves(
     if let Some(c) = check.as_deref_mut() {
         c.load(conn, after, window_hi).await?;
     }
-    let sql = format!(
-        "SELECT {SELECT_LIST} FROM audit_events WHERE seal_seq > $1 AND seal_seq <= $2 \
-         ORDER BY seal_seq"
-    );
     // Each row is hashed as it arrives and only its leaf is kept: a window of rows is never
     // held whole (measured: sealing raised the sink+maintain peak by 20–27 MiB when it was).
-    let mut rows = sqlx::query_as::<_, StoredRow>(&sql)
-        .bind(after)
-        .bind(window_hi)
-        .fetch(&mut *conn);
+    let mut rows = rows::numbered_in(&mut *conn, after, window_hi);
     let mut leaves = Vec::new();
     let mut bytes = 256;
     while let Some(r) = rows
@@ -309,29 +278,22 @@ async fn insert_seal(
 ) -> Result<(), IntegrityError> {
     let err = || IntegrityError::db(format!("storing seal {}", signed.seal_no));
     let mut tx = conn.begin().await.map_err(err())?;
-    sqlx::query(
-        "INSERT INTO audit_seals (seal_no, bytes, hash, signature, key_id, created_at, lo_seq,
-             hi_seq, leaves, retention_records)
-         VALUES ($1, $2, $3, $4, $5, to_timestamp($6::float8 / 1000000), $7, $8, $9, $10)",
-    )
-    .bind(signed.seal_no as i64)
-    .bind(&signed.bytes)
-    .bind(&signed.hash[..])
-    .bind(&signed.signature[..])
-    .bind(hex::encode(signed.key_id))
-    .bind(seal.created_at_us as f64)
-    .bind(seal.lo)
-    .bind(seal.hi)
-    .bind(seal.leaves.len() as i32)
-    .bind(seal.retention.len() as i32)
-    .execute(&mut *tx)
-    .await
-    .map_err(err())?;
+    let key_id = hex::encode(signed.key_id);
+    let new = NewSeal {
+        seal_no: signed.seal_no as i64,
+        bytes: &signed.bytes,
+        hash: &signed.hash[..],
+        signature: &signed.signature[..],
+        key_id: &key_id,
+        created_at_us: seal.created_at_us,
+        lo_seq: seal.lo,
+        hi_seq: seal.hi,
+        leaves: seal.leaves.len() as i32,
+        retention_records: seal.retention.len() as i32,
+    };
+    seals::insert(&mut tx, &new).await.map_err(err())?;
     if !retention_ids.is_empty() {
-        sqlx::query("UPDATE audit_retention_log SET sealed_in = $1 WHERE id = ANY($2)")
-            .bind(signed.seal_no as i64)
-            .bind(retention_ids)
-            .execute(&mut *tx)
+        retention::mark_sealed(&mut tx, signed.seal_no as i64, retention_ids)
             .await
             .map_err(err())?;
     }
@@ -363,19 +325,14 @@ pub async fn seal_pass_checked(
     off: Option<&mut OffDatabase>,
     check: Option<&mut SealCheck>,
 ) -> Result<PassReport, IntegrityError> {
-    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-        .bind(SEALER_LOCK)
-        .fetch_one(&mut *conn)
+    let locked = locks::try_lock_for_session(conn, AdvisoryLock::Sealer)
         .await
         .map_err(IntegrityError::db("taking the sealer lock"))?;
     if !locked {
         return Ok(PassReport::default());
     }
     let result = seal_locked(conn, signer, publisher, off, check).await;
-    let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
-        .bind(SEALER_LOCK)
-        .execute(&mut *conn)
-        .await;
+    let unlocked = locks::unlock_session(conn, AdvisoryLock::Sealer).await;
     if let Err(e) = unlocked {
         // The caller closes the connection, which releases the lock for sure.
         return Err(IntegrityError::db("releasing the sealer lock")(e));
@@ -639,13 +596,10 @@ impl OffDatabase {
             Some(t) if t.seal_no < k.seal_no => None,
             Some(t) if t.seal_no == k.seal_no => Some(t.hash),
             Some(_) => {
-                let row: Option<(Vec<u8>,)> =
-                    sqlx::query_as("SELECT bytes FROM audit_seals WHERE seal_no = $1")
-                        .bind(k.seal_no as i64)
-                        .fetch_optional(&mut *conn)
-                        .await
-                        .map_err(IntegrityError::db("reading a seal"))?;
-                row.map(|(b,)| seal_hash(&b))
+                let bytes = seals::bytes_of(conn, k.seal_no as i64)
+                    .await
+                    .map_err(IntegrityError::db("reading a seal"))?;
+                bytes.map(|b| seal_hash(&b))
             }
         };
         match found {
@@ -687,12 +641,7 @@ impl OffDatabase {
         let Some(dir) = self.dir.clone() else { return };
         let after = self.dir_newest.flatten().unwrap_or(0);
         let copied = async {
-            let mut rows = sqlx::query_as::<_, (i64, Vec<u8>, Vec<u8>, String)>(
-                "SELECT seal_no, bytes, signature, key_id FROM audit_seals
-                  WHERE seal_no > $1 ORDER BY seal_no",
-            )
-            .bind(after as i64)
-            .fetch(&mut *conn);
+            let mut rows = seals::copies_after(conn, after as i64);
             let mut newest = None;
             let mut batch = Vec::new();
             loop {
@@ -700,8 +649,13 @@ impl OffDatabase {
                     .try_next()
                     .await
                     .map_err(IntegrityError::db("reading seals to copy"))?;
-                if let Some((no, bytes, sig, key)) = &next {
-                    batch.push(super::SealLine::new(*no as u64, bytes, sig, key));
+                if let Some(s) = &next {
+                    batch.push(super::SealLine::new(
+                        s.seal_no as u64,
+                        &s.bytes,
+                        &s.signature,
+                        &s.key_id,
+                    ));
                 }
                 if batch.len() >= 256 || (next.is_none() && !batch.is_empty()) {
                     let d = dir.clone();
@@ -734,21 +688,15 @@ pub async fn publish_pending(
     conn: &mut PgConnection,
     publisher: &Publisher,
 ) -> Result<u64, IntegrityError> {
-    let rows: Vec<(i64, Vec<u8>, Vec<u8>, String)> = sqlx::query_as(
-        "SELECT seal_no, bytes, signature, key_id FROM audit_seals
-          WHERE published_at IS NULL ORDER BY seal_no",
-    )
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(IntegrityError::db("reading unpublished seals"))?;
+    let unpublished = seals::unpublished(conn)
+        .await
+        .map_err(IntegrityError::db("reading unpublished seals"))?;
     let mut n = 0;
-    for (seal_no, bytes, signature, key_id) in rows {
-        let line = super::SealLine::new(seal_no as u64, &bytes, &signature, &key_id);
+    for s in unpublished {
+        let line = super::SealLine::new(s.seal_no as u64, &s.bytes, &s.signature, &s.key_id);
         publisher.publish(&line).await?;
         fault_point("published");
-        sqlx::query("UPDATE audit_seals SET published_at = now() WHERE seal_no = $1")
-            .bind(seal_no)
-            .execute(&mut *conn)
+        seals::mark_published(conn, s.seal_no)
             .await
             .map_err(IntegrityError::db("marking a seal published"))?;
         fault_point("marked_published");
@@ -761,12 +709,9 @@ pub async fn publish_pending(
 /// row it covers against its leaf. `Ok(None)` when it checks out (or there is no seal yet),
 /// `Ok(Some(problem))` when it does not.
 pub async fn selfcheck(pool: &PgPool, signer: &Signer) -> Result<Option<String>, IntegrityError> {
-    let newest: Option<(Vec<u8>, Vec<u8>, Vec<u8>)> = sqlx::query_as(
-        "SELECT bytes, hash, signature FROM audit_seals ORDER BY seal_no DESC LIMIT 1",
-    )
-    .fetch_optional(pool)
-    .await
-    .map_err(IntegrityError::db("reading the newest seal"))?;
+    let newest = seals::newest_signed(pool)
+        .await
+        .map_err(IntegrityError::db("reading the newest seal"))?;
     let Some((bytes, stored_hash, signature)) = newest else {
         return Ok(None);
     };
@@ -784,19 +729,12 @@ pub async fn selfcheck(pool: &PgPool, signer: &Signer) -> Result<Option<String>,
     {
         return Ok(Some(format!("seal {no}: its signature does not verify")));
     }
-    let sql = format!(
-        "SELECT {SELECT_LIST} FROM audit_events WHERE seal_seq > $1 AND seal_seq <= $2 \
-         ORDER BY seal_seq"
-    );
     // The seal's leaves by `seal_seq` (one number per row); each stored row is checked against
     // its leaf as it arrives (rows are not held). A leaf without a row (dropped by retention
     // since) is no mismatch; a row without a leaf, or with another id, time or hash, is.
     let mut sealed: std::collections::HashMap<i64, &Leaf> =
         seal.leaves.iter().map(|l| (l.seal_seq, l)).collect();
-    let mut rows = sqlx::query_as::<_, StoredRow>(&sql)
-        .bind(seal.lo)
-        .bind(seal.hi)
-        .fetch(pool);
+    let mut rows = rows::numbered_in(pool, seal.lo, seal.hi);
     let mut bad = 0usize;
     while let Some(r) = rows
         .try_next()
@@ -832,37 +770,39 @@ pub async fn selfcheck(pool: &PgPool, signer: &Signer) -> Result<Option<String>,
 /// transaction drew first; another could only be older by the time its transaction spent
 /// before drawing (waiting for the write lock), far below any lag worth an alert.
 pub async fn observe(pool: &PgPool) -> Result<(f64, u64), IntegrityError> {
-    let (lag, unpublished): (Option<f64>, i64) = sqlx::query_as(
-        "SELECT (SELECT extract(epoch FROM now() - ingested_at)::float8
-                   FROM audit_events
-                  WHERE seal_seq > COALESCE((SELECT ('x' || encode(substring(bytes from 63 for 8), 'hex'))::bit(64)::int8
-                                               FROM audit_seals ORDER BY seal_no DESC LIMIT 1), 0)
-                  ORDER BY seal_seq LIMIT 1),
-                (SELECT count(*) FROM audit_seals WHERE published_at IS NULL)",
-    )
-    .fetch_one(pool)
-    .await
-    .map_err(IntegrityError::db("measuring the seal lag"))?;
+    let (lag, unpublished) = seals::lag_and_unpublished(pool)
+        .await
+        .map_err(IntegrityError::db("measuring the seal lag"))?;
     Ok((lag.unwrap_or(0.0).max(0.0), unpublished.max(0) as u64))
 }
 
-/// Runs a pass every `interval` until `token` is cancelled. Each pass uses its own connection
-/// (closed afterwards, so a session lock never outlives a failed pass).
-// The role-start refactor gives every role one context argument; until then the sealer's
-// inputs are passed one by one.
-#[allow(clippy::too_many_arguments)]
-pub fn spawn(
-    pool: PgPool,
-    signer: Signer,
-    publisher: Option<Publisher>,
-    off: OffDatabase,
-    check: Option<SealCheck>,
-    interval: Duration,
-    state: SealerState,
-    token: CancellationToken,
-) -> tokio::task::JoinHandle<()> {
-    let off = Arc::new(tokio::sync::Mutex::new(off));
-    tokio::spawn(async move {
+/// What the sealer works with; the maintain role builds it from the configuration
+/// (`crate::maintain::sealing`).
+pub struct Sealer {
+    pub signer: Signer,
+    /// Publishes every seal to `integrity.seal_topic`, when set.
+    pub publisher: Option<Publisher>,
+    /// The off-database copy of the seals (`integrity.seal_dir`, `integrity.seal_topic`).
+    pub off: OffDatabase,
+    /// Writer attestation is checked before sealing, when writer keys are configured.
+    pub check: Option<SealCheck>,
+    /// `integrity.seal_interval`.
+    pub interval: Duration,
+}
+
+impl Sealer {
+    /// Runs a pass every `interval` until `token` is cancelled, reporting into `state`. Each
+    /// pass uses its own connection (closed afterwards, so a session lock never outlives a
+    /// failed pass).
+    pub async fn run(self, pool: PgPool, state: SealerState, token: CancellationToken) {
+        let Sealer {
+            signer,
+            publisher,
+            off,
+            check,
+            interval,
+        } = self;
+        let off = Arc::new(tokio::sync::Mutex::new(off));
         let check = tokio::sync::Mutex::new(check);
         crate::maintain::schedule(interval, token, || async {
             let outcome = async {
@@ -943,5 +883,5 @@ pub fn spawn(
             }
         })
         .await;
-    })
+    }
 }

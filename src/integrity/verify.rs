@@ -47,9 +47,11 @@ use ed25519_dalek::VerifyingKey;
 use futures_util::{StreamExt as _, TryStreamExt as _};
 use sqlx::PgPool;
 
-use super::encoding::{SELECT_LIST, StoredRow, micros, row_hash_as};
+use super::encoding::{micros, row_hash_as};
 use super::seal::{LegacyBoundary, RetentionRecord, Seal, from_micros, seal_hash, signature_valid};
 use super::{IntegrityError, SealLine};
+use crate::store::rows::{self, RowScan};
+use crate::store::{retention as retention_log, seals as stored_seals};
 
 /// What to check.
 #[derive(Debug, Default)]
@@ -232,31 +234,6 @@ fn in_range(opts: &VerifyOptions, occurred_us: i64) -> bool {
         && opts.to.is_none_or(|t| occurred_us < micros(t))
 }
 
-fn range_sql(opts: &VerifyOptions) -> String {
-    let mut s = String::new();
-    if let Some(f) = opts.from {
-        s.push_str(&format!(" AND occurred_at >= '{}'", f.to_rfc3339()));
-    }
-    if let Some(t) = opts.to {
-        s.push_str(&format!(" AND occurred_at < '{}'", t.to_rfc3339()));
-    }
-    s
-}
-
-/// `seal_no, bytes, hash, signature, published_at`, and the helper columns `lo_seq, hi_seq,
-/// leaves, retention_records` (checked against the bytes: readers use them to find seals).
-type SealRow = (
-    i64,
-    Vec<u8>,
-    Vec<u8>,
-    Vec<u8>,
-    Option<DateTime<Utc>>,
-    i64,
-    i64,
-    i32,
-    i32,
-);
-
 /// A retention record as signed, with the seal that signed it.
 struct SignedRecord {
     record: RetentionRecord,
@@ -278,12 +255,9 @@ async fn signed_retention(
     pool: &PgPool,
     keys: &BTreeMap<[u8; 8], VerifyingKey>,
 ) -> Result<Vec<SignedRecord>, IntegrityError> {
-    let rows: Vec<(Vec<u8>, Vec<u8>)> = sqlx::query_as(
-        "SELECT bytes, signature FROM audit_seals WHERE retention_records > 0 ORDER BY seal_no",
-    )
-    .fetch_all(pool)
-    .await
-    .map_err(IntegrityError::db("reading retention records"))?;
+    let rows = stored_seals::with_retention(pool)
+        .await
+        .map_err(IntegrityError::db("reading retention records"))?;
     let mut out = Vec::new();
     for (bytes, sig) in rows {
         let Ok(seal) = Seal::from_bytes(&bytes) else {
@@ -313,29 +287,10 @@ async fn signed_retention(
 
 /// Every record of `audit_retention_log` as stored (signed or not).
 async fn logged_retention(pool: &PgPool) -> Result<Vec<RetentionRecord>, IntegrityError> {
-    let rows: Vec<(String, i64, i64, i64, i64, i64)> = sqlx::query_as(
-        "SELECT partition,
-                COALESCE((extract(epoch FROM lower_bound) * 1000000)::int8, -9223372036854775808),
-                COALESCE((extract(epoch FROM upper_bound) * 1000000)::int8, 9223372036854775807),
-                (extract(epoch FROM dropped_at) * 1000000)::int8, rows, sealed_rows
-           FROM audit_retention_log ORDER BY id",
-    )
-    .fetch_all(pool)
-    .await
-    .map_err(IntegrityError::db("reading audit_retention_log"))?;
-    Ok(rows
-        .into_iter()
-        .map(
-            |(partition, lower_us, upper_us, dropped_at_us, rows, sealed_rows)| RetentionRecord {
-                partition,
-                lower_us,
-                upper_us,
-                dropped_at_us,
-                rows,
-                sealed_rows,
-            },
-        )
-        .collect())
+    let rows = retention_log::all(pool)
+        .await
+        .map_err(IntegrityError::db("reading audit_retention_log"))?;
+    Ok(rows.into_iter().map(RetentionRecord::from).collect())
 }
 
 /// Judges each signed record (`retention-invalid` when it postdates its seal or its partition
@@ -402,8 +357,7 @@ pub async fn verify(
     };
     // The database's clock, which wrote every ingested_at.
     let now_us: i64 = micros(
-        sqlx::query_scalar::<_, DateTime<Utc>>("SELECT clock_timestamp()")
-            .fetch_one(pool)
+        rows::database_time(pool)
             .await
             .map_err(IntegrityError::db("reading the time"))?,
     );
@@ -431,19 +385,9 @@ pub async fn verify(
         .acquire()
         .await
         .map_err(IntegrityError::db("connecting"))?;
-    let mut seals = sqlx::query_as::<_, SealRow>(
-        "SELECT seal_no, bytes, hash, signature, published_at, lo_seq, hi_seq, leaves,
-                retention_records
-           FROM audit_seals ORDER BY seal_no",
-    )
-    .fetch(&mut *seal_conn);
-    let row_sql = format!(
-        "SELECT {SELECT_LIST} FROM audit_events WHERE seal_seq IS NOT NULL{} ORDER BY seal_seq",
-        range_sql(opts)
-    );
-    let mut rows = sqlx::query_as::<_, StoredRow>(&row_sql)
-        .fetch(&mut *row_conn)
-        .peekable();
+    let mut seals = stored_seals::all(&mut seal_conn);
+    let numbered = RowScan::numbered(opts.from, opts.to);
+    let mut rows = numbered.fetch(&mut row_conn).peekable();
 
     let mut expected_no: u64 = 1;
     let mut prev: Option<([u8; 32], i64)> = None;
@@ -463,8 +407,17 @@ pub async fn verify(
         .await
         .map_err(IntegrityError::db("reading audit_seals"))?
     {
-        let (no, bytes, stored_hash, sig, published_at, lo_col, hi_col, leaves_col, ret_col) =
-            seal_row;
+        let stored_seals::StoredSeal {
+            seal_no: no,
+            bytes,
+            hash: stored_hash,
+            signature: sig,
+            published_at,
+            lo_seq: lo_col,
+            hi_seq: hi_col,
+            leaves: leaves_col,
+            retention_records: ret_col,
+        } = seal_row;
         let no = no as u64;
         run.report.seals += 1;
         max_no = no;
@@ -727,11 +680,8 @@ pub async fn verify(
 
     // Rows without seal_seq: legacy within the boundary (or before the first seal's
     // watermark), findings after it.
-    let legacy_sql = format!(
-        "SELECT {SELECT_LIST} FROM audit_events WHERE seal_seq IS NULL{}",
-        range_sql(opts)
-    );
-    let mut nulls = sqlx::query_as::<_, StoredRow>(&legacy_sql).fetch(&mut *row_conn);
+    let unnumbered = RowScan::unnumbered(opts.from, opts.to);
+    let mut nulls = unnumbered.fetch(&mut row_conn);
     while let Some(row) = nulls.next().await {
         let row = row.map_err(IntegrityError::db("reading rows without seal_seq"))?;
         let ingested = micros(row.ingested_at);
@@ -871,15 +821,32 @@ pub async fn verify(
         );
     }
     if !opts.writer_keys.is_empty() {
-        super::attest::verify_rows(
-            pool,
-            &opts.writer_keys,
-            opts.from,
-            opts.to,
-            &mut run.report,
-            run.out,
-        )
-        .await?;
+        let checked =
+            super::attest::verify_rows(pool, &opts.writer_keys, opts.from, opts.to).await?;
+        for detail in checked.unattested {
+            run.find("row-unattested", detail);
+        }
+        run.report.attestation_checked = true;
+        run.report.attested_rows = checked.attested;
+        run.report.unattested_legacy_rows = checked.legacy;
+        let legacy = checked.legacy;
+        match checked.boundary {
+            Some(b) if legacy > 0 => {
+                let _ = writeln!(
+                    run.out,
+                    "info: {legacy} row(s) numbered at or below seal_seq {b} were stored before \
+                     writer attestation began (unattested-legacy)"
+                );
+            }
+            Some(_) => {}
+            None => {
+                let _ = writeln!(
+                    run.out,
+                    "info: no attestation signed by a key in integrity.writer_public_key_files \
+                     exists: every numbered row is reported"
+                );
+            }
+        }
     }
     Ok(run.report)
 }

@@ -15,8 +15,14 @@ use chrono::Utc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::DatabaseConfig;
+use crate::config::{DatabaseConfig, Role};
+use crate::integrity::sealer::SealerState;
+use crate::serve::role::{RoleContext, Started};
+use crate::shutdown::Task;
 use crate::store::{MaintainReport, Store, StoreError};
+
+mod health;
+pub mod sealing;
 
 /// Longest wait before retrying a failed pass.
 pub const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(30);
@@ -85,27 +91,51 @@ pub async fn pass(
     r
 }
 
-/// Starts the maintain loop.
-pub fn spawn(
-    store: Store,
-    db: DatabaseConfig,
-    token: CancellationToken,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let interval = db.partition_check_interval;
-        schedule(interval, token, || async {
-            // The schema may not exist yet on a fresh database.
-            if let Err(e) = store.prepare().await {
-                tracing::warn!(error = %e, "maintain waiting for the database");
-                return PassOutcome::Failed;
-            }
-            match pass(&store, &db).await {
-                Ok(_) => PassOutcome::Done,
-                Err(_) => PassOutcome::Failed,
-            }
-        })
-        .await;
+/// Starts the maintain role: the partition loop and, with `integrity.signing_key_file`, the
+/// sealer (a key that cannot be loaded stops the start).
+pub fn start(ctx: &RoleContext) -> anyhow::Result<Started> {
+    let store = ctx.store()?.clone();
+    let sealer = sealing::build(&ctx.config)?;
+    let state = sealer.as_ref().map(|_| SealerState::default());
+    let check = health::check(
+        store.clone(),
+        state.clone(),
+        ctx.config.integrity.seal_interval,
+    );
+    let mut started = Started::new(
+        Role::Maintain,
+        check,
+        &[Task::Maintain, Task::DatabaseMonitor],
+    );
+    if let (Some(sealer), Some(state)) = (sealer, state) {
+        let (pool, token) = (store.pool().clone(), ctx.shutdown.child_token());
+        started = started.task(Task::Sealer, async move {
+            sealer.run(pool, state, token).await;
+            Ok(())
+        });
+    }
+    let (db, token) = (ctx.config.database.clone(), ctx.shutdown.child_token());
+    Ok(started.task(Task::Maintain, async move {
+        run(store, db, token).await;
+        Ok(())
+    }))
+}
+
+/// Runs partition maintenance on schedule until `token` is cancelled.
+async fn run(store: Store, db: DatabaseConfig, token: CancellationToken) {
+    let interval = db.partition_check_interval;
+    schedule(interval, token, || async {
+        // The schema may not exist yet on a fresh database.
+        if let Err(e) = store.prepare().await {
+            tracing::warn!(error = %e, "maintain waiting for the database");
+            return PassOutcome::Failed;
+        }
+        match pass(&store, &db).await {
+            Ok(_) => PassOutcome::Done,
+            Err(_) => PassOutcome::Failed,
+        }
     })
+    .await;
 }
 
 #[cfg(test)]

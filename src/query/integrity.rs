@@ -23,8 +23,10 @@ use ed25519_dalek::VerifyingKey;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
-use crate::integrity::encoding::{SELECT_LIST, StoredRow, micros, row_hash_as};
+use crate::integrity::encoding::{StoredRow, micros, row_hash_as};
 use crate::integrity::seal::{SEAL_DOMAIN, Seal, key_id, seal_hash, signature_valid};
+use crate::store::rows;
+use crate::store::seals::{self, SealWithRange};
 
 /// `(lo, hi)` from a seal's signed header, `substring(bytes from 1 for 70)`, if it is long
 /// enough. Formats 1 and 2 share the header (domain 22 bytes, seal_no 8, key_id 8,
@@ -40,15 +42,12 @@ fn range_of(header: &[u8]) -> Option<(i64, i64)> {
 /// the primary key and the first bytes of the seal only, one row, however many seals there
 /// are (this runs for every page).
 pub async fn sealed_up_to(pool: &PgPool) -> i64 {
-    sqlx::query_scalar::<_, Vec<u8>>(
-        "SELECT substring(bytes from 1 for 70) FROM audit_seals ORDER BY seal_no DESC LIMIT 1",
-    )
-    .fetch_optional(pool)
-    .await
-    .ok()
-    .flatten()
-    .and_then(|h| range_of(&h))
-    .map_or(0, |(_, hi)| hi)
+    seals::newest_header(pool)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|h| range_of(&h))
+        .map_or(0, |(_, hi)| hi)
 }
 
 /// The cheap status of a row object (its `seal_seq` against `sealed_up_to`).
@@ -76,18 +75,9 @@ pub async fn check_row(
     }
 }
 
-/// `(seal_no, bytes, hash, signature, lo_seq, hi_seq)` of a row of `audit_seals`.
-type StoredSeal = (i64, Vec<u8>, Vec<u8>, Vec<u8>, i64, i64);
-
 /// The first seal numbered `n` or more: its number and signed header.
 async fn probe(pool: &PgPool, n: i64) -> Result<Option<(i64, Vec<u8>)>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT seal_no, substring(bytes from 1 for 70) FROM audit_seals
-          WHERE seal_no >= $1 ORDER BY seal_no LIMIT 1",
-    )
-    .bind(n)
-    .fetch_optional(pool)
-    .await
+    seals::first_header_from(pool, n).await
 }
 
 /// The lowest-numbered seal, among `1..=newest`, whose signed header satisfies `pred`, which
@@ -110,16 +100,6 @@ async fn first_seal_where(
     Ok(probe(pool, lo).await?.map_or(newest, |(n, _)| n))
 }
 
-async fn seal_by_no(pool: &PgPool, no: i64) -> Result<Option<StoredSeal>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT seal_no, bytes, hash, signature, lo_seq, hi_seq FROM audit_seals
-          WHERE seal_no = $1",
-    )
-    .bind(no)
-    .fetch_optional(pool)
-    .await
-}
-
 /// The seal whose signed range covers `seq`, `Ok(None)` when none does: a binary search
 /// over the seal number by the seals' signed `hi` (the `lo_seq`/`hi_seq` columns are not used
 /// to find it, and have no index anyway).
@@ -127,12 +107,12 @@ async fn covering_seal(
     pool: &PgPool,
     newest: i64,
     seq: i64,
-) -> Result<Option<StoredSeal>, sqlx::Error> {
+) -> Result<Option<SealWithRange>, sqlx::Error> {
     let no = first_seal_where(pool, newest, |h| {
         range_of(h).is_none_or(|(_, hi)| hi >= seq)
     })
     .await?;
-    let found = seal_by_no(pool, no).await?;
+    let found = seals::by_no(pool, no).await?;
     Ok(found.filter(|s| range_of(&s.1).is_none_or(|(lo, hi)| lo < seq && seq <= hi)))
 }
 
@@ -146,21 +126,12 @@ async fn check(
     let Some(at) = chrono::DateTime::from_timestamp_micros(occurred_at_us) else {
         return Ok(("unknown", "the row's time is out of range".into()));
     };
-    let sql = format!("SELECT {SELECT_LIST} FROM audit_events WHERE id = $1 AND occurred_at = $2");
-    let Some(row): Option<StoredRow> = sqlx::query_as(&sql)
-        .bind(id)
-        .bind(at)
-        .fetch_optional(pool)
-        .await?
-    else {
+    let Some(row) = rows::by_key(pool, id, at).await? else {
         return Ok(("unknown", "the row is gone".into()));
     };
     // The newest seal by number, its signed range, and the database's clock (which wrote
     // every ingested_at).
-    let (now, newest): (chrono::DateTime<chrono::Utc>, Option<i64>) =
-        sqlx::query_as("SELECT clock_timestamp(), (SELECT max(seal_no) FROM audit_seals)")
-            .fetch_one(pool)
-            .await?;
+    let (now, newest) = seals::time_and_newest_no(pool).await?;
     let Some(seq) = row.seal_seq else {
         return check_legacy(pool, keys, newest, &row).await;
     };
@@ -294,7 +265,7 @@ async fn check_legacy(
         return legacy();
     }
     let no = first_seal_where(pool, newest, is_v2).await?;
-    let Some((_, bytes, _, signature, _, _)) = seal_by_no(pool, no).await? else {
+    let Some((_, bytes, _, signature, _, _)) = seals::by_no(pool, no).await? else {
         return legacy();
     };
     let Ok(seal) = Seal::from_bytes(&bytes) else {
@@ -321,12 +292,7 @@ async fn check_legacy(
         // `audit-manager verify` counts them.
         return legacy();
     }
-    let count: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM (SELECT 1 FROM audit_events WHERE seal_seq IS NULL LIMIT $1) t",
-    )
-    .bind(b.rows.saturating_add(1))
-    .fetch_one(pool)
-    .await?;
+    let count = rows::count_unnumbered_upto(pool, b.rows.saturating_add(1)).await?;
     if count > b.rows {
         return Ok((
             "failed",

@@ -1,17 +1,10 @@
-//! One statement per page. Values are always bound, never spliced into the SQL text.
-//!
-//! The shape is chosen for the table's indexes: every filter is an equality on an indexed
-//! leading column (`actor_id`, `(resource_type, resource_id)`, `type`, `trace_id`), the window
-//! is a range on `occurred_at` (the partition key, so only the window's months are scanned),
-//! and the keyset condition is written as `occurred_at <= c AND (occurred_at < c OR id < i)`
-//! so the index range starts at the cursor instead of filtering from the newest row.
-//! The pool's `plan_cache_mode = force_custom_plan` makes the planner see the actual values, which prunes
-//! partitions at plan time and picks the index for them.
+//! One statement per page ([`crate::store::query`] holds it): a [`Filter`] and a [`Cursor`]
+//! become the store's search, its rows a [`Page`].
 
-use chrono::{DateTime, Utc};
-use sqlx::{Execute as _, PgPool, Postgres, QueryBuilder, Row as _};
+use sqlx::PgPool;
 
 use super::params::{Cursor, Filter};
+use crate::store::query::{self as store, Search};
 
 /// A page of rows, each the JSON text of `row_to_json` (every column, in table order).
 #[derive(Debug, Default)]
@@ -21,37 +14,13 @@ pub struct Page {
     pub next: Option<Cursor>,
 }
 
-/// `SELECT … WHERE <filters> [AND keyset] ORDER BY occurred_at DESC, id DESC LIMIT n`.
-pub fn select<'a>(
-    filter: &'a Filter,
-    after: Option<&'a Cursor>,
-    limit: usize,
-) -> QueryBuilder<'a, Postgres> {
-    let mut q = QueryBuilder::new(
-        "SELECT row_to_json(e)::text AS row, e.occurred_at, e.id FROM audit_events e WHERE TRUE",
-    );
-    for (column, value) in filter.text() {
-        // `column` comes from a fixed list (params::TEXT_FILTERS), never from the request.
-        q.push(format_args!(" AND e.{column} = ")).push_bind(value);
+fn search<'a>(filter: &'a Filter, after: Option<&'a Cursor>) -> Search<'a> {
+    Search {
+        equal: filter.text().collect(),
+        from: filter.from,
+        to: filter.to,
+        after: after.map(|c| (c.occurred_at, c.id.as_str())),
     }
-    if let Some(t) = filter.from {
-        q.push(" AND e.occurred_at >= ").push_bind(t);
-    }
-    if let Some(t) = filter.to {
-        q.push(" AND e.occurred_at < ").push_bind(t);
-    }
-    if let Some(c) = after {
-        q.push(" AND e.occurred_at <= ")
-            .push_bind(c.occurred_at)
-            .push(" AND (e.occurred_at < ")
-            .push_bind(c.occurred_at)
-            .push(" OR e.id < ")
-            .push_bind(c.id.as_str())
-            .push(")");
-    }
-    q.push(" ORDER BY e.occurred_at DESC, e.id DESC LIMIT ")
-        .push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
-    q
 }
 
 /// Reads one page: up to `limit` rows after `after`, and whether more follow. `pool` is the
@@ -63,35 +32,18 @@ pub async fn page(
     after: Option<&Cursor>,
     limit: usize,
 ) -> Result<Page, sqlx::Error> {
-    // One row more than asked tells whether another page exists without an empty last page.
-    let rows = select(filter, after, limit + 1)
-        .build()
-        .fetch_all(pool)
-        .await?;
-    let mut page = Page::default();
-    for (i, row) in rows.iter().enumerate() {
-        if i == limit {
-            let prev = &rows[i - 1];
-            page.next = Some(Cursor {
-                occurred_at: prev.try_get::<DateTime<Utc>, _>("occurred_at")?,
-                id: prev.try_get("id")?,
-            });
-            break;
-        }
-        page.rows.push(row.try_get("row")?);
-    }
-    Ok(page)
+    let page = store::page(pool, &search(filter, after), limit).await?;
+    Ok(Page {
+        rows: page.rows,
+        next: page
+            .next
+            .map(|(occurred_at, id)| Cursor { occurred_at, id }),
+    })
 }
 
 /// Every row with this `id` (one per `occurred_at`), newest first.
 pub async fn by_id(pool: &PgPool, id: &str) -> Result<Vec<String>, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT row_to_json(e)::text FROM audit_events e WHERE e.id = $1 \
-         ORDER BY e.occurred_at DESC",
-    )
-    .bind(id)
-    .fetch_all(pool)
-    .await
+    store::by_id(pool, id).await
 }
 
 /// `EXPLAIN (FORMAT JSON)` of the page statement, planned as [`page`] plans it.
@@ -101,12 +53,5 @@ pub async fn explain(
     after: Option<&Cursor>,
     limit: usize,
 ) -> Result<serde_json::Value, sqlx::Error> {
-    // The same statement and bound values as `page`, behind an EXPLAIN prefix.
-    let mut q = select(filter, after, limit + 1);
-    let sql = format!("EXPLAIN (FORMAT JSON) {}", q.sql());
-    let args = q.build().take_arguments().map_err(sqlx::Error::Encode)?;
-    match args {
-        Some(args) => sqlx::query_scalar_with(&sql, args).fetch_one(pool).await,
-        None => sqlx::query_scalar(&sql).fetch_one(pool).await,
-    }
+    store::explain(pool, &search(filter, after), limit).await
 }

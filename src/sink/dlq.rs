@@ -10,7 +10,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use rdkafka::Message;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -135,10 +135,9 @@ pub async fn replay(
     progress: &mut (dyn Write + Send),
 ) -> Result<Replayed, DlqError> {
     let group = replay_group(kafka);
-    let consumer: BaseConsumer = super::client::consumer_config(kafka, &group)
-        .set("statistics.interval.ms", "0")
-        .create()?;
-    let producer: FutureProducer = super::client::producer_config(kafka, "dlq replay").create()?;
+    let consumer = crate::kafka::consumer::reader(kafka, &group)?;
+    let producer =
+        crate::kafka::producer::future_producer("dlq replay", kafka, Default::default())?;
     let timeout = Duration::from_secs(10);
     let metadata = consumer.fetch_metadata(Some(&kafka.dlq_topic), timeout)?;
     let partitions: Vec<i32> = metadata

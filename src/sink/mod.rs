@@ -1,6 +1,6 @@
 //! The `sink` role: Kafka consumer group → batched idempotent inserts into `audit_events`.
 //!
-//! - [`client`]: consumer (manual commits, rebalance tracking, lag) and DLQ producer settings;
+//! - [`client`]: what the consumer reports (rebalance tracking, failed commits, lag);
 //! - [`batch`]: decoding a batch with the ingest's validation, offsets to commit (pure);
 //! - [`dlq`]: dead letters with reason headers, and `dlq replay`;
 //! - [`run`]: the loop — offsets are committed only after the database commit (and the DLQ
@@ -13,11 +13,10 @@ pub mod run;
 
 use std::sync::Arc;
 
-use rdkafka::consumer::StreamConsumer;
-use rdkafka::producer::FutureProducer;
-use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, Role};
+use crate::serve::role::{RoleContext, Started};
+use crate::shutdown::Task;
 use crate::store::Store;
 
 pub use run::{SinkLoop, SinkSettings};
@@ -67,16 +66,20 @@ pub fn attesting(config: &Config, store: Store) -> Result<Store, SinkError> {
 /// Builds the sink's Kafka clients for `config` and `store`.
 pub fn build(config: &Config, store: Store) -> Result<SinkLoop, SinkError> {
     let store = attesting(config, store)?;
-    let consumer: StreamConsumer<client::SinkContext> =
-        client::consumer_config(&config.kafka, &config.kafka.consumer_group)
-            .create_with_context(client::SinkContext::default())
+    let consumer = crate::kafka::consumer::stream_consumer(
+        &config.kafka,
+        &config.kafka.consumer_group,
+        client::SinkContext::default(),
+    )
+    .map_err(|source| SinkError::Client {
+        what: "consumer",
+        source,
+    })?;
+    // Idempotent and acks=all like every producer: a dead letter's source offset is committed
+    // on its acknowledgement, so it must be on every in-sync replica by then.
+    let producer =
+        crate::kafka::producer::future_producer("dead-letter", &config.kafka, Default::default())
             .map_err(|source| SinkError::Client {
-                what: "consumer",
-                source,
-            })?;
-    let producer: FutureProducer = client::producer_config(&config.kafka, "dead-letter")
-        .create()
-        .map_err(|source| SinkError::Client {
             what: "dead-letter producer",
             source,
         })?;
@@ -88,16 +91,26 @@ pub fn build(config: &Config, store: Store) -> Result<SinkLoop, SinkError> {
     })
 }
 
-/// Starts the sink loop; the task ends after `token` is cancelled and the loop has drained.
-pub fn spawn(
-    config: &Config,
-    store: Store,
-    token: CancellationToken,
-) -> Result<tokio::task::JoinHandle<()>, SinkError> {
-    let sink = build(config, store)?;
-    Ok(tokio::spawn(async move {
-        if let Err(e) = sink.run(token).await {
-            tracing::error!(error = %e, "sink stopped: cannot subscribe to the topic");
-        }
-    }))
+/// Starts the sink role: builds its clients (failing fast on invalid settings or an unreadable
+/// writer key) and returns the loop. The loop ends after the root token is cancelled and it
+/// has drained, or with an error when the consumer cannot subscribe to the topic at all.
+pub fn start(ctx: &RoleContext) -> anyhow::Result<Started> {
+    let store = ctx.store()?;
+    let check = crate::health::database_check(store.clone());
+    let sink = build(&ctx.config, store.clone())?;
+    let topic = ctx.config.kafka.topic.clone();
+    let token = ctx.shutdown.child_token();
+    Ok(
+        Started::new(Role::Sink, check, &[Task::Sink, Task::DatabaseMonitor]).task(
+            Task::Sink,
+            async move {
+                sink.run(token).await.map_err(|e| {
+                    anyhow::anyhow!(
+                        "the sink cannot subscribe to kafka.topic {topic:?}: {e}; check the topic \
+                         name and the consumer's permissions"
+                    )
+                })
+            },
+        ),
+    )
 }

@@ -181,6 +181,25 @@ impl SpoolStats {
         self.used_bytes().saturating_add(bytes) > self.max_bytes
     }
 
+    /// How full the spool is, judged once for `/health` and `/ready` (ingest).
+    ///
+    /// [`Room::Full`] when the free room is smaller than one event of the largest allowed size
+    /// (`max_event_bytes`, `ingest.max_event_bytes`) or a tenth of the bound, whichever is
+    /// smaller: most requests would be refused with AUD-004, so `/ready` says not ready.
+    /// [`Room::Low`] from 90% of the bound on: `/health` warns (DEGRADED) before that happens.
+    /// Full implies at least 90% used, so a full spool is reported by both.
+    pub fn room(&self, max_event_bytes: u64) -> Room {
+        let used = self.used_bytes();
+        let headroom = max_event_bytes.min(self.max_bytes / 10).max(1);
+        if self.max_bytes.saturating_sub(used) < headroom {
+            Room::Full
+        } else if used.saturating_mul(10) >= self.max_bytes.saturating_mul(9) {
+            Room::Low
+        } else {
+            Room::Ample
+        }
+    }
+
     /// Age of the oldest live event in seconds (0 when empty).
     pub fn oldest_age_secs(&self, now_ms: u64) -> f64 {
         if self.oldest_accepted_ms == 0 {
@@ -189,6 +208,17 @@ impl SpoolStats {
             now_ms.saturating_sub(self.oldest_accepted_ms) as f64 / 1000.0
         }
     }
+}
+
+/// How full the spool is ([`SpoolStats::room`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Room {
+    /// Less than 90% of `spool.max_bytes` used.
+    Ample,
+    /// At least 90% used: a warning on `/health`.
+    Low,
+    /// Less room than one large event: `/ready` answers AUD-004.
+    Full,
 }
 
 /// Options for [`Spool::open`].

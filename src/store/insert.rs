@@ -22,13 +22,16 @@
 //! `BENCHMARKS.md` has the measurements that chose the default.
 
 use std::fmt::Write as _;
+use std::sync::LazyLock;
 
 use chrono::{DateTime, SubsecRound as _, Utc};
 use sqlx::Connection as _;
 
+use super::attestations::{self, RowDigest, WriteStamp};
+use super::columns::{self, Sent};
+use super::locks::{self, AdvisoryLock};
 use super::{Month, Operation, Store, StoreError};
 use crate::event::Row;
-use crate::integrity::attest::{self, Attestor, RowDigest, WriteStamp};
 
 /// How a batch is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -52,30 +55,34 @@ pub struct Inserted {
     pub duplicates: u64,
 }
 
-const COLUMNS: &str = "id, occurred_at, source, type, subject, actor_type, actor_id, \
-     resource_type, resource_id, action, outcome, reason, trace_id, details, auth_type, auth_id";
+/// `INSERT … SELECT FROM UNNEST(…) ON CONFLICT DO NOTHING`: one array parameter per sent
+/// column, bound by [`unnest_query`].
+static UNNEST_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO audit_events ({columns}) SELECT {values} FROM UNNEST({params}) \
+         AS t({columns}) ON CONFLICT DO NOTHING",
+        columns = columns::sent_list(),
+        values = columns::sent_write_list(),
+        params = columns::sent_array_params(),
+    )
+});
 
-const UNNEST_SQL: &str = "
-    INSERT INTO audit_events (id, occurred_at, source, type, subject, actor_type, actor_id,
-        resource_type, resource_id, action, outcome, reason, trace_id, details, auth_type,
-        auth_id)
-    SELECT id, occurred_at, source, type, subject, actor_type, actor_id,
-        resource_type, resource_id, action, outcome, reason, trace_id, details::jsonb,
-        auth_type, auth_id
-    FROM UNNEST($1::text[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[],
-        $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[],
-        $14::text[], $15::text[], $16::text[])
-        AS t(id, occurred_at, source, type, subject, actor_type, actor_id,
-             resource_type, resource_id, action, outcome, reason, trace_id, details, auth_type,
-             auth_id)
-    ON CONFLICT DO NOTHING";
+/// The per-session load table of [`InsertMethod::Copy`].
+static LOAD_TABLE_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "CREATE TEMP TABLE IF NOT EXISTS audit_events_load ({}) ON COMMIT DELETE ROWS",
+        columns::sent_wire_definitions()
+    )
+});
 
-const TEMP_TABLE_SQL: &str = "
-    CREATE TEMP TABLE IF NOT EXISTS audit_events_load (
-        id text, occurred_at timestamptz, source text, type text, subject text,
-        actor_type text, actor_id text, resource_type text, resource_id text, action text,
-        outcome text, reason text, trace_id text, details text, auth_type text, auth_id text
-    ) ON COMMIT DELETE ROWS";
+/// Moves the load table's rows into `audit_events`, skipping stored keys.
+static FROM_LOAD_TABLE_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO audit_events ({}) SELECT {} FROM audit_events_load ON CONFLICT DO NOTHING",
+        columns::sent_list(),
+        columns::sent_write_list()
+    )
+});
 
 /// Begins a write transaction of `audit_events`: every one holds the seal write lock shared
 /// until it ends, which is what lets the sealer find a gap-free watermark (see
@@ -87,17 +94,11 @@ async fn begin_write(
 ) -> Result<(sqlx::Transaction<'_, sqlx::Postgres>, Option<WriteStamp>), sqlx::Error> {
     let mut tx = conn.begin().await?;
     if !stamp {
-        sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
-            .bind(crate::integrity::SEAL_WRITE_LOCK)
-            .execute(&mut *tx)
-            .await?;
+        locks::share_for_transaction(&mut tx, AdvisoryLock::SealWrite).await?;
         return Ok((tx, None));
     }
-    let (ingested_at, lo): (DateTime<Utc>, i64) = sqlx::query_as(attest::STAMP_SQL)
-        .bind(crate::integrity::SEAL_WRITE_LOCK)
-        .fetch_one(&mut *tx)
-        .await?;
-    Ok((tx, Some(WriteStamp { ingested_at, lo })))
+    let stamp = attestations::stamp(&mut tx).await?;
+    Ok((tx, Some(stamp)))
 }
 
 /// Batches smaller than this are written by one statement even when parallelism allows more.
@@ -142,7 +143,7 @@ impl Store {
                 let groups = split_by_id(rows, n);
                 let writes = groups.iter().map(|g| async move {
                     // Before the transaction: no lock is held while rows are hashed.
-                    let digests = self.attestor.as_ref().map(|_| Attestor::digests(g));
+                    let digests = self.attestor.as_ref().map(|a| a.digests(g));
                     let d = digests.as_deref();
                     match self.method {
                         InsertMethod::Unnest => self.insert_unnest(g, d).await,
@@ -214,7 +215,9 @@ impl Store {
         stored: u64,
     ) -> Result<(), sqlx::Error> {
         match (&self.attestor, stamp, digests) {
-            (Some(a), Some(stamp), Some(d)) if stored > 0 => attest::record(tx, a, &stamp, d).await,
+            (Some(a), Some(stamp), Some(d)) if stored > 0 => {
+                attestations::record(tx, &stamp, d.len(), a.sign(&stamp, d)).await
+            }
             _ => Ok(()),
         }
     }
@@ -249,23 +252,17 @@ impl Store {
         let (mut tx, stamp) = begin_write(&mut conn, digests.is_some())
             .await
             .map_err(err)?;
-        sqlx::query(TEMP_TABLE_SQL)
+        sqlx::query(&LOAD_TABLE_SQL)
             .execute(&mut *tx)
             .await
             .map_err(err)?;
         copy_in(&mut tx, "audit_events_load", rows)
             .await
             .map_err(err)?;
-        let result = sqlx::query(&format!(
-            "INSERT INTO audit_events ({COLUMNS})
-             SELECT id, occurred_at, source, type, subject, actor_type, actor_id, resource_type,
-                    resource_id, action, outcome, reason, trace_id, details::jsonb, auth_type,
-                    auth_id
-             FROM audit_events_load ON CONFLICT DO NOTHING"
-        ))
-        .execute(&mut *tx)
-        .await
-        .map_err(err)?;
+        let result = sqlx::query(&FROM_LOAD_TABLE_SQL)
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?;
         self.attest(&mut tx, stamp, digests, result.rows_affected())
             .await
             .map_err(err)?;
@@ -300,32 +297,24 @@ impl Store {
     }
 }
 
-/// The `UNNEST` insert of `rows`, bound.
+/// The `UNNEST` insert of `rows`, bound: one array per sent column, in the list's order.
 fn unnest_query<'q>(
     rows: &[&'q Row],
 ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
-    fn col<'a, T>(rows: &[&'a Row], f: impl Fn(&'a Row) -> T) -> Vec<T> {
-        rows.iter().map(|r| f(r)).collect()
+    let mut q = sqlx::query(&UNNEST_SQL);
+    for (_, sent) in columns::sent() {
+        q = match sent {
+            Sent::Text(f) => q.bind(rows.iter().map(|r| f(r)).collect::<Vec<_>>()),
+            // To the microsecond PostgreSQL keeps, truncated as `COPY`'s text is: bound as is,
+            // a time before 2000 with a sub-microsecond part would be rounded the other way.
+            Sent::Time(f) => q.bind(
+                rows.iter()
+                    .map(|r| f(r).trunc_subsecs(6))
+                    .collect::<Vec<_>>(),
+            ),
+        };
     }
-    sqlx::query(UNNEST_SQL)
-        .bind(col(rows, |r| r.id.as_str()))
-        // To the microsecond PostgreSQL keeps, truncated as `COPY`'s text is: bound as is, a
-        // time before 2000 with a sub-microsecond part would be rounded the other way.
-        .bind(col(rows, |r| r.occurred_at.trunc_subsecs(6)))
-        .bind(col(rows, |r| r.source.as_str()))
-        .bind(col(rows, |r| r.r#type.as_str()))
-        .bind(col(rows, |r| r.subject.as_deref()))
-        .bind(col(rows, |r| r.actor_type.as_str()))
-        .bind(col(rows, |r| r.actor_id.as_str()))
-        .bind(col(rows, |r| r.resource_type.as_deref()))
-        .bind(col(rows, |r| r.resource_id.as_deref()))
-        .bind(col(rows, |r| r.action.as_str()))
-        .bind(col(rows, |r| r.outcome.as_str()))
-        .bind(col(rows, |r| r.reason.as_deref()))
-        .bind(col(rows, |r| r.trace_id.as_deref()))
-        .bind(col(rows, |r| r.details.as_deref()))
-        .bind(col(rows, |r| r.auth_type.as_deref()))
-        .bind(col(rows, |r| r.auth_id.as_deref()))
+    q
 }
 
 /// Streams `rows` into `table` with `COPY … FROM STDIN` (text format); returns the row count.
@@ -335,7 +324,10 @@ async fn copy_in(
     rows: &[&Row],
 ) -> Result<u64, sqlx::Error> {
     let mut copy = conn
-        .copy_in_raw(&format!("COPY {table} ({COLUMNS}) FROM STDIN"))
+        .copy_in_raw(&format!(
+            "COPY {table} ({}) FROM STDIN",
+            columns::sent_list()
+        ))
         .await?;
     copy.send(copy_text(rows).into_bytes()).await?;
     copy.finish().await
@@ -353,35 +345,16 @@ fn counted(batch: usize, inserted: u64) -> Inserted {
 pub fn copy_text(rows: &[&Row]) -> String {
     let mut out = String::with_capacity(rows.len() * 512);
     for r in rows {
-        let fields: [Option<&str>; 16] = [
-            Some(&r.id),
-            None, // occurred_at, written below
-            Some(&r.source),
-            Some(&r.r#type),
-            r.subject.as_deref(),
-            Some(&r.actor_type),
-            Some(&r.actor_id),
-            r.resource_type.as_deref(),
-            r.resource_id.as_deref(),
-            Some(&r.action),
-            Some(&r.outcome),
-            r.reason.as_deref(),
-            r.trace_id.as_deref(),
-            r.details.as_deref(),
-            r.auth_type.as_deref(),
-            r.auth_id.as_deref(),
-        ];
-        for (i, f) in fields.iter().enumerate() {
+        for (i, (_, sent)) in columns::sent().enumerate() {
             if i > 0 {
                 out.push('\t');
             }
-            if i == 1 {
-                write_time(&mut out, r.occurred_at);
-                continue;
-            }
-            match f {
-                None => out.push_str("\\N"),
-                Some(s) => escape_into(&mut out, s),
+            match sent {
+                Sent::Time(f) => write_time(&mut out, f(r)),
+                Sent::Text(f) => match f(r) {
+                    None => out.push_str("\\N"),
+                    Some(s) => escape_into(&mut out, s),
+                },
             }
         }
         out.push('\n');

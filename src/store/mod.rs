@@ -1,11 +1,20 @@
-//! The PostgreSQL client: schema, monthly partitions and idempotent inserts into `audit_events`.
+//! The PostgreSQL client. Every SQL statement of the service is here (a test keeps it so);
+//! other modules call the functions below, named for what they do.
 //!
+//! - [`columns`]: the one list of `audit_events` columns every statement naming them is built
+//!   from, and [`StoredRow`], a whole row as read;
+//! - [`locks`]: the advisory locks the processes share;
 //! - [`schema`]: the DDL of docs/contract.md, applied idempotently (and the database created
-//!   when it is missing and the role may);
+//!   when it is missing and the role may), with [`integrity_schema`], the tables of tamper
+//!   evidence;
 //! - [`partitions`]: listing partitions with bounds read from the catalog, creating months on
-//!   demand and ahead, dropping expired ones under an advisory lock;
+//!   demand and ahead, dropping expired ones under an advisory lock, each drop recorded in
+//!   [`retention`];
 //! - [`insert`]: batched idempotent inserts (`COPY` with a fallback to `INSERT … ON CONFLICT DO
-//!   NOTHING`), so every redelivery of an event collapses on the key `(id, occurred_at)`;
+//!   NOTHING`), so every redelivery of an event collapses on the key `(id, occurred_at)`, each
+//!   transaction attested in [`attestations`] when the sink has a writer key;
+//! - [`rows`], [`seals`]: the reads and writes of the sealer, `verify` and `GET /seals`;
+//! - [`query`]: the investigators' read path;
 //! - [`month`]: the calendar arithmetic (pure).
 //!
 //! The [`Store`] also tracks whether the database is reachable and accepts writes, for
@@ -13,12 +22,25 @@
 //! answers, not that the role may still insert, so a systemic error of a write (a revoked
 //! privilege, a changed column) stays on `/health` until a write succeeds again.
 
+pub mod attestations;
+pub mod columns;
 pub mod connect;
 pub mod error;
 pub mod insert;
+pub mod integrity_schema;
+pub mod locks;
 pub mod month;
 pub mod partitions;
+pub mod query;
+pub mod retention;
+pub mod rows;
 pub mod schema;
+pub mod seals;
+
+#[cfg(test)]
+mod guard;
+#[cfg(test)]
+mod scratch;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -29,9 +51,12 @@ use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio_util::sync::CancellationToken;
 
+pub use attestations::Attest;
+pub use columns::StoredRow;
 pub use connect::{UrlError, connect_options};
 pub use error::{ErrorClass, StoreError, classify, is_retriable};
 pub use insert::{InsertMethod, Inserted};
+pub use locks::AdvisoryLock;
 pub use month::{Month, months_ahead, retention_cutoff};
 pub use partitions::{MaintainReport, PartitionInfo};
 
@@ -131,7 +156,7 @@ pub struct Store {
     /// Concurrent insert statements per batch.
     parallelism: usize,
     /// The writer key every storing transaction is attested with (`integrity.writer_key_file`).
-    attestor: Option<Arc<crate::integrity::attest::Attestor>>,
+    attestor: Option<Arc<dyn Attest>>,
 }
 
 impl Store {
@@ -217,7 +242,7 @@ impl Store {
     }
 
     /// Attests every storing transaction with `attestor` (see `integrity::attest`).
-    pub fn with_attestor(mut self, attestor: crate::integrity::attest::Attestor) -> Store {
+    pub fn with_attestor(mut self, attestor: impl Attest + 'static) -> Store {
         self.attestor = Some(Arc::new(attestor));
         self
     }
@@ -294,6 +319,16 @@ impl Store {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// Makes the transaction `tx` just began read-only, reading one snapshot (`REPEATABLE READ`):
+/// what it reads in several statements is consistent, a commit in between counted in all or
+/// none.
+pub async fn repeatable_read_only(tx: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(tx)
+        .await
+        .map(|_| ())
 }
 
 #[cfg(test)]

@@ -11,13 +11,10 @@ use std::collections::BTreeSet;
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, Row as _};
 
+use super::locks::{self, AdvisoryLock};
+use super::retention;
 use super::schema::quote_ident;
 use super::{Month, Store, StoreError, months_ahead, retention_cutoff};
-
-/// Held (per transaction) while checking and creating a partition.
-pub const PARTITION_DDL_LOCK: i64 = 0x6175_6469_7400_0002;
-/// Held (per session, try-lock) by the one maintainer doing a maintenance pass.
-pub const MAINTAIN_LOCK: i64 = 0x6175_6469_7400_0003;
 
 /// One partition as the catalog describes it.
 #[derive(Debug, Clone, PartialEq)]
@@ -83,17 +80,15 @@ async fn list_on(conn: &mut PgConnection) -> Result<Vec<PartitionInfo>, sqlx::Er
         .collect()
 }
 
-/// Creates the partition of each month not covered yet, under [`PARTITION_DDL_LOCK`]; returns
+/// Creates the partition of each month not covered yet, under
+/// [`AdvisoryLock::PartitionDdl`]; returns
 /// the names created.
 async fn create_missing(
     conn: &mut PgConnection,
     months: &BTreeSet<Month>,
 ) -> Result<Vec<String>, sqlx::Error> {
     let mut tx = sqlx::Connection::begin(conn).await?;
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(PARTITION_DDL_LOCK)
-        .execute(&mut *tx)
-        .await?;
+    locks::lock_for_transaction(&mut tx, AdvisoryLock::PartitionDdl).await?;
     let existing = list_on(&mut tx).await?;
     let mut created = Vec::new();
     for &month in months {
@@ -167,7 +162,7 @@ impl Store {
         Ok(created)
     }
 
-    /// One maintenance pass under [`MAINTAIN_LOCK`]: create the current month and
+    /// One maintenance pass under [`AdvisoryLock::Maintain`]: create the current month and
     /// `pre_create - 1` ahead (`ensure`), drop partitions whose upper bound is at or before
     /// the retention cutoff (`drop_expired`, never when retention is 0). `Ok(None)` when
     /// another maintainer holds the lock.
@@ -181,9 +176,7 @@ impl Store {
     ) -> Result<Option<MaintainReport>, StoreError> {
         let what = "partition maintenance";
         let mut conn = self.acquire(what).await?;
-        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(MAINTAIN_LOCK)
-            .fetch_one(&mut *conn)
+        let locked = locks::try_lock_for_session(&mut conn, AdvisoryLock::Maintain)
             .await
             .map_err(|e| StoreError::new(what, e))?;
         if !locked {
@@ -199,10 +192,7 @@ impl Store {
                 drop_expired,
             )
             .await;
-        let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
-            .bind(MAINTAIN_LOCK)
-            .execute(&mut *conn)
-            .await;
+        let unlocked = locks::unlock_session(&mut conn, AdvisoryLock::Maintain).await;
         if unlocked.is_err() {
             // The lock is tied to this session: closing it releases the lock for sure.
             conn.detach();
@@ -241,7 +231,7 @@ impl Store {
                 // The drop and its retention record (for verify) commit together.
                 let dropped = async {
                     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-                    crate::integrity::record_retention(&mut tx, &p.name, p.lower, p.upper).await?;
+                    retention::record_drop(&mut tx, &p.name, p.lower, p.upper).await?;
                     sqlx::query(&format!("DROP TABLE IF EXISTS {}", quote_ident(&p.name)))
                         .execute(&mut *tx)
                         .await?;

@@ -10,48 +10,9 @@
 
 use sqlx::{ConnectOptions, Connection, PgConnection};
 
-use super::{Store, StoreError};
-
-/// Serializes schema changes between processes starting at the same time (transaction lock).
-pub const SCHEMA_LOCK: i64 = 0x6175_6469_7400_0001;
-
-/// The partitioned table. The reference creates the same table without the `auth_*` columns.
-pub const TABLE_DDL: &str = "CREATE TABLE IF NOT EXISTS audit_events (
-        id            text        NOT NULL,
-        occurred_at   timestamptz NOT NULL,
-        ingested_at   timestamptz NOT NULL DEFAULT now(),
-        source        text        NOT NULL,
-        type          text        NOT NULL,
-        subject       text,
-        actor_type    text        NOT NULL,
-        actor_id      text        NOT NULL,
-        resource_type text,
-        resource_id   text,
-        action        text        NOT NULL,
-        outcome       text        NOT NULL,
-        reason        text,
-        trace_id      text,
-        details       jsonb,
-        auth_type     text,
-        auth_id       text,
-        PRIMARY KEY (id, occurred_at)
-    ) PARTITION BY RANGE (occurred_at)";
-
-/// Columns a table created by the reference (or an older release) may lack: `(name, DDL)`.
-/// Nullable, so adding them to a partitioned table with rows is a catalog change, not a
-/// rewrite. Each `ALTER TABLE` runs only when its column is missing: it takes an exclusive lock
-/// on `audit_events`, which would wait behind any long-running read (an investigator's export)
-/// and queue every insert behind itself, at every start and maintenance pass.
-pub const ADDED_COLUMNS: &[(&str, &str)] = &[
-    (
-        "auth_type",
-        "ALTER TABLE audit_events ADD COLUMN IF NOT EXISTS auth_type text",
-    ),
-    (
-        "auth_id",
-        "ALTER TABLE audit_events ADD COLUMN IF NOT EXISTS auth_id text",
-    ),
-];
+use super::columns::{self, ADDED_COLUMNS};
+use super::locks::{self, AdvisoryLock};
+use super::{Store, StoreError, integrity_schema};
 
 /// One secondary index of `audit_events`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,8 +117,9 @@ pub fn quote_ident(name: &str) -> String {
 }
 
 impl Store {
-    /// Creates the database if it is missing (when the role may), then applies [`TABLE_DDL`],
-    /// [`ADDED_COLUMNS`] and the [`INDEXES`] the table lacks.
+    /// Creates the database if it is missing (when the role may), then applies the table of
+    /// [`columns`], the [`ADDED_COLUMNS`] it lacks, the [`integrity_schema`] and the
+    /// [`INDEXES`] the table lacks, under [`AdvisoryLock::Schema`].
     pub async fn prepare(&self) -> Result<(), StoreError> {
         let r = self.prepare_inner().await;
         self.observe(&r);
@@ -178,12 +140,10 @@ impl Store {
             .begin()
             .await
             .map_err(|e| StoreError::new(what, e))?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(SCHEMA_LOCK)
-            .execute(&mut *tx)
+        locks::lock_for_transaction(&mut tx, AdvisoryLock::Schema)
             .await
             .map_err(|e| StoreError::new(what, e))?;
-        sqlx::query(TABLE_DDL)
+        sqlx::query(&columns::create_table())
             .execute(&mut *tx)
             .await
             .map_err(|e| StoreError::new(what, e))?;
@@ -194,7 +154,7 @@ impl Store {
         .fetch_all(&mut *tx)
         .await
         .map_err(|e| StoreError::new(what, e))?;
-        for (column, ddl) in ADDED_COLUMNS {
+        for (column, ddl) in ADDED_COLUMNS.iter() {
             if present.iter().any(|p| p == column) {
                 continue;
             }
@@ -203,7 +163,7 @@ impl Store {
                 .await
                 .map_err(|e| StoreError::new(what, e))?;
         }
-        crate::integrity::apply_schema(&mut tx)
+        integrity_schema::apply(&mut tx)
             .await
             .map_err(|e| StoreError::new(what, e))?;
         let existing = table_indexes(&mut tx)

@@ -1,0 +1,103 @@
+//! Every consumer the service builds: the sink's group consumer and the readers of assigned
+//! partitions (`dlq replay`, the seal-topic reader of `verify` and the sealer). Their properties
+//! come in three layers: the defaults below, then the operator's `kafka.consumer` (the operator
+//! wins), then the properties the sink's guarantee rests on, forced back with a warning.
+
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, ConsumerContext, StreamConsumer};
+use rdkafka::error::KafkaResult;
+
+use crate::config::KafkaConfig;
+
+/// Consumer properties the sink's guarantees rest on; `kafka.consumer` cannot override them.
+const FIXED_CONSUMER: &[(&str, &str)] = &[
+    // Offsets move only when the sink commits them, after the database commit.
+    ("enable.auto.commit", "false"),
+    ("enable.auto.offset.store", "false"),
+];
+
+/// Consumer properties with defaults that `kafka.consumer` may override.
+const DEFAULT_CONSUMER: &[(&str, &str)] = &[
+    // A new group starts at the oldest record: an audit event is never skipped by default.
+    ("auto.offset.reset", "earliest"),
+    // Feeds the consumer-lag gauge.
+    ("statistics.interval.ms", "5000"),
+    // Prefetch at most 16 MiB (librdkafka's default is 64 MiB): several batches ahead of the
+    // database. A full prefetch queue pauses fetching for `fetch.queue.backoff.ms`; the default
+    // 1 s then starves the sink (measured: -15% rows/s), 100 ms does not. The bound is checked
+    // before each fetch, so one fetch response (`fetch.max.bytes`, 50 MiB) can overshoot it: a
+    // heap profile under batch load found 25 MiB of decompressed fetch buffers. 8 MiB and a
+    // 4 MiB `fetch.max.bytes` took ~12 MiB off the peak but cost the sink 10-20 % of its rows/s
+    // (BENCHMARKS.md, "Memory and the lean path"), so they are left to `kafka.consumer`.
+    ("queued.max.messages.kbytes", "16384"),
+    ("fetch.queue.backoff.ms", "100"),
+];
+
+/// The configuration of a consumer in `group`: `bootstrap.servers`, `client.id`, the defaults,
+/// the operator's `kafka.consumer`, then the fixed properties (each ignored operator value
+/// logged as a warning).
+pub fn consumer_config(kafka: &KafkaConfig, group: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &kafka.bootstrap_servers)
+        .set("client.id", &kafka.client_id)
+        .set("group.id", group);
+    for (k, v) in DEFAULT_CONSUMER {
+        c.set(*k, *v);
+    }
+    for (k, v) in &kafka.consumer {
+        c.set(k, v);
+    }
+    for (k, v) in FIXED_CONSUMER {
+        if kafka.consumer.get(*k).is_some_and(|set| set != v) {
+            tracing::warn!(
+                property = k,
+                "kafka.consumer.{k} is ignored: the sink needs {v}"
+            );
+        }
+        c.set(*k, *v);
+    }
+    c
+}
+
+/// The sink's group consumer: subscribes, and reports rebalances, commits and statistics to
+/// `context`.
+pub fn stream_consumer<C: ConsumerContext + 'static>(
+    kafka: &KafkaConfig,
+    group: &str,
+    context: C,
+) -> KafkaResult<StreamConsumer<C>> {
+    consumer_config(kafka, group).create_with_context(context)
+}
+
+/// A consumer of partitions it is assigned by hand, committing (if at all) as `group`: `dlq
+/// replay`, and the seal-topic reader, which never commits. Nothing reads its statistics, so
+/// librdkafka is not asked for them.
+pub fn reader(kafka: &KafkaConfig, group: &str) -> KafkaResult<BaseConsumer> {
+    consumer_config(kafka, group)
+        .set("statistics.interval.ms", "0")
+        .create()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn the_operator_tunes_the_defaults_but_not_the_commit_properties() {
+        let mut kafka = Config::default().kafka;
+        for (k, v) in [
+            ("enable.auto.commit", "true"),
+            ("queued.max.messages.kbytes", "8192"),
+        ] {
+            kafka.consumer.insert(k.into(), v.into());
+        }
+        let c = consumer_config(&kafka, "g");
+        assert_eq!(c.get("enable.auto.commit"), Some("false"));
+        assert_eq!(c.get("enable.auto.offset.store"), Some("false"));
+        assert_eq!(c.get("queued.max.messages.kbytes"), Some("8192"));
+        assert_eq!(c.get("auto.offset.reset"), Some("earliest"));
+        assert_eq!(c.get("group.id"), Some("g"));
+        assert_eq!(c.get("client.id"), Some(kafka.client_id.as_str()));
+    }
+}
