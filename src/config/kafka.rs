@@ -1,12 +1,95 @@
+//! The Kafka section (`audit_manager.kafka`) and the checks of its client properties.
+//!
 //! `kafka.producer` / `kafka.consumer` checked by librdkafka itself when the configuration is
 //! loaded, so a misspelt or invalid property stops the start with the property's name, before
 //! any role builds a client, and the message never quotes the value (rdkafka's own error
 //! does: a misspelt `sasl.pasword` would print the password).
 
 use rdkafka::error::KafkaError;
+use serde::{Deserialize, Serialize};
 
+use super::error::{at_least_one, invalid, non_empty};
 use super::redact::is_secret_name;
+use super::value::{de_int, de_string_map};
 use super::{ConfigError, KafkaProperties, ROOT_KEY};
+
+/// Kafka settings (`audit_manager.kafka`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Comma-separated `host:port` bootstrap brokers; `embedded` starts an in-process mock
+    /// broker (development only). Default `kafka:9092`.
+    pub bootstrap_servers: String,
+    /// Topic carrying audit events. Default `openg2p.audit.events`.
+    pub topic: String,
+    /// Dead-letter topic for events the sink cannot store. Default `openg2p.audit.dlq`.
+    pub dlq_topic: String,
+    /// Consumer group of the sink. Default `openg2p-audit-consumer`.
+    pub consumer_group: String,
+    /// Kafka `client.id`. Default `openg2p-audit-manager`.
+    pub client_id: String,
+    /// Number of partitions when this service creates the topics. Default `12`.
+    #[serde(deserialize_with = "de_int")]
+    pub topic_partitions: i32,
+    /// Replication factor when this service creates the topics (`-1` = broker default).
+    /// Default `1`.
+    #[serde(deserialize_with = "de_int")]
+    pub topic_replication: i32,
+    /// Extra librdkafka producer properties (`name: value`; numbers and booleans are turned
+    /// into their string form; `linger_ms` is `linger.ms`). Default: none.
+    #[serde(deserialize_with = "de_string_map")]
+    pub producer: KafkaProperties,
+    /// Extra librdkafka consumer properties, same format as `producer`. Default: none.
+    #[serde(deserialize_with = "de_string_map")]
+    pub consumer: KafkaProperties,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            bootstrap_servers: "kafka:9092".to_string(),
+            topic: "openg2p.audit.events".to_string(),
+            dlq_topic: "openg2p.audit.dlq".to_string(),
+            consumer_group: "openg2p-audit-consumer".to_string(),
+            client_id: "openg2p-audit-manager".to_string(),
+            topic_partitions: 12,
+            topic_replication: 1,
+            producer: KafkaProperties::default(),
+            consumer: KafkaProperties::default(),
+        }
+    }
+}
+
+impl KafkaConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        non_empty("kafka.bootstrap_servers", &self.bootstrap_servers)?;
+        non_empty("kafka.topic", &self.topic)?;
+        non_empty("kafka.dlq_topic", &self.dlq_topic)?;
+        non_empty("kafka.consumer_group", &self.consumer_group)?;
+        if self.dlq_topic == self.topic {
+            return Err(invalid(
+                "kafka.dlq_topic",
+                format!(
+                    "must differ from kafka.topic (both are `{}`); pick a separate dead-letter \
+                     topic",
+                    self.topic
+                ),
+            ));
+        }
+        at_least_one("kafka.topic_partitions", self.topic_partitions)?;
+        if self.topic_replication < 1 && self.topic_replication != -1 {
+            return Err(invalid(
+                "kafka.topic_replication",
+                format!(
+                    "must be at least 1, or -1 for the broker default (got {})",
+                    self.topic_replication
+                ),
+            ));
+        }
+        check_properties("producer", &self.producer)?;
+        check_properties("consumer", &self.consumer)
+    }
+}
 
 /// Checks one property map (`map` is `producer` or `consumer`).
 pub(crate) fn check_properties(map: &str, props: &KafkaProperties) -> Result<(), ConfigError> {

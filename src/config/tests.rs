@@ -1,5 +1,10 @@
-use super::*;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
 use serde_yaml_ng::Value;
+
+use super::*;
 
 fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
     pairs

@@ -483,31 +483,15 @@ pub fn validate_map(
     Ok((ev, c.rules))
 }
 
-/// A fresh UUIDv7 (hyphenated, lowercase) whose timestamp is `now`.
+/// A fresh UUIDv7 (hyphenated, lowercase) whose timestamp is `now` (whole milliseconds).
 ///
-/// `Uuid::now_v7` asks the OS for randomness on every call (~1µs, a syscall); this draws the
-/// 74 random bits from a per-thread SplitMix64 stream seeded once from the OS instead. The ids
-/// need to be unique, not unpredictable.
+/// uuid's `fast-rng` feature draws the 74 random bits from a per-thread generator seeded from
+/// the OS, not a syscall per id: the ids need to be unique, not unpredictable.
 pub fn new_event_id(now: DateTime<Utc>) -> String {
-    use std::cell::Cell;
-    thread_local! {
-        static STATE: Cell<u64> = Cell::new(uuid::Uuid::new_v4().as_u64_pair().0);
-    }
-    let next = || {
-        STATE.with(|state| {
-            let s = state.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
-            state.set(s);
-            let mut z = s;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
-        })
-    };
-    let mut random = [0u8; 10];
-    random[..8].copy_from_slice(&next().to_le_bytes());
-    random[8..].copy_from_slice(&next().to_le_bytes()[..2]);
     let millis = u64::try_from(now.timestamp_millis()).unwrap_or(0);
-    let id = uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid();
+    let subsec_nanos = u32::try_from(millis % 1000).unwrap_or(0) * 1_000_000;
+    let ts = uuid::Timestamp::from_unix_time(millis / 1000, subsec_nanos, 0, 0);
+    let id = uuid::Uuid::new_v7(ts);
     let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
     id.hyphenated().encode_lower(&mut buf).to_owned()
 }

@@ -340,12 +340,22 @@ impl Runner {
         }
     }
 
+    /// Doubling from `retry_backoff_min` per consecutive failure, with jitter. backon's jitter
+    /// adds up to the delay again, so the delay doubles up to half of `retry_backoff_max`:
+    /// every wait lies within [`retry_backoff_min`, `retry_backoff_max`].
     fn backoff(&self, l: &Loop) -> Duration {
+        use backon::{BackoffBuilder as _, ExponentialBuilder};
         let s = &self.settings;
-        let factor = 1u32 << l.attempt.min(16);
-        s.retry_backoff_min
-            .saturating_mul(factor)
-            .min(s.retry_backoff_max)
+        ExponentialBuilder::new()
+            .with_min_delay(s.retry_backoff_min)
+            .with_max_delay(s.retry_backoff_max / 2)
+            .with_jitter()
+            .without_max_times()
+            .build()
+            .nth(l.attempt.min(16) as usize)
+            .map_or(s.retry_backoff_max, |d| {
+                d.max(s.retry_backoff_min).min(s.retry_backoff_max)
+            })
     }
 
     /// Once a failure's reports are all in and its backoff passed: read again from the oldest

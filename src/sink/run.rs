@@ -30,11 +30,19 @@ use crate::store::{Inserted, Operation, Store, StoreError, retention_cutoff};
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
-/// Doubling backoff, capped.
+/// Doubling backoff, capped, with jitter (sinks that failed together do not retry in step).
+/// backon's jitter adds up to the delay again, so the delay doubles up to half of the longest
+/// wait: every wait lies within [`BACKOFF_MIN`, `BACKOFF_MAX`].
 pub fn backoff(attempt: u32) -> Duration {
-    BACKOFF_MIN
-        .saturating_mul(1u32 << attempt.min(16))
-        .min(BACKOFF_MAX)
+    use backon::{BackoffBuilder as _, ExponentialBuilder};
+    ExponentialBuilder::new()
+        .with_min_delay(BACKOFF_MIN)
+        .with_max_delay(BACKOFF_MAX / 2)
+        .with_jitter()
+        .without_max_times()
+        .build()
+        .nth(attempt.min(16) as usize)
+        .map_or(BACKOFF_MAX, |d| d.clamp(BACKOFF_MIN, BACKOFF_MAX))
 }
 
 /// Settings of the loop, from the configuration.
@@ -565,12 +573,20 @@ mod tests {
     use crate::store::error::tests::db_error;
 
     #[test]
-    fn backoff_doubles_and_caps() {
-        assert_eq!(backoff(0), Duration::from_millis(100));
-        assert_eq!(backoff(1), Duration::from_millis(200));
-        assert_eq!(backoff(5), Duration::from_millis(3200));
-        assert_eq!(backoff(6), BACKOFF_MAX);
-        assert_eq!(backoff(40), BACKOFF_MAX);
+    fn backoff_doubles_and_caps_within_its_bounds() {
+        // Jitter adds up to the delay again (and f32 arithmetic a hair more).
+        let within = |attempt: u32, low: Duration, high: Duration| {
+            for _ in 0..200 {
+                let d = backoff(attempt);
+                assert!(d >= low && d <= high, "attempt {attempt}: {d:?}");
+            }
+        };
+        let ms = Duration::from_millis;
+        within(0, BACKOFF_MIN, ms(201));
+        within(1, ms(199), ms(401));
+        within(4, ms(1599), ms(3201));
+        within(5, ms(2499), BACKOFF_MAX);
+        within(40, ms(2499), BACKOFF_MAX);
     }
 
     fn failed(codes: &[&'static str]) -> Vec<(usize, StoreError)> {

@@ -4,7 +4,8 @@
 //!
 //! The panic comes from the test seam `StartOptions::inject_panic`, which panics inside the
 //! chosen role's own task once the test cancels its trigger. That the returned failure becomes
-//! a non-zero exit code is checked by the unit test `cli::tests::a_role_failure_exits_non_zero`.
+//! a non-zero exit code is checked by the unit test
+//! `cli::serve::tests::a_role_failure_exits_non_zero`.
 //!
 //! A role's own error reaches the supervisor too, at start and while running: `serve` fails
 //! with the role's error text, never a bare "returned".
