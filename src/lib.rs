@@ -38,6 +38,7 @@ pub mod logging;
 pub mod maintain;
 pub mod metrics;
 pub mod query;
+pub mod role;
 pub mod schedule;
 pub mod serve;
 pub mod shutdown;

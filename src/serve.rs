@@ -16,10 +16,9 @@ mod ingest;
 mod listener;
 mod query;
 mod resources;
-pub mod role;
 
-pub use role::StartOptions;
-use role::{ApiParts, RoleContext, Started};
+pub use crate::role::StartOptions;
+use crate::role::{ApiParts, RoleContext, Started};
 
 /// `kafka.bootstrap_servers` value that starts the in-process development broker.
 pub const EMBEDDED_KAFKA: &str = "embedded";

@@ -81,7 +81,7 @@ use serde::{Deserialize, Serialize};
 pub use auth::{AuthConfig, AuthMode};
 pub use database::DatabaseConfig;
 pub use error::ConfigError;
-pub use forward::ForwardConfig;
+pub use forward::{ForwardConfig, ForwardSettings};
 pub use http::{HttpConfig, TlsConfig};
 pub use ingest::IngestConfig;
 pub use integrity::IntegrityConfig;

@@ -3,62 +3,9 @@
 //! and forces the properties the delivery guarantee rests on.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
-use crate::config::Config;
+use crate::config::{Config, ForwardSettings};
 use crate::kafka::producer::{Overridden, ProducerConfig};
-
-/// Tuning of the spool → Kafka loop. Not part of the YAML contract: the defaults suit a sidecar
-/// and a central deployment alike; tests shorten the timings.
-#[derive(Debug, Clone)]
-pub struct ForwardSettings {
-    /// Most records handed to the producer and not yet acknowledged by the broker.
-    pub max_in_flight_events: usize,
-    /// Most bytes (key + value) handed to the producer and not yet acknowledged.
-    pub max_in_flight_bytes: usize,
-    /// Most records read from the spool in one read transaction.
-    pub read_batch_events: usize,
-    /// How often an idle forwarder looks for new records in the spool.
-    pub idle_poll: Duration,
-    /// First wait after a failed delivery before the undelivered records are sent again.
-    pub retry_backoff_min: Duration,
-    /// Longest such wait (the backoff doubles up to this).
-    pub retry_backoff_max: Duration,
-    /// On shutdown, how long to wait for outstanding delivery reports before giving up on them
-    /// (they stay in the spool and are sent again after the restart).
-    pub flush_timeout: Duration,
-    /// Default `message.timeout.ms`: how long librdkafka keeps retrying one record before it
-    /// reports a failure to us. Bounded so an outage surfaces as failed deliveries (the record
-    /// stays in the spool and is re-sent) instead of an ever-growing, invisible queue.
-    pub message_timeout: Duration,
-}
-
-impl ForwardSettings {
-    /// These settings with the bounds the configuration sets (`forward.max_in_flight_bytes`):
-    /// the configuration always decides them, whoever chose the timings.
-    pub fn bounded_by(self, config: &Config) -> ForwardSettings {
-        ForwardSettings {
-            max_in_flight_bytes: usize::try_from(config.forward.max_in_flight_bytes)
-                .unwrap_or(usize::MAX),
-            ..self
-        }
-    }
-}
-
-impl Default for ForwardSettings {
-    fn default() -> Self {
-        ForwardSettings {
-            max_in_flight_events: 20_000,
-            max_in_flight_bytes: 16 * 1024 * 1024,
-            read_batch_events: 2_000,
-            idle_poll: Duration::from_millis(10),
-            retry_backoff_min: Duration::from_millis(200),
-            retry_backoff_max: Duration::from_secs(10),
-            flush_timeout: Duration::from_secs(5),
-            message_timeout: Duration::from_secs(30),
-        }
-    }
-}
 
 /// Room added to `ingest.max_event_bytes` for the key, headers and record framing.
 const MESSAGE_OVERHEAD: u64 = 64 * 1024;

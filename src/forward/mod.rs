@@ -41,12 +41,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+pub use crate::config::ForwardSettings;
 pub use client::CONTENT_TYPE;
-pub use config::{ForwardSettings, producer_config, producer_properties};
+pub use config::{producer_config, producer_properties};
 
 use crate::config::{Config, Role};
 use crate::health::{Check, RoleReport, Status};
-use crate::serve::role::{RoleContext, Started};
+use crate::role::{RoleContext, Started};
 use crate::shutdown::Task;
 use crate::spool::{Spool, now_ms};
 

@@ -13,8 +13,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{DatabaseConfig, Role};
 use crate::integrity::sealer::SealerState;
+use crate::role::{RoleContext, Started};
 use crate::schedule::{PassOutcome, schedule};
-use crate::serve::role::{RoleContext, Started};
 use crate::shutdown::Task;
 use crate::store::{MaintainReport, Store, StoreError};
 

@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use serde_json::json;
 
-use super::role::{RoleContext, Started};
 use crate::auth::Authenticator;
 use crate::config::Role;
 use crate::health::{Check, RoleReport, Status};
+use crate::role::{RoleContext, Started};
 use crate::shutdown::Task;
 use crate::spool::{Room, Spool, now_ms};
 

@@ -4,8 +4,8 @@
 
 use anyhow::Context;
 
-use super::role::{ApiParts, RoleContext, Started, joined};
 use crate::config::{AuthMode, Config, Role};
+use crate::role::{ApiParts, RoleContext, Started, joined};
 use crate::shutdown::Task;
 use crate::store::Store;
 

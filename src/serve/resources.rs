@@ -8,11 +8,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::EMBEDDED_KAFKA;
-use super::role::{RoleContext, StartOptions};
 use crate::auth::Authenticator;
 use crate::auth::tls::{TlsFiles, TlsReloader};
 use crate::config::{AuthMode, Config, Role};
 use crate::kafka::dev::EmbeddedKafka;
+use crate::role::{RoleContext, StartOptions};
 use crate::spool::{self, Spool, SpoolOptions};
 use crate::store::Store;
 

@@ -14,7 +14,7 @@ pub mod run;
 use std::sync::Arc;
 
 use crate::config::{Config, Role};
-use crate::serve::role::{RoleContext, Started};
+use crate::role::{RoleContext, Started};
 use crate::shutdown::Task;
 use crate::store::Store;
 

@@ -30,9 +30,9 @@ pub struct StartOptions {
     pub spool_opener: Option<crate::spool::Opener>,
     /// Forward-loop tuning instead of [`ForwardSettings::default`] (tests shorten timings).
     ///
-    /// [`ForwardSettings::default`]: crate::forward::ForwardSettings
+    /// [`ForwardSettings::default`]: crate::config::ForwardSettings
     #[cfg(feature = "failpoints")]
-    pub forward: Option<crate::forward::ForwardSettings>,
+    pub forward: Option<crate::config::ForwardSettings>,
     /// Makes the task panic once the token is cancelled (supervision tests; see
     /// [`Supervisor::inject_panic`](crate::shutdown::Supervisor::inject_panic)).
     #[cfg(feature = "failpoints")]
