@@ -10,6 +10,9 @@
 //! - `bench_ingest_and_forward`: HTTP batch POSTs (16 clients x 100-event batches, every 202
 //!   fsynced) with the forwarder running in the same process, until the spool is empty.
 
+// A measurement harness, not shipped code: a failed setup step may panic.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 #[path = "../tests/common/mod.rs"]
 mod common;
 mod support;

@@ -9,6 +9,9 @@
 //! database; rows are written the sink's way (`Store::insert`, batches of 5 000, COPY, four
 //! statements per batch).
 
+// A measurement harness, not shipped code: a failed setup step may panic.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 #[path = "../tests/common/mod.rs"]
 mod common;
 mod support;

@@ -10,6 +10,9 @@
 //! measured through HTTP against the running query role, so it includes the read's own audit
 //! event (spooled and fsynced before the answer).
 
+// A measurement harness, not shipped code: a failed setup step may panic.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 #[path = "../tests/common/mod.rs"]
 mod common;
 mod support;

@@ -8,6 +8,9 @@
 //! `bench_sink_with_sealing_off_and_on`). Each benchmark uses a fresh
 //! database, so every insert lands in the indexed, partitioned `audit_events`.
 
+// A measurement harness, not shipped code: a failed setup step may panic.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 #[path = "../tests/common/mod.rs"]
 mod common;
 mod support;

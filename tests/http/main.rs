@@ -2,6 +2,9 @@
 //! validation modes, authentication and TLS, slow clients, readiness, the query API and its
 //! OpenAPI document, the dashboard's metrics and the investigators' page.
 
+// Test code: a failed step panics with its message (the lints deny that in the service).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 #[path = "../common/mod.rs"]
 mod common;
 

@@ -2,6 +2,9 @@
 //! PostgreSQL, topics and partitions, draining and supervision, systemic failures, TLS to the
 //! backends and the reference service's configuration and database.
 
+// Test code: a failed step panics with its message (the lints deny that in the service).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 #[path = "../common/mod.rs"]
 mod common;
 

@@ -1,6 +1,9 @@
 //! The process and its files: the spool under faults, damage, power cuts and upgrades, crashes,
 //! the command line, the quickstart, the production image and the memory bounds.
 
+// Test code: a failed step panics with its message (the lints deny that in the service).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 #[path = "../common/mod.rs"]
 mod common;
 #[path = "../common/power_cut.rs"]
