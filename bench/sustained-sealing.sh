@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The sustained HTTP -> PostgreSQL run of BENCHMARKS.md with sealing on: an agent (ingest +
-# forward), `audit-manager dev-kafka` (24 partitions) and a sink+maintain process that seals
+# The sustained HTTP -> PostgreSQL run of docs/benchmark-history.md with sealing on: an agent
+# (ingest + forward), `audit-manager dev-kafka` (24 partitions) and a sink+maintain process that seals
 # every $INTERVAL, under `audit-loadgen --rate $RATE` for $SECS seconds with --verify. Prints the
 # load generator's summary, the largest `audit_seal_lag_seconds` seen (read every second), the
 # peak RSS of both processes, the seals, and `audit-manager verify` over every row.

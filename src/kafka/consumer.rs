@@ -28,7 +28,8 @@ const DEFAULT_CONSUMER: &[(&str, &str)] = &[
     // before each fetch, so one fetch response (`fetch.max.bytes`, 50 MiB) can overshoot it: a
     // heap profile under batch load found 25 MiB of decompressed fetch buffers. 8 MiB and a
     // 4 MiB `fetch.max.bytes` took ~12 MiB off the peak but cost the sink 10-20 % of its rows/s
-    // (BENCHMARKS.md, "Memory and the lean path"), so they are left to `kafka.consumer`.
+    // (docs/benchmark-history.md, "Memory and the lean path"), so they are left to
+    // `kafka.consumer`.
     ("queued.max.messages.kbytes", "16384"),
     ("fetch.queue.backoff.ms", "100"),
 ];

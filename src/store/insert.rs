@@ -19,7 +19,7 @@
 //! sequence's position, and the transaction ends by storing its signed attestation (see
 //! `integrity::attest`): one more statement per transaction, no more per row.
 //!
-//! `BENCHMARKS.md` has the measurements that chose the default.
+//! `docs/benchmark-history.md` ("PostgreSQL sink") has the measurements that chose the default.
 
 use std::fmt::Write as _;
 use std::sync::LazyLock;

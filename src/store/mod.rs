@@ -64,7 +64,8 @@ pub use partitions::{MaintainReport, PartitionInfo};
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Concurrent insert statements per batch. Each waits for its own commit's WAL flush, so more
 /// statements than server cores still pay: on the 2-core reference machine four beat two by
-/// ~10% end to end and two beat one by ~1.6x (see `BENCHMARKS.md`).
+/// ~10% end to end and two beat one by ~1.6x (see `docs/benchmark-history.md`, "PostgreSQL
+/// sink").
 pub const DEFAULT_INSERT_PARALLELISM: usize = 4;
 /// How often the health monitor pings the database.
 const PING_INTERVAL: Duration = Duration::from_secs(2);
@@ -228,7 +229,8 @@ impl Store {
         Ok(store)
     }
 
-    /// Chooses how batches are written (both are idempotent; see `BENCHMARKS.md`).
+    /// Chooses how batches are written (both are idempotent; see `docs/benchmark-history.md`,
+    /// "PostgreSQL sink").
     pub fn with_insert_method(mut self, method: InsertMethod) -> Store {
         self.method = method;
         self
