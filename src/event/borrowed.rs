@@ -33,10 +33,11 @@ use super::authcontext::{self, AuthContext};
 use super::json::{JsonError, parse_json};
 use super::rules::{Normalizations, Rule};
 use super::source;
+use super::time::parse_time;
 use super::validate::{
     ACTOR_TYPES, DEFAULT_ACTOR_TYPE, DEFAULT_CONTENT_TYPE, Limits, NormalizedEvent, OUTCOMES,
     Rejection, check_skew, is_json_content_type, is_valid_traceparent, new_event_id, normalize,
-    parse_time, within_cap,
+    within_cap,
 };
 
 /// Nesting (of objects and arrays, the event itself being 1) at which skimming gives up: an

@@ -47,11 +47,11 @@ pub mod authcontext;
 mod binary;
 mod borrowed;
 mod json;
-mod lenient_time;
 mod mode;
 mod row;
 mod rules;
 mod source;
+mod time;
 mod validate;
 
 pub use authcontext::AuthContext;
@@ -61,8 +61,9 @@ pub use json::{BatchBody, JsonError, parse_json, split_batch};
 pub use mode::ValidationMode;
 pub use row::{Row, RowError, row_from_record, row_from_record_counted, to_row};
 pub use rules::{Normalizations, Rule};
+pub use time::parse_time;
 pub use validate::{
     ACTOR_TYPES, DEFAULT_ACTOR_TYPE, DEFAULT_CONTENT_TYPE, FieldError, INDEXED_CAPS, Limits,
     NormalizedEvent, OUTCOMES, Rejection, event_time, is_json_content_type, is_valid_traceparent,
-    kafka_key, new_event_id, normalize, parse_normalized, parse_time, str_at, validate_map,
+    kafka_key, new_event_id, normalize, parse_normalized, str_at, validate_map,
 };
