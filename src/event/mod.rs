@@ -51,6 +51,7 @@ mod mode;
 mod row;
 mod rules;
 mod source;
+pub mod table;
 mod time;
 mod validate;
 
@@ -61,9 +62,12 @@ pub use json::{BatchBody, JsonError, parse_json, split_batch};
 pub use mode::ValidationMode;
 pub use row::{Row, RowError, row_from_record, row_from_record_counted, to_row};
 pub use rules::{Normalizations, Rule};
+pub use table::{
+    ACTOR_TYPES, DEFAULT_ACTOR_TYPE, DEFAULT_CONTENT_TYPE, INDEXED_CAPS, OUTCOMES,
+    is_json_content_type, is_valid_traceparent,
+};
 pub use time::parse_time;
 pub use validate::{
-    ACTOR_TYPES, DEFAULT_ACTOR_TYPE, DEFAULT_CONTENT_TYPE, FieldError, INDEXED_CAPS, Limits,
-    NormalizedEvent, OUTCOMES, Rejection, event_time, is_json_content_type, is_valid_traceparent,
-    kafka_key, new_event_id, normalize, parse_normalized, str_at, validate_map,
+    FieldError, Limits, NormalizedEvent, Rejection, event_time, kafka_key, new_event_id, normalize,
+    parse_normalized, str_at, validate_map,
 };
