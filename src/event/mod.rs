@@ -50,6 +50,7 @@ mod json;
 mod mode;
 mod row;
 mod rules;
+pub mod schema;
 mod source;
 pub mod table;
 mod time;
@@ -62,6 +63,7 @@ pub use json::{BatchBody, JsonError, parse_json, split_batch};
 pub use mode::ValidationMode;
 pub use row::{Row, RowError, row_from_record, row_from_record_counted, to_row};
 pub use rules::{Normalizations, Rule};
+pub use schema::{cloud_event_components, cloud_event_schema};
 pub use table::{
     ACTOR_TYPES, DEFAULT_ACTOR_TYPE, DEFAULT_CONTENT_TYPE, INDEXED_CAPS, OUTCOMES,
     is_json_content_type, is_valid_traceparent,
