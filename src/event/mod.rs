@@ -53,6 +53,8 @@ mod rules;
 pub mod schema;
 mod source;
 pub mod table;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod testgen;
 mod time;
 mod validate;
 
