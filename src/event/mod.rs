@@ -34,6 +34,10 @@
 //! the [`Rule`]s it needed ([`NormalizedEvent::normalized`]) so callers can count them. The sink
 //! applies the same function in the same mode. `docs/validation.md` lists every rule.
 //!
+//! The rules of each attribute are one table ([`table`]): [`normalize`] names problems from it,
+//! the borrowed path decides from it, and the OpenAPI `CloudEvent` schema ([`schema`]) is built
+//! from it. `time` is read by `time.rs`.
+//!
 //! In both modes [`parse_json`] refuses a NUL character and a duplicated object key anywhere in
 //! the body: valid JSON, but an event PostgreSQL cannot store or one that says two things.
 //!
