@@ -32,12 +32,9 @@ use super::ValidationMode;
 use super::authcontext::{self, AuthContext};
 use super::json::{JsonError, parse_json};
 use super::rules::{Normalizations, Rule};
-use super::source;
-use super::validate::{
-    ACTOR_TYPES, DEFAULT_ACTOR_TYPE, DEFAULT_CONTENT_TYPE, Limits, NormalizedEvent, OUTCOMES,
-    Rejection, check_skew, is_json_content_type, is_valid_traceparent, new_event_id, normalize,
-    parse_time, within_cap,
-};
+use super::table::{self, AsSent, DEFAULT_ACTOR_TYPE, DEFAULT_CONTENT_TYPE, Field, Seen};
+use super::time::parse_time;
+use super::validate::{Limits, NormalizedEvent, Rejection, check_skew, new_event_id, normalize};
 
 /// Nesting (of objects and arrays, the event itself being 1) at which skimming gives up: an
 /// event nested this deep takes the tree path, where serde_json's own limit applies.
@@ -274,21 +271,30 @@ enum Attr<'a> {
 }
 
 impl<'a> Attr<'a> {
-    /// A string that is not empty.
-    fn non_empty(self) -> Option<Cow<'a, str>> {
+    /// The attribute as the rule table takes it.
+    fn seen(&self) -> Seen<'_> {
         match self {
-            Attr::Str(s) if !s.is_empty() => Some(s),
-            _ => None,
+            Attr::Absent => Seen::Absent,
+            Attr::Null => Seen::Null,
+            Attr::Str(s) => Seen::Str(s),
         }
     }
 
-    /// Absent, `null` or a string: what an optional string field inside `data` may be.
-    fn optional_ok(&self) -> bool {
-        matches!(self, Attr::Absent | Attr::Null | Attr::Str(_))
+    /// The string, if it is one.
+    fn into_str(self) -> Option<Cow<'a, str>> {
+        match self {
+            Attr::Str(s) => Some(s),
+            _ => None,
+        }
     }
+}
 
-    fn is_str_in(&self, allowed: &[&str]) -> bool {
-        matches!(self, Attr::Str(s) if allowed.contains(&s.as_ref()))
+/// What storing `attr` as sent needs in `mode` by the table's `field`; `None` when the tree
+/// validator has to see it.
+fn as_sent(field: &Field, attr: &Attr<'_>, mode: ValidationMode) -> Option<AsSent> {
+    match field.as_sent(attr.seen(), mode) {
+        AsSent::Tree => None,
+        other => Some(other),
     }
 }
 
@@ -539,77 +545,57 @@ impl<'de> Visitor<'de> for TopVisitor {
 }
 
 impl<'a> Top<'a> {
-    /// The event, if it takes the borrowed path in `mode`.
+    /// The event, if it takes the borrowed path in `mode`: every attribute kept as sent or
+    /// given an appended default, as the rule table says (anything else is named, counted or
+    /// rewritten by the tree validator).
     fn lean(self, body: &'a [u8], mode: ValidationMode) -> Option<Borrowed<'a>> {
-        let specversion_missing = match self.specversion {
-            Attr::Str(s) if s == "1.0" => false,
-            Attr::Absent if mode == ValidationMode::Compatible => true,
-            _ => return None,
-        };
-        // Each value stored in an indexed column within its cap, a `source` that is not
-        // suspicious: anything else is named (or counted) by the tree path.
-        let capped = |path: &str, s: Cow<'a, str>| within_cap(path, &s).then_some(s);
-        let id = match self.id {
-            Attr::Absent => None,
-            other => Some(capped("id", other.non_empty()?)?),
-        };
-        let source = capped("source", self.source.non_empty()?)?;
-        if source::suspicious(&source).next().is_some() {
-            return None;
-        }
-        capped("type", self.r#type.non_empty()?)?;
-        let subject = match self.subject {
-            Attr::Absent => None,
-            other => Some(capped("subject", other.non_empty()?)?),
-        };
-        let time = match self.time {
-            Attr::Absent => None,
-            Attr::Str(s) => {
-                let t = parse_time(&s)?;
-                Some((s, t))
-            }
-            _ => return None,
-        };
-        let datacontenttype_missing = match self.datacontenttype {
-            Attr::Absent => true,
-            Attr::Str(s) if is_json_content_type(&s) => false,
-            _ => return None,
-        };
-        match self.traceparent {
-            Attr::Absent => {}
-            Attr::Str(s) if is_valid_traceparent(&s) && within_cap("traceparent", &s) => {}
-            _ => return None,
-        }
+        let specversion_missing =
+            as_sent(&table::SPECVERSION, &self.specversion, mode)? == AsSent::Appended;
+        as_sent(&table::ID, &self.id, mode)?;
+        as_sent(&table::SOURCE, &self.source, mode)?;
+        as_sent(&table::TYPE, &self.r#type, mode)?;
+        as_sent(&table::SUBJECT, &self.subject, mode)?;
+        as_sent(&table::TIME, &self.time, mode)?;
+        let datacontenttype_missing =
+            as_sent(&table::DATACONTENTTYPE, &self.datacontenttype, mode)? == AsSent::Appended;
+        as_sent(&table::TRACEPARENT, &self.traceparent, mode)?;
         let data = self.data?;
         let actor = data.actor?;
-        if !(data.action.non_empty().is_some()
-            && data.outcome.is_str_in(&OUTCOMES)
-            && data.resource_ok
-            && data.reason.optional_ok()
-            && actor.name.optional_ok()
-            && actor.ip.optional_ok()
-            && actor.session_id.optional_ok())
-        {
-            return None;
+        as_sent(&table::ACTION, &data.action, mode)?;
+        as_sent(&table::OUTCOME, &data.outcome, mode)?;
+        if let Some(resource) = &data.resource {
+            as_sent(&table::RESOURCE_TYPE, &resource.r#type, mode)?;
+            as_sent(&table::RESOURCE_ID, &resource.id, mode)?;
         }
-        let actor_type_at = match actor.r#type {
-            Attr::Absent => {
+        as_sent(&table::REASON, &data.reason, mode)?;
+        as_sent(&table::ACTOR_NAME, &actor.name, mode)?;
+        as_sent(&table::ACTOR_IP, &actor.ip, mode)?;
+        as_sent(&table::ACTOR_SESSION_ID, &actor.session_id, mode)?;
+        as_sent(&table::ACTOR_ID, &actor.id, mode)?;
+        let actor_type_at = match as_sent(&table::ACTOR_TYPE, &actor.r#type, mode)? {
+            AsSent::Appended => {
                 let raw = actor.raw.as_bytes();
                 let start = raw.as_ptr() as usize - body.as_ptr() as usize;
                 Some(start + raw.len() - 1)
             }
-            t if t.is_str_in(&ACTOR_TYPES) => None,
-            _ => return None,
+            _ => None,
+        };
+        let time = match self.time.into_str() {
+            Some(s) => {
+                let t = parse_time(&s)?;
+                Some((s, t))
+            }
+            None => None,
         };
         Some(Borrowed {
             body,
             specversion_missing,
-            id,
-            source,
-            subject,
+            id: self.id.into_str(),
+            source: self.source.into_str()?,
+            subject: self.subject.into_str(),
             time,
             datacontenttype_missing,
-            actor_id: capped("data.actor.id", actor.id.non_empty()?)?,
+            actor_id: actor.id.into_str()?,
             actor_type_at,
         })
     }
@@ -622,9 +608,8 @@ struct Data<'a> {
     actor: Option<Actor<'a>>,
     action: Attr<'a>,
     outcome: Attr<'a>,
-    /// `resource` is absent, `null`, or an object with a non-empty `type` and an optional
-    /// string `id`.
-    resource_ok: bool,
+    /// `None`: absent or `null`.
+    resource: Option<Resource<'a>>,
     reason: Attr<'a>,
 }
 
@@ -648,10 +633,7 @@ impl<'de> Visitor<'de> for DataSeed {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Data<'de>, A::Error> {
         // `data` is at depth 2, its members at 3.
         const DEPTH: usize = 3;
-        let mut data = Data {
-            resource_ok: true,
-            ..Data::default()
-        };
+        let mut data = Data::default();
         let mut keys = Keys::default();
         while let Some(key) = next_key(&mut map, &mut keys)? {
             match key.as_ref() {
@@ -661,7 +643,7 @@ impl<'de> Visitor<'de> for DataSeed {
                     data.actor = Some(read_actor(raw)?);
                 }
                 "resource" => {
-                    data.resource_ok = map.next_value_seed(ResourceSeed)?;
+                    data.resource = map.next_value_seed(ResourceSeed)?;
                 }
                 "action" => data.action = map.next_value_seed(AttrSeed)?,
                 "outcome" => data.outcome = map.next_value_seed(AttrSeed)?,
@@ -770,51 +752,50 @@ impl<'de> Visitor<'de> for RolesSeed {
     }
 }
 
-/// `data.resource`: `true` for `null` or an object whose `type` is a non-empty string and whose
-/// `id` is absent, `null` or a string, each within its cap; anything else stops.
+/// `data.resource`, an object.
+#[derive(Debug, Default)]
+struct Resource<'a> {
+    r#type: Attr<'a>,
+    id: Attr<'a>,
+}
+
+/// `data.resource`: `None` for `null`, its `type` and `id` for an object; anything else stops.
 struct ResourceSeed;
 
 impl<'de> DeserializeSeed<'de> for ResourceSeed {
-    type Value = bool;
+    type Value = Option<Resource<'de>>;
 
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_any(self)
     }
 }
 
 impl<'de> Visitor<'de> for ResourceSeed {
-    type Value = bool;
+    type Value = Option<Resource<'de>>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a JSON object or null")
     }
 
-    fn visit_unit<E>(self) -> Result<bool, E> {
-        Ok(true)
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         // The resource is at depth 3, its members at 4.
         const DEPTH: usize = 4;
         let mut keys = Keys::default();
-        let (mut r#type, mut id) = (Attr::Absent, Attr::Absent);
+        let mut resource = Resource::default();
         while let Some(key) = next_key(&mut map, &mut keys)? {
             match key.as_ref() {
-                "type" => r#type = map.next_value_seed(AttrSeed)?,
-                "id" => id = map.next_value_seed(AttrSeed)?,
+                "type" => resource.r#type = map.next_value_seed(AttrSeed)?,
+                "id" => resource.id = map.next_value_seed(AttrSeed)?,
                 _ => {
                     map.next_value_seed(Skim { depth: DEPTH })?;
                 }
             }
         }
-        let type_ok = r#type
-            .non_empty()
-            .is_some_and(|t| within_cap("data.resource.type", &t));
-        let id_ok = match id {
-            Attr::Str(id) => within_cap("data.resource.id", &id),
-            other => other.optional_ok(),
-        };
-        Ok(type_ok && id_ok)
+        Ok(Some(resource))
     }
 }
 

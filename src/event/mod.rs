@@ -34,6 +34,10 @@
 //! the [`Rule`]s it needed ([`NormalizedEvent::normalized`]) so callers can count them. The sink
 //! applies the same function in the same mode. `docs/validation.md` lists every rule.
 //!
+//! The rules of each attribute are one table ([`table`]): [`normalize`] names problems from it,
+//! the borrowed path decides from it, and the OpenAPI `CloudEvent` schema ([`schema`]) is built
+//! from it. `time` is read by `time.rs`.
+//!
 //! In both modes [`parse_json`] refuses a NUL character and a duplicated object key anywhere in
 //! the body: valid JSON, but an event PostgreSQL cannot store or one that says two things.
 //!
@@ -47,11 +51,15 @@ pub mod authcontext;
 mod binary;
 mod borrowed;
 mod json;
-mod lenient_time;
 mod mode;
 mod row;
 mod rules;
+pub mod schema;
 mod source;
+pub mod table;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod testgen;
+mod time;
 mod validate;
 
 pub use authcontext::AuthContext;
@@ -61,8 +69,13 @@ pub use json::{BatchBody, JsonError, parse_json, split_batch};
 pub use mode::ValidationMode;
 pub use row::{Row, RowError, row_from_record, row_from_record_counted, to_row};
 pub use rules::{Normalizations, Rule};
+pub use schema::{cloud_event_components, cloud_event_schema};
+pub use table::{
+    ACTOR_TYPES, DEFAULT_ACTOR_TYPE, DEFAULT_CONTENT_TYPE, INDEXED_CAPS, OUTCOMES,
+    is_json_content_type, is_valid_traceparent,
+};
+pub use time::parse_time;
 pub use validate::{
-    ACTOR_TYPES, DEFAULT_ACTOR_TYPE, DEFAULT_CONTENT_TYPE, FieldError, INDEXED_CAPS, Limits,
-    NormalizedEvent, OUTCOMES, Rejection, event_time, is_json_content_type, is_valid_traceparent,
-    kafka_key, new_event_id, normalize, parse_normalized, parse_time, str_at, validate_map,
+    FieldError, Limits, NormalizedEvent, Rejection, event_time, kafka_key, new_event_id, normalize,
+    parse_normalized, str_at, validate_map,
 };

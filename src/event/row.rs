@@ -17,7 +17,8 @@ use serde_json::{Map, Value};
 use super::ValidationMode;
 use super::json::{JsonError, parse_json};
 use super::rules::{Normalizations, Rule};
-use super::validate::{Limits, is_valid_traceparent, str_at, validate_map};
+use super::table::is_valid_traceparent;
+use super::validate::{Limits, str_at, validate_map};
 
 /// One `audit_events` row.
 #[derive(Debug, Clone, PartialEq)]
