@@ -48,7 +48,7 @@ impl DatabaseConfig {
         non_empty("database.url", &self.url)?;
         // The same reading of the URL every connection uses (TLS parameters included);
         // dropped parameters are named by the store when it connects.
-        if let Err(e) = crate::store::connect_options(&self.url) {
+        if let Err(e) = super::database_url::connect_options(&self.url) {
             return Err(invalid("database.url", e.to_string()));
         }
         at_least_one(

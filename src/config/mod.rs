@@ -57,6 +57,7 @@
 
 mod auth;
 mod database;
+mod database_url;
 mod error;
 mod forward;
 mod http;
@@ -80,6 +81,7 @@ use serde::{Deserialize, Serialize};
 
 pub use auth::{AuthConfig, AuthMode};
 pub use database::DatabaseConfig;
+pub use database_url::{Parsed, UrlError, connect_options};
 pub use error::ConfigError;
 pub use forward::{ForwardConfig, ForwardSettings};
 pub use http::{HttpConfig, TlsConfig};

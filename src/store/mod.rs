@@ -24,7 +24,6 @@
 
 pub mod attestations;
 pub mod columns;
-pub mod connect;
 pub mod error;
 pub mod insert;
 pub mod integrity_schema;
@@ -51,9 +50,9 @@ use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio_util::sync::CancellationToken;
 
+pub use crate::config::{UrlError, connect_options};
 pub use attestations::Attest;
 pub use columns::StoredRow;
-pub use connect::{UrlError, connect_options};
 pub use error::{ErrorClass, StoreError, classify, is_retriable};
 pub use insert::{InsertMethod, Inserted};
 pub use locks::AdvisoryLock;

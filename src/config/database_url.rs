@@ -17,7 +17,7 @@ use std::str::FromStr;
 use sqlx::postgres::PgConnectOptions;
 use url::Url;
 
-use crate::config::redact_url;
+use super::redact_url;
 
 /// Query parameters the driver applies (its spellings included).
 const KNOWN: &[&str] = &[
