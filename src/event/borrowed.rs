@@ -491,7 +491,8 @@ struct Top<'a> {
     source: Attr<'a>,
     r#type: Attr<'a>,
     subject: Attr<'a>,
-    time: Attr<'a>,
+    /// As sent and parsed (RFC 3339, what `table::TIME` keeps as sent): read once.
+    time: Option<(Cow<'a, str>, DateTime<FixedOffset>)>,
     datacontenttype: Attr<'a>,
     traceparent: Attr<'a>,
     data: Option<Data<'a>>,
@@ -518,7 +519,15 @@ impl<'de> Visitor<'de> for TopVisitor {
                 "source" => &mut top.source,
                 "type" => &mut top.r#type,
                 "subject" => &mut top.subject,
-                "time" => &mut top.time,
+                "time" => {
+                    // Not RFC 3339 (as reference-era emitters send it): rewritten by the tree
+                    // path, so stop here rather than skim all of the event first.
+                    top.time = match map.next_value_seed(AttrSeed)? {
+                        Attr::Str(s) => Some(parse_time(&s).map(|t| (s, t)).ok_or_else(stop)?),
+                        _ => return Err(stop()),
+                    };
+                    continue;
+                }
                 "datacontenttype" => &mut top.datacontenttype,
                 "traceparent" => &mut top.traceparent,
                 "data" => {
@@ -532,11 +541,11 @@ impl<'de> Visitor<'de> for TopVisitor {
                     continue;
                 }
             };
-            // What the tree path rewrites stops here too (a `null` attribute, a `time` that is
-            // not RFC 3339, as reference-era emitters send them): an event that takes the tree
-            // path should not pay for skimming all of it first. `lean` checks the rest.
+            // What the tree path rewrites stops here too (a `null` attribute, as reference-era
+            // emitters send them): an event that takes the tree path should not pay for
+            // skimming all of it first. `lean` checks the rest.
             match map.next_value_seed(AttrSeed)? {
-                Attr::Str(s) if key != "time" || parse_time(&s).is_some() => *slot = Attr::Str(s),
+                Attr::Str(s) => *slot = Attr::Str(s),
                 _ => return Err(stop()),
             }
         }
@@ -555,7 +564,9 @@ impl<'a> Top<'a> {
         as_sent(&table::SOURCE, &self.source, mode)?;
         as_sent(&table::TYPE, &self.r#type, mode)?;
         as_sent(&table::SUBJECT, &self.subject, mode)?;
-        as_sent(&table::TIME, &self.time, mode)?;
+        if self.time.is_none() {
+            as_sent(&table::TIME, &Attr::Absent, mode)?;
+        }
         let datacontenttype_missing =
             as_sent(&table::DATACONTENTTYPE, &self.datacontenttype, mode)? == AsSent::Appended;
         as_sent(&table::TRACEPARENT, &self.traceparent, mode)?;
@@ -580,20 +591,13 @@ impl<'a> Top<'a> {
             }
             _ => None,
         };
-        let time = match self.time.into_str() {
-            Some(s) => {
-                let t = parse_time(&s)?;
-                Some((s, t))
-            }
-            None => None,
-        };
         Some(Borrowed {
             body,
             specversion_missing,
             id: self.id.into_str(),
             source: self.source.into_str()?,
             subject: self.subject.into_str(),
-            time,
+            time: self.time,
             datacontenttype_missing,
             actor_id: actor.id.into_str()?,
             actor_type_at,

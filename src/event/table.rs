@@ -179,6 +179,7 @@ impl Field {
     /// yes/no form of what the tree validator does with it. Object and array members are the
     /// skim's to walk; `time` is kept when RFC 3339 (how far ahead it is the skim checks when
     /// it stores it).
+    #[inline]
     pub fn as_sent(&self, seen: Seen<'_>, mode: ValidationMode) -> AsSent {
         let compatible = mode == ValidationMode::Compatible;
         match (seen, self.absent) {
