@@ -1,26 +1,37 @@
 //! audit-manager: the durable record of who did what, when, and with what outcome.
 //!
-//! Modules follow the data, in the order an event travels:
+//! Modules follow the data, in the order an event travels (`docs/architecture.md` draws it):
 //!
-//! - [`event`]: the CloudEvent model — validation, normalization, defaults, the Kafka key and
-//!   the mapping to a table row (pure, no I/O; shared by ingest and sink);
-//! - [`api`]: the axum HTTP API — envelope, routes, error → status mapping;
+//! - [`event`]: the CloudEvent rules as one table ([`event::table`]) with two evaluators — the
+//!   tree validator that names every problem and the borrowed skim that answers yes/no without
+//!   building a tree — time parsing, normalization, defaults, the Kafka key and the mapping to a
+//!   table row (pure, no I/O; shared by ingest and sink);
+//! - [`api`]: the axum HTTP API — one router list (handler, document, public or protected),
+//!   authentication, the envelope, the error codes, the OpenAPI document;
 //! - [`spool`]: the crash-safe redb spool and its group-commit writer (202 only after fsync),
 //!   with the offline tools (`spool stats|verify|export|requeue`);
-//! - [`forward`]: spool → Kafka, deleting from the spool only what the broker acknowledged;
-//! - [`sink`]: Kafka consumer group → batched idempotent inserts, offsets committed only after
-//!   the database commit, dead letters to the DLQ topic;
-//! - [`store`]: PostgreSQL — schema, monthly partitions, inserts, reachability for `/health`;
+//! - [`forward`]: the forward role, spool → Kafka, deleting from the spool only what the broker
+//!   acknowledged;
+//! - [`sink`]: the sink role, Kafka consumer group → batched idempotent inserts, offsets
+//!   committed only after the database commit, dead letters to the DLQ topic;
+//! - [`maintain`]: the maintain role — partitions created ahead, expired ones dropped, and the
+//!   sealer when a signing key is set;
+//! - [`query`]: the investigators' read path (the query role), every read audited;
+//! - [`integrity`]: tamper evidence — row encoding, seals, writer attestation, the sealer's
+//!   pass, `verify`;
+//! - [`store`]: PostgreSQL, and every SQL statement of the service — the one column list,
+//!   schema, partitions, inserts, seals, attestations, queries, the advisory locks;
 //! - [`kafka`]: every broker client (producers, consumers, admin) with the properties the
 //!   delivery guarantees rest on, what a Kafka error says about the system, and the in-memory
 //!   development broker (`embedded`, `dev-kafka`, `serve --dev`);
-//! - [`maintain`]: the role that keeps partitions created ahead and drops expired ones;
 //! - [`auth`]: principals (tokens file, reloaded on change), TLS/mTLS on the listener;
-//! - [`integrity`]: tamper evidence — row encoding, seals, the sealer, `verify`;
+//! - [`role`]: the one shape of a role, `start(&RoleContext) -> Started` (its tasks and its
+//!   health check); [`serve`]: opens the shared resources and starts the configured roles;
+//!   [`shutdown`]: signals, supervision and draining; [`schedule`]: periodic passes;
 //! - [`health`], [`metrics`], [`logging`]: what operators see;
-//! - [`config`]: layered configuration (defaults < YAML < environment);
-//! - [`serve`]: wires the roles of one process together; [`shutdown`]: signals and draining;
-//! - [`cli`]: the command line (`serve`, `spool`, `partitions`, `dlq`, `topics`, `dev-kafka`).
+//! - [`config`]: layered configuration (defaults < YAML < environment), one file per section;
+//! - [`cli`]: the command line, one file per command (`serve`, `verify`, `keygen`, `token`,
+//!   `spool`, `partitions`, `dlq`, `topics`, `dev-kafka`).
 //!
 //! `main.rs` only parses the command line and calls into [`cli`]. The user-facing contract
 //! (API, events, configuration, table, guarantees) is in `docs/contract.md`.
