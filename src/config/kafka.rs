@@ -5,7 +5,9 @@
 //! any role builds a client, and the message never quotes the value (rdkafka's own error
 //! does: a misspelt `sasl.pasword` would print the password).
 
-use rdkafka::error::KafkaError;
+use rdkafka::ClientConfig;
+use rdkafka::config::NativeClientConfig;
+use rdkafka::error::{KafkaError, KafkaResult};
 use serde::{Deserialize, Serialize};
 
 use super::error::{at_least_one, invalid, non_empty};
@@ -91,9 +93,22 @@ impl KafkaConfig {
     }
 }
 
+/// librdkafka's reading of a property map: refuses a property it does not know or a value it
+/// cannot parse, and fills in its own defaults. It builds no client (that is `crate::kafka`'s
+/// job): the configuration only asks librdkafka whether it would take these properties.
+fn librdkafka_reading<'a>(
+    props: impl IntoIterator<Item = (&'a String, &'a String)>,
+) -> KafkaResult<NativeClientConfig> {
+    let mut cc = ClientConfig::new();
+    for (k, v) in props {
+        cc.set(k, v);
+    }
+    cc.create_native_config()
+}
+
 /// Checks one property map (`map` is `producer` or `consumer`).
 pub(crate) fn check_properties(map: &str, props: &KafkaProperties) -> Result<(), ConfigError> {
-    let native = match crate::kafka::native_config(props) {
+    let native = match librdkafka_reading(props) {
         Ok(n) => n,
         Err(KafkaError::ClientConfig(_, desc, key, value)) => {
             // librdkafka quotes the value of typed properties ("Invalid value \"x\" for …");

@@ -20,22 +20,6 @@ pub mod dev;
 pub mod error;
 pub mod producer;
 
-use rdkafka::ClientConfig;
-use rdkafka::config::NativeClientConfig;
-use rdkafka::error::KafkaResult;
-
-/// librdkafka's reading of a property map (`kafka.producer` or `kafka.consumer`): refuses a
-/// property it does not know or a value it cannot parse, and fills in its own defaults.
-pub fn native_config<'a>(
-    props: impl IntoIterator<Item = (&'a String, &'a String)>,
-) -> KafkaResult<NativeClientConfig> {
-    let mut cc = ClientConfig::new();
-    for (k, v) in props {
-        cc.set(k, v);
-    }
-    cc.create_native_config()
-}
-
 #[cfg(test)]
 mod tests {
     use std::path::{Path, PathBuf};
@@ -51,6 +35,14 @@ mod tests {
         "AdminClient",
         "rdkafka::admin",
     ];
+
+    /// `config/kafka.rs` asks librdkafka to read `kafka.producer` / `kafka.consumer` when the
+    /// configuration loads (a typo stops the start there): it makes a client configuration and
+    /// reads it, and builds no client. Only these findings are allowed there.
+    const READS_PROPERTIES: (&str, &[&str]) = (
+        "config/kafka.rs",
+        &["ClientConfig::new", "create_native_config", "ClientConfig"],
+    );
 
     /// Where a file outside `src/kafka/` builds a client: `(line, what)` for each line of code
     /// (comments aside) that does. `.create()` and the client configuration type count only in
@@ -115,9 +107,13 @@ mod tests {
         let mut offences = Vec::new();
         for path in outside {
             let source = std::fs::read_to_string(path).expect("a source file is readable");
+            let relative = path.strip_prefix(&src).unwrap_or(path);
             for (line, what) in client_building(&source) {
-                let path = path.strip_prefix(&src).unwrap_or(path).display();
-                offences.push(format!("src/{path}:{line}: {what}"));
+                let (reader, allowed) = READS_PROPERTIES;
+                if relative == Path::new(reader) && allowed.contains(&what.as_str()) {
+                    continue;
+                }
+                offences.push(format!("src/{}:{line}: {what}", relative.display()));
             }
         }
         assert!(
