@@ -11,9 +11,12 @@
 //! - [`spool`]: the crash-safe redb spool and its group-commit writer (202 only after fsync),
 //!   with the offline tools (`spool stats|verify|export|requeue`);
 //! - [`forward`]: the forward role, spool → Kafka, deleting from the spool only what the broker
-//!   acknowledged;
+//!   acknowledged; or, with `forward.target: postgres` (Kafka-less mode), spool → PostgreSQL
+//!   through [`write`], deleting only what the database committed;
 //! - [`sink`]: the sink role, Kafka consumer group → batched idempotent inserts, offsets
 //!   committed only after the database commit, dead letters to the DLQ topic;
+//! - [`write`]: the storing half the sink and the direct writer share — decoding a record into
+//!   its row, the bisecting batch insert that isolates rows the database refuses, dead reasons;
 //! - [`maintain`]: the maintain role — partitions created ahead, expired ones dropped, and the
 //!   sealer when a signing key is set;
 //! - [`query`]: the investigators' read path (the query role), every read audited;
@@ -56,3 +59,4 @@ pub mod shutdown;
 pub mod sink;
 pub mod spool;
 pub mod store;
+pub mod write;

@@ -30,6 +30,13 @@
 //! | `audit_forward_in_flight_events` | gauge | records handed to the producer, no report yet |
 //! | `audit_forward_in_flight_bytes` | gauge | their bytes (bounded by `forward.max_in_flight_bytes`) |
 //! | `audit_forward_oldest_event_age_seconds` | gauge | age of the oldest undelivered record |
+//! | `audit_forward_rows_inserted_total` | counter | `forward.target: postgres`: new rows written to `audit_events` |
+//! | `audit_forward_duplicates_total` | counter | `forward.target: postgres`: rows that were stored already |
+//! | `audit_forward_batch_events` | histogram | `forward.target: postgres`: records per written batch |
+//! | `audit_forward_batch_duration_seconds` | histogram | `forward.target: postgres`: decode + insert + dead letters of a batch |
+//! | `audit_forward_batch_failures_total` | counter | `forward.target: postgres`: batch attempts that failed and were retried |
+//! | `audit_dead_letters_total{reason}` | counter | `forward.target: postgres`: records put into `audit_dead_letters`, by reason kind |
+//! | `audit_dead_letters` | gauge | `forward.target: postgres`: dead letters waiting in `audit_dead_letters` |
 //! | `audit_sink_rows_inserted_total` | counter | new rows written to `audit_events` |
 //! | `audit_sink_duplicates_total` | counter | redelivered events collapsed on the primary key |
 //! | `audit_sink_batch_events` | histogram | records per sink batch |

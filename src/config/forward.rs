@@ -4,13 +4,18 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::Config;
+use super::error::invalid;
 use super::value::de_byte_size;
+use super::{Config, ConfigError};
 
 /// Spool -> Kafka forwarding (`audit_manager.forward`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ForwardConfig {
+    /// Where the forward role delivers spooled events: `kafka` (the default: produced to
+    /// `kafka.topic`, stored by the `sink` role) or `postgres` (written straight into
+    /// `audit_events`, no broker and no `sink` role; see docs/kafka-less.md).
+    pub target: ForwardTarget,
     /// Bytes (key + value, byte size) of events handed to the Kafka producer and not yet
     /// acknowledged by the broker. The forwarder stops reading the spool while they are out,
     /// and librdkafka's own queue (`queue.buffering.max.kbytes`) is sized from it, so a slow or
@@ -23,8 +28,47 @@ pub struct ForwardConfig {
 impl Default for ForwardConfig {
     fn default() -> Self {
         ForwardConfig {
+            target: ForwardTarget::default(),
             max_in_flight_bytes: 16 * 1024 * 1024,
         }
+    }
+}
+
+/// `forward.target`: where the forward role delivers spooled events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ForwardTarget {
+    /// Produce to `kafka.topic`; the `sink` role stores the records.
+    #[default]
+    Kafka,
+    /// Write straight into `audit_events` (Kafka-less mode).
+    Postgres,
+}
+
+impl ForwardTarget {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ForwardTarget::Kafka => "kafka",
+            ForwardTarget::Postgres => "postgres",
+        }
+    }
+}
+
+impl ForwardConfig {
+    /// `forward.target: postgres` rules out a `sink` role in the same configuration: nothing
+    /// would ever reach the topic it consumes.
+    pub fn validate_roles(&self, has_sink: bool) -> Result<(), ConfigError> {
+        if self.target == ForwardTarget::Postgres && has_sink {
+            return Err(invalid(
+                "roles",
+                "forward.target is postgres: the forward role writes events straight into \
+                 PostgreSQL, so there is no Kafka topic for a sink to consume. Remove `sink` \
+                 from roles (e.g. roles: [ingest, forward, maintain]), or set forward.target: \
+                 kafka"
+                    .to_string(),
+            ));
+        }
+        Ok(())
     }
 }
 

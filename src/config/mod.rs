@@ -83,7 +83,7 @@ pub use auth::{AuthConfig, AuthMode};
 pub use database::DatabaseConfig;
 pub use database_url::{Parsed, UrlError, connect_options};
 pub use error::ConfigError;
-pub use forward::{ForwardConfig, ForwardSettings};
+pub use forward::{ForwardConfig, ForwardSettings, ForwardTarget};
 pub use http::{HttpConfig, TlsConfig};
 pub use ingest::IngestConfig;
 pub use integrity::IntegrityConfig;
@@ -192,6 +192,15 @@ impl Config {
         self.roles.contains(&r)
     }
 
+    /// The seal topic the sealer publishes to: `integrity.seal_topic`, or none (`""`) in
+    /// Kafka-less mode (`forward.target: postgres`), where `integrity.seal_dir` keeps the copy.
+    pub fn seal_topic(&self) -> &str {
+        match self.forward.target {
+            ForwardTarget::Kafka => &self.integrity.seal_topic,
+            ForwardTarget::Postgres => "",
+        }
+    }
+
     /// Loads defaults < file (`path`, else `$CONFIG_PATH` if set) < process environment, then
     /// [validates](Config::validate) the result. What the loader changed on the way (the
     /// reference service's keys, safety overrides) is logged.
@@ -273,6 +282,7 @@ impl Config {
         self.spool.validate()?;
         self.kafka.validate()?;
         self.sink.validate()?;
+        self.forward.validate_roles(self.has_role(Role::Sink))?;
         if self.forward.max_in_flight_bytes < self.ingest.max_event_bytes {
             return Err(invalid(
                 "forward.max_in_flight_bytes",
@@ -315,6 +325,10 @@ fn build(
         .extract()
         .map_err(|e| sources::explain(e, &figment, origin))?;
     let notices = reference::apply(&mut config, &figment, aliases)?;
+    // Kafka-less mode without `roles`: the default pipeline, less the sink it has no use for.
+    if config.forward.target == ForwardTarget::Postgres && !figment.contains("roles") {
+        config.roles.retain(|r| *r != Role::Sink);
+    }
     config.build_info = BuildInfo {
         git_commit: sources::env_get(env, "GIT_COMMIT").map(str::to_string),
         build_time: sources::env_get(env, "BUILD_TIME").map(str::to_string),

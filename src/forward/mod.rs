@@ -1,5 +1,6 @@
 //! The forward role: spool → Kafka, deleting a record from the spool only after the broker
-//! acknowledged it.
+//! acknowledged it. With `forward.target: postgres` it writes the spool straight into
+//! PostgreSQL instead ([`postgres`], Kafka-less mode).
 //!
 //! - `config.rs`: loop tuning and the forward producer's defaults (the safe properties every
 //!   producer shares are forced by [`crate::kafka::producer`]);
@@ -34,6 +35,7 @@
 
 mod client;
 mod config;
+pub mod postgres;
 mod runner;
 
 use std::sync::{Arc, Mutex, PoisonError};
@@ -165,6 +167,9 @@ impl ForwardState {
 /// Starts the forward role: builds the producer (failing fast on invalid properties) and
 /// returns the loop, which ends only once the root token is cancelled.
 pub fn start(ctx: &RoleContext) -> anyhow::Result<Started> {
+    if ctx.config.forward.target == crate::config::ForwardTarget::Postgres {
+        return start_direct(ctx);
+    }
     let settings = settings(ctx).bounded_by(&ctx.config);
     let mut f = Forwarder::new(&ctx.config, ctx.spool()?.clone(), settings)?;
     if ctx.embedded_kafka {
@@ -180,6 +185,23 @@ pub fn start(ctx: &RoleContext) -> anyhow::Result<Started> {
             },
         ),
     )
+}
+
+/// `forward.target: postgres`: the direct writer, spool → `audit_events` (see [`postgres`]).
+fn start_direct(ctx: &RoleContext) -> anyhow::Result<Started> {
+    let store = crate::sink::attesting(&ctx.config, ctx.store()?.clone())?;
+    let settings = postgres::DirectSettings::new(&ctx.config, &settings(ctx));
+    let w = postgres::DirectWriter::new(ctx.spool()?.clone(), store, settings);
+    let token = ctx.shutdown.child_token();
+    Ok(Started::new(
+        Role::Forward,
+        w.health_check(),
+        &[Task::Forward, Task::DatabaseMonitor],
+    )
+    .task(Task::Forward, async move {
+        w.run(token).await;
+        Ok(())
+    }))
 }
 
 /// The loop's tuning: the defaults, or the test seam's.

@@ -22,15 +22,18 @@ pub fn build(config: &Config) -> anyhow::Result<Option<Sealer>> {
     let key = seal::load_signing_key(path).context("cannot load integrity.signing_key_file")?;
     let signer = Signer::new(key);
     tracing::info!(key_id = %hex::encode(signer.key_id()), "sealing stored rows");
-    let topic = &config.integrity.seal_topic;
+    // Kafka-less mode (forward.target: postgres) publishes no seal: integrity.seal_dir keeps
+    // the copy.
+    let topic = config.seal_topic().to_string();
     let publisher = if topic.is_empty() {
         None
     } else {
-        Some(Publisher::new(&config.kafka, topic)?)
+        Some(Publisher::new(&config.kafka, &topic)?)
     };
     if topic.is_empty() && config.integrity.seal_dir.is_none() {
         tracing::warn!(
-            "neither integrity.seal_topic nor integrity.seal_dir is set: no copy of the seals \
+            "neither integrity.seal_topic (unused when forward.target is postgres) nor \
+             integrity.seal_dir is set: no copy of the seals \
              outside the database, so deleted seals go unnoticed by `verify` and, after a \
              restart, by the sealer, which would seal changed rows afresh. Set one (see \
              docs/integrity.md)"

@@ -63,7 +63,9 @@ impl Resources {
                 )
             })?;
         let addr = listener.local_addr()?;
-        let store = if config.has_role(Role::Sink) || config.has_role(Role::Maintain) {
+        let direct = config.has_role(Role::Forward)
+            && config.forward.target == crate::config::ForwardTarget::Postgres;
+        let store = if config.has_role(Role::Sink) || config.has_role(Role::Maintain) || direct {
             Some(
                 Store::connect_lazy(&config.database.url, DB_POOL_SIZE)
                     .context("invalid database.url")?,
@@ -96,14 +98,16 @@ impl Resources {
 async fn embedded_kafka(config: &mut Config) -> anyhow::Result<Option<EmbeddedKafka>> {
     let seals = config.has_role(Role::Maintain)
         && config.integrity.signing_key_file.is_some()
-        && !config.integrity.seal_topic.is_empty();
-    let uses_kafka = config.has_role(Role::Forward) || config.has_role(Role::Sink) || seals;
+        && !config.seal_topic().is_empty();
+    let forwards_to_kafka = config.has_role(Role::Forward)
+        && config.forward.target == crate::config::ForwardTarget::Kafka;
+    let uses_kafka = forwards_to_kafka || config.has_role(Role::Sink) || seals;
     if !uses_kafka || config.kafka.bootstrap_servers != EMBEDDED_KAFKA {
         return Ok(None);
     }
     let mut topics = vec![config.kafka.topic.clone(), config.kafka.dlq_topic.clone()];
     if seals {
-        topics.push(config.integrity.seal_topic.clone());
+        topics.push(config.seal_topic().to_string());
     }
     let partitions = config.kafka.topic_partitions;
     let k =

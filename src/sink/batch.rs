@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use chrono::{DateTime, Utc};
 
-use crate::event::{Row, ValidationMode, row_from_record_counted};
+use crate::event::{Row, ValidationMode};
 
 /// A consumed Kafka record, owned.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,19 +28,7 @@ impl Record {
     }
 }
 
-/// Why a record goes to the DLQ: a stable `kind` (metric label, header prefix) and a message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeadReason {
-    pub kind: &'static str,
-    pub message: String,
-}
-
-impl DeadReason {
-    /// The `x-audit-error` header value: `kind: message`.
-    pub fn header(&self) -> String {
-        format!("{}: {}", self.kind, self.message)
-    }
-}
+pub use crate::write::DeadReason;
 
 /// The batch split into rows to store and records to dead-letter, by index into `records`.
 #[derive(Debug, Default)]
@@ -184,49 +172,14 @@ pub fn assemble(batch: Vec<Consumed>) -> (Vec<Record>, Plan) {
 }
 
 /// One record's fate: its row (decoded with the ingest's validation, in the same `mode`), or
-/// why it goes to the DLQ. Events older than `cutoff` (the start of the oldest retained month)
-/// are dead-lettered, not stored.
+/// why it goes to the DLQ (see [`crate::write::decode`]).
 pub fn decode(
     r: &Record,
     now: DateTime<Utc>,
     cutoff: Option<DateTime<Utc>>,
     mode: ValidationMode,
 ) -> Result<Row, DeadReason> {
-    let Some(value) = r.value.as_deref() else {
-        return Err(DeadReason {
-            kind: "undecodable",
-            message: "record has no value (tombstone)".into(),
-        });
-    };
-    match row_from_record_counted(value, now, mode) {
-        // Only rewrites are counted here: tolerated values were counted at ingest.
-        Ok((row, rules)) => match cutoff {
-            Some(c) if row.occurred_at < c => Err(DeadReason {
-                kind: "retention-expired",
-                message: format!(
-                    "occurred_at {} is before the retention cutoff {} \
-                     (database.partition_retention_months)",
-                    row.occurred_at.to_rfc3339(),
-                    c.to_rfc3339()
-                ),
-            }),
-            _ => {
-                crate::metrics::count_normalizations(rules.rewrites());
-                Ok(row)
-            }
-        },
-        Err(e) => {
-            let message = e.to_string();
-            let message = message
-                .strip_prefix(&format!("{}: ", e.kind()))
-                .unwrap_or(&message)
-                .to_owned();
-            Err(DeadReason {
-                kind: e.kind(),
-                message,
-            })
-        }
-    }
+    crate::write::decode(r.value.as_deref(), now, cutoff, mode)
 }
 
 /// The offsets to commit: per partition, one past the highest offset in the batch.

@@ -24,7 +24,7 @@ use super::client::SinkContext;
 use super::dlq::DeadLetters;
 use crate::config::Config;
 use crate::event::Row;
-use crate::store::{Inserted, Operation, Store, StoreError, retention_cutoff};
+use crate::store::{Inserted, Store, StoreError, retention_cutoff};
 
 /// First and longest wait between two attempts at a failed batch.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -449,99 +449,7 @@ impl SinkLoop {
     }
 }
 
-/// Inserts `rows`; a batch failing with a record-specific (data) error is split in halves until
-/// the offending rows are isolated. Returns what was inserted and the rows that can never be
-/// stored, by index. A transient or systemic error aborts with `Err` (the caller retries
-/// everything, skipping nothing).
-///
-/// The bisection guard: a data error that hits every row is the table's doing (a column added
-/// as NOT NULL, a changed type, a trigger), not the rows'. It is systemic when a neutral probe
-/// row fails with the same SQLSTATE, or when bisection stores nothing and every row (at least
-/// two) fails with the same SQLSTATE.
-pub async fn insert_bisecting(
-    store: &Store,
-    rows: &[Row],
-) -> Result<(Inserted, Vec<(usize, StoreError)>), StoreError> {
-    let mut total = Inserted::default();
-    let mut bad: Vec<(usize, StoreError)> = Vec::new();
-    let mut stack = Vec::with_capacity(8);
-    stack.push(0..rows.len());
-    let mut whole_batch = true;
-    while let Some(range) = stack.pop() {
-        match store.insert(&rows[range.clone()]).await {
-            Ok(n) => {
-                total.rows += n.rows;
-                total.duplicates += n.duplicates;
-            }
-            Err(e) if e.is_retriable() => return Err(e),
-            Err(e) => {
-                if whole_batch {
-                    probe_table(store, &rows[0], &e).await?;
-                }
-                if range.len() == 1 {
-                    bad.push((range.start, e));
-                } else {
-                    let mid = range.start + range.len() / 2;
-                    stack.push(mid..range.end);
-                    stack.push(range.start..mid);
-                }
-            }
-        }
-        whole_batch = false;
-    }
-    if let Some(e) = every_row_failed_alike(rows.len(), total, &mut bad) {
-        let r = Err(e);
-        store.observe_as(Operation::Write, &r);
-        return r;
-    }
-    Ok((total, bad))
-}
-
-/// After a whole batch failed with the record-specific error `e`: `Err` (systemic) when a
-/// neutral probe row fails with the same SQLSTATE, or the probe itself fails for another
-/// reason that is not a verdict on a row.
-async fn probe_table(store: &Store, like: &Row, e: &StoreError) -> Result<(), StoreError> {
-    match store.probe_insert(like).await {
-        Ok(()) => Ok(()),
-        Err(p) if p.code().is_some() && p.code() == e.code() => {
-            let what = format!(
-                "{}: a probe row fails the same way, so audit_events rejects every row",
-                e.what
-            );
-            let r = Err(p.systemic(what));
-            store.observe_as(Operation::Write, &r);
-            r
-        }
-        Err(p) if p.is_retriable() => Err(p),
-        // The probe's own data error: no evidence either way; bisection decides.
-        Err(_) => Ok(()),
-    }
-}
-
-/// The bisection guard's second half: nothing of `rows` was stored and every one of them (at
-/// least two) failed with one SQLSTATE. Takes that error out of `bad`, marked systemic.
-fn every_row_failed_alike(
-    rows: usize,
-    stored: Inserted,
-    bad: &mut Vec<(usize, StoreError)>,
-) -> Option<StoreError> {
-    if rows < 2 || bad.len() != rows || stored.rows + stored.duplicates > 0 {
-        return None;
-    }
-    let code = bad.first()?.1.code()?;
-    if bad
-        .iter()
-        .any(|(_, e)| e.code().as_deref() != Some(code.as_str()))
-    {
-        return None;
-    }
-    let (_, e) = bad.swap_remove(0);
-    bad.clear();
-    Some(e.systemic(format!(
-        "inserting {rows} rows: every row failed the same way, so audit_events rejects rows of \
-         this shape"
-    )))
-}
+pub use crate::write::insert_bisecting;
 
 /// `audit_sink_batch_bytes`: the bytes of the batch being written, 0 once it is done.
 struct Writing(metrics::Gauge);
@@ -570,7 +478,6 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::error::tests::db_error;
 
     #[test]
     fn backoff_doubles_and_caps_within_its_bounds() {
@@ -587,41 +494,5 @@ mod tests {
         within(4, ms(1599), ms(3201));
         within(5, ms(2499), BACKOFF_MAX);
         within(40, ms(2499), BACKOFF_MAX);
-    }
-
-    fn failed(codes: &[&'static str]) -> Vec<(usize, StoreError)> {
-        codes
-            .iter()
-            .enumerate()
-            .map(|(i, c)| (i, StoreError::new("inserting 1 rows", db_error(c))))
-            .collect()
-    }
-
-    #[test]
-    fn every_row_failing_alike_is_systemic() {
-        let mut bad = failed(&["23502", "23502", "23502"]);
-        let e = every_row_failed_alike(3, Inserted::default(), &mut bad).expect("systemic");
-        assert!(e.is_retriable());
-        assert_eq!(e.code().as_deref(), Some("23502"));
-        assert!(bad.is_empty(), "nothing is dead-lettered");
-    }
-
-    #[test]
-    fn bad_rows_among_good_ones_or_mixed_errors_are_dead_lettered() {
-        let stored = Inserted {
-            rows: 1,
-            duplicates: 0,
-        };
-        let mut bad = failed(&["22P05", "22P05"]);
-        assert!(every_row_failed_alike(3, Inserted::default(), &mut bad).is_none());
-        assert!(every_row_failed_alike(2, stored, &mut bad).is_none());
-        let mut mixed = failed(&["22P05", "23502"]);
-        assert!(every_row_failed_alike(2, Inserted::default(), &mut mixed).is_none());
-        assert_eq!(mixed.len(), 2);
-        let mut single = failed(&["22P05"]);
-        assert!(
-            every_row_failed_alike(1, Inserted::default(), &mut single).is_none(),
-            "one row alone is judged by the probe row"
-        );
     }
 }

@@ -15,6 +15,7 @@
 //!   transaction attested in [`attestations`] when the sink has a writer key;
 //! - [`rows`], [`seals`]: the reads and writes of the sealer, `verify` and `GET /seals`;
 //! - [`query`]: the investigators' read path;
+//! - [`dead_letters`]: `audit_dead_letters`, the dead letters of Kafka-less mode;
 //! - [`month`]: the calendar arithmetic (pure).
 //!
 //! The [`Store`] also tracks whether the database is reachable and accepts writes, for
@@ -24,6 +25,7 @@
 
 pub mod attestations;
 pub mod columns;
+pub mod dead_letters;
 pub mod error;
 pub mod insert;
 pub mod integrity_schema;

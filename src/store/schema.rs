@@ -166,6 +166,10 @@ impl Store {
         integrity_schema::apply(&mut tx)
             .await
             .map_err(|e| StoreError::new(what, e))?;
+        sqlx::query(super::dead_letters::DDL)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| StoreError::new(what, e))?;
         let existing = table_indexes(&mut tx)
             .await
             .map_err(|e| StoreError::new(what, e))?;

@@ -8,6 +8,7 @@
 mod common;
 
 mod attest;
+mod direct_writers;
 mod integrity;
 mod integrity_kill;
 mod integrity_tamper;

@@ -9,6 +9,7 @@
 mod common;
 
 mod backend_tls;
+mod direct;
 mod drain_under_load;
 mod end_to_end;
 mod forward;

@@ -11,6 +11,7 @@ mod power_cut;
 
 mod cli;
 mod crash;
+mod direct_crash;
 mod forward_crash;
 mod ingest_memory_factor;
 mod memory_bounds;

@@ -10,6 +10,8 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use std::collections::HashSet;
+
 use common::TestDb;
 
 /// The README's Quickstart section.
@@ -153,61 +155,14 @@ async fn the_readme_quickstart_stores_the_curl_event_in_postgresql() {
     // A database that does not exist yet: `--dev` must create it.
     let db = TestDb::unborn();
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_audit-manager"))
-        .args(["serve", "--dev"])
-        .current_dir(dir.path())
-        .env("AUDIT_MANAGER__DATABASE__URL", &db.url)
-        .env("AUDIT_MANAGER__HTTP__LISTEN", "127.0.0.1:0")
-        .env("LOG_FORMAT", "json")
-        .env("RUST_LOG", "info")
-        .env_remove("CONFIG_PATH")
-        .env_remove("DATABASE_URL")
-        .env_remove("AUDIT_MANAGER__KAFKA__BOOTSTRAP_SERVERS")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn audit-manager serve --dev");
-    let (tx, rx) = mpsc::channel::<String>();
-    let stderr = child.stderr.take().expect("stderr");
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-
-    // The banner comes first; the listening address comes in the log.
-    let mut seen = Vec::new();
-    let until = Instant::now() + Duration::from_secs(60);
-    let addr = loop {
-        let line = match rx.recv_timeout(Duration::from_millis(200)) {
-            Ok(l) => l,
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                assert!(
-                    child.try_wait().expect("wait").is_none(),
-                    "exited: {seen:#?}"
-                );
-                assert!(Instant::now() < until, "no listening address: {seen:#?}");
-                continue;
-            }
-            Err(mpsc::RecvTimeoutError::Disconnected) => panic!("stderr closed: {seen:#?}"),
-        };
-        seen.push(line.clone());
-        let Ok(log) = serde_json::from_str::<serde_json::Value>(&line) else {
-            continue;
-        };
-        if log["message"] == "audit-manager listening" {
-            break log["addr"].as_str().expect("addr").to_string();
-        }
-    };
+    let (mut child, rx, addr, seen) = spawn_dev(dir.path(), &db.url);
     let banner = seen.join("\n");
-    assert!(banner.contains("NOT DURABLE PAST KAFKA"), "{banner}");
-    assert!(banner.contains("every role"), "{banner}");
+    assert!(
+        banner.contains("DURABLE: every event answered 202 is on disk"),
+        "{banner}"
+    );
+    assert!(!banner.contains("NOT DURABLE"), "{banner}");
+    assert!(banner.contains("no Kafka"), "{banner}");
     assert!(!banner.contains("password"), "{banner}");
 
     let resp = reqwest::Client::new()
@@ -252,6 +207,48 @@ async fn the_readme_quickstart_stores_the_curl_event_in_postgresql() {
     assert_eq!(row.2, event["data"]["action"].as_str().expect("action"));
     assert_eq!(row.3, "success");
 
+    // Durable end to end: load, kill -9 mid-way, restart on the same ./data: every event
+    // answered 202 is stored, once.
+    let acked: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let base = format!("http://{addr}{}", common::BASE);
+    let clients = common::spawn_batch_clients(&base, 0, 4, &acked, &stop);
+    let pool = sqlx::PgPool::connect(&db.url).await.expect("connect");
+    common::eventually(
+        Duration::from_secs(60),
+        "rows stored under load",
+        || async { (common::count_rows(&pool).await > 200).then_some(()) },
+    )
+    .await;
+    child.kill().expect("kill -9");
+    let _ = child.wait();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for c in clients {
+        c.await.expect("client");
+    }
+    let acked: HashSet<String> = acked.lock().unwrap().iter().cloned().collect();
+    assert!(acked.len() >= 200, "too little load: {}", acked.len());
+    let (mut child, _rx, _addr, _) = spawn_dev(dir.path(), &db.url);
+    let stored = common::eventually(
+        Duration::from_secs(60),
+        "every 202'd event stored after kill -9 and restart",
+        || async {
+            let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM audit_events")
+                .fetch_all(&pool)
+                .await
+                .ok()?;
+            let have: HashSet<&str> = ids.iter().map(String::as_str).collect();
+            acked
+                .iter()
+                .all(|id| have.contains(id.as_str()))
+                .then_some(ids)
+        },
+    )
+    .await;
+    let distinct: HashSet<&String> = stored.iter().collect();
+    assert_eq!(distinct.len(), stored.len(), "no event stored twice");
+    pool.close().await;
+
     // SIGTERM drains and exits 0.
     // SAFETY: plain kill(2) on our own child's pid.
     let rc = unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
@@ -265,4 +262,104 @@ async fn the_readme_quickstart_stores_the_curl_event_in_postgresql() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(status.success(), "exit status {status}");
+}
+
+/// `serve --dev` started in `dir` (its `./data`) against `db_url`: the child, its stderr lines
+/// still to come, its address and the lines up to the one naming it (the banner first).
+fn spawn_dev(
+    dir: &std::path::Path,
+    db_url: &str,
+) -> (
+    std::process::Child,
+    mpsc::Receiver<String>,
+    String,
+    Vec<String>,
+) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_audit-manager"))
+        .args(["serve", "--dev"])
+        .current_dir(dir)
+        .env("AUDIT_MANAGER__DATABASE__URL", db_url)
+        .env("AUDIT_MANAGER__HTTP__LISTEN", "127.0.0.1:0")
+        .env("LOG_FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .env_remove("CONFIG_PATH")
+        .env_remove("DATABASE_URL")
+        .env_remove("AUDIT_MANAGER__KAFKA__BOOTSTRAP_SERVERS")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn audit-manager serve --dev");
+    let (tx, rx) = mpsc::channel::<String>();
+    let stderr = child.stderr.take().expect("stderr");
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    // The banner comes first; the listening address comes in the log.
+    let mut seen = Vec::new();
+    let until = Instant::now() + Duration::from_secs(60);
+    let addr = loop {
+        let line = match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(l) => l,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                assert!(
+                    child.try_wait().expect("wait").is_none(),
+                    "exited: {seen:#?}"
+                );
+                assert!(Instant::now() < until, "no listening address: {seen:#?}");
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => panic!("stderr closed: {seen:#?}"),
+        };
+        seen.push(line.clone());
+        let Ok(log) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        if log["message"] == "audit-manager listening" {
+            break log["addr"].as_str().expect("addr").to_string();
+        }
+    };
+    (child, rx, addr, seen)
+}
+
+/// `serve --dev` with nothing listening at `database.url` stops at once and says what to run.
+#[test]
+fn dev_without_postgresql_says_what_to_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A port nothing listens on: bound, then released.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let out = Command::new(env!("CARGO_BIN_EXE_audit-manager"))
+        .args(["serve", "--dev"])
+        .current_dir(dir.path())
+        .env(
+            "AUDIT_MANAGER__DATABASE__URL",
+            format!("postgres://postgres@127.0.0.1:{port}/auditmanager"),
+        )
+        .env("AUDIT_MANAGER__HTTP__LISTEN", "127.0.0.1:0")
+        .env_remove("CONFIG_PATH")
+        .env_remove("DATABASE_URL")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run serve --dev");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("no PostgreSQL answers at postgres://postgres@127.0.0.1:"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("sudo apt-get install -y postgresql"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("docker run"), "{stderr}");
 }
