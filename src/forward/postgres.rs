@@ -388,15 +388,28 @@ impl DirectWriter {
             .into_iter()
             .map(|(i, reason)| (b.row_src[i], reason))
             .collect();
+        // Text columns cannot hold NUL, and a message may quote what the emitter sent.
+        let texts: Vec<(String, String)> = b
+            .dead
+            .iter()
+            .chain(&refused)
+            .map(|(i, reason)| {
+                (
+                    crate::logging::escape_controls(&reason.message).into_owned(),
+                    crate::logging::escape_controls(&b.values[*i].1).into_owned(),
+                )
+            })
+            .collect();
         let letters: Vec<NewDeadLetter<'_>> = b
             .dead
             .iter()
             .chain(&refused)
-            .map(|(i, reason)| NewDeadLetter {
+            .zip(&texts)
+            .map(|((i, reason), (detail, id))| NewDeadLetter {
                 payload: &b.values[*i].0,
                 reason: reason.kind,
-                detail: &reason.message,
-                event_id: Some(b.values[*i].1.as_str()),
+                detail,
+                event_id: Some(id),
             })
             .collect();
         self.store.insert_dead_letters(&letters).await?;
@@ -508,7 +521,11 @@ pub async fn replay(
                 }
                 Err(reason) => {
                     store
-                        .update_dead_letter(d.id, reason.kind, &reason.message)
+                        .update_dead_letter(
+                            d.id,
+                            reason.kind,
+                            &crate::logging::escape_controls(&reason.message),
+                        )
                         .await?;
                     done.refused += 1;
                 }
@@ -519,7 +536,11 @@ pub async fn replay(
         for (i, reason) in &refused {
             let d = &page[row_src[*i]];
             store
-                .update_dead_letter(d.id, reason.kind, &reason.message)
+                .update_dead_letter(
+                    d.id,
+                    reason.kind,
+                    &crate::logging::escape_controls(&reason.message),
+                )
                 .await?;
             refused_idx.push(*i);
             done.refused += 1;
