@@ -1098,3 +1098,23 @@ audit_manager:
         assert!(scrubbed.contains(kept), "{kept}: {scrubbed}");
     }
 }
+
+#[test]
+fn target_postgres_drops_the_sink_from_the_default_roles_and_refuses_it_when_listed() {
+    let c = yaml("audit_manager:\n  forward:\n    target: postgres\n").unwrap();
+    assert_eq!(c.forward.target, ForwardTarget::Postgres);
+    assert_eq!(c.roles, [Role::Ingest, Role::Forward, Role::Maintain]);
+    let c = with_env(&[("AUDIT_MANAGER__FORWARD__TARGET", "postgres")]).unwrap();
+    assert_eq!(c.roles, [Role::Ingest, Role::Forward, Role::Maintain]);
+    let e = yaml(
+        "audit_manager:\n  roles: [ingest, forward, sink]\n  forward:\n    target: postgres\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("Remove `sink` from roles"), "{e}");
+    let e = yaml("audit_manager:\n  forward:\n    target: postgress\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("postgress"), "{e}");
+    assert_eq!(Config::default().forward.target, ForwardTarget::Kafka);
+}
