@@ -91,6 +91,19 @@ VARIANTS = {
             "passwordSecret": {"name": "kafka-sasl", "key": "password"},
         },
     },
+    # Without Kafka (docs/deploying.md, "Without Kafka"): forward writes straight into
+    # PostgreSQL; seals copied to a shared claim.
+    "kafka-less": {
+        "forward": {"target": "postgres"},
+        "integrity": {"signingKeySecret": "audit-manager-sealer", "sealDir": {"existingClaim": "audit-seals"}},
+        "config": {"integrity": {"signing_key_file": "/run/secrets/audit-manager/integrity/sealer.key"}},
+    },
+    # The same with explicit roles (the query role too) and the seal copy on NFS.
+    "kafka-less-nfs-query": {
+        "forward": {"target": "postgres"},
+        "roles": ["ingest", "forward", "maintain", "query"],
+        "integrity": {"sealDir": {"path": "/srv/seals", "volume": {"nfs": {"server": "nas.internal", "path": "/audit-seals"}}}},
+    },
     "minimal": {
         "topicInit": {"enabled": False},
         "podDisruptionBudget": {"enabled": False},
@@ -110,6 +123,19 @@ REFUSED = {
     "kafkaSasl.password": {"kafkaSasl": {"mechanism": "PLAIN", "password": "hunter2"}},
     "GSSAPI (not built in)": {"kafkaSasl": {"mechanism": "GSSAPI"}},
     "an unknown sslmode": {"tls": {"postgres": {"sslmode": "always"}}},
+    "an unknown forward.target": {"forward": {"target": "redis"}},
+    "the sink role with forward.target postgres": {
+        "forward": {"target": "postgres"},
+        "roles": ["ingest", "forward", "sink", "maintain"],
+    },
+    "kafkaSasl with forward.target postgres": {
+        "forward": {"target": "postgres"},
+        "kafkaSasl": {"mechanism": "PLAIN", "username": "u", "passwordSecret": {"name": "s"}},
+    },
+    "tls.kafka with forward.target postgres": {"forward": {"target": "postgres"}, "tls": {"kafka": {"enabled": True}}},
+    "both a claim and a volume for integrity.sealDir": {
+        "integrity": {"sealDir": {"existingClaim": "a", "volume": {"emptyDir": {}}}},
+    },
 }
 
 # What the backend-TLS variants must put into the rendered configuration (dotted paths under
@@ -322,6 +348,63 @@ def check_expected_config(variant: str, docs: list[dict]) -> None:
                 fail(f"chart[{variant}]: ConfigMap/{cm['metadata']['name']} {path} = {got!r}, expected {value!r}")
 
 
+def service_config(docs: list[dict]) -> dict:
+    """The rendered configuration the service's pods load (the ConfigMap they mount)."""
+    for cm in docs:
+        if cm["kind"] == "ConfigMap" and not cm["metadata"]["name"].endswith("-topic-init") \
+                and "config.yaml" in (cm.get("data") or {}):
+            return yaml.safe_load(cm["data"]["config.yaml"])["audit_manager"]
+    return {}
+
+
+def check_shape(variant: str, merged: dict, docs: list[dict]) -> None:
+    """forward.target decides the shape: with postgres no sink role, no topic Job, nothing of
+    Kafka in the configuration or the environment, no seal topic; with either, the seal
+    directory (integrity.sealDir) is mounted where integrity.seal_dir points."""
+    where = f"chart[{variant}]"
+    target = merged["forward"]["target"]
+    config = service_config(docs)
+    if config.get("forward", {}).get("target", "kafka") != target:
+        fail(f"{where}: the configuration says forward.target {config.get('forward')!r}, values say {target}")
+    roles = config.get("roles") or []
+    want_roles = merged["roles"] or (
+        ["ingest", "forward", "maintain"] if target == "postgres" else ["ingest", "forward", "sink", "maintain"])
+    if roles != want_roles:
+        fail(f"{where}: roles {roles}, expected {want_roles}")
+    pods = [p for d in docs for p in pod_specs(d)]
+    if target == "postgres":
+        if "sink" in roles:
+            fail(f"{where}: the sink role runs without Kafka")
+        if "kafka" in config:
+            fail(f"{where}: Kafka settings rendered without Kafka: {config['kafka']}")
+        if config.get("integrity", {}).get("seal_topic") != "":
+            fail(f"{where}: a seal topic without Kafka: {config.get('integrity', {}).get('seal_topic')!r}")
+        if any(d["kind"] == "Job" for d in docs):
+            fail(f"{where}: a topic Job without Kafka")
+        for pod in pods:
+            for c in pod.get("containers", []):
+                for env in c.get("env", []):
+                    if "KAFKA" in env["name"]:
+                        fail(f"{where}: env {env['name']} without Kafka")
+    seal = merged["integrity"]["sealDir"]
+    if seal["existingClaim"] or seal["volume"]:
+        if config.get("integrity", {}).get("seal_dir") != seal["path"]:
+            fail(f"{where}: integrity.seal_dir is {config.get('integrity', {}).get('seal_dir')!r}, "
+                 f"the volume is mounted at {seal['path']}")
+        for doc in (d for d in docs if d["kind"] == "StatefulSet"):
+            pod = doc["spec"]["template"]["spec"]
+            volume = next((v for v in pod.get("volumes", []) if v["name"] == "seal-dir"), None)
+            mounted = [m for c in pod["containers"] for m in c.get("volumeMounts", [])
+                       if m["name"] == "seal-dir" and m["mountPath"] == seal["path"] and not m.get("readOnly")]
+            if volume is None or not mounted:
+                fail(f"{where}: StatefulSet/{doc['metadata']['name']} does not mount the seal directory "
+                     f"writable at {seal['path']}")
+            elif seal["existingClaim"] and volume.get("persistentVolumeClaim", {}).get("claimName") != seal["existingClaim"]:
+                fail(f"{where}: the seal directory is not the claim {seal['existingClaim']}: {volume}")
+    elif "seal_dir" in config.get("integrity", {}):
+        fail(f"{where}: integrity.seal_dir set with no volume behind it")
+
+
 def check_custom(where: str, doc: dict, metrics: set[str]) -> None:
     ident = f"{where}: {doc['kind']}/{doc['metadata']['name']}"
     spec = doc.get("spec") or {}
@@ -390,7 +473,7 @@ def check_chart(metrics: set[str]) -> int:
         expect = {"StatefulSet", "Service", "ConfigMap"}
         if merged["podDisruptionBudget"]["enabled"]:
             expect.add("PodDisruptionBudget")
-        if merged["topicInit"]["enabled"]:
+        if merged["topicInit"]["enabled"] and merged["forward"]["target"] == "kafka":
             expect.add("Job")
         if merged["autoscaling"]["enabled"]:
             expect.add("HorizontalPodAutoscaler")
@@ -427,6 +510,7 @@ def check_chart(metrics: set[str]) -> int:
                         fail(f"chart[{variant}]: dashboard {key} is not JSON: {e}")
         check_secret_mounts(f"chart[{variant}]", docs)
         check_expected_config(variant, docs)
+        check_shape(variant, merged, docs)
         if probes == 0:
             fail(f"chart[{variant}]: no service container found to check probes on")
         note = f"; {loaded} config(s) loaded by the service" if loaded else ""
@@ -436,7 +520,7 @@ def check_chart(metrics: set[str]) -> int:
         try:
             chart.render(values, name=RELEASE, namespace=NAMESPACE)
         except helm_python.HelmError:
-            print(f"ok   chart refuses {what} (values.schema.json)")
+            print(f"ok   chart refuses {what} (values.schema.json or the templates)")
         else:
             fail(f"chart accepts {what}: values.schema.json must refuse it")
     return total
