@@ -556,12 +556,57 @@ def check_compose() -> None:
     problems = sorted(validator.iter_errors(doc), key=lambda e: list(e.path))
     for e in problems:
         fail(f"docker-compose.yml at {'/'.join(map(str, e.path)) or '/'}: {e.message}")
-    svc = doc["services"]["audit-manager"]
-    hc = " ".join(svc.get("healthcheck", {}).get("test", []))
-    if READY not in hc:
-        fail(f"docker-compose.yml: the audit-manager healthcheck should use {READY}")
+    services = doc["services"]
+    ours = {name: svc for name, svc in services.items() if "build" in svc}
+    for name, svc in ours.items():
+        hc = " ".join(svc.get("healthcheck", {}).get("test", []))
+        if READY not in hc:
+            fail(f"docker-compose.yml: the {name} healthcheck should use {READY}")
+    # A plain `docker compose up`: the Kafka shape, as before.
+    plain = sorted(name for name, svc in services.items() if not svc.get("profiles"))
+    if plain != ["audit-manager", "kafka", "postgres"]:
+        fail(f"docker-compose.yml: a plain `docker compose up` starts {plain}, not Kafka, PostgreSQL, audit-manager")
+    # The Kafka-less shape: its own profile, nothing of Kafka, no sink.
+    direct = services.get("audit-manager-kafka-less")
+    if direct is None:
+        fail("docker-compose.yml: no audit-manager-kafka-less service (the shape without Kafka)")
+    else:
+        env = direct.get("environment") or {}
+        roles = env.get("AUDIT_MANAGER__ROLES", "").split(",")
+        if "kafka-less" not in (direct.get("profiles") or []):
+            fail("docker-compose.yml: audit-manager-kafka-less is not in the kafka-less profile")
+        if "kafka" in (direct.get("depends_on") or {}):
+            fail("docker-compose.yml: audit-manager-kafka-less depends on Kafka")
+        if env.get("AUDIT_MANAGER__FORWARD__TARGET") != "postgres":
+            fail("docker-compose.yml: audit-manager-kafka-less does not set AUDIT_MANAGER__FORWARD__TARGET=postgres")
+        if "sink" in roles or "forward" not in roles:
+            fail(f"docker-compose.yml: audit-manager-kafka-less runs roles {roles} (forward, no sink)")
+        if any("KAFKA" in k for k in env):
+            fail(f"docker-compose.yml: audit-manager-kafka-less has Kafka settings: {sorted(k for k in env if 'KAFKA' in k)}")
+        spools = {name: [v.split(":")[0] for v in svc.get("volumes", [])] for name, svc in ours.items()}
+        if len({tuple(v) for v in spools.values()}) != len(spools):
+            fail(f"docker-compose.yml: the two shapes share a spool volume: {spools}")
+    for name, svc in ours.items():
+        check_env_loads(f"docker-compose.yml: {name}", svc.get("environment") or {})
     if not problems:
-        print("ok   docker-compose.yml: Compose specification schema")
+        print(f"ok   docker-compose.yml: Compose specification schema; shapes {', '.join(sorted(ours))}")
+
+
+def check_env_loads(where: str, env: dict) -> None:
+    """The service loads its configuration from this environment (as the image does: the
+    default configuration file plus AUDIT_MANAGER__* overrides)."""
+    binary = service_binary()
+    if binary is None:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        run_env = {k: v for k, v in os.environ.items()
+                   if not k.startswith(("AUDIT_MANAGER__", "DB_")) and k not in ("DATABASE_URL", "CONFIG_PATH")}
+        run_env.update({k: str(v) for k, v in env.items()})
+        run_env["AUDIT_MANAGER__SPOOL__PATH"] = str(Path(tmp) / "no-spool")
+        out = subprocess.run([binary, "spool", "stats", "--config", str(ROOT / "config" / "default.yaml")],
+                             capture_output=True, text=True, env=run_env, timeout=60)
+    if "invalid configuration" in out.stderr:
+        fail(f"{where}: the service refuses its environment: {out.stderr.strip()}")
 
 
 def main() -> int:
