@@ -537,6 +537,11 @@ def check_static(metrics: set[str]) -> int:
             check_config_loads(rel, doc)
             probes += check_probes(rel, doc)
             check_no_secrets(rel, doc)
+            if doc["kind"] == "ConfigMap" and "config.yaml" in (doc.get("data") or {}):
+                config = yaml.safe_load(doc["data"]["config.yaml"])["audit_manager"]
+                if (config.get("forward") or {}).get("target") == "postgres":
+                    if "kafka" in config or "sink" in (config.get("roles") or []):
+                        fail(f"{rel}: forward.target postgres with Kafka settings or the sink role")
             for pod in pod_specs(doc):
                 for c in pod.get("initContainers", []):
                     if (c.get("args") or [None])[0] == "serve" and c.get("restartPolicy") != "Always":
