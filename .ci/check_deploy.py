@@ -98,6 +98,12 @@ VARIANTS = {
         "integrity": {"signingKeySecret": "audit-manager-sealer", "sealDir": {"existingClaim": "audit-seals"}},
         "config": {"integrity": {"signing_key_file": "/run/secrets/audit-manager/integrity/sealer.key"}},
     },
+    # Its alerts: no sink alerts, dead letters counted from the table.
+    "kafka-less-alerts": {
+        "forward": {"target": "postgres"},
+        "metrics": {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True}},
+        "dashboards": {"enabled": True},
+    },
     # The same with explicit roles (the query role too) and the seal copy on NFS.
     "kafka-less-nfs-query": {
         "forward": {"target": "postgres"},
@@ -372,7 +378,12 @@ def check_shape(variant: str, merged: dict, docs: list[dict]) -> None:
     if roles != want_roles:
         fail(f"{where}: roles {roles}, expected {want_roles}")
     pods = [p for d in docs for p in pod_specs(d)]
+    rules = [r for d in docs if d["kind"] == "PrometheusRule"
+             for g in d["spec"]["groups"] for r in g["rules"]]
     if target == "postgres":
+        for r in rules:
+            if "audit_sink_" in r["expr"]:
+                fail(f"{where}: alert {r['alert']} watches the sink, which does not run without Kafka")
         if "sink" in roles:
             fail(f"{where}: the sink role runs without Kafka")
         if "kafka" in config:
