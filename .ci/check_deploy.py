@@ -91,6 +91,25 @@ VARIANTS = {
             "passwordSecret": {"name": "kafka-sasl", "key": "password"},
         },
     },
+    # Without Kafka (docs/deploying.md, "Without Kafka"): forward writes straight into
+    # PostgreSQL; seals copied to a shared claim.
+    "kafka-less": {
+        "forward": {"target": "postgres"},
+        "integrity": {"signingKeySecret": "audit-manager-sealer", "sealDir": {"existingClaim": "audit-seals"}},
+        "config": {"integrity": {"signing_key_file": "/run/secrets/audit-manager/integrity/sealer.key"}},
+    },
+    # Its alerts: no sink alerts, dead letters counted from the table.
+    "kafka-less-alerts": {
+        "forward": {"target": "postgres"},
+        "metrics": {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True}},
+        "dashboards": {"enabled": True},
+    },
+    # The same with explicit roles (the query role too) and the seal copy on NFS.
+    "kafka-less-nfs-query": {
+        "forward": {"target": "postgres"},
+        "roles": ["ingest", "forward", "maintain", "query"],
+        "integrity": {"sealDir": {"path": "/srv/seals", "volume": {"nfs": {"server": "nas.internal", "path": "/audit-seals"}}}},
+    },
     "minimal": {
         "topicInit": {"enabled": False},
         "podDisruptionBudget": {"enabled": False},
@@ -110,6 +129,19 @@ REFUSED = {
     "kafkaSasl.password": {"kafkaSasl": {"mechanism": "PLAIN", "password": "hunter2"}},
     "GSSAPI (not built in)": {"kafkaSasl": {"mechanism": "GSSAPI"}},
     "an unknown sslmode": {"tls": {"postgres": {"sslmode": "always"}}},
+    "an unknown forward.target": {"forward": {"target": "redis"}},
+    "the sink role with forward.target postgres": {
+        "forward": {"target": "postgres"},
+        "roles": ["ingest", "forward", "sink", "maintain"],
+    },
+    "kafkaSasl with forward.target postgres": {
+        "forward": {"target": "postgres"},
+        "kafkaSasl": {"mechanism": "PLAIN", "username": "u", "passwordSecret": {"name": "s"}},
+    },
+    "tls.kafka with forward.target postgres": {"forward": {"target": "postgres"}, "tls": {"kafka": {"enabled": True}}},
+    "both a claim and a volume for integrity.sealDir": {
+        "integrity": {"sealDir": {"existingClaim": "a", "volume": {"emptyDir": {}}}},
+    },
 }
 
 # What the backend-TLS variants must put into the rendered configuration (dotted paths under
@@ -322,6 +354,68 @@ def check_expected_config(variant: str, docs: list[dict]) -> None:
                 fail(f"chart[{variant}]: ConfigMap/{cm['metadata']['name']} {path} = {got!r}, expected {value!r}")
 
 
+def service_config(docs: list[dict]) -> dict:
+    """The rendered configuration the service's pods load (the ConfigMap they mount)."""
+    for cm in docs:
+        if cm["kind"] == "ConfigMap" and not cm["metadata"]["name"].endswith("-topic-init") \
+                and "config.yaml" in (cm.get("data") or {}):
+            return yaml.safe_load(cm["data"]["config.yaml"])["audit_manager"]
+    return {}
+
+
+def check_shape(variant: str, merged: dict, docs: list[dict]) -> None:
+    """forward.target decides the shape: with postgres no sink role, no topic Job, nothing of
+    Kafka in the configuration or the environment, no seal topic; with either, the seal
+    directory (integrity.sealDir) is mounted where integrity.seal_dir points."""
+    where = f"chart[{variant}]"
+    target = merged["forward"]["target"]
+    config = service_config(docs)
+    if config.get("forward", {}).get("target", "kafka") != target:
+        fail(f"{where}: the configuration says forward.target {config.get('forward')!r}, values say {target}")
+    roles = config.get("roles") or []
+    want_roles = merged["roles"] or (
+        ["ingest", "forward", "maintain"] if target == "postgres" else ["ingest", "forward", "sink", "maintain"])
+    if roles != want_roles:
+        fail(f"{where}: roles {roles}, expected {want_roles}")
+    pods = [p for d in docs for p in pod_specs(d)]
+    rules = [r for d in docs if d["kind"] == "PrometheusRule"
+             for g in d["spec"]["groups"] for r in g["rules"]]
+    if target == "postgres":
+        for r in rules:
+            if "audit_sink_" in r["expr"]:
+                fail(f"{where}: alert {r['alert']} watches the sink, which does not run without Kafka")
+        if "sink" in roles:
+            fail(f"{where}: the sink role runs without Kafka")
+        if "kafka" in config:
+            fail(f"{where}: Kafka settings rendered without Kafka: {config['kafka']}")
+        if config.get("integrity", {}).get("seal_topic") != "":
+            fail(f"{where}: a seal topic without Kafka: {config.get('integrity', {}).get('seal_topic')!r}")
+        if any(d["kind"] == "Job" for d in docs):
+            fail(f"{where}: a topic Job without Kafka")
+        for pod in pods:
+            for c in pod.get("containers", []):
+                for env in c.get("env", []):
+                    if "KAFKA" in env["name"]:
+                        fail(f"{where}: env {env['name']} without Kafka")
+    seal = merged["integrity"]["sealDir"]
+    if seal["existingClaim"] or seal["volume"]:
+        if config.get("integrity", {}).get("seal_dir") != seal["path"]:
+            fail(f"{where}: integrity.seal_dir is {config.get('integrity', {}).get('seal_dir')!r}, "
+                 f"the volume is mounted at {seal['path']}")
+        for doc in (d for d in docs if d["kind"] == "StatefulSet"):
+            pod = doc["spec"]["template"]["spec"]
+            volume = next((v for v in pod.get("volumes", []) if v["name"] == "seal-dir"), None)
+            mounted = [m for c in pod["containers"] for m in c.get("volumeMounts", [])
+                       if m["name"] == "seal-dir" and m["mountPath"] == seal["path"] and not m.get("readOnly")]
+            if volume is None or not mounted:
+                fail(f"{where}: StatefulSet/{doc['metadata']['name']} does not mount the seal directory "
+                     f"writable at {seal['path']}")
+            elif seal["existingClaim"] and volume.get("persistentVolumeClaim", {}).get("claimName") != seal["existingClaim"]:
+                fail(f"{where}: the seal directory is not the claim {seal['existingClaim']}: {volume}")
+    elif "seal_dir" in config.get("integrity", {}):
+        fail(f"{where}: integrity.seal_dir set with no volume behind it")
+
+
 def check_custom(where: str, doc: dict, metrics: set[str]) -> None:
     ident = f"{where}: {doc['kind']}/{doc['metadata']['name']}"
     spec = doc.get("spec") or {}
@@ -390,7 +484,7 @@ def check_chart(metrics: set[str]) -> int:
         expect = {"StatefulSet", "Service", "ConfigMap"}
         if merged["podDisruptionBudget"]["enabled"]:
             expect.add("PodDisruptionBudget")
-        if merged["topicInit"]["enabled"]:
+        if merged["topicInit"]["enabled"] and merged["forward"]["target"] == "kafka":
             expect.add("Job")
         if merged["autoscaling"]["enabled"]:
             expect.add("HorizontalPodAutoscaler")
@@ -427,6 +521,7 @@ def check_chart(metrics: set[str]) -> int:
                         fail(f"chart[{variant}]: dashboard {key} is not JSON: {e}")
         check_secret_mounts(f"chart[{variant}]", docs)
         check_expected_config(variant, docs)
+        check_shape(variant, merged, docs)
         if probes == 0:
             fail(f"chart[{variant}]: no service container found to check probes on")
         note = f"; {loaded} config(s) loaded by the service" if loaded else ""
@@ -436,7 +531,7 @@ def check_chart(metrics: set[str]) -> int:
         try:
             chart.render(values, name=RELEASE, namespace=NAMESPACE)
         except helm_python.HelmError:
-            print(f"ok   chart refuses {what} (values.schema.json)")
+            print(f"ok   chart refuses {what} (values.schema.json or the templates)")
         else:
             fail(f"chart accepts {what}: values.schema.json must refuse it")
     return total
@@ -453,6 +548,11 @@ def check_static(metrics: set[str]) -> int:
             check_config_loads(rel, doc)
             probes += check_probes(rel, doc)
             check_no_secrets(rel, doc)
+            if doc["kind"] == "ConfigMap" and "config.yaml" in (doc.get("data") or {}):
+                config = yaml.safe_load(doc["data"]["config.yaml"])["audit_manager"]
+                if (config.get("forward") or {}).get("target") == "postgres":
+                    if "kafka" in config or "sink" in (config.get("roles") or []):
+                        fail(f"{rel}: forward.target postgres with Kafka settings or the sink role")
             for pod in pod_specs(doc):
                 for c in pod.get("initContainers", []):
                     if (c.get("args") or [None])[0] == "serve" and c.get("restartPolicy") != "Always":
@@ -472,12 +572,57 @@ def check_compose() -> None:
     problems = sorted(validator.iter_errors(doc), key=lambda e: list(e.path))
     for e in problems:
         fail(f"docker-compose.yml at {'/'.join(map(str, e.path)) or '/'}: {e.message}")
-    svc = doc["services"]["audit-manager"]
-    hc = " ".join(svc.get("healthcheck", {}).get("test", []))
-    if READY not in hc:
-        fail(f"docker-compose.yml: the audit-manager healthcheck should use {READY}")
+    services = doc["services"]
+    ours = {name: svc for name, svc in services.items() if "build" in svc}
+    for name, svc in ours.items():
+        hc = " ".join(svc.get("healthcheck", {}).get("test", []))
+        if READY not in hc:
+            fail(f"docker-compose.yml: the {name} healthcheck should use {READY}")
+    # A plain `docker compose up`: the Kafka shape, as before.
+    plain = sorted(name for name, svc in services.items() if not svc.get("profiles"))
+    if plain != ["audit-manager", "kafka", "postgres"]:
+        fail(f"docker-compose.yml: a plain `docker compose up` starts {plain}, not Kafka, PostgreSQL, audit-manager")
+    # The Kafka-less shape: its own profile, nothing of Kafka, no sink.
+    direct = services.get("audit-manager-kafka-less")
+    if direct is None:
+        fail("docker-compose.yml: no audit-manager-kafka-less service (the shape without Kafka)")
+    else:
+        env = direct.get("environment") or {}
+        roles = env.get("AUDIT_MANAGER__ROLES", "").split(",")
+        if "kafka-less" not in (direct.get("profiles") or []):
+            fail("docker-compose.yml: audit-manager-kafka-less is not in the kafka-less profile")
+        if "kafka" in (direct.get("depends_on") or {}):
+            fail("docker-compose.yml: audit-manager-kafka-less depends on Kafka")
+        if env.get("AUDIT_MANAGER__FORWARD__TARGET") != "postgres":
+            fail("docker-compose.yml: audit-manager-kafka-less does not set AUDIT_MANAGER__FORWARD__TARGET=postgres")
+        if "sink" in roles or "forward" not in roles:
+            fail(f"docker-compose.yml: audit-manager-kafka-less runs roles {roles} (forward, no sink)")
+        if any("KAFKA" in k for k in env):
+            fail(f"docker-compose.yml: audit-manager-kafka-less has Kafka settings: {sorted(k for k in env if 'KAFKA' in k)}")
+        spools = {name: [v.split(":")[0] for v in svc.get("volumes", [])] for name, svc in ours.items()}
+        if len({tuple(v) for v in spools.values()}) != len(spools):
+            fail(f"docker-compose.yml: the two shapes share a spool volume: {spools}")
+    for name, svc in ours.items():
+        check_env_loads(f"docker-compose.yml: {name}", svc.get("environment") or {})
     if not problems:
-        print("ok   docker-compose.yml: Compose specification schema")
+        print(f"ok   docker-compose.yml: Compose specification schema; shapes {', '.join(sorted(ours))}")
+
+
+def check_env_loads(where: str, env: dict) -> None:
+    """The service loads its configuration from this environment (as the image does: the
+    default configuration file plus AUDIT_MANAGER__* overrides)."""
+    binary = service_binary()
+    if binary is None:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        run_env = {k: v for k, v in os.environ.items()
+                   if not k.startswith(("AUDIT_MANAGER__", "DB_")) and k not in ("DATABASE_URL", "CONFIG_PATH")}
+        run_env.update({k: str(v) for k, v in env.items()})
+        run_env["AUDIT_MANAGER__SPOOL__PATH"] = str(Path(tmp) / "no-spool")
+        out = subprocess.run([binary, "spool", "stats", "--config", str(ROOT / "config" / "default.yaml")],
+                             capture_output=True, text=True, env=run_env, timeout=60)
+    if "invalid configuration" in out.stderr:
+        fail(f"{where}: the service refuses its environment: {out.stderr.strip()}")
 
 
 def main() -> int:

@@ -9,6 +9,7 @@ mod common;
 #[path = "../common/power_cut.rs"]
 mod power_cut;
 
+mod ci_postgres;
 mod cli;
 mod crash;
 mod direct_crash;

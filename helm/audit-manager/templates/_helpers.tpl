@@ -18,13 +18,59 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
 {{- end -}}
 
+{{/* forward.target: kafka (default) or postgres (Kafka-less). */}}
+{{- define "audit-manager.target" -}}
+{{- (.Values.forward | default dict).target | default "kafka" -}}
+{{- end -}}
+
+{{/* The roles the pods run, as YAML: values.roles, or every role of the forward.target shape
+     when it is empty. */}}
+{{- define "audit-manager.roles" -}}
+{{- $roles := .Values.roles -}}
+{{- if not $roles -}}
+{{- $roles = ternary (list "ingest" "forward" "maintain") (list "ingest" "forward" "sink" "maintain") (eq (include "audit-manager.target" .) "postgres") -}}
+{{- end -}}
+{{- toYaml $roles -}}
+{{- end -}}
+
+{{/* The seal directory's volume source (integrity.sealDir), as YAML; empty when none. */}}
+{{- define "audit-manager.sealDirVolume" -}}
+{{- with .Values.integrity.sealDir -}}
+{{- if .existingClaim -}}
+{{- toYaml (dict "persistentVolumeClaim" (dict "claimName" .existingClaim)) -}}
+{{- else if .volume -}}
+{{- toYaml .volume -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
 {{/* The service's YAML configuration: values.config plus what the chart owns. */}}
 {{- define "audit-manager.config" -}}
+{{- $target := include "audit-manager.target" . -}}
+{{- $roles := include "audit-manager.roles" . | fromYamlArray -}}
 {{- $owned := dict
-      "roles" .Values.roles
+      "roles" $roles
       "http" (dict "listen" (printf "0.0.0.0:%d" (int .Values.containerPort)))
-      "spool" (dict "path" "/var/lib/audit-manager/spool" "max_bytes" (int64 .Values.spool.maxBytes))
-      "kafka" (dict "topic_partitions" (int .Values.topicInit.partitions) "topic_replication" (int .Values.topicInit.replication)) -}}
+      "spool" (dict "path" "/var/lib/audit-manager/spool" "max_bytes" (int64 .Values.spool.maxBytes)) -}}
+{{- if eq $target "postgres" -}}
+{{- if has "sink" $roles -}}
+{{- fail "roles: sink has nothing to consume with forward.target postgres (the forward role stores the events itself): leave roles empty or drop sink" -}}
+{{- end -}}
+{{- if or .Values.kafkaSasl.mechanism .Values.tls.kafka.enabled .Values.tls.kafka.secretName -}}
+{{- fail "kafkaSasl and tls.kafka configure the connection to Kafka, and forward.target postgres has none: unset them (or use forward.target kafka)" -}}
+{{- end -}}
+{{- /* kafka is the service's default: only the Kafka-less shape names its target. */ -}}
+{{- $_ := set $owned "forward" (dict "target" "postgres") -}}
+{{- /* No seal topic without Kafka: the off-database copy goes to integrity.sealDir. */ -}}
+{{- $_ := set $owned "integrity" (dict "seal_topic" "") -}}
+{{- else -}}
+{{- $_ := set $owned "kafka" (dict "topic_partitions" (int .Values.topicInit.partitions) "topic_replication" (int .Values.topicInit.replication)) -}}
+{{- end -}}
+{{- if include "audit-manager.sealDirVolume" . -}}
+{{- $integrity := $owned.integrity | default dict -}}
+{{- $_ := set $integrity "seal_dir" .Values.integrity.sealDir.path -}}
+{{- $_ := set $owned "integrity" $integrity -}}
+{{- end -}}
 {{- if .Values.tls.secretName -}}
 {{- $tls := dict "cert_file" "/run/secrets/audit-manager/tls/tls.crt" "key_file" "/run/secrets/audit-manager/tls/tls.key" -}}
 {{- if eq .Values.auth.mode "mtls" -}}
@@ -55,11 +101,16 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- $_ := set $owned "database" (dict "url" $url) -}}
 {{- end -}}
 {{- $kafka := include "audit-manager.kafkaProperties" . | fromYaml -}}
-{{- if $kafka -}}
+{{- if and $kafka (eq $target "kafka") -}}
 {{- $_ := set $owned.kafka "producer" $kafka -}}
 {{- $_ := set $owned.kafka "consumer" (deepCopy $kafka) -}}
 {{- end -}}
-{{- $config := mergeOverwrite (deepCopy .Values.config) $owned -}}
+{{- $base := deepCopy .Values.config -}}
+{{- if eq $target "postgres" -}}
+{{- /* Kafka settings (the values' defaults included) mean nothing without Kafka. */ -}}
+{{- $base = omit $base "kafka" -}}
+{{- end -}}
+{{- $config := mergeOverwrite $base $owned -}}
 {{- dict "audit_manager" $config | toYaml -}}
 {{- end -}}
 
