@@ -40,7 +40,9 @@ pub fn no_database_help(url: &str, error: &str) -> String {
     format!(
         "serve --dev stores every event in PostgreSQL, and no PostgreSQL answers at {url} \
          ({error}).\n\
-         Start one, then run `serve --dev` again. Either:\n\
+         Start one, then run `serve --dev` again. In a checkout of this repository,\n\
+         \x20 .ci/postgres    # installs, creates and starts exactly the server --dev expects\n\
+         or:\n\
          \x20 docker run -d --name audit-postgres -p 5432:5432 \\\n\
          \x20   -e POSTGRES_HOST_AUTH_METHOD=trust postgres:17\n\
          or, on Debian/Ubuntu with the system's packages:\n\
@@ -158,5 +160,6 @@ mod tests {
         assert!(!help.contains("s3cret"), "{help}");
         assert!(help.contains("apt-get install -y postgresql"), "{help}");
         assert!(help.contains("docker run"), "{help}");
+        assert!(help.contains(".ci/postgres"), "{help}");
     }
 }
