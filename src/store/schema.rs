@@ -166,6 +166,9 @@ impl Store {
         integrity_schema::apply(&mut tx)
             .await
             .map_err(|e| StoreError::new(what, e))?;
+        super::archives::apply(&mut tx)
+            .await
+            .map_err(|e| StoreError::new(what, e))?;
         let existing = table_indexes(&mut tx)
             .await
             .map_err(|e| StoreError::new(what, e))?;

@@ -7,6 +7,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod archive;
 mod attest;
 mod integrity;
 mod integrity_kill;
