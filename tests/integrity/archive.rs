@@ -567,6 +567,29 @@ async fn retention_waits_for_a_verified_archive_of_every_row_late_rows_included(
     let (r, out) = f.verify_dir(&f.archive_dir()).await;
     assert!(r.is_clean(), "{out}");
     assert_eq!(r.rows_ok, 11);
+    // `verify` on the database: the dropped month's rows are archived, not missing (once the
+    // next seal signed the retention record).
+    f.seal().await;
+    let keys = [(f.signer.key_id(), f.signer.verifying_key())]
+        .into_iter()
+        .collect();
+    let mut out = Vec::new();
+    let report = audit_manager::integrity::verify::verify(
+        &f.pool,
+        &keys,
+        &audit_manager::integrity::verify::VerifyOptions::default(),
+        &mut out,
+    )
+    .await
+    .expect("verify runs");
+    let out = String::from_utf8(out).unwrap();
+    assert!(report.is_clean(), "{out}");
+    assert!(
+        out.contains(
+            "11 sealed rows checked as dropped; archived: 11 row(s) in 2 verified archive part(s)"
+        ),
+        "{out}"
+    );
 }
 
 /// `archive run` killed at `point` (the process aborts there, like SIGKILL): the month is
