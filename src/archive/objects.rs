@@ -37,6 +37,20 @@ impl Objects {
         Objects::open_with(url, &[])
     }
 
+    /// [`Objects::open`] for reading an archive that must exist (a local directory is not
+    /// created).
+    pub fn open_existing(url: &str) -> Result<Objects, ArchiveError> {
+        if let Some(dir) = local_dir(url)
+            && !dir.is_dir()
+        {
+            return Err(ArchiveError::Config(format!(
+                "{} is not a directory: no archive there",
+                dir.display()
+            )));
+        }
+        Objects::open_with(url, &[])
+    }
+
     /// [`Objects::open`] with S3 settings (`aws_endpoint`, `aws_access_key_id`,
     /// `aws_allow_http`, …) over those of the environment.
     pub fn open_with(url: &str, s3_options: &[(&str, &str)]) -> Result<Objects, ArchiveError> {
@@ -204,5 +218,14 @@ impl Objects {
             .await
             .map(|_| ())
             .map_err(ArchiveError::store(format!("reaching {}", self.url)))
+    }
+}
+
+/// The local directory `url` names (`file://…` or a plain path), if it names one.
+fn local_dir(url: &str) -> Option<std::path::PathBuf> {
+    match url::Url::parse(url) {
+        Ok(u) if u.scheme() == "file" => u.to_file_path().ok(),
+        Ok(u) if u.scheme().len() > 1 => None,
+        _ => std::path::absolute(url).ok(),
     }
 }

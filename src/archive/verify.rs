@@ -128,6 +128,13 @@ pub async fn verify<W: Write>(
         report: Report::default(),
     };
     let listed = objects.list().await?;
+    if !listed.iter().any(|p| layout::is_manifest(p)) {
+        return Err(ArchiveError::Config(format!(
+            "no archive manifest under {}: is this the archive's root (the directory holding \
+             year=YYYY/)?",
+            objects.url
+        )));
+    }
     let mut manifests: Vec<(String, manifest::Read)> = Vec::new();
     for path in listed.iter().filter(|p| layout::is_manifest(p)) {
         let Some(bytes) = objects.read(path).await? else {

@@ -121,7 +121,7 @@ pub async fn run(config: &Config, command: ArchiveCommand) -> anyhow::Result<Exi
         } => {
             let month = month_arg(month.as_deref())?;
             let keys = trusted_keys(config, &public_key)?;
-            let objects = Objects::open(&target)?;
+            let objects = Objects::open_existing(&target)?;
             let started = std::time::Instant::now();
             let mut out = std::io::stdout().lock();
             let report = verify::verify(&objects, &keys, month, &mut out)
@@ -153,7 +153,7 @@ pub async fn run(config: &Config, command: ArchiveCommand) -> anyhow::Result<Exi
                 anyhow::bail!("archive.url is not set: there is no archive to restore from");
             };
             let keys = trusted_keys(config, &[])?;
-            let objects = Objects::open(url)?;
+            let objects = Objects::open_existing(url)?;
             let store = store(config).await?;
             let done = restore::restore(&store, &objects, &keys, month, into.as_deref()).await?;
             println!(

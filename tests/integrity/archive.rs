@@ -518,9 +518,24 @@ async fn every_tampering_with_an_archive_is_found_and_named() {
     );
     assert_eq!(code, 1, "{out}\n{err}");
     assert!(out.contains("row-missing month=2026-03 row=mar-7"), "{out}");
-    // … and 2 when it cannot run (no trusted key).
+    // … and 2 when it cannot run: no trusted key, or no archive at that path.
     let (code, _, err) = run_cli(&["archive", "verify", clean.to_str().unwrap()], &[]);
     assert_eq!(code, 2, "{err}");
+    let empty = f.dir.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    for wrong in [f.dir.path().join("nothing-here"), empty] {
+        let (code, _, err) = run_cli(
+            &[
+                "archive",
+                "verify",
+                wrong.to_str().unwrap(),
+                "--public-key",
+                f.pub_file.to_str().unwrap(),
+            ],
+            &[],
+        );
+        assert_eq!(code, 2, "{err}");
+    }
 }
 
 #[tokio::test]
