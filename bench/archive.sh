@@ -39,9 +39,9 @@ DATABASE_URL=$DB AUDIT_MANAGER__INTEGRITY__SIGNING_KEY_FILE="$DIR/seal.key" \
   >"$DIR/maintain.log" 2>&1 &
 maintain=$!
 pids+=("$maintain")
-for _ in $(seq 1 1000); do
-  curl -sf "http://$LISTEN/v1/auditmanager/ready" >/dev/null 2>&1 && break
-  sleep 0.05
+for _ in $(seq 1 600); do
+  [ "$(psql -qtA "$DB" -c "SELECT to_regclass('audit_events') IS NOT NULL" 2>/dev/null)" = "t" ] && break
+  sleep 0.1
 done
 
 echo "inserting $ROWS rows into 2026-03"
@@ -49,9 +49,13 @@ start=$(date +%s.%N)
 psql -q "$DB" -v ON_ERROR_STOP=1 <<SQL
 CREATE TABLE IF NOT EXISTS audit_events_2026_03 PARTITION OF audit_events
   FOR VALUES FROM ('2026-03-01T00:00:00Z') TO ('2026-04-01T00:00:00Z');
+BEGIN;
+-- The seal write lock, shared, as every storing transaction holds it (store::locks::SealWrite):
+-- the sealer then never seals past rows this transaction has not committed yet.
+SELECT pg_advisory_xact_lock_shared(x'6175646974000004'::bigint);
 INSERT INTO audit_events (id, occurred_at, source, type, subject, actor_type, actor_id,
     resource_type, resource_id, action, outcome, reason, trace_id, details, auth_type, auth_id)
-SELECT md5(i::text), '2026-03-01T00:00:00Z'::timestamptz + (i * (2678400.0 / $ROWS)) * interval '1 second',
+SELECT md5(i::text), '2026-03-01T00:00:00Z'::timestamptz + ((i - 1) * (2678400.0 / $ROWS)) * interval '1 second',
        '/registry/' || (i % 7), 'org.openg2p.registry.beneficiary.update', 'beneficiary-' || (i % 50000),
        'user', 'u-' || (i % 2000), 'beneficiary', 'b-' || (i % 50000), 'update',
        CASE WHEN i % 50 = 0 THEN 'failure' ELSE 'success' END,
@@ -63,6 +67,7 @@ SELECT md5(i::text), '2026-03-01T00:00:00Z'::timestamptz + (i * (2678400.0 / $RO
          'amount', (i % 1000) * 1.25, 'program', 'cash-transfer', 'cycle', i % 12),
        'api_key', 'registry'
   FROM generate_series(1, $ROWS) AS i;
+COMMIT;
 ANALYZE audit_events_2026_03;
 SQL
 echo "inserted in $(echo "$(date +%s.%N) - $start" | bc) s; waiting for the seals"
