@@ -22,6 +22,8 @@
 //! - [`query`]: the investigators' read path (the query role), every read audited;
 //! - [`integrity`]: tamper evidence — row encoding, seals, writer attestation, the sealer's
 //!   pass, `verify`;
+//! - [`archive`]: archives of closed months in object storage (Parquet, the seals naming the
+//!   rows, signed chained manifests), `archive run|list|verify|restore`, verifiable offline;
 //! - [`store`]: PostgreSQL, and every SQL statement of the service — the one column list,
 //!   schema, partitions, inserts, seals, attestations, queries, the advisory locks;
 //! - [`kafka`]: every broker client (producers, consumers, admin) with the properties the
@@ -40,6 +42,7 @@
 //! (API, events, configuration, table, guarantees) is in `docs/contract.md`.
 
 pub mod api;
+pub mod archive;
 pub mod auth;
 pub mod cli;
 pub mod config;

@@ -48,6 +48,10 @@
 //! | `audit_sink_consumer_lag{topic,partition}` | gauge | records behind the high watermark |
 //! | `audit_partitions_created_total` | counter | monthly partitions created |
 //! | `audit_partitions_dropped_total` | counter | partitions dropped past retention |
+//! | `audit_retention_blocked_total` | counter | expired partitions kept because not all their rows are in a verified archive (`archive.require_before_drop`) |
+//! | `audit_archive_parts_total` | counter | archive parts written and verified |
+//! | `audit_archive_rows_total` | counter | rows in those parts |
+//! | `audit_archive_failures_total` | counter | archive passes that failed (the object store unreachable or refusing, a conflict) |
 //! | `audit_auth_rejected_total{code,principal}` | counter | requests refused by authentication (AUD-010/011/012); `principal` is a name from `auth.tokens_file` or `unknown` |
 //! | `audit_auth_reloads_total{outcome}` | counter | re-reads of a changed `auth.tokens_file` (`ok`, `failed`: the previous principals stay) |
 //! | `audit_tls_reloads_total{outcome}` | counter | re-reads of changed `http.tls.*` files (`ok`, `failed`: the previous certificate stays) |

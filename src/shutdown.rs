@@ -67,6 +67,8 @@ pub enum Task {
     Maintain,
     /// Sealing stored rows (maintain role).
     Sealer,
+    /// Archiving closed months to object storage (maintain role, with `archive.url`).
+    Archiver,
     /// The database reachability monitor shared by sink and maintain.
     DatabaseMonitor,
     /// The reachability monitor of the query role's read-only pool.
@@ -81,6 +83,7 @@ impl fmt::Display for Task {
             Task::Sink => "sink",
             Task::Maintain => "maintain",
             Task::Sealer => "sealer",
+            Task::Archiver => "archiver",
             Task::DatabaseMonitor => "database monitor",
             Task::QueryMonitor => "query database monitor",
         })

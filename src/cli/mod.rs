@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{Config, Role};
 
+mod archive;
 mod dev_kafka;
 mod dlq;
 mod keygen;
@@ -115,6 +116,53 @@ pub enum Command {
     Token {
         #[command(subcommand)]
         command: TokenCommand,
+    },
+    /// Archives of closed months in object storage (archive.*; see docs/archives.md).
+    Archive {
+        #[command(subcommand)]
+        command: ArchiveCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ArchiveCommand {
+    /// Archive every month that ended archive.after_months ago (or only --month) with rows in
+    /// no verified part yet; finishes a part an interruption left. The maintain role does the
+    /// same on its schedule.
+    Run {
+        /// Only this month (YYYY-MM), which must have ended.
+        #[arg(long, value_name = "YYYY-MM")]
+        month: Option<String>,
+    },
+    /// The archive parts recorded in audit_archives.
+    List,
+    /// Check an archive offline (no database): rows against their seals, the seals'
+    /// signatures and chain, the manifests' signatures and chain.
+    ///
+    /// Prints one line per finding. Exits 0 when everything checks out, 1 when something was
+    /// found, 2 when the check could not run.
+    Verify {
+        /// The archive: an object store URL (file:///…, s3://bucket/prefix) or a local
+        /// directory (a copy of the archive).
+        #[arg(value_name = "URL|PATH")]
+        target: String,
+        /// Only this month's rows and seals (YYYY-MM); the manifests' chain is always checked.
+        #[arg(long, value_name = "YYYY-MM")]
+        month: Option<String>,
+        /// A trusted public key (FILE.pub of keygen); repeat for every key that ever signed.
+        /// Default: integrity.public_key_files.
+        #[arg(long = "public-key", value_name = "FILE")]
+        public_key: Vec<PathBuf>,
+    },
+    /// Put a month's archived rows back into PostgreSQL for an investigation (after the
+    /// month's archive verified clean).
+    Restore {
+        /// The month (YYYY-MM).
+        #[arg(long, value_name = "YYYY-MM")]
+        month: String,
+        /// Restore into this table (created like audit_events) instead of audit_events.
+        #[arg(long, value_name = "TABLE")]
+        into: Option<String>,
     },
 }
 
@@ -243,6 +291,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             ))?
         }
         Command::Topics { command } => block_on(topics::run(&load_config(path)?, command))?,
+        Command::Archive { command } => block_on(archive::run(&load_config(path)?, command))?,
     }
 }
 

@@ -8,7 +8,8 @@ use crate::config::Config;
 pub async fn run(config: &Config, command: PartitionsCommand) -> anyhow::Result<ExitCode> {
     use std::io::Write as _;
     let db = &config.database;
-    let store = crate::store::Store::connect_lazy(&db.url, 1)?;
+    let store = crate::store::Store::connect_lazy(&db.url, 1)?
+        .with_archive_gate(config.archive.gates_retention());
     store.prepare().await?;
     let mut out = std::io::stdout().lock();
     match command {
@@ -58,7 +59,10 @@ pub async fn run(config: &Config, command: PartitionsCommand) -> anyhow::Result<
             for name in &report.dropped {
                 writeln!(out, "dropped {name}")?;
             }
-            if report.created.is_empty() && report.dropped.is_empty() {
+            for (name, why) in &report.blocked {
+                writeln!(out, "kept {name}: {why}")?;
+            }
+            if report.created.is_empty() && report.dropped.is_empty() && report.blocked.is_empty() {
                 if !ensure && db.partition_retention_months == 0 {
                     writeln!(
                         out,

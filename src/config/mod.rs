@@ -55,6 +55,7 @@
 //! Settings that can hold a secret are [`Redacted`]: `Debug` and `GET /config`
 //! ([`Config::redacted_json`]) show them masked, and both are derived.
 
+pub mod archive;
 mod auth;
 mod database;
 mod database_url;
@@ -79,6 +80,7 @@ use std::path::Path;
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+pub use archive::ArchiveConfig;
 pub use auth::{AuthConfig, AuthMode};
 pub use database::DatabaseConfig;
 pub use database_url::{Parsed, UrlError, connect_options};
@@ -140,6 +142,8 @@ pub struct Config {
     pub query: QueryConfig,
     /// Tamper evidence: sealing stored rows and verifying them.
     pub integrity: IntegrityConfig,
+    /// Archives of closed months in object storage (Parquet, seals, signed manifests).
+    pub archive: ArchiveConfig,
     /// The `id` of every response envelope (the reference service's `service_id`).
     /// Default `openg2p.auditmanager`.
     pub service_id: String,
@@ -175,6 +179,7 @@ impl Default for Config {
             database: DatabaseConfig::default(),
             query: QueryConfig::default(),
             integrity: IntegrityConfig::default(),
+            archive: ArchiveConfig::default(),
             service_id: "openg2p.auditmanager".to_string(),
             api_version: "1.0".to_string(),
             build_info: BuildInfo::default(),
@@ -295,6 +300,7 @@ impl Config {
         }
         self.database.validate()?;
         self.integrity.validate()?;
+        self.archive.validate()?;
         non_empty("service_id", &self.service_id)?;
         non_empty("api_version", &self.api_version)?;
         // Who may call and how the listener proves it: each mode names what it still needs.

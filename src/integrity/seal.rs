@@ -357,6 +357,10 @@ impl Signer {
     pub fn verifying_key(&self) -> VerifyingKey {
         self.key.verifying_key()
     }
+    /// The ed25519 signature over `hash` (an archive manifest's, see `archive::manifest`).
+    pub fn sign_hash(&self, hash: &[u8; 32]) -> [u8; 64] {
+        self.key.sign(hash).to_bytes()
+    }
     /// Serializes, hashes and signs `seal` (whose `key_id` must be this key's).
     pub fn sign(&self, seal: &Seal) -> SignedSeal {
         let bytes = seal.to_bytes();

@@ -806,11 +806,31 @@ pub async fn verify(
             }
         }
     }
+    // Where the dropped months' rows went (`audit_archives`; absent before archiving existed).
+    let archived = crate::store::archives::records(pool)
+        .await
+        .unwrap_or_default();
     for (r, n) in retention.iter().zip(retained_by) {
         let rec = &r.record;
+        let month =
+            super::seal::from_micros(rec.lower_us).map(|t| crate::store::Month::of(t).to_string());
+        let parts: Vec<_> = archived
+            .iter()
+            .filter(|a| Some(&a.month) == month.as_ref() && a.manifest_hash.is_some())
+            .collect();
+        let archive = if parts.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; archived: {} row(s) in {} verified archive part(s) (check them offline: \
+                 audit-manager archive verify)",
+                parts.iter().filter_map(|a| a.rows).sum::<i64>(),
+                parts.len()
+            )
+        };
         let _ = writeln!(
             run.out,
-            "info: retention dropped partition {} [{}, {}) at {} ({} rows, {} sealed){}; {n} sealed rows checked as dropped",
+            "info: retention dropped partition {} [{}, {}) at {} ({} rows, {} sealed){}; {n} sealed rows checked as dropped{archive}",
             rec.partition,
             ts(rec.lower_us),
             ts(rec.upper_us),

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use crate::archive::ArchiveState;
 use crate::health::{Check, Status};
 use crate::integrity::sealer::SealerState;
 use crate::store::Store;
@@ -12,9 +13,14 @@ use crate::store::Store;
 /// The database check, and DEGRADED while the sealer lags more than three seal intervals
 /// behind or fails, or has refused rows without a writer attestation; DOWN while the database's
 /// seals disagree with their off-database copy.
-pub fn check(store: Store, sealer: Option<SealerState>, interval: Duration) -> Check {
+pub fn check(
+    store: Store,
+    sealer: Option<SealerState>,
+    interval: Duration,
+    archive: Option<ArchiveState>,
+) -> Check {
     let db = crate::health::database_check(store);
-    Arc::new(move || {
+    let sealing: Check = Arc::new(move || {
         let mut report = db();
         let Some(sealer) = &sealer else {
             report.detail.insert(
@@ -75,5 +81,47 @@ pub fn check(store: Store, sealer: Option<SealerState>, interval: Duration) -> C
             report.reason = Some(reason);
         }
         report
+    });
+    Arc::new(move || {
+        let mut report = sealing();
+        if let Some(archive) = &archive {
+            archive_health(&mut report, archive);
+        }
+        report
     })
+}
+
+/// Archiving's part of the report: DEGRADED while the last archive pass failed (the object
+/// store unreachable or refusing) or retention keeps an expired month that is not fully
+/// archived.
+fn archive_health(report: &mut crate::health::RoleReport, archive: &ArchiveState) {
+    let s = archive
+        .lock()
+        .map(|s| s.clone())
+        .unwrap_or_else(|e| e.into_inner().clone());
+    report.detail.insert(
+        "archive".into(),
+        json!({
+            "last_pass": s.last_pass.map(|t| t.to_rfc3339()),
+            "error": s.error,
+            "retention_blocked": s.blocked.iter().map(|(p, why)| json!({"partition": p, "reason": why})).collect::<Vec<_>>(),
+        }),
+    );
+    if report.status != Status::Up {
+        return;
+    }
+    let reason = match (&s.error, s.blocked.first()) {
+        (Some(e), _) => Some(format!(
+            "archiving is failing: {e}; check archive.url and the object store's credentials"
+        )),
+        (None, Some((p, why))) => Some(format!(
+            "retention is blocked: {} expired partition(s) are kept because not every row is in              a verified archive (first: {p}: {why}); run audit-manager archive run",
+            s.blocked.len()
+        )),
+        _ => None,
+    };
+    if let Some(reason) = reason {
+        report.status = Status::Degraded;
+        report.reason = Some(reason);
+    }
 }

@@ -21,6 +21,8 @@ pub enum AdvisoryLock {
     SealWrite,
     /// Held (per session, try-lock) by the one sealer working at a time.
     Sealer,
+    /// Held (per session, try-lock) by the one archiver working at a time (`archive run`).
+    Archive,
 }
 
 impl AdvisoryLock {
@@ -32,6 +34,7 @@ impl AdvisoryLock {
             AdvisoryLock::Maintain => 0x6175_6469_7400_0003,
             AdvisoryLock::SealWrite => 0x6175_6469_7400_0004,
             AdvisoryLock::Sealer => 0x6175_6469_7400_0005,
+            AdvisoryLock::Archive => 0x6175_6469_7400_0010,
         }
     }
 }

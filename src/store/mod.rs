@@ -23,6 +23,7 @@
 //! answers, not that the role may still insert, so a systemic error of a write (a revoked
 //! privilege, a changed column) stays on `/health` until a write succeeds again.
 
+pub mod archives;
 pub mod attestations;
 pub mod columns;
 pub mod dead_letters;
@@ -159,6 +160,9 @@ pub struct Store {
     parallelism: usize,
     /// The writer key every storing transaction is attested with (`integrity.writer_key_file`).
     attestor: Option<Arc<dyn Attest>>,
+    /// Retention drops a month only when every row is in a verified archive part
+    /// (`archive.require_before_drop` with `archive.url`).
+    archive_gate: bool,
 }
 
 impl Store {
@@ -191,6 +195,7 @@ impl Store {
             method: InsertMethod::default(),
             parallelism: DEFAULT_INSERT_PARALLELISM,
             attestor: None,
+            archive_gate: false,
         })
     }
 
@@ -247,6 +252,13 @@ impl Store {
     /// Attests every storing transaction with `attestor` (see `integrity::attest`).
     pub fn with_attestor(mut self, attestor: impl Attest + 'static) -> Store {
         self.attestor = Some(Arc::new(attestor));
+        self
+    }
+
+    /// Makes retention drop a month only when every one of its rows is in a verified archive
+    /// part (see `store::archives::unarchived_reason`).
+    pub fn with_archive_gate(mut self, on: bool) -> Store {
+        self.archive_gate = on;
         self
     }
 

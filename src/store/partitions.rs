@@ -47,6 +47,9 @@ impl PartitionInfo {
 pub struct MaintainReport {
     pub created: Vec<String>,
     pub dropped: Vec<String>,
+    /// Expired partitions kept because their rows are not all archived yet, with why
+    /// (`archive.require_before_drop`).
+    pub blocked: Vec<(String, String)>,
 }
 
 const LIST_SQL: &str = "
@@ -228,18 +231,46 @@ impl Store {
                 if upper > cutoff {
                     continue;
                 }
-                // The drop and its retention record (for verify) commit together.
+                // The drop and its retention record (for verify) commit together; with the
+                // archive gate, only after every row was found in a verified archive part.
+                let gate = self.archive_gate;
                 let dropped = async {
                     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+                    if gate {
+                        let reason = match p.lower {
+                            Some(lower) => {
+                                super::archives::unarchived_reason(&mut tx, &p.name, lower, upper)
+                                    .await?
+                            }
+                            None => Some(format!(
+                                "{}: a partition without a lower bound is never archived",
+                                p.name
+                            )),
+                        };
+                        if let Some(reason) = reason {
+                            tx.rollback().await?;
+                            return Ok(Some(reason));
+                        }
+                    }
                     retention::record_drop(&mut tx, &p.name, p.lower, p.upper).await?;
                     sqlx::query(&format!("DROP TABLE IF EXISTS {}", quote_ident(&p.name)))
                         .execute(&mut *tx)
                         .await?;
-                    tx.commit().await
+                    crate::integrity::fault_point("retention-before-commit");
+                    tx.commit().await.map(|()| None)
                 }
                 .await;
-                dropped
+                let blocked = dropped
                     .map_err(|e| StoreError::new(format!("dropping partition {}", p.name), e))?;
+                if let Some(reason) = blocked {
+                    tracing::warn!(
+                        partition = %p.name, %reason,
+                        "retention kept an expired partition: it is not fully archived"
+                    );
+                    metrics::counter!("audit_retention_blocked_total").increment(1);
+                    report.blocked.push((p.name, reason));
+                    continue;
+                }
                 tracing::info!(
                     partition = %p.name, upper = %upper, cutoff = %cutoff,
                     "dropped expired partition"

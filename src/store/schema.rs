@@ -170,6 +170,9 @@ impl Store {
             .execute(&mut *tx)
             .await
             .map_err(|e| StoreError::new(what, e))?;
+        super::archives::apply(&mut tx)
+            .await
+            .map_err(|e| StoreError::new(what, e))?;
         let existing = table_indexes(&mut tx)
             .await
             .map_err(|e| StoreError::new(what, e))?;

@@ -7,6 +7,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod archive;
 mod attest;
 mod direct_writers;
 mod integrity;
