@@ -77,8 +77,9 @@ impl Consumed {
         now: DateTime<Utc>,
         cutoff: Option<DateTime<Utc>>,
         mode: ValidationMode,
+        privacy: &crate::privacy::Privacy,
     ) -> Consumed {
-        let outcome = decode(&record, now, cutoff, mode);
+        let outcome = decode(&record, now, cutoff, mode, privacy);
         Consumed { record, outcome }
     }
 }
@@ -185,12 +186,15 @@ pub fn assemble(batch: Vec<Consumed>) -> (Vec<Record>, Plan) {
 
 /// One record's fate: its row (decoded with the ingest's validation, in the same `mode`), or
 /// why it goes to the DLQ. Events older than `cutoff` (the start of the oldest retained month)
-/// are dead-lettered, not stored.
+/// are dead-lettered, not stored. `privacy` is applied first ([`crate::privacy::Privacy::at_store`]):
+/// a record it cannot treat is dead-lettered (it holds nothing in the clear that the rules
+/// would have removed: sealed values stay sealed in the DLQ).
 pub fn decode(
     r: &Record,
     now: DateTime<Utc>,
     cutoff: Option<DateTime<Utc>>,
     mode: ValidationMode,
+    privacy: &crate::privacy::Privacy,
 ) -> Result<Row, DeadReason> {
     let Some(value) = r.value.as_deref() else {
         return Err(DeadReason {
@@ -198,7 +202,11 @@ pub fn decode(
             message: "record has no value (tombstone)".into(),
         });
     };
-    match row_from_record_counted(value, now, mode) {
+    let value = privacy.at_store(value).map_err(|e| DeadReason {
+        kind: "privacy",
+        message: e.to_string(),
+    })?;
+    match row_from_record_counted(&value, now, mode) {
         // Only rewrites are counted here: tolerated values were counted at ingest.
         Ok((row, rules)) => match cutoff {
             Some(c) if row.occurred_at < c => Err(DeadReason {
@@ -275,7 +283,15 @@ mod tests {
     fn plan(records: &[Record], now: DateTime<Utc>, cutoff: Option<DateTime<Utc>>) -> Plan {
         let batch = records
             .iter()
-            .map(|r| Consumed::new(r.clone(), now, cutoff, ValidationMode::Strict))
+            .map(|r| {
+                Consumed::new(
+                    r.clone(),
+                    now,
+                    cutoff,
+                    ValidationMode::Strict,
+                    &crate::privacy::Privacy::none(),
+                )
+            })
             .collect();
         let (back, p) = assemble(batch);
         assert_eq!(back, records, "records keep their order");
@@ -351,7 +367,13 @@ mod tests {
         let now = Utc::now();
         let mut queue = Queue::default();
         for r in [rec(0, 1, b"ab"), rec(1, 1, b"cde"), rec(0, 2, b"f")] {
-            queue.push(Consumed::new(r, now, None, ValidationMode::Strict));
+            queue.push(Consumed::new(
+                r,
+                now,
+                None,
+                ValidationMode::Strict,
+                &crate::privacy::Privacy::none(),
+            ));
         }
         assert_eq!(queue.bytes(), 6);
         let revoked: HashSet<_> = [("t".to_string(), 0)].into_iter().collect();

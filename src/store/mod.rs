@@ -35,6 +35,7 @@ pub mod retention;
 pub mod rows;
 pub mod schema;
 pub mod seals;
+pub mod subject_keys;
 
 #[cfg(test)]
 mod guard;
