@@ -11,3 +11,4 @@ mod attest;
 mod integrity;
 mod integrity_kill;
 mod integrity_tamper;
+mod privacy_forget;
