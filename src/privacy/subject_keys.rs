@@ -132,6 +132,8 @@ impl SubjectKeys for MemoryKeys {
 /// seen by a running writer within this time; a value it encrypts meanwhile is under the
 /// destroyed key, so it is unreadable all the same once this process drops the key.
 pub const CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+/// The same for readers: a value of a forgotten subject reads as `[erased]` within this time.
+pub const READ_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 
 type Reply = std::sync::mpsc::SyncSender<Result<Option<SubjectKey>, String>>;
 
@@ -205,11 +207,11 @@ impl DbKeys {
             .map_err(|_| "the subject key thread stopped".to_owned())?
     }
 
-    fn cached(&self, k: &str) -> Option<Option<SubjectKey>> {
+    fn cached(&self, k: &str, ttl: std::time::Duration) -> Option<Option<SubjectKey>> {
         let cache = self.cache.lock().ok()?;
         cache
             .get(k)
-            .filter(|(_, at)| at.elapsed() < CACHE_TTL)
+            .filter(|(_, at)| at.elapsed() < ttl)
             .map(|(v, _)| v.clone())
     }
 
@@ -261,7 +263,7 @@ async fn serve(pool: &sqlx::PgPool, keeper: &super::envelope::Keeper, req: Reque
 impl SubjectKeys for DbKeys {
     fn key_for(&self, pseudonym: &str) -> Result<Option<SubjectKey>, String> {
         let k = format!("p:{pseudonym}");
-        if let Some(v) = self.cached(&k) {
+        if let Some(v) = self.cached(&k, CACHE_TTL) {
             return Ok(v);
         }
         let v = self.ask(|r| Request::For(pseudonym.to_owned(), r))?;
@@ -271,7 +273,7 @@ impl SubjectKeys for DbKeys {
 
     fn key_by_id(&self, id: &str) -> Result<Option<SubjectKey>, String> {
         let k = format!("i:{id}");
-        if let Some(v) = self.cached(&k) {
+        if let Some(v) = self.cached(&k, READ_CACHE_TTL) {
             return Ok(v);
         }
         let v = self.ask(|r| Request::ById(id.to_owned(), r))?;
