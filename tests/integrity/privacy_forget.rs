@@ -56,6 +56,18 @@ impl Setup {
 
     /// One config for the agent and the CLI.
     fn config(&self, kafka: &TestKafka, db: &TestDb) -> PathBuf {
+        self.config_with(kafka, db, "hmac", &[])
+    }
+
+    /// [`Setup::config`] with HMAC key `current` and older generations `previous`.
+    fn config_with(
+        &self,
+        kafka: &TestKafka,
+        db: &TestDb,
+        current: &str,
+        previous: &[&str],
+    ) -> PathBuf {
+        let previous: Vec<PathBuf> = previous.iter().map(|p| self.path(p)).collect();
         let yaml = format!(
             r#"audit_manager:
   roles: [ingest, forward, sink, maintain]
@@ -76,8 +88,12 @@ impl Setup {
     seal_dir: {seals:?}
   privacy:
     hmac_key_file: {hmac:?}
+    hmac_previous_key_files: {previous:?}
     keeper_key_file: {keeper:?}
     rules:
+      - name: actor-name
+        select: "$.data.actor.name"
+        action: pseudonymise
       - name: national-id
         select: "$.data.changes[?@.field=='national_id']['old','new']"
         action: encrypt
@@ -88,10 +104,11 @@ impl Setup {
             signer = self.path("signer"),
             signer_pub = self.path("signer.pub"),
             seals = self.path("seals"),
-            hmac = self.path("hmac"),
+            hmac = self.path(current),
+            previous = previous,
             keeper = self.path("keeper"),
         );
-        let path = self.path("config.yaml");
+        let path = self.path(&format!("config-{current}.yaml"));
         std::fs::write(&path, yaml).unwrap();
         path
     }
@@ -103,7 +120,7 @@ fn event(id: &str, person: &str) -> Value {
         "type": "org.openg2p.beneficiary.updated",
         "time": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         "data": {
-            "actor": {"type": "user", "id": "officer-1"},
+            "actor": {"type": "user", "id": "officer-1", "name": "Officer Njeri"},
             "action": "beneficiary.update", "outcome": "success",
             "resource": {"type": "person", "id": person},
             "changes": [{"field": "national_id", "old": format!("NID-{person}"), "new": "x"}]
@@ -316,4 +333,87 @@ async fn forget_survives_sigkill_at_every_step_and_verify_stays_clean() {
     assert_eq!(code, 0, "verify after forget: {out}{err}");
     agent.terminate();
     agent.wait_exit(Duration::from_secs(30)).await;
+}
+
+/// After an HMAC key rotation (the old key kept in `hmac_previous_key_files`), `privacy hash`
+/// gives the pseudonym under both keys, each finds the rows stored under it, and `verify`
+/// reports nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_key_rotation_old_pseudonyms_are_still_found_and_verify_is_clean() {
+    let setup = Setup::new();
+    std::fs::write(setup.path("hmac2"), rand::rng().random::<[u8; 32]>()).unwrap();
+    let kafka = TestKafka::new(3);
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    let client = reqwest::Client::new();
+    let before = setup.config_with(&kafka, &db, "hmac", &[]);
+    let after = setup.config_with(&kafka, &db, "hmac2", &["hmac"]);
+    for (round, config) in [&before, &after].into_iter().enumerate() {
+        let mut agent = ChildServer::spawn_with_config(
+            config,
+            &setup.path("spool"),
+            &[("AUDIT_MANAGER__ROLES", "ingest,forward,sink,maintain")],
+        );
+        agent.wait_ready(Duration::from_secs(30)).await;
+        let base = format!("http://{}{}", agent.addr, common::BASE);
+        let r = client
+            .post(format!("{base}/events"))
+            .json(&event(&format!("rot-{round}"), "P-rot"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 202);
+        eventually(Duration::from_secs(60), "the event stored", || async {
+            (common::count_rows(&pool).await == round as i64 + 1).then_some(())
+        })
+        .await;
+        agent.terminate();
+        agent.wait_exit(Duration::from_secs(30)).await;
+    }
+    let (code, out, err) = common::run_cli(
+        &[
+            "--config",
+            after.to_str().unwrap(),
+            "privacy",
+            "hash",
+            "Officer Njeri",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    let pseudonyms: Vec<&str> = out.lines().collect();
+    assert_eq!(pseudonyms.len(), 2, "{out}");
+    for (p, id) in pseudonyms.iter().zip(["rot-1", "rot-0"]) {
+        let found: Vec<String> =
+            sqlx::query_scalar("SELECT id FROM audit_events WHERE details->'actor'->>'name' = $1")
+                .bind(p)
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        assert_eq!(found, vec![id.to_string()], "{p}");
+    }
+    // Seal what was stored (a maintain role alone), then verify.
+    let mut sealer = ChildServer::spawn_with_config(
+        &after,
+        &setup.path("spool-sealer"),
+        &[("AUDIT_MANAGER__ROLES", "maintain")],
+    );
+    eventually(Duration::from_secs(30), "both rows sealed", || async {
+        let sealed: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM audit_events
+             WHERE seal_seq <= (SELECT max(hi_seq) FROM audit_seals)",
+        )
+        .fetch_one(&pool)
+        .await
+        .ok()?;
+        (sealed == 2).then_some(())
+    })
+    .await;
+    sealer.terminate();
+    sealer.wait_exit(Duration::from_secs(30)).await;
+    for config in [&before, &after] {
+        let (code, out, err) =
+            common::run_cli(&["--config", config.to_str().unwrap(), "verify"], &[]);
+        assert_eq!(code, 0, "verify across the rotation: {out}{err}");
+    }
 }
