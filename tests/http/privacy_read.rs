@@ -17,7 +17,7 @@ const NID_1: &str = "NIDSECRET-ONE-7731";
 const NID_2: &str = "NIDSECRET-TWO-8842";
 const NAME: &str = "Wanjiku Secretname";
 
-fn keys(dir: &Path) {
+pub fn keys(dir: &Path) {
     std::fs::write(dir.join("hmac"), rand::rng().random::<[u8; 32]>()).unwrap();
     let (code, out, err) = common::run_cli(
         &[
@@ -260,5 +260,76 @@ async fn readers_without_pii_never_receive_plaintext_and_forgotten_values_read_e
         },
     )
     .await;
+    app.stop().await;
+}
+
+/// The investigators' page in Chromium (as `ui_browser.rs`): a reader without `pii` sees
+/// `[encrypted]`, and `[erased]` once the subject is forgotten; never the plaintext.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_shows_encrypted_and_erased_never_plaintext() {
+    let browser_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    assert!(
+        browser_dir.join("node_modules/playwright-core").exists(),
+        "playwright-core is not installed: run `npm ci --prefix tests/browser` (and \
+         `apt-get install chromium`), as .ci/run does"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    keys(dir.path());
+    let db = TestDb::new().await;
+    let kafka = TestKafka::new(1);
+    let (url, keydir) = (db.url.clone(), dir.path().to_path_buf());
+    let mut app = TestApp::with_kafka(&kafka.bootstrap.clone(), move |c| {
+        c.roles = vec![Role::Ingest, Role::Forward, Role::Sink, Role::Query];
+        c.database.url = url.into();
+        c.query.allow_anonymous = true;
+        c.sink.flush_interval = Duration::from_millis(50);
+        c.kafka
+            .consumer
+            .insert("session.timeout.ms".into(), "6000".into());
+        apply_privacy(c, &keydir);
+    })
+    .await;
+    for (id, person, nid) in [("b-1", "P-1", NID_1), ("b-2", "P-2", NID_2)] {
+        let (status, body) = app.post_json("/events", &event(id, person, nid)).await;
+        assert_eq!(status, 202, "{body}");
+    }
+    let pool = db.pool().await;
+    eventually(Duration::from_secs(60), "both events stored", || async {
+        let n: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM audit_events WHERE id IN ('b-1', 'b-2')")
+                .fetch_one(&pool)
+                .await
+                .ok()?;
+        (n == 2).then_some(())
+    })
+    .await;
+    forget(dir.path(), &db.url, "P-2");
+    let expect = json!({
+        "encrypted": {"id": "b-1", "resource": "P-1"},
+        "erased": {"id": "b-2", "resource": "P-2"},
+        "secrets": [NID_1, NID_2, NAME],
+    });
+    let base = format!("http://{}", app.addr);
+    // Readers re-check keys every second: let the forget be seen.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("node")
+            .arg("privacy.mjs")
+            .arg(&base)
+            .current_dir(&browser_dir)
+            .env("EXPECT", expect.to_string())
+            .output()
+            .expect("node runs (install Node.js)")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}");
+    assert!(
+        out.status.success(),
+        "browser test failed:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("as [erased]"), "{stdout}");
     app.stop().await;
 }
