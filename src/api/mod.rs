@@ -60,6 +60,7 @@ fn route_list(document: &docs::Document) -> Vec<(Access, UtoipaMethodRouter<AppS
         (Protected, routes!(query::search)),
         (Protected, routes!(query::by_id)),
         (Protected, routes!(privacy::pseudonym)),
+        (Protected, routes!(privacy::forget)),
         (Public, routes!(ui::index)),
         (Public, routes!(ui::index_no_slash)),
         (Public, routes!(ui::asset)),

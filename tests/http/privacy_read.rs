@@ -112,10 +112,12 @@ async fn readers_without_pii_never_receive_plaintext_and_forgotten_values_read_e
             "principals:\n\
              - name: registry\n  role: emitter\n  token_sha256: \"{}\"\n  sources: [\"urn:openg2p:*\"]\n\
              - name: plain\n  role: reader\n  token_sha256: \"{}\"\n\
-             - name: investigator\n  role: reader\n  pii: true\n  token_sha256: \"{}\"\n",
+             - name: investigator\n  role: reader\n  pii: true\n  token_sha256: \"{}\"\n\
+             - name: dpo\n  role: privacy_officer\n  token_sha256: \"{}\"\n",
             hash("emit-token"),
             hash("plain-token"),
             hash("pii-token"),
+            hash("dpo-token"),
         ),
     )
     .unwrap();
@@ -224,8 +226,36 @@ async fn readers_without_pii_never_receive_plaintext_and_forgotten_values_read_e
     assert!(pseudonym.starts_with("hmac-sha256:"));
     let (status, _) = get("/pseudonym?value=P-1", "emit-token", "application/json").await;
     assert_eq!(status, 403);
-    // Forget P-2: `[erased]` for everyone, P-1 still readable with `pii`.
-    forget(dir.path(), &db.url, "P-2");
+    // Forget P-2 over the API (privacy officers only): `[erased]` for everyone, P-1 still
+    // readable with `pii`.
+    let forget_as = |token: &'static str| {
+        let req = app
+            .client
+            .post(app.url("/privacy/forget"))
+            .bearer_auth(token)
+            .json(&json!({"subject": "P-2", "reason": "erasure request #1"}));
+        async move { common::read(req.send().await.unwrap()).await }
+    };
+    let (status, body) = forget_as("pii-token").await;
+    assert_eq!((status, common::code(&body)), (403, "AUD-012"), "{body}");
+    let (status, body) = forget_as("dpo-token").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["response"]["keys_destroyed"], 1, "{body}");
+    assert_eq!(body["response"]["rows_unreadable"], 1, "{body}");
+    assert!(
+        body["response"]["residue"][0]
+            .as_str()
+            .unwrap()
+            .contains("Kafka")
+    );
+    let n: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit_events WHERE type = 'org.openg2p.auditmanager.subject.forgotten' \
+         AND actor_id = 'dpo' AND reason = 'erasure request #1'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(n, 1, "the forget event names the officer and the reason");
     let body = eventually(Duration::from_secs(10), "[erased] after forget", || async {
         let (_, body) = get("/events/r-2", "pii-token", "application/json").await;
         body.contains("[erased]").then_some(body)
