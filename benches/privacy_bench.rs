@@ -17,7 +17,8 @@
 //! cargo bench --bench privacy_bench
 //! ```
 //!
-//! `BENCH_ROUNDS` (default 7) and `BENCH_EVENTS` (events per round and side, default 100 000).
+//! `BENCH_ROUNDS` (default 7) and `BENCH_EVENTS` (events per round and side, default 100 000);
+//! `BENCH_RULES=phone,ip,name,nid,address` keeps only the rules named.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -91,7 +92,15 @@ fn config(dir: &std::path::Path, writer: bool) -> Config {
 "#,
         hmac = dir.join("hmac"),
     );
-    Config::from_yaml_str(&yaml, &[]).unwrap()
+    let mut c = Config::from_yaml_str(&yaml, &[]).unwrap();
+    // `BENCH_RULES=phone,nid`: only these rules (to see what each costs).
+    if let Ok(keep) = std::env::var("BENCH_RULES") {
+        let keep: Vec<&str> = keep.split(',').collect();
+        c.privacy
+            .rules
+            .retain(|r| r.name.as_deref().is_some_and(|n| keep.contains(&n)));
+    }
+    c
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
