@@ -20,6 +20,8 @@
 //! - [`maintain`]: the maintain role — partitions created ahead, expired ones dropped, and the
 //!   sealer when a signing key is set;
 //! - [`query`]: the investigators' read path (the query role), every read audited;
+//! - [`privacy`]: personal data — rules applied once at ingest (drop, mask, pseudonymise,
+//!   encrypt per data subject), the store-side half, `forget`, and what readers see;
 //! - [`integrity`]: tamper evidence — row encoding, seals, writer attestation, the sealer's
 //!   pass, `verify`;
 //! - [`archive`]: archives of closed months in object storage (Parquet, the seals naming the
@@ -54,6 +56,7 @@ pub mod kafka;
 pub mod logging;
 pub mod maintain;
 pub mod metrics;
+pub mod privacy;
 pub mod query;
 pub mod role;
 pub mod schedule;

@@ -126,6 +126,11 @@ pub async fn start(
         shutdown.clone(),
         ctx.auth.clone(),
     );
+    if ctx.config.privacy.keeper_key_file.is_some() {
+        // Readers see decrypted values (with `pii`) only where the keeper key is.
+        let privacy = crate::privacy::writer(&ctx.config).map_err(anyhow::Error::msg)?;
+        state = state.with_privacy(privacy);
+    }
     if let Some((store, keys)) = api.query {
         state = state.with_query(store, keys);
     }

@@ -215,7 +215,7 @@ pub async fn authenticate(
     let emitting = req.method() == axum::http::Method::POST;
     if emitting
         && (rel == "/events" || rel == "/events/batch")
-        && caller.principal.role == Role::Reader
+        && caller.principal.role != Role::Emitter
     {
         return refuse(
             ApiError::SourceForbidden(format!(

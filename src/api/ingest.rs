@@ -306,9 +306,10 @@ pub async fn post_event(
     };
     check_sources(caller.as_ref(), [incoming.source()])?;
     let now = chrono::Utc::now();
-    let normalized = incoming
+    let mut normalized = incoming
         .normalize(auth_context(caller.as_ref()), now, &state.limits)
         .map_err(reject)?;
+    protect(&state, &mut normalized)?;
     let id = normalized.id.clone();
     normalized.normalized.iter().for_each(|r| rules.add(r));
     spool(&state, &[to_record(normalized, now_ms())]).await?;
@@ -426,7 +427,8 @@ pub async fn post_batch(
         // One forbidden source refuses the whole batch; nothing of it is spooled.
         check_sources(caller.as_ref(), [ev.source()])?;
         match ev.normalize(ctx, now, &state.limits) {
-            Ok(n) => {
+            Ok(mut n) => {
+                protect(&state, &mut n)?;
                 rules.push(n.normalized);
                 records.push(to_record(n, accepted_at));
             }
@@ -456,6 +458,20 @@ pub async fn post_batch(
         Some(&json!({ "accepted": ids, "count": ids.len() })),
         &[],
     ))
+}
+
+/// Applies `privacy.rules` to an accepted event before it is spooled: the one place every
+/// ingest path (single, batch, binary; skim or tree) passes through, so nothing a rule removes
+/// reaches the spool.
+fn protect(state: &AppState, ev: &mut event::NormalizedEvent) -> Result<(), ApiError> {
+    let privacy = state.privacy.as_ref().map_err(|e| ApiError::NotReady {
+        message: format!("privacy rules unusable ({e}); nothing was stored"),
+        retry_after: state.config.spool.retry_after,
+    })?;
+    privacy.at_ingest(ev).map_err(|e| ApiError::NotReady {
+        message: format!("{e}; nothing was stored, retry after the Retry-After delay"),
+        retry_after: state.config.spool.retry_after,
+    })
 }
 
 /// The `authtype`/`authid` to record for `caller` (none without authentication).

@@ -15,6 +15,7 @@ pub mod error;
 mod ingest;
 mod openapi;
 mod ops;
+mod privacy;
 mod query;
 mod reads;
 mod schema;
@@ -58,6 +59,8 @@ fn route_list(document: &docs::Document) -> Vec<(Access, UtoipaMethodRouter<AppS
         (Protected, routes!(ingest::post_batch)),
         (Protected, routes!(query::search)),
         (Protected, routes!(query::by_id)),
+        (Protected, routes!(privacy::pseudonym)),
+        (Protected, routes!(privacy::forget)),
         (Public, routes!(ui::index)),
         (Public, routes!(ui::index_no_slash)),
         (Public, routes!(ui::asset)),

@@ -66,6 +66,53 @@ fn db_error(state: &AppState, e: sqlx::Error) -> ApiError {
     }
 }
 
+/// What the caller may see of encrypted values (`pii: true` in the principals file).
+fn view(state: &AppState, caller: Option<&Extension<Caller>>) -> crate::privacy::read::View {
+    let pii = caller.is_some_and(|Extension(c)| c.principal.sees_pii());
+    match &state.privacy {
+        Ok(p) => p.view(pii),
+        Err(_) => crate::privacy::read::View::default(),
+    }
+}
+
+/// Rewrites the encrypted values of `events` for `view`; failed authentications are flagged in
+/// the row's `integrity` (added after this by the caller, so kept aside in `privacy`).
+fn reveal(
+    view: &crate::privacy::read::View,
+    events: &mut [Value],
+) -> crate::privacy::read::Revealed {
+    let mut total = crate::privacy::read::Revealed::default();
+    for e in events.iter_mut() {
+        let r = view.row(e);
+        total.plaintext += r.plaintext;
+        total.tampered += r.tampered;
+        if r.tampered > 0
+            && let Value::Object(m) = e
+        {
+            m.insert(
+                "privacy".into(),
+                json!({ "integrity_failures": r.tampered,
+                        "detail": "an encrypted value did not authenticate in this row and field \
+                                   (moved from another row or field, or altered)" }),
+            );
+        }
+    }
+    total
+}
+
+/// The read's own audit event says when personal data was revealed.
+fn note_revealed(context: &mut Map<String, Value>, r: crate::privacy::read::Revealed) {
+    if r.plaintext > 0 {
+        context.insert("personal_data_revealed".into(), json!(r.plaintext));
+    }
+    if r.tampered > 0 {
+        context.insert(
+            "encrypted_values_failing_authentication".into(),
+            json!(r.tampered),
+        );
+    }
+}
+
 fn parse_rows(rows: Vec<String>) -> Vec<Value> {
     rows.iter()
         .map(|r| serde_json::from_str(r).unwrap_or(Value::Null))
@@ -118,6 +165,7 @@ pub async fn search(
     };
     let parsed = params::parse(query.as_deref(), state.config.query.max_page_size);
     let asked = asked(query.as_deref(), &parsed);
+    let view = view(&state, caller.as_ref());
     let reader = reader(&state, caller, action, &asked).await?;
     let req = match parsed {
         Ok(req) => req,
@@ -136,8 +184,12 @@ pub async fn search(
         }
         let mut context = req.filter.to_json();
         context.insert("format".into(), json!(format.content_type()));
+        if view.pii {
+            // Counted rows are not known before the stream ends: the export may reveal.
+            context.insert("personal_data".into(), json!("may be revealed"));
+        }
         record(&state, &reader, Action::Export, "success", context).await?;
-        let body = export::stream(store.pool().clone(), req.filter, req.after, format);
+        let body = export::stream(store.pool().clone(), req.filter, req.after, format, view);
         let mut resp = Response::new(Body::from_stream(body));
         resp.headers_mut().insert(
             header::CONTENT_TYPE,
@@ -159,8 +211,10 @@ pub async fn search(
     if req.after.is_some() {
         context.insert("page".into(), json!("next"));
     }
-    record(&state, &reader, Action::Query, "success", context).await?;
     let mut events = parse_rows(page.rows);
+    let revealed = reveal(&view, &mut events);
+    note_revealed(&mut context, revealed);
+    record(&state, &reader, Action::Query, "success", context).await?;
     for e in &mut events {
         let status = integrity::page_status(e, sealed_up_to);
         if let Value::Object(m) = e {
@@ -208,6 +262,7 @@ pub async fn by_id(
     };
     let mut asked = Map::new();
     asked.insert("id".into(), json!(id));
+    let view = view(&state, caller.as_ref());
     let reader = reader(&state, caller, Action::Query, &asked).await?;
     let rows = match sql::by_id(store.pool(), &id).await {
         Ok(rows) => rows,
@@ -219,13 +274,16 @@ pub async fn by_id(
     let mut context = Map::new();
     context.insert("id".into(), json!(id));
     context.insert("returned".into(), json!(rows.len()));
+    let empty = rows.is_empty();
+    let mut events = parse_rows(rows);
+    let revealed = reveal(&view, &mut events);
+    note_revealed(&mut context, revealed);
     record(&state, &reader, Action::Query, "success", context).await?;
-    if rows.is_empty() {
+    if empty {
         return Err(ApiError::NotFound(format!(
             "no stored event has id {id:?} (it may still be on its way: spool → Kafka → sink)"
         )));
     }
-    let mut events = parse_rows(rows);
     for e in &mut events {
         let at = e["occurred_at"]
             .as_str()

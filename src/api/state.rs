@@ -47,6 +47,9 @@ pub struct AppInner {
     pub database: Option<sqlx::PgPool>,
     /// Bytes of request bodies in flight (`http.max_in_flight_bytes`).
     pub bodies: BodyBudget,
+    /// `privacy.*` compiled, or why it could not be (then ingest refuses every event rather
+    /// than store personal data the rules should have removed; `serve` refuses to start).
+    pub privacy: Result<Arc<crate::privacy::Privacy>, String>,
 }
 
 impl AppState {
@@ -75,6 +78,9 @@ impl AppState {
             max_event_bytes: usize::try_from(config.ingest.max_event_bytes).unwrap_or(usize::MAX),
         };
         let bodies = BodyBudget::new(config.http.max_in_flight_bytes);
+        let privacy = crate::privacy::Privacy::from_config(&config.privacy)
+            .map(Arc::new)
+            .map_err(|e| e.to_string());
         AppState(Arc::new(AppInner {
             config,
             limits,
@@ -87,6 +93,7 @@ impl AppState {
             trusted_keys: Vec::new(),
             database: None,
             bodies,
+            privacy,
         }))
     }
 
@@ -94,6 +101,15 @@ impl AppState {
     pub fn with_database(mut self, pool: sqlx::PgPool) -> AppState {
         if let Some(inner) = Arc::get_mut(&mut self.0) {
             inner.database = Some(pool);
+        }
+        self
+    }
+
+    /// Uses `privacy` (with its subject key store) instead of the one compiled from the
+    /// configuration (call before the state is shared).
+    pub fn with_privacy(mut self, privacy: Arc<crate::privacy::Privacy>) -> AppState {
+        if let Some(inner) = Arc::get_mut(&mut self.0) {
+            inner.privacy = Ok(privacy);
         }
         self
     }

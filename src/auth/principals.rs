@@ -36,6 +36,9 @@ pub enum Role {
     Emitter,
     /// May read (`GET /config`, and the query role); may emit nothing.
     Reader,
+    /// A reader that may also `forget` a data subject (`POST /privacy/forget`).
+    #[serde(rename = "privacy_officer")]
+    PrivacyOfficer,
 }
 
 /// A `source` pattern: `*` matches any run of characters (also none, also `/`).
@@ -87,6 +90,8 @@ pub struct Principal {
     /// The DNS SAN a client certificate of this principal carries first (`mtls`).
     pub dns_san: Option<String>,
     pub sources: Vec<SourcePattern>,
+    /// Whether reads show personal data decrypted (`pii: true`; default false).
+    pub pii: bool,
 }
 
 impl Principal {
@@ -96,7 +101,17 @@ impl Principal {
     }
 
     pub fn may_read(&self) -> bool {
-        self.role == Role::Reader
+        matches!(self.role, Role::Reader | Role::PrivacyOfficer)
+    }
+
+    /// Whether this principal may forget a data subject.
+    pub fn may_forget(&self) -> bool {
+        self.role == Role::PrivacyOfficer
+    }
+
+    /// Whether reads show this principal personal data in the clear.
+    pub fn sees_pii(&self) -> bool {
+        self.pii && self.may_read()
     }
 }
 
@@ -123,6 +138,8 @@ struct Entry {
     dns_san: Option<String>,
     #[serde(default)]
     sources: Vec<String>,
+    #[serde(default)]
+    pii: bool,
 }
 
 /// How long the principals file must stay unchanged between the two reads that take it.
@@ -193,7 +210,7 @@ impl Principals {
     pub fn parse(text: &str) -> Result<Principals, String> {
         let file: File = serde_yaml_ng::from_str(text).map_err(|e| {
             format!(
-                "{e} (expected `principals:` with entries of name, role (emitter|reader), \
+                "{e} (expected `principals:` with entries of name, role (emitter|reader|privacy_officer), pii for readers, \
                  token_sha256 or dns_san, and sources for emitters)"
             )
         })?;
@@ -253,7 +270,12 @@ impl Principals {
                          (e.g. [\"/registry/*\"])"
                     ));
                 }
-                Role::Reader if !e.sources.is_empty() => {
+                Role::Emitter if e.pii => {
+                    return Err(format!(
+                        "{at}: `pii` is for readers (it decrypts what they read); remove it"
+                    ));
+                }
+                Role::Reader | Role::PrivacyOfficer if !e.sources.is_empty() => {
                     return Err(format!(
                         "{at}: a reader emits no events; remove `sources` or make it an emitter"
                     ));
@@ -269,6 +291,7 @@ impl Principals {
                 token_sha256,
                 dns_san: e.dns_san,
                 sources: e.sources.into_iter().map(SourcePattern).collect(),
+                pii: e.pii,
             }));
         }
         Ok(Principals { list })

@@ -18,6 +18,7 @@ mod dev_kafka;
 mod dlq;
 mod keygen;
 mod partitions;
+mod privacy;
 mod serve;
 mod spool;
 mod token;
@@ -112,6 +113,11 @@ pub enum Command {
         #[command(subcommand)]
         command: TopicsCommand,
     },
+    /// Personal data: the keeper key, pseudonyms, forgetting a data subject (docs/privacy.md).
+    Privacy {
+        #[command(subcommand)]
+        command: PrivacyCommand,
+    },
     /// Bearer tokens for auth.mode token (auth.tokens_file holds only their hashes).
     Token {
         #[command(subcommand)]
@@ -187,6 +193,37 @@ pub enum TokenCommand {
         #[arg(long, requires = "out")]
         force: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PrivacyCommand {
+    /// Create the keeper key (X25519): FILE (private, mode 0600) and FILE.pub.
+    Keygen {
+        /// Where to write the private key; never overwritten.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Print VALUE's pseudonym under every HMAC key generation (current first), to search by.
+    Hash {
+        /// The value, e.g. a national id.
+        value: String,
+    },
+    /// Forget a data subject: record the forget event, then destroy its keys. Idempotent.
+    Forget {
+        /// The subject's identifier (as the rule's `subject` path selects it).
+        #[arg(long)]
+        subject: String,
+        /// Why (recorded in the event).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Let a forgotten subject be keyed again (its earlier values stay unreadable).
+    Readmit {
+        #[arg(long)]
+        subject: String,
+    },
+    /// Stored rows per rule, subjects keyed, subjects forgotten.
+    Report,
 }
 
 #[derive(Debug, Subcommand)]
@@ -292,6 +329,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Topics { command } => block_on(topics::run(&load_config(path)?, command))?,
         Command::Archive { command } => block_on(archive::run(&load_config(path)?, command))?,
+        Command::Privacy {
+            command: PrivacyCommand::Keygen { out },
+        } => privacy::keygen(&out),
+        Command::Privacy { command } => block_on(privacy::run(&load_config(path)?, command))?,
     }
 }
 

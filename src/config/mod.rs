@@ -65,6 +65,7 @@ mod http;
 mod ingest;
 mod integrity;
 mod kafka;
+mod privacy;
 mod query;
 pub mod redact;
 pub mod reference;
@@ -90,6 +91,7 @@ pub use http::{HttpConfig, TlsConfig};
 pub use ingest::IngestConfig;
 pub use integrity::IntegrityConfig;
 pub use kafka::KafkaConfig;
+pub use privacy::{PrivacyAction, PrivacyConfig, PrivacyRuleConfig};
 pub use query::QueryConfig;
 pub use redact::{Redacted, redact_url};
 pub use reference::Notice;
@@ -144,6 +146,8 @@ pub struct Config {
     pub integrity: IntegrityConfig,
     /// Archives of closed months in object storage (Parquet, seals, signed manifests).
     pub archive: ArchiveConfig,
+    /// Personal data in events: rules applied at ingest and the keys they use.
+    pub privacy: PrivacyConfig,
     /// The `id` of every response envelope (the reference service's `service_id`).
     /// Default `openg2p.auditmanager`.
     pub service_id: String,
@@ -180,6 +184,7 @@ impl Default for Config {
             query: QueryConfig::default(),
             integrity: IntegrityConfig::default(),
             archive: ArchiveConfig::default(),
+            privacy: PrivacyConfig::default(),
             service_id: "openg2p.auditmanager".to_string(),
             api_version: "1.0".to_string(),
             build_info: BuildInfo::default(),
@@ -258,6 +263,9 @@ impl Config {
         let mut out = redact::url_secret_values(&self.database.url);
         out.extend(redact::property_secret_values(&self.kafka.producer));
         out.extend(redact::property_secret_values(&self.kafka.consumer));
+        if let Some(url) = &self.privacy.keys_database_url {
+            out.extend(redact::url_secret_values(url));
+        }
         out
     }
 
@@ -301,6 +309,7 @@ impl Config {
         self.database.validate()?;
         self.integrity.validate()?;
         self.archive.validate()?;
+        self.privacy.validate()?;
         non_empty("service_id", &self.service_id)?;
         non_empty("api_version", &self.api_version)?;
         // Who may call and how the listener proves it: each mode names what it still needs.

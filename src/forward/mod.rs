@@ -191,7 +191,9 @@ pub fn start(ctx: &RoleContext) -> anyhow::Result<Started> {
 fn start_direct(ctx: &RoleContext) -> anyhow::Result<Started> {
     let store = crate::sink::attesting(&ctx.config, ctx.store()?.clone())?;
     let settings = postgres::DirectSettings::new(&ctx.config, &settings(ctx));
-    let w = postgres::DirectWriter::new(ctx.spool()?.clone(), store, settings);
+    let privacy = crate::privacy::writer(&ctx.config).map_err(anyhow::Error::msg)?;
+    let w =
+        postgres::DirectWriter::new(ctx.spool()?.clone(), store, settings).with_privacy(privacy);
     let token = ctx.shutdown.child_token();
     Ok(Started::new(
         Role::Forward,

@@ -179,6 +179,8 @@ pub struct DirectWriter {
     store: Store,
     settings: DirectSettings,
     state: Arc<DirectState>,
+    /// The writer's half of the privacy rules (see [`crate::write::decode`]).
+    privacy: Arc<crate::privacy::Privacy>,
 }
 
 /// One batch read from the spool: what to store, what to dead-letter, what to delete after.
@@ -200,7 +202,14 @@ impl DirectWriter {
             store,
             settings,
             state: Arc::default(),
+            privacy: Arc::new(crate::privacy::Privacy::none()),
         }
+    }
+
+    /// Applies `privacy` (the writer's half of `privacy.*`) to every record before storing it.
+    pub fn with_privacy(mut self, privacy: Arc<crate::privacy::Privacy>) -> DirectWriter {
+        self.privacy = privacy;
+        self
     }
 
     /// The `/health` check of the forward role in this mode.
@@ -304,8 +313,13 @@ impl DirectWriter {
             match s {
                 Stored::Live { seq, record, .. } => {
                     let i = b.seqs.len();
-                    match write::decode(Some(&record.value), now, cutoff, self.settings.validation)
-                    {
+                    match write::decode(
+                        Some(&record.value),
+                        now,
+                        cutoff,
+                        self.settings.validation,
+                        &self.privacy,
+                    ) {
                         Ok(row) => {
                             b.row_src.push(i);
                             b.rows.push(row);
@@ -496,6 +510,7 @@ pub async fn replay(
         progress,
         "{total} dead letter(s) in audit_dead_letters to replay into audit_events"
     )?;
+    let privacy = crate::privacy::writer(config).map_err(anyhow::Error::msg)?;
     let now = Utc::now();
     let cutoff = retention_cutoff(now, config.database.partition_retention_months);
     let mut done = Replayed::default();
@@ -514,7 +529,13 @@ pub async fn replay(
         let mut rows = Vec::new();
         let mut row_src = Vec::new();
         for (i, d) in page.iter().enumerate() {
-            match write::decode(Some(&d.payload), now, cutoff, config.ingest.validation) {
+            match write::decode(
+                Some(&d.payload),
+                now,
+                cutoff,
+                config.ingest.validation,
+                &privacy,
+            ) {
                 Ok(row) => {
                     rows.push(row);
                     row_src.push(i);

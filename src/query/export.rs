@@ -54,6 +54,8 @@ struct State {
     format: Format,
     header_written: bool,
     done: bool,
+    /// What the reader may see of encrypted values.
+    view: crate::privacy::read::View,
 }
 
 /// The export as a stream of chunks (one per page). A database error ends the stream with an
@@ -63,8 +65,10 @@ pub fn stream(
     filter: Filter,
     after: Option<Cursor>,
     format: Format,
+    view: crate::privacy::read::View,
 ) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
     let state = State {
+        view,
         pool,
         filter,
         after,
@@ -89,6 +93,8 @@ pub fn stream(
         st.after = page.next;
         let mut out = BytesMut::with_capacity(page.rows.len() * 512);
         for row in &page.rows {
+            let row = st.view.row_text(row);
+            let row = row.as_ref();
             match st.format {
                 Format::Ndjson => {
                     out.put_slice(row.as_bytes());

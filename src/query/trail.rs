@@ -17,6 +17,10 @@ pub enum Action {
     Query,
     /// A streamed export.
     Export,
+    /// A value turned into its pseudonyms (`GET /pseudonym`; the value is not recorded).
+    Pseudonym,
+    /// A data subject forgotten (`POST /privacy/forget`).
+    Forget,
 }
 
 impl Action {
@@ -24,6 +28,8 @@ impl Action {
         match self {
             Action::Query => "audit.query",
             Action::Export => "audit.export",
+            Action::Pseudonym => "audit.pseudonym",
+            Action::Forget => "privacy.forget",
         }
     }
 }

@@ -65,8 +65,9 @@ impl Consumed {
         now: DateTime<Utc>,
         cutoff: Option<DateTime<Utc>>,
         mode: ValidationMode,
+        privacy: &crate::privacy::Privacy,
     ) -> Consumed {
-        let outcome = decode(&record, now, cutoff, mode);
+        let outcome = decode(&record, now, cutoff, mode, privacy);
         Consumed { record, outcome }
     }
 }
@@ -172,14 +173,15 @@ pub fn assemble(batch: Vec<Consumed>) -> (Vec<Record>, Plan) {
 }
 
 /// One record's fate: its row (decoded with the ingest's validation, in the same `mode`), or
-/// why it goes to the DLQ (see [`crate::write::decode`]).
+/// why it goes to the DLQ (see [`crate::write::decode`], which applies `privacy` first).
 pub fn decode(
     r: &Record,
     now: DateTime<Utc>,
     cutoff: Option<DateTime<Utc>>,
     mode: ValidationMode,
+    privacy: &crate::privacy::Privacy,
 ) -> Result<Row, DeadReason> {
-    crate::write::decode(r.value.as_deref(), now, cutoff, mode)
+    crate::write::decode(r.value.as_deref(), now, cutoff, mode, privacy)
 }
 
 /// The offsets to commit: per partition, one past the highest offset in the batch.
@@ -228,7 +230,15 @@ mod tests {
     fn plan(records: &[Record], now: DateTime<Utc>, cutoff: Option<DateTime<Utc>>) -> Plan {
         let batch = records
             .iter()
-            .map(|r| Consumed::new(r.clone(), now, cutoff, ValidationMode::Strict))
+            .map(|r| {
+                Consumed::new(
+                    r.clone(),
+                    now,
+                    cutoff,
+                    ValidationMode::Strict,
+                    &crate::privacy::Privacy::none(),
+                )
+            })
             .collect();
         let (back, p) = assemble(batch);
         assert_eq!(back, records, "records keep their order");
@@ -304,7 +314,13 @@ mod tests {
         let now = Utc::now();
         let mut queue = Queue::default();
         for r in [rec(0, 1, b"ab"), rec(1, 1, b"cde"), rec(0, 2, b"f")] {
-            queue.push(Consumed::new(r, now, None, ValidationMode::Strict));
+            queue.push(Consumed::new(
+                r,
+                now,
+                None,
+                ValidationMode::Strict,
+                &crate::privacy::Privacy::none(),
+            ));
         }
         assert_eq!(queue.bytes(), 6);
         let revoked: HashSet<_> = [("t".to_string(), 0)].into_iter().collect();

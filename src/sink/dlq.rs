@@ -259,8 +259,14 @@ mod tests {
             key: None,
             value: Some(value.into_bytes()),
         };
-        let reason = super::super::batch::decode(&record, Utc::now(), None, ValidationMode::Strict)
-            .expect_err("a duplicated key is dead-lettered");
+        let reason = super::super::batch::decode(
+            &record,
+            Utc::now(),
+            None,
+            ValidationMode::Strict,
+            &crate::privacy::Privacy::none(),
+        )
+        .expect_err("a duplicated key is dead-lettered");
         assert!(reason.header().contains(key), "{}", reason.header());
         let text = reason_text(&reason);
         assert!(!text.contains(['\n', '\u{1b}']), "{text}");

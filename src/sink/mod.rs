@@ -30,6 +30,8 @@ pub enum SinkError {
     },
     #[error("cannot load integrity.writer_key_file: {0}")]
     WriterKey(#[from] crate::integrity::seal::KeyError),
+    #[error("privacy: {0}")]
+    Privacy(String),
 }
 
 /// `store` attesting every storing transaction with `integrity.writer_key_file`, when set.
@@ -82,11 +84,15 @@ pub fn build(config: &Config, store: Store) -> Result<SinkLoop, SinkError> {
             what: "dead-letter producer",
             source,
         })?;
+    let privacy = crate::privacy::writer(config).map_err(SinkError::Privacy)?;
     Ok(SinkLoop {
         consumer: Arc::new(consumer),
         dead_letters: dlq::DeadLetters::new(producer, config.kafka.dlq_topic.clone()),
         store,
-        settings: SinkSettings::from_config(config),
+        settings: SinkSettings {
+            privacy,
+            ..SinkSettings::from_config(config)
+        },
     })
 }
 

@@ -57,6 +57,8 @@ pub struct SinkSettings {
     pub retention_months: u32,
     /// `ingest.validation`: records are decoded with the ingest's rule set.
     pub validation: crate::event::ValidationMode,
+    /// `privacy.*`: applied to each record before it becomes a row.
+    pub privacy: Arc<crate::privacy::Privacy>,
 }
 
 impl SinkSettings {
@@ -68,6 +70,7 @@ impl SinkSettings {
             flush_interval: c.sink.flush_interval,
             retention_months: c.database.partition_retention_months,
             validation: c.ingest.validation,
+            privacy: Arc::new(crate::privacy::Privacy::none()),
         }
     }
 }
@@ -185,6 +188,7 @@ impl SinkLoop {
             now,
             retention_cutoff(now, self.settings.retention_months),
             self.settings.validation,
+            &self.settings.privacy,
         )
     }
 

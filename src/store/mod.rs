@@ -38,6 +38,7 @@ pub mod retention;
 pub mod rows;
 pub mod schema;
 pub mod seals;
+pub mod subject_keys;
 
 #[cfg(test)]
 mod guard;

@@ -41,11 +41,17 @@ impl DeadReason {
 /// One value's fate: its row (decoded with the ingest's validation, in the same `mode`), or why
 /// it can never be stored. `None` is a value-less record (a Kafka tombstone). Events older than
 /// `cutoff` (the start of the oldest retained month) are not stored.
+///
+/// `privacy` is applied first ([`crate::privacy::Privacy::at_store`]: values sealed at ingest
+/// are re-encrypted under their subject's key, and the rules are applied to a record that
+/// arrived unprocessed). A record it cannot treat is not stored; it holds nothing in the clear
+/// that the rules would have removed (sealed values stay sealed in the dead letter).
 pub fn decode(
     value: Option<&[u8]>,
     now: DateTime<Utc>,
     cutoff: Option<DateTime<Utc>>,
     mode: ValidationMode,
+    privacy: &crate::privacy::Privacy,
 ) -> Result<Row, DeadReason> {
     let Some(value) = value else {
         return Err(DeadReason {
@@ -53,7 +59,11 @@ pub fn decode(
             message: "record has no value (tombstone)".into(),
         });
     };
-    match row_from_record_counted(value, now, mode) {
+    let value = privacy.at_store(value).map_err(|e| DeadReason {
+        kind: "privacy",
+        message: e.to_string(),
+    })?;
+    match row_from_record_counted(&value, now, mode) {
         // Only rewrites are counted here: tolerated values were counted at ingest.
         Ok((row, rules)) => match cutoff {
             Some(c) if row.occurred_at < c => Err(DeadReason {
@@ -247,7 +257,16 @@ mod tests {
     #[test]
     fn a_tombstone_and_bytes_that_are_no_event_are_dead_letters_with_their_kind() {
         let now = Utc::now();
-        let kind = |v: Option<&[u8]>| decode(v, now, None, ValidationMode::Strict).map(|_| ());
+        let kind = |v: Option<&[u8]>| {
+            decode(
+                v,
+                now,
+                None,
+                ValidationMode::Strict,
+                &crate::privacy::Privacy::none(),
+            )
+            .map(|_| ())
+        };
         assert_eq!(kind(None).unwrap_err().kind, "undecodable");
         assert_eq!(kind(Some(b"nope")).unwrap_err().kind, "undecodable");
     }

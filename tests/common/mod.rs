@@ -222,9 +222,27 @@ const LISTEN_DEADLINE: Duration = Duration::from_secs(60);
 
 impl ChildServer {
     pub fn spawn(spool_dir: &Path, extra_env: &[(&str, &str)]) -> ChildServer {
+        ChildServer::spawn_args(&["serve"], spool_dir, extra_env)
+    }
+
+    /// [`ChildServer::spawn`] with a configuration file (`--config FILE`).
+    pub fn spawn_with_config(
+        config: &Path,
+        spool_dir: &Path,
+        extra_env: &[(&str, &str)],
+    ) -> ChildServer {
+        let config = config.to_string_lossy();
+        ChildServer::spawn_args(
+            &["--config", config.as_ref(), "serve"],
+            spool_dir,
+            extra_env,
+        )
+    }
+
+    fn spawn_args(args: &[&str], spool_dir: &Path, extra_env: &[(&str, &str)]) -> ChildServer {
         use std::io::BufRead as _;
         let mut child = Command::new(env!("CARGO_BIN_EXE_audit-manager"))
-            .arg("serve")
+            .args(args)
             .env("AUDIT_MANAGER__HTTP__LISTEN", "127.0.0.1:0")
             .env("AUDIT_MANAGER__SPOOL__PATH", spool_dir)
             .env("AUDIT_MANAGER__ROLES", "ingest")

@@ -14,6 +14,7 @@ mod compatible_mode;
 mod dashboard_metrics;
 mod ingest_api;
 mod openapi_drift;
+mod privacy_read;
 mod query;
 mod ready;
 mod slow_clients;

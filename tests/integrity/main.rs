@@ -13,3 +13,4 @@ mod direct_writers;
 mod integrity;
 mod integrity_kill;
 mod integrity_tamper;
+mod privacy_forget;

@@ -14,6 +14,7 @@ mod drain_under_load;
 mod end_to_end;
 mod forward;
 mod partitions;
+mod privacy;
 mod reference_config;
 mod reference_db;
 mod sink;
