@@ -46,6 +46,8 @@
 //! | `audit_sink_batch_failures_total` | counter | batch attempts that failed and were retried |
 //! | `audit_sink_dead_letters_total{reason}` | counter | records sent to the DLQ, by reason kind |
 //! | `audit_sink_consumer_lag{topic,partition}` | gauge | records behind the high watermark |
+//! | `audit_kafka_consumer_fetch_queue_bytes` | gauge | records the sink's consumer fetched ahead, in librdkafka's queues (its statistics, every 5 s) |
+//! | `audit_kafka_producer_queue_bytes` | gauge | records handed to the forward producer and not yet acknowledged, in librdkafka's queues (its statistics, every 5 s) |
 //! | `audit_partitions_created_total` | counter | monthly partitions created |
 //! | `audit_partitions_dropped_total` | counter | partitions dropped past retention |
 //! | `audit_retention_blocked_total` | counter | expired partitions kept because not all their rows are in a verified archive (`archive.require_before_drop`) |

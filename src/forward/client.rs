@@ -86,6 +86,10 @@ impl ClientContext for ForwardContext {
         }
         self.state.set_problem(problem);
     }
+
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        crate::kafka::stats::record_producer(&statistics);
+    }
 }
 
 impl ProducerContext for ForwardContext {

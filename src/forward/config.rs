@@ -23,6 +23,8 @@ pub fn producer_properties(
         defaults.insert(k.to_string(), v);
     };
     set("compression.type", "lz4".into());
+    // Feeds `audit_kafka_producer_queue_bytes` (librdkafka's own queue, docs/memory.md).
+    set("statistics.interval.ms", "5000".into());
     set(
         "message.timeout.ms",
         settings.message_timeout.as_millis().to_string(),

@@ -9,7 +9,8 @@
 //!   ensure`;
 //! - [`error`]: what a Kafka error says about the system (one record's fault, or an outage
 //!   every record would hit), with the operator's remedy;
-//! - [`dev`]: librdkafka's in-memory mock cluster, the development broker.
+//! - [`dev`]: librdkafka's in-memory mock cluster, the development broker;
+//! - [`stats`]: librdkafka's statistics of its queues as gauges.
 //!
 //! The properties themselves come from the configuration (`kafka.*`, see
 //! [`crate::config::KafkaConfig`]); the roles ask this module for clients and never build one.
@@ -19,6 +20,7 @@ pub mod consumer;
 pub mod dev;
 pub mod error;
 pub mod producer;
+pub mod stats;
 
 #[cfg(test)]
 mod tests {

@@ -40,6 +40,7 @@ impl ClientContext for SinkContext {
     }
 
     fn stats(&self, statistics: Statistics) {
+        crate::kafka::stats::record_consumer(&statistics);
         for (topic, t) in &statistics.topics {
             for (partition, p) in &t.partitions {
                 // -1 = unknown (not assigned here); the internal partition is -1 too.
