@@ -32,7 +32,17 @@ const DEFAULT_CONSUMER: &[(&str, &str)] = &[
     // `kafka.consumer`.
     ("queued.max.messages.kbytes", "16384"),
     ("fetch.queue.backoff.ms", "100"),
+    // One fetch response at most 8 MiB across all partitions (librdkafka's default is 50 MiB).
+    // librdkafka's mock broker returns one record batch per partition per fetch, so it never
+    // came near; a real broker returns up to `max.partition.fetch.bytes` (1 MiB) per partition,
+    // and some (tansu 0.6) fill the whole `fetch.max.bytes` from one partition: against tansu
+    // the sink held 250-350 MiB of fetched records and their decompressed copies under a
+    // backlog (docs/memory.md, "Against a real broker").
+    ("fetch.max.bytes", FETCH_MAX_BYTES),
 ];
+
+/// The sink consumer's default `fetch.max.bytes` (see [`DEFAULT_CONSUMER`]).
+pub const FETCH_MAX_BYTES: &str = "8388608";
 
 /// The configuration of a consumer in `group`: `bootstrap.servers`, `client.id`, the defaults,
 /// the operator's `kafka.consumer`, then the fixed properties (each ignored operator value
@@ -100,5 +110,32 @@ mod tests {
         assert_eq!(c.get("auto.offset.reset"), Some("earliest"));
         assert_eq!(c.get("group.id"), Some("g"));
         assert_eq!(c.get("client.id"), Some(kafka.client_id.as_str()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    /// A fetch response is bounded across partitions by default, and an operator's
+    /// `kafka.consumer` still decides.
+    #[test]
+    fn one_fetch_is_bounded_by_default_and_the_operator_may_change_it() {
+        let mut kafka = Config::default().kafka;
+        let c = consumer_config(&kafka, "g");
+        let fetch: u64 = c.get("fetch.max.bytes").unwrap_or("").parse().unwrap_or(u64::MAX);
+        let queued: u64 = c
+            .get("queued.max.messages.kbytes")
+            .unwrap_or("")
+            .parse()
+            .unwrap_or(u64::MAX);
+        assert!(fetch <= 8 << 20, "fetch.max.bytes {fetch}");
+        assert!(queued * 1024 + fetch <= 24 << 20, "prefetch bound {queued} KiB + {fetch}");
+        kafka.consumer.insert("fetch.max.bytes".into(), "1048576".into());
+        assert_eq!(
+            consumer_config(&kafka, "g").get("fetch.max.bytes"),
+            Some("1048576")
+        );
     }
 }

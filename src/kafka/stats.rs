@@ -5,9 +5,9 @@
 //! - `audit_kafka_producer_queue_bytes`: records handed to the producer and not yet
 //!   acknowledged (librdkafka's `msg_size`), whatever stage they are in (queued, batched,
 //!   compressed, in flight to the broker). The forwarder's window bounds it.
-//! - `audit_kafka_consumer_fetch_queue_bytes`: records fetched ahead of the sink (the sum of
-//!   every partition's `fetchq_size`); `queued.max.messages.kbytes` plus one fetch response
-//!   (`fetch.max.bytes`) bounds it.
+//! - `audit_kafka_consumer_fetch_queue_bytes`: records fetched ahead of the sink (the one
+//!   consumer queue every partition's fetch queue forwards to); `queued.max.messages.kbytes`
+//!   plus one fetch response (`fetch.max.bytes`) bounds it.
 
 use rdkafka::Statistics;
 
@@ -21,11 +21,15 @@ pub fn record_consumer(s: &Statistics) {
     metrics::gauge!("audit_kafka_consumer_fetch_queue_bytes").set(fetch_queue_bytes(s) as f64);
 }
 
-/// Bytes in the fetch queues of every partition (the internal partition -1 holds none).
+/// Bytes fetched ahead and not yet taken. The sink's consumer forwards every partition's fetch
+/// queue to its one consumer queue, and librdkafka reports each partition's `fetchq_size` as
+/// the size of the queue it forwards to: every partition reports the same total, so it is the
+/// largest of them, not their sum (the sum counted the queue once per partition).
 pub fn fetch_queue_bytes(s: &Statistics) -> u64 {
     s.topics
         .values()
         .flat_map(|t| t.partitions.values())
         .map(|p| p.fetchq_size)
-        .sum()
+        .max()
+        .unwrap_or(0)
 }
