@@ -8,7 +8,7 @@
 #   e2e        200 000 events in 500-event batches (c8), HTTP -> PostgreSQL, until all stored
 #
 #   cargo build --release --bin audit-manager --bin audit-loadgen
-#   cargo install tansu --locked          # once (~20 min); or TANSU=/path/to/tansu
+#   cargo install tansu --locked --features dynostore   # once (~40 min; memory:// needs dynostore)
 #   bench/broker-memory.sh                # both brokers; BROKERS=tansu for one
 #
 # Each broker gets a fresh process, a fresh database (audit_bench_broker) and, for tansu, a fresh

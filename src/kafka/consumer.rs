@@ -111,12 +111,6 @@ mod tests {
         assert_eq!(c.get("group.id"), Some("g"));
         assert_eq!(c.get("client.id"), Some(kafka.client_id.as_str()));
     }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::Config;
 
     /// A fetch response is bounded across partitions by default, and an operator's
     /// `kafka.consumer` still decides.
@@ -124,15 +118,24 @@ mod tests {
     fn one_fetch_is_bounded_by_default_and_the_operator_may_change_it() {
         let mut kafka = Config::default().kafka;
         let c = consumer_config(&kafka, "g");
-        let fetch: u64 = c.get("fetch.max.bytes").unwrap_or("").parse().unwrap_or(u64::MAX);
+        let fetch: u64 = c
+            .get("fetch.max.bytes")
+            .unwrap_or("")
+            .parse()
+            .unwrap_or(u64::MAX);
         let queued: u64 = c
             .get("queued.max.messages.kbytes")
             .unwrap_or("")
             .parse()
             .unwrap_or(u64::MAX);
         assert!(fetch <= 8 << 20, "fetch.max.bytes {fetch}");
-        assert!(queued * 1024 + fetch <= 24 << 20, "prefetch bound {queued} KiB + {fetch}");
-        kafka.consumer.insert("fetch.max.bytes".into(), "1048576".into());
+        assert!(
+            queued * 1024 + fetch <= 24 << 20,
+            "prefetch bound {queued} KiB + {fetch}"
+        );
+        kafka
+            .consumer
+            .insert("fetch.max.bytes".into(), "1048576".into());
         assert_eq!(
             consumer_config(&kafka, "g").get("fetch.max.bytes"),
             Some("1048576")

@@ -387,3 +387,75 @@ async fn no_selected_value_reaches_kafka_the_dlq_the_database_or_the_log() {
         "no ingest envelope is stored"
     );
 }
+
+/// Kafka-less mode (`forward.target: postgres`): the direct writer applies the writer's half
+/// as the sink does. Values sealed to the keeper at ingest are stored re-encrypted under their
+/// subject's key (`enc:v1:`, a key row per subject), never as the ingest envelope, and no
+/// selected value reaches the database.
+#[tokio::test]
+async fn the_kafka_less_writer_stores_subject_ciphertext_and_no_selected_value() {
+    use audit_manager::config::{ForwardTarget, Role};
+    let setup = Setup::new();
+    let db = TestDb::new().await;
+    let db_url = db.url.clone();
+    let keeper_pub = setup.path("keeper.pub");
+    let app = TestApp::start_with(
+        |c| {
+            setup.apply(c, true);
+            c.privacy.keeper_public_key_file = Some(keeper_pub);
+            c.roles = vec![Role::Ingest, Role::Forward];
+            c.forward.target = ForwardTarget::Postgres;
+            c.database.url = db_url.into();
+        },
+        audit_manager::serve::StartOptions {
+            forward: Some(common::kafka::fast_settings()),
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut all = Vec::new();
+    let mut events = Vec::new();
+    for i in 0..3 {
+        let s = Secrets::random();
+        let status = format!("CONTROL{i:04}");
+        events.push(event(
+            &format!("kl-{i}"),
+            &now_ms(),
+            &format!("P-{i}"),
+            &s,
+            &status,
+        ));
+        all.push((s, status));
+    }
+    post_every_way(&app.client, &app.url(""), &events).await;
+    let pool = db.pool().await;
+    eventually(Duration::from_secs(60), "3 rows stored", || async {
+        (common::count_rows(&pool).await == 3).then_some(())
+    })
+    .await;
+    let dump = std::process::Command::new("pg_dump")
+        .arg(&db.url)
+        .output()
+        .expect("pg_dump");
+    assert!(dump.status.success());
+    let dump_text = String::from_utf8_lossy(&dump.stdout);
+    for (s, status) in &all {
+        assert!(
+            dump_text.contains(status.as_str()),
+            "control {status} stored"
+        );
+        for p in s.probes() {
+            assert!(!dump_text.contains(&p), "{p} reached the database");
+        }
+    }
+    assert!(dump_text.contains("enc:v1:"), "values under subject keys");
+    assert!(
+        !dump_text.contains("sealed:v1:"),
+        "no ingest envelope is stored"
+    );
+    let keys: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_subject_keys")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(keys, 3, "one key per subject");
+}
