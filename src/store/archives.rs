@@ -11,7 +11,7 @@ use futures_util::stream::BoxStream;
 use sqlx::{PgConnection, PgPool};
 
 use super::columns::{self, COLUMNS, StoredRow};
-use super::schema::quote_ident;
+use super::ident::quote_ident;
 use super::seals::SealCopy;
 
 /// One record per archive part. `manifest_hash` is NULL while the part is being written (an

@@ -28,6 +28,7 @@ pub mod attestations;
 pub mod columns;
 pub mod dead_letters;
 pub mod error;
+pub mod ident;
 pub mod insert;
 pub mod integrity_schema;
 pub mod locks;

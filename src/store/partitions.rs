@@ -11,9 +11,9 @@ use std::collections::BTreeSet;
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, Row as _};
 
+use super::ident::quote_ident;
 use super::locks::{self, AdvisoryLock};
 use super::retention;
-use super::schema::quote_ident;
 use super::{Month, Store, StoreError, months_ahead, retention_cutoff};
 
 /// One partition as the catalog describes it.

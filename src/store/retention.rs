@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
-use super::schema::quote_ident;
+use super::ident::quote_ident;
 
 /// Records, in the transaction that drops it, what partition `name` held. Counting reads the
 /// whole partition once, which retention does at most once a month per partition.

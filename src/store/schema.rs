@@ -11,6 +11,7 @@
 use sqlx::{ConnectOptions, Connection, PgConnection};
 
 use super::columns::{self, ADDED_COLUMNS};
+use super::ident::quote_ident;
 use super::locks::{self, AdvisoryLock};
 use super::{Store, StoreError, integrity_schema};
 
@@ -109,11 +110,6 @@ async fn table_indexes(conn: &mut PgConnection) -> Result<Vec<(String, String)>,
     )
     .fetch_all(conn)
     .await
-}
-
-/// `"name"` with embedded quotes doubled.
-pub fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 impl Store {
