@@ -80,6 +80,11 @@ pub async fn start(
     shutdown: CancellationToken,
     #[allow(unused_mut)] mut opts: StartOptions,
 ) -> anyhow::Result<Running> {
+    // The rules' keys are read before anything opens: a missing or short key file refuses
+    // startup naming the key, rather than every event being refused later.
+    if let Err(e) = crate::privacy::Privacy::from_config(&config.privacy) {
+        anyhow::bail!("invalid configuration: {}: {e}", e.key());
+    }
     let supervisor = Supervisor::new(shutdown.clone());
     #[cfg(feature = "failpoints")]
     if let Some((task, trigger)) = opts.inject_panic.take() {
@@ -169,5 +174,30 @@ fn start_role(role: Role, ctx: &RoleContext) -> anyhow::Result<Started> {
         Role::Sink => crate::sink::start(ctx),
         Role::Maintain => crate::maintain::start(ctx),
         Role::Query => query::start(ctx),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_short_privacy_key_refuses_startup_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("hmac");
+        std::fs::write(&key, b"too short").unwrap();
+        let yaml = format!(
+            "audit_manager:\n  spool:\n    path: {:?}\n  privacy:\n    hmac_key_file: {key:?}\n    \
+             rules:\n      - {{select: $.data.actor.name, action: pseudonymise}}\n",
+            dir.path().join("spool"),
+        );
+        let config = Config::from_yaml_str(&yaml, &[]).expect("the rules are well-formed");
+        let Err(e) = start(config, CancellationToken::new(), StartOptions::default()).await else {
+            panic!("started with a 9-byte HMAC key");
+        };
+        let message = format!("{e:#}");
+        assert!(message.contains("privacy.hmac_key_file"), "{message}");
+        // Nothing was opened: the spool directory was never created.
+        assert!(!dir.path().join("spool").exists(), "{message}");
     }
 }

@@ -75,12 +75,94 @@ impl PrivacyRuleConfig {
 }
 
 impl PrivacyConfig {
-    /// Compiles every rule and reads every key file, refusing startup with the rule or key
-    /// named.
+    /// Checks what the configuration alone can tell: every rule's JSONPaths parse (RFC 9535),
+    /// names are unique, each action has the fields and keys it needs and no others. The key
+    /// files' contents are read where the rules are compiled, when a process starts
+    /// (`crate::privacy::Privacy::from_config`), which refuses startup naming the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        crate::privacy::Privacy::from_config(self)
-            .map(drop)
-            .map_err(|e| invalid(&e.key(), e.to_string()))
+        if self.hmac_key_file.is_none() && !self.hmac_previous_key_files.is_empty() {
+            return Err(invalid(
+                "privacy.hmac_previous_key_files",
+                "older key generations need the current one: set privacy.hmac_key_file".into(),
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (index, rule) in self.rules.iter().enumerate() {
+            let name = rule.name_at(index);
+            let problem = |field: &str, message: String| {
+                invalid(
+                    &format!("privacy.rules[{index}].{field}"),
+                    format!("rule {name:?}: {message}"),
+                )
+            };
+            if name.is_empty() || !names.insert(name.clone()) {
+                return Err(problem(
+                    "name",
+                    "rule names must be non-empty and unique".into(),
+                ));
+            }
+            json_path(&rule.select).map_err(|m| problem("select", m))?;
+            if rule.keep_last.is_some() && rule.action != PrivacyAction::Mask {
+                return Err(problem(
+                    "keep_last",
+                    "only a `mask` rule keeps characters".into(),
+                ));
+            }
+            if rule.subject.is_some() && rule.action != PrivacyAction::Encrypt {
+                return Err(problem(
+                    "subject",
+                    "only an `encrypt` rule names a subject".into(),
+                ));
+            }
+            match rule.action {
+                PrivacyAction::Drop => {}
+                PrivacyAction::Mask if rule.keep_last.is_none() => {
+                    return Err(problem(
+                        "keep_last",
+                        "a `mask` rule needs keep_last (e.g. 2)".into(),
+                    ));
+                }
+                PrivacyAction::Mask => {}
+                PrivacyAction::Pseudonymise if self.hmac_key_file.is_none() => {
+                    return Err(problem(
+                        "action",
+                        "`pseudonymise` needs privacy.hmac_key_file (at least 32 bytes of \
+                         secret: `openssl rand 32 > FILE`)"
+                            .into(),
+                    ));
+                }
+                PrivacyAction::Pseudonymise => {}
+                PrivacyAction::Encrypt => {
+                    let subject = rule.subject.as_deref().ok_or_else(|| {
+                        problem(
+                            "subject",
+                            "an `encrypt` rule needs subject: a JSONPath to the data subject's \
+                             identifier (e.g. \"$.data.resource.id\")"
+                                .into(),
+                        )
+                    })?;
+                    json_path(subject).map_err(|m| problem("subject", m))?;
+                    if self.keeper_public_key_file.is_none() && self.keeper_key_file.is_none() {
+                        return Err(problem(
+                            "action",
+                            "`encrypt` needs the keeper key: privacy.keeper_public_key_file \
+                             (ingest) or privacy.keeper_key_file (writers), from `audit-manager \
+                             privacy keygen`"
+                                .into(),
+                        ));
+                    }
+                    if self.hmac_key_file.is_none() {
+                        return Err(problem(
+                            "action",
+                            "`encrypt` names each subject's key by its pseudonym: set \
+                             privacy.hmac_key_file"
+                                .into(),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Whether some rule needs the keeper key.
@@ -89,4 +171,11 @@ impl PrivacyConfig {
             .iter()
             .any(|r| r.action == PrivacyAction::Encrypt)
     }
+}
+
+/// `path` parsed as an RFC 9535 JSONPath, or why it is not one.
+fn json_path(path: &str) -> Result<(), String> {
+    serde_json_path::JsonPath::parse(path)
+        .map(drop)
+        .map_err(|e| format!("not an RFC 9535 JSONPath ({path:?}): {e}"))
 }

@@ -1118,3 +1118,52 @@ fn target_postgres_drops_the_sink_from_the_default_roles_and_refuses_it_when_lis
     assert!(e.contains("postgress"), "{e}");
     assert_eq!(Config::default().forward.target, ForwardTarget::Kafka);
 }
+
+#[test]
+fn privacy_rules_are_checked_at_load_naming_the_rule() {
+    fn refused(rules: &str, keys: &str) -> (String, String) {
+        let text = format!("audit_manager:\n  privacy:\n{keys}    rules:\n{rules}");
+        match yaml(&text) {
+            Err(ConfigError::Invalid { key, message }) => (key, message),
+            other => panic!("expected the rule refused, got {other:?}"),
+        }
+    }
+    let hmac = "    hmac_key_file: /k/hmac\n";
+    let (key, message) = refused(
+        "      - {name: phone, select: \"$.data[?@.x==\", action: drop}\n",
+        "",
+    );
+    assert_eq!(key, "audit_manager.privacy.rules[0].select");
+    assert!(
+        message.contains("\"phone\"") && message.contains("RFC 9535"),
+        "{message}"
+    );
+    let (key, message) = refused(
+        "      - {select: $.data.a, action: drop}\n      - {select: $.data.b, action: encrypt, subject: $.data.id}\n",
+        hmac,
+    );
+    assert_eq!(key, "audit_manager.privacy.rules[1].action");
+    assert!(
+        message.contains("rule-1") && message.contains("keeper"),
+        "{message}"
+    );
+    let (key, _) = refused(
+        "      - {select: $.data.a, action: encrypt, subject: \"$[\"}\n",
+        "    hmac_key_file: /k/hmac\n    keeper_public_key_file: /k/keeper.pub\n",
+    );
+    assert_eq!(key, "audit_manager.privacy.rules[0].subject");
+    let (key, _) = refused("      - {select: $.data.a, action: mask}\n", "");
+    assert_eq!(key, "audit_manager.privacy.rules[0].keep_last");
+    let (key, _) = refused("      - {select: $.data.a, action: pseudonymise}\n", "");
+    assert_eq!(key, "audit_manager.privacy.rules[0].action");
+    let (key, _) = refused(
+        "      - {name: a, select: $.data.a, action: drop}\n      - {name: a, select: $.data.b, action: drop}\n",
+        "",
+    );
+    assert_eq!(key, "audit_manager.privacy.rules[1].name");
+    // Well-formed rules load without the key files being read (that happens at startup).
+    yaml(&format!(
+        "audit_manager:\n  privacy:\n{hmac}    keeper_public_key_file: /k/keeper.pub\n    rules:\n      - {{select: $.data.a, action: encrypt, subject: $.data.id}}\n"
+    ))
+    .unwrap();
+}
