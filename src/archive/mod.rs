@@ -6,7 +6,6 @@
 //!   never-overwrite and read back;
 //! - [`parquet`]: the Arrow schema from the one column list (`store::columns`) and the
 //!   streaming Parquet writer and reader;
-//! - [`encode`]: the Parquet writer on a thread of its own while rows are read;
 //! - [`manifest`]: the signed manifest of a part, chained by the previous manifest's hash;
 //! - [`run`]: `archive run` and the maintain role's pass — stream a month from PostgreSQL,
 //!   upload, read back, record in `audit_archives`;
@@ -16,7 +15,6 @@
 //!
 //! Every SQL statement is the store's (`store::archives`).
 
-pub mod encode;
 pub mod layout;
 pub mod manifest;
 pub mod objects;

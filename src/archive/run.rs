@@ -4,9 +4,8 @@
 //!
 //! 1. its intent is recorded in `audit_archives` (month, part, the `seal_seq` range it holds,
 //!    its creation time) — nothing is dropped on an intent;
-//! 2. its rows are streamed from PostgreSQL into Parquet files of bounded size (encoded on a
-//!    thread of their own, `encode`), each uploaded never-overwrite as soon as it is full,
-//!    then the seals naming the rows;
+//! 2. its rows are streamed from PostgreSQL into Parquet files of bounded size, each uploaded
+//!    never-overwrite as soon as it is full, then the seals naming the rows;
 //! 3. every object is read back and its size and SHA-256 compared with what was written;
 //! 4. the signed manifest is uploaded (never-overwrite) and read back;
 //! 5. the record is marked verified with the manifest's hash: only now may retention drop
@@ -23,9 +22,9 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use futures_util::TryStreamExt as _;
 use sha2::{Digest as _, Sha256};
 
-use super::encode::{CHUNK_ROWS, EncodedFile, Encoder};
 use super::manifest::{self, FileEntry, Manifest, SealRange};
 use super::objects::Objects;
+use super::parquet::FileWriter;
 use super::{ArchiveError, layout};
 use crate::config::Config;
 use crate::integrity::SealLine;
@@ -282,28 +281,22 @@ impl Archiver {
         {
             let mut rows =
                 archives::part_rows(&mut conn, lower, upper, r.seal_after, r.seal_upto, r.legacy);
-            let mut encoder = Encoder::start()?;
-            let mut chunk = Vec::with_capacity(CHUNK_ROWS);
+            let mut writer = FileWriter::new()?;
             while let Some(row) = rows
                 .try_next()
                 .await
                 .map_err(ArchiveError::db(format!("reading the rows of {month}")))?
             {
                 stats.add(&row)?;
-                chunk.push(row);
-                if chunk.len() == CHUNK_ROWS {
-                    let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK_ROWS));
-                    encoder.send(full).await?;
-                    while let Some(file) = encoder.finished() {
-                        self.upload_parquet(month, r.part, file, &mut files).await?;
-                    }
+                writer.push(row)?;
+                if writer.full() {
+                    let full = std::mem::replace(&mut writer, FileWriter::new()?);
+                    self.upload_parquet(month, r.part, full, &mut files).await?;
                 }
             }
-            if !chunk.is_empty() {
-                encoder.send(chunk).await?;
-            }
-            for file in encoder.finish().await? {
-                self.upload_parquet(month, r.part, file, &mut files).await?;
+            if writer.rows() > 0 || files.is_empty() {
+                self.upload_parquet(month, r.part, writer, &mut files)
+                    .await?;
             }
         }
         let mut seals = None;
@@ -406,12 +399,13 @@ impl Archiver {
         &self,
         month: Month,
         part: i32,
-        file: EncodedFile,
+        writer: FileWriter,
         files: &mut Vec<FileEntry>,
     ) -> Result<(), ArchiveError> {
+        let rows = writer.rows() as u64;
+        let bytes = writer.finish()?;
         let path = layout::parquet_file(month, part, files.len() + 1);
-        self.upload(&path, "parquet", file.bytes, file.rows, files)
-            .await?;
+        self.upload(&path, "parquet", bytes, rows, files).await?;
         fault_point("archive-after-parquet-upload");
         Ok(())
     }
