@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Archiving one month (docs/archives.md): `archive run` rows/s and peak RSS, the Parquet (and
 # seals) bytes against the month's PostgreSQL heap+index bytes, and `archive verify` rows/s
-# offline with its peak RSS.
+# offline with its peak RSS, and the CPU (user + system) each spent per row: on a machine
+# others load, the CPU per row says more than the rate.
 #
 #   cargo build --release --bin audit-manager
 #   bench/archive.sh                # ROWS=1000000
+#   COMPARE="old-binary new-binary" ROUNDS=3 bench/archive.sh
+#                                   # interleaved A/B of `archive run` on the same month
 #
 # The month (2026-03) is filled with $ROWS rows by one INSERT … SELECT generate_series (each row
 # like the sink benchmark's event: a `changes` list and a few scalars in `details`), sealed by a
@@ -92,22 +95,40 @@ audit_manager:
     after_months: 0
 YAML
 
+# With COMPARE, each binary archives the same month ROUNDS times, alternating (the archive
+# directory and audit_archives emptied before each run); then the measured run below.
+if [ -n "${COMPARE:-}" ]; then
+  for round in $(seq 1 "${ROUNDS:-3}"); do
+    for bin in $COMPARE; do
+      rm -rf "$DIR/archive"
+      psql -q "$DB" -c "TRUNCATE audit_archives" >/dev/null
+      /usr/bin/time -f "%e %M %U %S" -o "$DIR/ab.time" "$bin" -c "$DIR/config.yaml" archive run \
+        --month 2026-03 >/dev/null
+      read -r s kib user sys <"$DIR/ab.time"
+      echo "round $round $bin: ${s} s, $(echo "$ROWS / $s" | bc) rows/s, CPU $(echo "scale=1; ($user + $sys) * 1000000 / $ROWS" | bc) µs/row, peak RSS $((kib / 1024)) MiB, load $(cut -d' ' -f1 /proc/loadavg)"
+    done
+  done
+  rm -rf "$DIR/archive"
+  psql -q "$DB" -c "TRUNCATE audit_archives" >/dev/null
+fi
+
 echo "archive run --month 2026-03"
-/usr/bin/time -f "%e %M" -o "$DIR/run.time" "$BIN" -c "$DIR/config.yaml" archive run --month 2026-03
-read -r run_s run_kib <"$DIR/run.time"
+/usr/bin/time -f "%e %M %U %S" -o "$DIR/run.time" "$BIN" -c "$DIR/config.yaml" archive run --month 2026-03
+read -r run_s run_kib run_user run_sys <"$DIR/run.time"
 parquet=$(find "$DIR/archive" -name '*.parquet' -printf '%s\n' | awk '{s+=$1} END {print s}')
 seals=$(find "$DIR/archive" -name '*.jsonl' -printf '%s\n' | awk '{s+=$1} END {print s}')
 files=$(find "$DIR/archive" -name '*.parquet' | wc -l)
 
 echo "archive verify (offline)"
-/usr/bin/time -f "%e %M" -o "$DIR/verify.time" "$BIN" archive verify "$DIR/archive" \
+/usr/bin/time -f "%e %M %U %S" -o "$DIR/verify.time" "$BIN" archive verify "$DIR/archive" \
   --public-key "$DIR/seal.key.pub"
-read -r verify_s verify_kib <"$DIR/verify.time"
+read -r verify_s verify_kib verify_user verify_sys <"$DIR/verify.time"
 
 echo
 echo "rows:                       $ROWS"
-echo "archive run:                ${run_s} s, $(echo "$ROWS / $run_s" | bc) rows/s, peak RSS $((run_kib / 1024)) MiB"
-echo "archive verify:             ${verify_s} s, $(echo "$ROWS / $verify_s" | bc) rows/s, peak RSS $((verify_kib / 1024)) MiB"
+cpu() { echo "scale=1; ($1 + $2) * 1000000 / $ROWS" | bc; }
+echo "archive run:                ${run_s} s, $(echo "$ROWS / $run_s" | bc) rows/s, CPU $(cpu "$run_user" "$run_sys") µs/row, peak RSS $((run_kib / 1024)) MiB"
+echo "archive verify:             ${verify_s} s, $(echo "$ROWS / $verify_s" | bc) rows/s, CPU $(cpu "$verify_user" "$verify_sys") µs/row, peak RSS $((verify_kib / 1024)) MiB"
 echo "PostgreSQL heap+index:      $heap_index bytes ($((heap_index / 1048576)) MiB)"
 echo "Parquet ($files file(s)):      $parquet bytes ($((parquet / 1048576)) MiB), $(echo "scale=3; $parquet / $heap_index" | bc) of heap+index"
 echo "seals files:                $seals bytes ($((seals / 1048576)) MiB)"

@@ -140,7 +140,14 @@ pub struct FileWriter {
 impl FileWriter {
     pub fn new() -> Result<FileWriter, ArchiveError> {
         Ok(FileWriter {
-            writer: ArrowWriter::try_new(Vec::new(), SCHEMA.clone(), Some(props()?))?,
+            // Sized for a full file up front: growing by doubling copied the file's bytes
+            // again at every step and faulted in fresh pages for each copy (about a sixth of
+            // the pass's CPU in a profile); untouched capacity costs no memory.
+            writer: ArrowWriter::try_new(
+                Vec::with_capacity(FILE_BYTES + FILE_BYTES / 8),
+                SCHEMA.clone(),
+                Some(props()?),
+            )?,
             pending: Vec::with_capacity(BATCH_ROWS),
             rows: 0,
         })

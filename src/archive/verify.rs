@@ -29,7 +29,7 @@ use super::{ArchiveError, layout};
 use crate::integrity::SealLine;
 use crate::integrity::encoding::{RowEncoding, row_hash_as};
 use crate::integrity::seal::{Seal, key_id, seal_hash, signature_valid};
-use crate::store::Month;
+use crate::store::{Month, StoredRow};
 
 /// One thing found wrong, named by month, file and row where it has them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -378,24 +378,9 @@ async fn check_part<W: Write>(
         let Some(bytes) = fetch(run, objects, name, f).await? else {
             continue;
         };
-        let reader = match ParquetRecordBatchReaderBuilder::try_new(bytes)
-            .and_then(|b| b.with_batch_size(BATCH_ROWS).build())
-        {
-            Ok(r) => r,
-            Err(e) => {
-                run.find(
-                    "file-unreadable",
-                    Some(name),
-                    Some(&f.path),
-                    None,
-                    e.to_string(),
-                );
-                continue;
-            }
-        };
         let mut in_file = 0u64;
-        for batch in reader {
-            let batch_rows = match batch.map_err(ArchiveError::from).and_then(|b| rows_of(&b)) {
+        for batch in batches(bytes) {
+            let batch_rows = match batch {
                 Ok(r) => r,
                 Err(e) => {
                     run.find(
@@ -411,30 +396,15 @@ async fn check_part<W: Write>(
             for row in batch_rows {
                 in_file += 1;
                 let at = row.occurred_at.timestamp_micros();
-                if at < lo_us || at >= hi_us {
-                    run.find(
-                        "row-outside",
-                        Some(name),
-                        Some(&f.path),
-                        Some(&row.id),
-                        format!("occurred_at {} is not in {name}", row.occurred_at),
-                    );
+                if let Some(why) = outside(&row, name, (lo_us, hi_us), m) {
+                    run.find("row-outside", Some(name), Some(&f.path), Some(&row.id), why);
                 }
                 let Some(seq) = row.seal_seq else {
                     legacy += 1;
                     continue;
                 };
                 if seq <= m.seal_after || seq > m.seal_upto {
-                    run.find(
-                        "row-outside",
-                        Some(name),
-                        Some(&f.path),
-                        Some(&row.id),
-                        format!(
-                            "seal_seq {seq} is outside the part's range ({}, {}]",
-                            m.seal_after, m.seal_upto
-                        ),
-                    );
+                    // Reported above; no leaf of this part can match it.
                     continue;
                 }
                 leaves
@@ -527,6 +497,38 @@ async fn check_part<W: Write>(
         );
     }
     Ok(())
+}
+
+/// The rows of a Parquet file, batch by batch; a file that cannot be opened yields its error
+/// as the only item.
+fn batches(bytes: Bytes) -> Box<dyn Iterator<Item = Result<Vec<StoredRow>, ArchiveError>>> {
+    match ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .and_then(|b| b.with_batch_size(BATCH_ROWS).build())
+    {
+        Ok(reader) => {
+            Box::new(reader.map(|b| b.map_err(ArchiveError::from).and_then(|b| rows_of(&b))))
+        }
+        Err(e) => Box::new(std::iter::once(Err(e.into()))),
+    }
+}
+
+/// Why `row` does not belong in part `m` of `month` (`[lo, hi)` in µs): its `occurred_at` is
+/// in another month, or its `seal_seq` outside the part's range.
+fn outside(row: &StoredRow, month: &str, (lo, hi): (i64, i64), m: &Manifest) -> Option<String> {
+    let mut why = Vec::new();
+    let at = row.occurred_at.timestamp_micros();
+    if at < lo || at >= hi {
+        why.push(format!("occurred_at {} is not in {month}", row.occurred_at));
+    }
+    if let Some(seq) = row.seal_seq
+        && (seq <= m.seal_after || seq > m.seal_upto)
+    {
+        why.push(format!(
+            "seal_seq {seq} is outside the part's range ({}, {}]",
+            m.seal_after, m.seal_upto
+        ));
+    }
+    (!why.is_empty()).then(|| why.join("; "))
 }
 
 fn missing<W: Write>(run: &mut Run<'_, W>, month: &str, l: &Expected) {

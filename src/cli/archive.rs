@@ -52,6 +52,30 @@ async fn store(config: &Config) -> anyhow::Result<crate::store::Store> {
     Ok(store)
 }
 
+/// What a retention record's archive manifest hash names among the verified parts.
+fn drop_archive(records: &[crate::store::archives::ArchiveRecord], hash: Option<&[u8]>) -> String {
+    let Some(hash) = hash else {
+        return "its retention record names no archive (dropped before archiving was on)".into();
+    };
+    match records
+        .iter()
+        .find(|r| r.manifest_hash.as_deref() == Some(hash))
+    {
+        Some(r) => format!(
+            "archived, its retention record names manifest {} ({} part {}, sequence {})",
+            hex::encode(hash),
+            r.month,
+            r.part,
+            r.sequence
+        ),
+        None => format!(
+            "its retention record names manifest {}, which no verified archive part has: run \
+             audit-manager verify and archive verify",
+            hex::encode(hash)
+        ),
+    }
+}
+
 pub async fn run(config: &Config, command: ArchiveCommand) -> anyhow::Result<ExitCode> {
     use std::io::Write as _;
     match command {
@@ -95,7 +119,7 @@ pub async fn run(config: &Config, command: ArchiveCommand) -> anyhow::Result<Exi
                 "{:>8} {:<8} {:>5} {:>12} {:>23} {:<10} manifest",
                 "sequence", "month", "part", "rows", "seal_seq", "state"
             )?;
-            for r in records {
+            for r in &records {
                 writeln!(
                     out,
                     "{:>8} {:<8} {:>5} {:>12} {:>23} {:<10} {}",
@@ -110,6 +134,16 @@ pub async fn run(config: &Config, command: ArchiveCommand) -> anyhow::Result<Exi
                         "writing"
                     },
                     r.manifest_path
+                )?;
+            }
+            let drops = crate::store::retention::archive_manifests(store.pool()).await?;
+            for d in drops {
+                writeln!(
+                    out,
+                    "dropped {} at {}: {}",
+                    d.partition,
+                    d.dropped_at.to_rfc3339(),
+                    drop_archive(&records, d.archive_manifest.as_deref())
                 )?;
             }
             store.close().await;

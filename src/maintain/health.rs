@@ -115,7 +115,8 @@ fn archive_health(report: &mut crate::health::RoleReport, archive: &ArchiveState
             "archiving is failing: {e}; check archive.url and the object store's credentials"
         )),
         (None, Some((p, why))) => Some(format!(
-            "retention is blocked: {} expired partition(s) are kept because not every row is in              a verified archive (first: {p}: {why}); run audit-manager archive run",
+            "retention is blocked: {} expired partition(s) are kept because not every row is in \
+             a verified archive (first: {p}: {why}); run audit-manager archive run",
             s.blocked.len()
         )),
         _ => None,

@@ -32,9 +32,46 @@ pub const DDL: &str = "CREATE TABLE IF NOT EXISTS audit_archives (
         UNIQUE (month, part)
     )";
 
-/// Creates `audit_archives` (in the schema transaction of `Store::prepare`).
+/// The column of `audit_retention_log` naming the archive of a dropped month: the manifest
+/// hash of its newest verified part (which names every earlier part through the manifests'
+/// chain).
+pub const RETENTION_MANIFEST_DDL: &str =
+    "ALTER TABLE audit_retention_log ADD COLUMN archive_manifest bytea";
+
+/// Creates `audit_archives` and adds `audit_retention_log.archive_manifest` when missing (in
+/// the schema transaction of `Store::prepare`, after the integrity schema; the `ALTER TABLE`
+/// only when needed, so later starts take no lock on the table).
 pub async fn apply(tx: &mut PgConnection) -> Result<(), sqlx::Error> {
-    sqlx::query(DDL).execute(tx).await.map(|_| ())
+    sqlx::query(DDL).execute(&mut *tx).await?;
+    let present: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_attribute
+                         WHERE attrelid = 'audit_retention_log'::regclass
+                           AND attname = 'archive_manifest' AND NOT attisdropped)",
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    if !present {
+        sqlx::query(RETENTION_MANIFEST_DDL)
+            .execute(&mut *tx)
+            .await?;
+    }
+    Ok(())
+}
+
+/// The manifest hash of `month`'s newest verified part, if any.
+pub async fn newest_manifest(
+    conn: &mut PgConnection,
+    month: &str,
+) -> Result<Option<Vec<u8>>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT manifest_hash FROM audit_archives
+          WHERE month = $1 AND manifest_hash IS NOT NULL
+          ORDER BY part DESC LIMIT 1",
+    )
+    .bind(month)
+    .fetch_optional(conn)
+    .await
+    .map(Option::flatten)
 }
 
 /// One row of `audit_archives`.

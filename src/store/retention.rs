@@ -7,8 +7,10 @@ use sqlx::PgConnection;
 
 use super::ident::quote_ident;
 
-/// Records, in the transaction that drops it, what partition `name` held. Counting reads the
-/// whole partition once, which retention does at most once a month per partition.
+/// Records, in the transaction that drops it, what partition `name` held, and the manifest
+/// hash of its month's newest verified archive part (`archive_manifest`; NULL when the month
+/// was never archived). Counting reads the whole partition once, which retention does at most
+/// once a month per partition.
 pub async fn record_drop(
     tx: &mut PgConnection,
     name: &str,
@@ -20,18 +22,42 @@ pub async fn record_drop(
         sqlx::query_as(&format!("SELECT count(*), count(seal_seq) FROM {quoted}"))
             .fetch_one(&mut *tx)
             .await?;
+    let manifest = match lower {
+        Some(lower) => {
+            super::archives::newest_manifest(&mut *tx, &super::Month::of(lower).to_string()).await?
+        }
+        None => None,
+    };
     sqlx::query(
         "INSERT INTO audit_retention_log (partition, lower_bound, upper_bound, dropped_at, rows,
-             sealed_rows) VALUES ($1, $2, $3, clock_timestamp(), $4, $5)",
+             sealed_rows, archive_manifest) VALUES ($1, $2, $3, clock_timestamp(), $4, $5, $6)",
     )
     .bind(name)
     .bind(lower)
     .bind(upper)
     .bind(rows)
     .bind(sealed)
+    .bind(manifest)
     .execute(&mut *tx)
     .await?;
     Ok(())
+}
+
+/// A dropped partition and the archive manifest its retention record names.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct DropArchive {
+    pub partition: String,
+    pub dropped_at: DateTime<Utc>,
+    pub archive_manifest: Option<Vec<u8>>,
+}
+
+/// Every record's partition, drop time and archive manifest hash, oldest first.
+pub async fn archive_manifests(pool: &sqlx::PgPool) -> Result<Vec<DropArchive>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT partition, dropped_at, archive_manifest FROM audit_retention_log ORDER BY id",
+    )
+    .fetch_all(pool)
+    .await
 }
 
 /// One record of `audit_retention_log`, times in µs since the epoch (an open bound as

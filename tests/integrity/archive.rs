@@ -389,6 +389,20 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// Every file under `dir`.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
 /// The standard archive plus a later part of March (rows stored after March was archived).
 async fn with_late_part() -> Fixture {
     let f = standard().await;
@@ -571,14 +585,38 @@ async fn retention_waits_for_a_verified_archive_of_every_row_late_rows_included(
     let (dropped, blocked) = f.retention(1).await;
     assert!(blocked.is_empty(), "{blocked:?}");
     assert_eq!(dropped, ["audit_events_2026_03"]);
-    // The drop's retention record is there (the next seal signs it).
-    let n: i64 = sqlx::query_scalar(
-        "SELECT rows FROM audit_retention_log WHERE partition = 'audit_events_2026_03'",
+    // The drop's retention record is there (the next seal signs it), naming the manifest of
+    // the month's newest part: the hash of the object itself, as `archive verify` computes it.
+    let (n, named): (i64, Option<Vec<u8>>) = sqlx::query_as(
+        "SELECT rows, archive_manifest FROM audit_retention_log
+          WHERE partition = 'audit_events_2026_03'",
     )
     .fetch_one(&f.pool)
     .await
     .unwrap();
     assert_eq!(n, 11);
+    let path = audit_manager::archive::layout::manifest_file(Month::new(2026, 3).unwrap(), 2);
+    let keys = [(f.signer.key_id(), f.signer.verifying_key())]
+        .into_iter()
+        .collect();
+    let manifest = audit_manager::archive::manifest::read(
+        &std::fs::read(f.archive_dir().join(&path)).unwrap(),
+        &keys,
+    )
+    .unwrap();
+    assert_eq!(named.as_deref(), Some(&manifest.hash[..]), "{path}");
+    // `archive list` ties the record to the part.
+    let config = f.config_file(1);
+    let (code, out, err) = run_cli(&["-c", config.to_str().unwrap(), "archive", "list"], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("dropped audit_events_2026_03 at ")
+            && out.contains(&format!(
+                "archived, its retention record names manifest {} (2026-03 part 2, sequence 2)",
+                hex::encode(manifest.hash)
+            )),
+        "{out}"
+    );
     let (r, out) = f.verify_dir(&f.archive_dir()).await;
     assert!(r.is_clean(), "{out}");
     assert_eq!(r.rows_ok, 11);
@@ -881,70 +919,118 @@ async fn archives_go_to_s3_verify_from_there_and_are_never_overwritten() {
     assert!(e.to_string().contains("no-such-bucket-here"), "{e}");
 }
 
+/// A maintain role (retention one month, archiving to `url` on the S3 server at `endpoint`
+/// with the test credentials) and a probe of its `/health` report.
+struct Maintainer {
+    child: common::ChildServer,
+    health: String,
+}
+
+impl Maintainer {
+    async fn spawn(f: &Fixture, endpoint: &str, url: &str) -> Maintainer {
+        let spool = f.dir.path().join("spool");
+        let key = f.key_file.to_str().unwrap().to_string();
+        let env: Vec<(&str, &str)> = vec![
+            ("AUDIT_MANAGER__ROLES", "maintain"),
+            ("AUDIT_MANAGER__DATABASE__URL", &f.db.url),
+            ("AUDIT_MANAGER__DATABASE__PARTITION_CHECK_INTERVAL", "1s"),
+            ("AUDIT_MANAGER__DATABASE__PARTITION_RETENTION_MONTHS", "1"),
+            ("AUDIT_MANAGER__INTEGRITY__SIGNING_KEY_FILE", &key),
+            ("AUDIT_MANAGER__INTEGRITY__SEAL_TOPIC", ""),
+            ("AUDIT_MANAGER__ARCHIVE__URL", url),
+            ("AUDIT_MANAGER__ARCHIVE__AFTER_MONTHS", "0"),
+            ("AWS_ENDPOINT_URL", endpoint),
+            ("AWS_ALLOW_HTTP", "true"),
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+            ("AWS_REGION", "us-east-1"),
+        ];
+        let mut child = common::ChildServer::spawn(&spool, &env);
+        child.wait_ready(std::time::Duration::from_secs(60)).await;
+        let health = format!("http://{}{}/health", child.addr, common::BASE);
+        Maintainer { child, health }
+    }
+
+    /// The maintain role's part of `/health`.
+    async fn report(&self) -> Option<serde_json::Value> {
+        let v: serde_json::Value = reqwest::get(&self.health).await.ok()?.json().await.ok()?;
+        Some(v["response"]["roles"]["maintain"].clone())
+    }
+
+    /// Waits for DEGRADED because archiving fails, and for retention to report the month
+    /// blocked; returns the reason.
+    async fn degraded(&self) -> String {
+        let degraded = common::eventually(
+            std::time::Duration::from_secs(60),
+            "maintain DEGRADED by the failing store",
+            || async {
+                let m = self.report().await?;
+                (m["status"] == "DEGRADED"
+                    && m["reason"].as_str()?.contains("archiving is failing"))
+                .then_some(m)
+            },
+        )
+        .await;
+        common::eventually(
+            std::time::Duration::from_secs(30),
+            "retention to report the month blocked",
+            || async {
+                let m = self.report().await?;
+                (!m["archive"]["retention_blocked"].as_array()?.is_empty()).then_some(())
+            },
+        )
+        .await;
+        let reason = degraded["reason"].as_str().unwrap().to_string();
+        assert!(reason.contains("check archive.url"), "{degraded}");
+        reason
+    }
+
+    /// Waits for the month to be archived and dropped and the role UP again.
+    async fn recovered(&self, f: &Fixture) {
+        common::eventually(
+            std::time::Duration::from_secs(90),
+            "the month archived and dropped",
+            || async { (!f.partition_exists("audit_events_2026_03").await).then_some(()) },
+        )
+        .await;
+        common::eventually(
+            std::time::Duration::from_secs(30),
+            "maintain UP",
+            || async {
+                let m = self.report().await?;
+                (m["status"] == "UP").then_some(())
+            },
+        )
+        .await;
+    }
+}
+
+/// `archive verify` of the archive at `url` on `s3`, with the fixture's key.
+async fn verify_s3(f: &Fixture, s3: &S3, url: &str) -> (Report, String) {
+    let keys = [(f.signer.key_id(), f.signer.verifying_key())]
+        .into_iter()
+        .collect();
+    let mut out = Vec::new();
+    let r = verify(&s3.objects(url), &keys, None, &mut out)
+        .await
+        .unwrap();
+    (r, String::from_utf8(out).unwrap())
+}
+
 #[tokio::test]
 async fn an_unreachable_store_blocks_retention_and_degrades_health_until_it_returns() {
     let Some(cmd) = moto_command() else { return };
     let f = Fixture::new().await;
     f.insert(&rows("mar", 12, march())).await;
     f.seal().await;
+    // Nothing listens on the port yet: every request is refused at the TCP level.
     let port = free_port();
     let endpoint = format!("http://127.0.0.1:{port}");
     let bucket = format!("audit-{}", uuid::Uuid::new_v4().simple());
     let url = format!("s3://{bucket}/archive");
-    let spool = f.dir.path().join("spool");
-    let key = f.key_file.to_str().unwrap().to_string();
-    let env: Vec<(&str, &str)> = vec![
-        ("AUDIT_MANAGER__ROLES", "maintain"),
-        ("AUDIT_MANAGER__DATABASE__URL", &f.db.url),
-        ("AUDIT_MANAGER__DATABASE__PARTITION_CHECK_INTERVAL", "1s"),
-        ("AUDIT_MANAGER__DATABASE__PARTITION_RETENTION_MONTHS", "1"),
-        ("AUDIT_MANAGER__INTEGRITY__SIGNING_KEY_FILE", &key),
-        ("AUDIT_MANAGER__INTEGRITY__SEAL_TOPIC", ""),
-        ("AUDIT_MANAGER__ARCHIVE__URL", &url),
-        ("AUDIT_MANAGER__ARCHIVE__AFTER_MONTHS", "0"),
-        ("AWS_ENDPOINT_URL", &endpoint),
-        ("AWS_ALLOW_HTTP", "true"),
-        ("AWS_ACCESS_KEY_ID", "test"),
-        ("AWS_SECRET_ACCESS_KEY", "test"),
-        ("AWS_REGION", "us-east-1"),
-    ];
-    let mut child = common::ChildServer::spawn(&spool, &env);
-    child.wait_ready(std::time::Duration::from_secs(60)).await;
-    let health = format!("http://{}{}/health", child.addr, common::BASE);
-    let maintain = || {
-        let health = health.clone();
-        async move {
-            let v: serde_json::Value = reqwest::get(&health).await.ok()?.json().await.ok()?;
-            Some(v["response"]["roles"]["maintain"].clone())
-        }
-    };
-    let degraded = common::eventually(
-        std::time::Duration::from_secs(60),
-        "maintain DEGRADED by the unreachable store",
-        || async {
-            let m = maintain().await?;
-            (m["status"] == "DEGRADED" && m["reason"].as_str()?.contains("archiving is failing"))
-                .then_some(m)
-        },
-    )
-    .await;
-    assert!(
-        degraded["reason"]
-            .as_str()
-            .unwrap()
-            .contains("check archive.url"),
-        "{degraded}"
-    );
+    let mut m = Maintainer::spawn(&f, &endpoint, &url).await;
+    m.degraded().await;
     // Retention kept the month meanwhile.
-    common::eventually(
-        std::time::Duration::from_secs(30),
-        "retention to report the month blocked",
-        || async {
-            let m = maintain().await?;
-            (!m["archive"]["retention_blocked"].as_array()?.is_empty()).then_some(())
-        },
-    )
-    .await;
     assert!(f.partition_exists("audit_events_2026_03").await);
     // The store returns (with the bucket): archived, then dropped, and healthy again.
     let s3 = S3::start_on(&cmd, port).await;
@@ -954,32 +1040,295 @@ async fn an_unreachable_store_blocks_retention_and_degrades_health_until_it_retu
         .await
         .unwrap();
     assert!(r.status().is_success());
-    common::eventually(
-        std::time::Duration::from_secs(90),
-        "the month archived and dropped",
-        || async { (!f.partition_exists("audit_events_2026_03").await).then_some(()) },
-    )
-    .await;
-    common::eventually(
-        std::time::Duration::from_secs(30),
-        "maintain UP",
-        || async {
-            let m = maintain().await?;
-            (m["status"] == "UP").then_some(())
-        },
-    )
-    .await;
-    let (r, out) = {
-        let keys = [(f.signer.key_id(), f.signer.verifying_key())]
-            .into_iter()
-            .collect();
-        let mut out = Vec::new();
-        let r = verify(&s3.objects(&url), &keys, None, &mut out)
-            .await
-            .unwrap();
-        (r, String::from_utf8(out).unwrap())
-    };
+    m.recovered(&f).await;
+    let (r, out) = verify_s3(&f, &s3, &url).await;
     assert!(r.is_clean(), "{out}");
     assert_eq!(r.rows_ok, 12);
-    child.kill9();
+    m.child.kill9();
+}
+
+/// Turns moto's request authentication on (`true`: every request is checked against its IAM,
+/// where the test credentials do not exist) or off.
+async fn moto_checks_credentials(s3: &S3, on: bool) {
+    let r = reqwest::Client::new()
+        .post(format!("{}/moto-api/reset-auth", s3.endpoint))
+        .header("content-type", "text/plain")
+        .body(if on { "0" } else { "inf" })
+        .send()
+        .await
+        .expect("moto reset-auth");
+    assert!(r.status().is_success(), "moto reset-auth: {}", r.status());
+}
+
+#[tokio::test]
+async fn a_store_refusing_the_credentials_blocks_retention_and_degrades_health_until_it_accepts() {
+    let Some(cmd) = moto_command() else { return };
+    let f = Fixture::new().await;
+    f.insert(&rows("mar", 12, march())).await;
+    f.seal().await;
+    // A server of this test's own: authentication is server-wide.
+    let s3 = S3::start_on(&cmd, free_port()).await;
+    let bucket = s3.bucket().await;
+    let url = format!("s3://{bucket}/archive");
+    moto_checks_credentials(&s3, true).await;
+    let refused = s3.objects(&url).probe().await.expect_err("refused");
+    assert!(
+        refused.to_string().contains("InvalidAccessKeyId"),
+        "{refused}"
+    );
+    let mut m = Maintainer::spawn(&f, &s3.endpoint, &url).await;
+    let reason = m.degraded().await;
+    assert!(reason.contains("InvalidAccessKeyId"), "{reason}");
+    // Nothing was dropped, and no part is recorded as verified.
+    assert!(f.partition_exists("audit_events_2026_03").await);
+    let verified: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM audit_archives WHERE manifest_hash IS NOT NULL")
+            .fetch_one(&f.pool)
+            .await
+            .unwrap();
+    assert_eq!(verified, 0);
+    // The credentials are accepted again: archived, dropped, healthy.
+    moto_checks_credentials(&s3, false).await;
+    m.recovered(&f).await;
+    let (r, out) = verify_s3(&f, &s3, &url).await;
+    assert!(r.is_clean(), "{out}");
+    assert_eq!(r.rows_ok, 12);
+    m.child.kill9();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Privacy rules: archives carry what the table stores
+
+/// An event of `person` whose national id an `encrypt` rule selects.
+fn personal_event(id: &str, at: DateTime<Utc>, person: &str) -> serde_json::Value {
+    serde_json::json!({
+        "specversion": "1.0", "id": id, "source": "urn:openg2p:registry",
+        "type": "org.openg2p.beneficiary.updated",
+        "time": at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "data": {
+            "actor": {"type": "user", "id": "officer-1"},
+            "action": "beneficiary.update", "outcome": "success",
+            "resource": {"type": "person", "id": person},
+            "changes": [{"field": "national_id", "old": format!("NID-{person}-{id}"), "new": "NID-new"}],
+            "status": "CONTROL-visible"
+        }
+    })
+}
+
+/// The `old` value of `changes[0]` in the `details` text of a row.
+fn national_id(details: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(details).unwrap();
+    v["changes"][0]["old"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_privacy_rules_archived_values_are_ciphertext_and_forget_makes_them_unreadable() {
+    use audit_manager::privacy::envelope::Keeper;
+    use audit_manager::privacy::subject_keys::{self, SubjectKey};
+    use rand::Rng as _;
+    let f = Fixture::new().await;
+    let p = f.dir.path();
+    std::fs::write(p.join("hmac"), rand::rng().random::<[u8; 32]>()).unwrap();
+    let keeper_file = p.join("keeper");
+    let (code, out, err) = run_cli(
+        &["privacy", "keygen", "--out", keeper_file.to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let config = f.config_file(0);
+    let mut yaml = std::fs::read_to_string(&config).unwrap();
+    yaml.push_str(&format!(
+        "  privacy:\n    hmac_key_file: {:?}\n    keeper_key_file: {:?}\n    rules:\n      \
+         - name: national-id\n        select: \"$.data.changes[?@.field=='national_id']['old','new']\"\n        \
+         action: encrypt\n        subject: \"$.data.resource.id\"\n",
+        p.join("hmac"),
+        keeper_file
+    ));
+    std::fs::write(&config, &yaml).unwrap();
+    // The rows as a writer stores them: each national id under its subject's key.
+    let cfg = audit_manager::config::Config::from_yaml_str(&yaml, &[]).unwrap();
+    let privacy = audit_manager::privacy::writer(&cfg).unwrap();
+    let events: Vec<(String, Vec<u8>)> = ["P-gone", "P-keep"]
+        .iter()
+        .flat_map(|person| (0..3).map(move |n| (person, n)))
+        .enumerate()
+        .map(|(i, (person, n))| {
+            let id = format!("pv-{person}-{n}");
+            let at = march() + chrono::Duration::minutes(i as i64);
+            let bytes = serde_json::to_vec(&personal_event(&id, at, person)).unwrap();
+            (id, bytes)
+        })
+        .collect();
+    let rows: Vec<Row> = tokio::task::spawn_blocking(move || {
+        events
+            .iter()
+            .map(|(id, bytes)| {
+                audit_manager::write::decode(
+                    Some(bytes),
+                    Utc::now(),
+                    None,
+                    audit_manager::event::ValidationMode::Strict,
+                    &privacy,
+                )
+                .unwrap_or_else(|e| panic!("{id}: {}", e.header()))
+            })
+            .collect()
+    })
+    .await
+    .unwrap();
+    f.insert(&rows).await;
+    f.seal().await;
+    let r = f.archive().await;
+    assert_eq!(r.parts.len(), 1);
+    assert_eq!(r.parts[0].rows, 6);
+
+    // What the archive holds, read by the Parquet reader of `archive verify`.
+    let mut archived: Vec<(String, String)> = Vec::new();
+    for path in walk(&f.archive_dir()) {
+        if path.extension().is_some_and(|e| e == "parquet") {
+            let bytes = bytes::Bytes::from(std::fs::read(&path).unwrap());
+            audit_manager::archive::parquet::read_rows(bytes, |rows| {
+                archived.extend(
+                    rows.into_iter()
+                        .map(|r| (r.id, r.details.unwrap_or_default())),
+                );
+                Ok(())
+            })
+            .unwrap();
+        }
+    }
+    archived.sort();
+    assert_eq!(archived.len(), 6);
+    for (id, details) in &archived {
+        assert!(
+            !details.contains("NID-"),
+            "{id}: a national id in the clear: {details}"
+        );
+        assert!(details.contains("CONTROL-visible"), "{id}: {details}");
+        assert!(
+            national_id(details).starts_with("enc:v1:"),
+            "{id}: {details}"
+        );
+        let stored: String =
+            sqlx::query_scalar("SELECT details::text FROM audit_events WHERE id = $1")
+                .bind(id)
+                .fetch_one(&f.pool)
+                .await
+                .unwrap();
+        assert_eq!(
+            national_id(&stored),
+            national_id(details),
+            "{id}: the table's value"
+        );
+    }
+    // An independent reader sees ciphertext only, in every encrypted field.
+    if let Some(python) = duckdb_python() {
+        let script = r#"
+import duckdb, json, sys
+con = duckdb.connect()
+rows = con.execute(
+    "SELECT id, json_extract_string(details, '$.changes[0].old'), "
+    "       json_extract_string(details, '$.changes[0].new'), CAST(details AS VARCHAR) "
+    "FROM read_parquet(?) ORDER BY id", [sys.argv[1] + "/**/*.parquet"]).fetchall()
+print(json.dumps(rows))
+"#;
+        let out = Command::new(python)
+            .args(["-c", script, f.archive_dir().to_str().unwrap()])
+            .output()
+            .expect("python");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let rows: Vec<(String, String, String, String)> =
+            serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(rows.len(), 6);
+        for (id, old, new, details) in &rows {
+            assert!(old.starts_with("enc:v1:"), "{id}: {old}");
+            assert!(new.starts_with("enc:v1:"), "{id}: {new}");
+            assert!(!details.contains("NID-"), "{id}: {details}");
+            let ours = archived.iter().find(|(i, _)| i == id).unwrap();
+            assert_eq!(&national_id(&ours.1), old, "{id}");
+        }
+    }
+
+    // Every archived value opens under its subject's key before `forget`…
+    let keeper = Keeper::load(&keeper_file).unwrap();
+    let keys = || async {
+        sqlx::query_as::<_, (String, String)>(
+            "SELECT key_id, wrapped_key FROM audit_subject_keys WHERE wrapped_key IS NOT NULL",
+        )
+        .fetch_all(&f.pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(id, wrapped)| SubjectKey {
+            id,
+            secret: keeper.unwrap(&wrapped).unwrap(),
+        })
+        .collect::<Vec<_>>()
+    };
+    let opens = |keys: &[SubjectKey], id: &str, details: &str| {
+        let stored = national_id(details);
+        let (_, body) = subject_keys::parse(&stored)?;
+        keys.iter()
+            .find_map(|k| subject_keys::decrypt(k, &body, id, "/data/changes/0/old").ok())
+    };
+    let before = keys().await;
+    assert_eq!(before.len(), 2, "one key per subject");
+    for (id, details) in &archived {
+        let person = if id.contains("P-gone") {
+            "P-gone"
+        } else {
+            "P-keep"
+        };
+        assert_eq!(
+            opens(&before, id, details),
+            Some(serde_json::json!(format!("NID-{person}-{id}"))),
+            "{id}"
+        );
+    }
+    // …and `forget` makes the forgotten subject's archived values unreadable, the other
+    // subject's not.
+    let (code, out, err) = run_cli(
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "privacy",
+            "forget",
+            "--subject",
+            "P-gone",
+            "--reason",
+            "erasure request",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let after = keys().await;
+    assert_eq!(after.len(), 1);
+    for (id, details) in &archived {
+        let opened = opens(&after, id, details);
+        if id.contains("P-gone") {
+            assert_eq!(opened, None, "{id} still opens after forget");
+        } else {
+            assert!(opened.is_some(), "{id}: another subject's value lost");
+        }
+    }
+    // The archive is unchanged by forget: `archive verify` (offline) still passes.
+    let (code, out, err) = run_cli(
+        &[
+            "archive",
+            "verify",
+            f.archive_dir().to_str().unwrap(),
+            "--public-key",
+            f.pub_file.to_str().unwrap(),
+        ],
+        &[(
+            "AUDIT_MANAGER__DATABASE__URL",
+            "postgres://nobody@127.0.0.1:1/none",
+        )],
+    );
+    assert_eq!(code, 0, "archive verify after forget: {out}\n{err}");
+    assert!(err.contains("6 row(s) checked"), "{err}");
 }
