@@ -35,6 +35,7 @@
 //! - [`role`]: the one shape of a role, `start(&RoleContext) -> Started` (its tasks and its
 //!   health check); [`serve`]: opens the shared resources and starts the configured roles;
 //!   [`shutdown`]: signals, supervision and draining; [`schedule`]: periodic passes;
+//!   [`fault`]: the crash tests' abort points (compiled only with the `failpoints` feature);
 //! - [`health`], [`metrics`], [`logging`]: what operators see;
 //! - [`config`]: layered configuration (defaults < YAML < environment), one file per section;
 //! - [`cli`]: the command line, one file per command (`serve`, `verify`, `keygen`, `token`,
@@ -49,6 +50,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod event;
+pub mod fault;
 pub mod forward;
 pub mod health;
 pub mod integrity;

@@ -108,35 +108,6 @@ impl SealLine {
     }
 }
 
-/// Environment variable of the crash tests: `POINT` or `POINT@N` makes the process abort
-/// (no unwinding, no flush: like SIGKILL) the Nth time (default 1st) it reaches the named point
-/// of the sealer. Unset in production.
-pub const FAULT_ENV: &str = "AUDIT_MANAGER_TEST_SEALER_ABORT";
-
-/// Aborts the process here when [`FAULT_ENV`] names this point (test seam, only with the
-/// `failpoints` cargo feature; without it this does nothing).
-#[cfg(not(feature = "failpoints"))]
-#[inline(always)]
-pub fn fault_point(_name: &str) {}
-
-/// Aborts the process here when [`FAULT_ENV`] names this point (test seam).
-#[cfg(feature = "failpoints")]
-pub fn fault_point(name: &str) {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static HITS: AtomicU64 = AtomicU64::new(0);
-    let Ok(spec) = std::env::var(FAULT_ENV) else {
-        return;
-    };
-    let (point, nth) = match spec.split_once('@') {
-        Some((p, n)) => (p.to_string(), n.parse::<u64>().unwrap_or(1)),
-        None => (spec, 1),
-    };
-    if point == name && HITS.fetch_add(1, Ordering::SeqCst) + 1 >= nth {
-        eprintln!("{FAULT_ENV}: aborting at {name}");
-        std::process::abort();
-    }
-}
-
 /// A row that contradicts the retention record `r` signed by a seal whose range starts after
 /// `sealed_before` (that seal's `lo`): a row in the record's `occurred_at` bounds with a
 /// `seal_seq` at or below it was committed before the drop (see `docs/integrity.md`), so the

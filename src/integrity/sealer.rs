@@ -52,6 +52,7 @@ use futures_util::TryStreamExt as _;
 use sqlx::{Connection as _, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
+use super::IntegrityError;
 use super::attest::SealCheck;
 use super::encoding::{RowEncoding, micros, row_hash, row_hash_as};
 use super::publish::{Publisher, SealDir};
@@ -59,7 +60,7 @@ use super::seal::{
     Leaf, LegacyBoundary, MAX_LEAVES, MAX_SEAL_BYTES, RetentionRecord, Seal, SignedSeal, Signer,
     from_micros, seal_hash,
 };
-use super::{IntegrityError, fault_point};
+use crate::fault::fault_point;
 use crate::store::locks::{self, AdvisoryLock};
 use crate::store::seals::{self, NewSeal};
 use crate::store::{retention, rows};

@@ -256,7 +256,7 @@ impl Store {
                     sqlx::query(&format!("DROP TABLE IF EXISTS {}", quote_ident(&p.name)))
                         .execute(&mut *tx)
                         .await?;
-                    crate::integrity::fault_point("retention-before-commit");
+                    crate::fault::fault_point("retention-before-commit");
                     tx.commit().await.map(|()| None)
                 }
                 .await;

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use audit_manager::event::Row;
-use audit_manager::integrity::FAULT_ENV;
+use audit_manager::fault::FAULT_ENV;
 use audit_manager::integrity::attest::{Attestor, WriterKeys};
 use audit_manager::integrity::publish::read_topic;
 use audit_manager::integrity::seal::{Seal, key_id, load_public_key};
