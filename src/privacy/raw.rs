@@ -110,6 +110,8 @@ pub struct Pruned {
 struct Spans {
     range: Range<usize>,
     members: Vec<(String, Spans)>,
+    /// Members asked for that the object does not have.
+    absent: Vec<String>,
     /// Whether the object has at least one member (kept or not).
     nonempty: bool,
 }
@@ -146,6 +148,7 @@ impl Pruned {
             let text = serde_json::to_string(m).ok()?;
             let existing = match data.member(marker) {
                 Some(s) => Some(s.range.clone()),
+                None if data.absent.iter().any(|a| a == marker) => None,
                 None => find_member(json.get(data.range.clone())?, marker)
                     .map(|raw| span(json, raw.get())),
             };
@@ -366,6 +369,7 @@ fn prune(doc: &str, text: &str, need: &Need) -> Option<(Value, Spans)> {
             Spans {
                 range: range.clone(),
                 members: Vec::new(),
+                absent: Vec::new(),
                 nonempty: false,
             },
         ))
@@ -379,9 +383,11 @@ fn prune(doc: &str, text: &str, need: &Need) -> Option<(Value, Spans)> {
     let members = members(text)?;
     let mut map = Map::new();
     let mut kept = Vec::with_capacity(wanted.len());
+    let mut absent = Vec::new();
     for (name, child) in wanted {
         let mut found = members.iter().filter(|(k, _)| k == name);
         let Some((_, raw)) = found.next() else {
+            absent.push(name.clone());
             continue;
         };
         if found.next().is_some() {
@@ -396,6 +402,7 @@ fn prune(doc: &str, text: &str, need: &Need) -> Option<(Value, Spans)> {
         Spans {
             range,
             members: kept,
+            absent,
             nonempty: !members.is_empty(),
         },
     ))
