@@ -13,12 +13,13 @@
 //! value's JSON pointer, so a sealed value moved to another event or field does not open.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
+use chacha20poly1305::aead::{Aead, KeyInit, OsRng, Payload};
 use chacha20poly1305::{Key, XChaCha20Poly1305, XNonce};
 use hpke::aead::ChaCha20Poly1305 as HpkeAead;
 use hpke::kdf::HkdfSha256;
@@ -82,13 +83,33 @@ pub fn aad(event_id: &str, pointer: &str) -> Vec<u8> {
     a
 }
 
-/// XChaCha20-Poly1305 with a random nonce: `nonce ‖ ciphertext`.
+/// A nonce never used before by this process or (but with negligible probability) any other:
+/// 16 bytes drawn from the operating system once per process, then a 64-bit counter. One
+/// `getrandom` call per value would cost more than the encryption itself; XChaCha20-Poly1305
+/// asks only that a key never sees a nonce twice, and a subject key is used by every writer
+/// (two share a prefix with probability 2⁻¹²⁸ per pair).
+fn next_nonce() -> XNonce {
+    static PREFIX: OnceLock<[u8; 16]> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let prefix = PREFIX.get_or_init(|| {
+        let mut p = [0u8; 16];
+        rand_core::RngCore::fill_bytes(&mut OsRng, &mut p);
+        p
+    });
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let mut nonce = XNonce::default();
+    nonce[..16].copy_from_slice(prefix);
+    nonce[16..].copy_from_slice(&n.to_le_bytes());
+    nonce
+}
+
+/// XChaCha20-Poly1305 with a fresh nonce ([`next_nonce`]): `nonce ‖ ciphertext`.
 pub fn seal_bytes(
     cipher: &XChaCha20Poly1305,
     msg: &[u8],
     aad: &[u8],
 ) -> Result<Vec<u8>, CryptoError> {
-    let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
+    let nonce = next_nonce();
     let ct = cipher
         .encrypt(&nonce, Payload { msg, aad })
         .map_err(|_| CryptoError::Malformed("plaintext"))?;

@@ -6,7 +6,10 @@
 //! - [`envelope`]: the ingest half of `encrypt` — values sealed under a data key wrapped to the
 //!   keeper's X25519 public key (HPKE);
 //! - [`subject_keys`]: the store half — each value re-encrypted under its data subject's own key
-//!   (XChaCha20-Poly1305, the event id and field bound as associated data).
+//!   (XChaCha20-Poly1305, the event id and field bound as associated data);
+//! - [`raw`]: an event read and edited in its bytes — the part of it the rules' paths can read
+//!   built as a tree, the treated values spliced back — so that neither side parses and
+//!   re-serializes whole events.
 //!
 //! # Where each step runs
 //! [`Privacy::at_ingest`] is the one function every ingest path (single, batch, binary; skim or
@@ -24,12 +27,14 @@
 pub mod actions;
 pub mod envelope;
 pub mod forget;
+pub mod raw;
 pub mod read;
 pub mod rules;
 pub mod subject_keys;
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
+use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
 use serde::Deserialize;
@@ -39,7 +44,8 @@ use serde_json_path::JsonPath;
 use crate::config::{PrivacyAction, PrivacyConfig};
 use actions::{DROPPED, HmacKey, HmacKeys};
 use envelope::{Keeper, KeeperPublic, Sealer};
-use rules::{Action, CompiledRule};
+use raw::{Need, Pruned};
+use rules::{Action, CompiledRule, Outcome};
 pub use subject_keys::{SubjectKey, SubjectKeys};
 
 /// The member of `data` that says which rules were applied.
@@ -94,6 +100,11 @@ pub enum Failure {
 /// The compiled privacy configuration and its keys.
 pub struct Privacy {
     rules: Vec<CompiledRule>,
+    /// What the rules' paths (selections and subjects) can read of an event, with what
+    /// ingest needs besides (`type`, the Kafka key's members, the marker).
+    need: Need,
+    /// Whether every rule applies to every event type (no `type` patterns).
+    every_type: bool,
     hmac: Option<HmacKeys>,
     sealer: Option<Sealer>,
     keeper: Option<Keeper>,
@@ -132,6 +143,8 @@ impl Privacy {
     pub fn none() -> Privacy {
         Privacy {
             rules: Vec::new(),
+            need: Need::default(),
+            every_type: true,
             hmac: None,
             sealer: None,
             keeper: None,
@@ -177,6 +190,15 @@ impl Privacy {
             None => keeper.as_ref().map(Keeper::public),
         };
         let mut compiled = Vec::with_capacity(c.rules.len());
+        let mut need = Need::default();
+        for members in [
+            &["type"][..],
+            &["subject"],
+            &["data", "actor", "id"],
+            &["data", MARKER],
+        ] {
+            need.add(&members.iter().map(|m| (*m).to_owned()).collect::<Vec<_>>());
+        }
         let mut names = HashSet::new();
         for (index, r) in c.rules.iter().enumerate() {
             let name = r.name_at(index);
@@ -191,6 +213,10 @@ impl Privacy {
                     "name",
                     "rule names must be non-empty and unique".into(),
                 ));
+            }
+            need.add(&raw::name_prefix(&r.select));
+            if let Some(subject) = &r.subject {
+                need.add(&raw::name_prefix(subject));
             }
             let select = JsonPath::parse(&r.select).map_err(|e| {
                 problem(
@@ -268,10 +294,13 @@ impl Privacy {
                 select,
                 types: r.types.clone(),
                 action,
+                counters: rules::Counters::default(),
             });
         }
         Ok(Privacy {
+            every_type: compiled.iter().all(|r| r.types.is_empty()),
             rules: compiled,
+            need,
             hmac,
             sealer: public.map(Sealer::new),
             keeper,
@@ -323,21 +352,47 @@ impl Privacy {
     /// Applies the rules to one normalized event before it is spooled: `json` is rewritten and
     /// `key` (the Kafka key, possibly made from a treated value) recomputed. Events no rule's
     /// `type` matches are left untouched, bytes and all.
+    ///
+    /// The rules run on the part of the event their paths can read ([`raw`]), and the treated
+    /// values are spliced into the event's bytes; an event that cannot be read that way (never
+    /// a normalized one) is treated on its whole tree, with the same outcome.
     pub fn at_ingest(&self, ev: &mut crate::event::NormalizedEvent) -> Result<(), Failure> {
         if self.rules.is_empty() {
             return Ok(());
         }
-        match event_type(&ev.json) {
-            Some(ty) if self.any_rule_for(&ty) => {}
-            _ => return Ok(()),
+        if !self.every_type {
+            match event_type(&ev.json) {
+                Some(ty) if self.any_rule_for(&ty) => {}
+                _ => return Ok(()),
+            }
+        }
+        if let Ok(json) = std::str::from_utf8(&ev.json)
+            && let Some(mut pruned) = Pruned::read(json, &self.need)
+        {
+            if pruned.value.get("type").and_then(Value::as_str).is_none() {
+                return Ok(());
+            }
+            let applied = self.apply(&mut pruned.value, &ev.id, Stage::Ingest)?;
+            if let Some(bytes) = pruned.write_back(json, &applied.treated, MARKER) {
+                ev.json = bytes;
+                if let Value::Object(map) = &pruned.value {
+                    ev.key = crate::event::kafka_key(map);
+                }
+                self.count(&applied);
+                return Ok(());
+            }
+        }
+        if event_type(&ev.json).is_none_or(|ty| !self.any_rule_for(&ty)) {
+            return Ok(());
         }
         let mut event: Value =
             serde_json::from_slice(&ev.json).map_err(|e| Failure::Json(e.to_string()))?;
-        self.apply(&mut event, &ev.id, Stage::Ingest)?;
+        let applied = self.apply(&mut event, &ev.id, Stage::Ingest)?;
         ev.json = serde_json::to_vec(&event).map_err(|e| Failure::Json(e.to_string()))?;
         if let Value::Object(map) = &event {
             ev.key = crate::event::kafka_key(map);
         }
+        self.count(&applied);
         Ok(())
     }
 
@@ -346,8 +401,17 @@ impl Privacy {
     /// subject's key, the marker's wrapped data keys removed. Bytes that need nothing come
     /// back borrowed. A value that is not an event object comes back as it is (decoding then
     /// says what is wrong with it).
+    ///
+    /// A record the rules already went through (the marker) is edited in its bytes; any other
+    /// is treated on its whole tree.
     pub fn at_store<'a>(&self, value: &'a [u8]) -> Result<Cow<'a, [u8]>, Failure> {
         let sealed_inside = memchr::memmem::find(value, b"\"sealed:v1:").is_some();
+        if !sealed_inside && self.rules.is_empty() {
+            return Ok(Cow::Borrowed(value));
+        }
+        if let Some(done) = self.at_store_in_place(value, sealed_inside)? {
+            return Ok(done);
+        }
         let rules_may_apply =
             !self.rules.is_empty() && event_type(value).is_some_and(|ty| self.any_rule_for(&ty));
         if !sealed_inside && !rules_may_apply {
@@ -361,7 +425,8 @@ impl Privacy {
         };
         let marked = event.pointer(MARKER_POINTER).is_some();
         if rules_may_apply && !marked {
-            self.apply(&mut event, &id, Stage::Store)?;
+            let applied = self.apply(&mut event, &id, Stage::Store)?;
+            self.count(&applied);
         }
         if sealed_inside {
             self.reencrypt(&mut event, &id)?;
@@ -374,8 +439,113 @@ impl Privacy {
             .map_err(|e| Failure::Json(e.to_string()))
     }
 
-    /// Every rule whose `type` patterns match, in order; the marker written.
-    fn apply(&self, event: &mut Value, id: &str, stage: Stage) -> Result<(), Failure> {
+    /// [`Privacy::at_store`] for a record that needs no rules (marked, or of a type no rule
+    /// applies to), in its bytes: each sealed value replaced by its re-encryption, the marker by
+    /// itself without `keys`. `None` when the record needs the whole-tree treatment (rules to
+    /// apply, a sealed value written with escapes, anything unusual).
+    fn at_store_in_place<'a>(
+        &self,
+        value: &'a [u8],
+        sealed_inside: bool,
+    ) -> Result<Option<Cow<'a, [u8]>>, Failure> {
+        let Ok(json) = std::str::from_utf8(value) else {
+            return Ok(None);
+        };
+        let Some(top) = raw::members(json) else {
+            return Ok(None);
+        };
+        let unique = |members: &raw::Members<'a>, name: &str| {
+            let mut found = members.iter().filter(|(k, _)| k == name);
+            match (found.next(), found.next()) {
+                (Some((_, v)), None) => Ok(Some(*v)),
+                (None, _) => Ok(None),
+                (Some(_), Some(_)) => Err(()),
+            }
+        };
+        let (Ok(Some(id)), Ok(ty), Ok(data)) = (
+            unique(&top, "id"),
+            unique(&top, "type"),
+            unique(&top, "data"),
+        ) else {
+            return Ok(None);
+        };
+        let Ok(id) = serde_json::from_str::<String>(id.get()) else {
+            return Ok(None);
+        };
+        let marker = match data.map(|d| (d, raw::members(d.get()))) {
+            None => None,
+            Some((_, Some(members))) => match unique(&members, MARKER) {
+                Ok(m) => m,
+                Err(()) => return Ok(None),
+            },
+            // `data` is not an object: no marker.
+            Some((d, None)) if !d.get().starts_with('{') => None,
+            Some(_) => return Ok(None),
+        };
+        let ty = match ty {
+            Some(t) => serde_json::from_str::<Cow<'_, str>>(t.get()).ok(),
+            None => None,
+        };
+        let rules_may_apply = !self.rules.is_empty() && ty.is_some_and(|ty| self.any_rule_for(&ty));
+        if !sealed_inside && !rules_may_apply {
+            return Ok(Some(Cow::Borrowed(value)));
+        }
+        if rules_may_apply && marker.is_none() {
+            return Ok(None);
+        }
+        let marker: Option<(Range<usize>, Value)> = match marker {
+            Some(m) => match serde_json::from_str(m.get()) {
+                Ok(v) => Some((raw::span(json, m.get()), v)),
+                Err(_) => return Ok(None),
+            },
+            None => None,
+        };
+        let mut edits: Vec<(Range<usize>, String)> = Vec::new();
+        if sealed_inside {
+            if self.keeper.is_none() {
+                return Err(Failure::NoKeeper);
+            }
+            let Some(found) = raw::strings_starting_with(json, envelope::SEALED) else {
+                return Ok(None);
+            };
+            let wrapped = marker
+                .as_ref()
+                .and_then(|(_, m)| m.get("keys"))
+                .and_then(Value::as_object);
+            let mut subject_key = SubjectKeyMemo::default();
+            for (pointer, range) in found {
+                let Some(sealed) = json.get(range.start + 1..range.end - 1) else {
+                    return Ok(None);
+                };
+                let stored = self.reseal(
+                    sealed,
+                    wrapped.and_then(|w| w.get(sealed_kid(sealed))?.as_str()),
+                    &id,
+                    &pointer,
+                    &mut subject_key,
+                )?;
+                if let Some(stored) = stored {
+                    let text =
+                        serde_json::to_string(&stored).map_err(|e| Failure::Json(e.to_string()))?;
+                    edits.push((range, text));
+                }
+            }
+        }
+        if let Some((range, Value::Object(mut m))) = marker
+            && m.remove("keys").is_some()
+        {
+            let text = serde_json::to_string(&m).map_err(|e| Failure::Json(e.to_string()))?;
+            edits.push((range, text));
+        }
+        if edits.is_empty() {
+            return Ok(Some(Cow::Borrowed(value)));
+        }
+        Ok(raw::splice(json, edits).map(Cow::Owned))
+    }
+
+    /// Every rule whose `type` patterns match, in order; the marker written. Returns what was
+    /// treated (for [`Privacy::count`] once the event is kept).
+    fn apply(&self, event: &mut Value, id: &str, stage: Stage) -> Result<Applied, Failure> {
         let ty = event
             .get("type")
             .and_then(Value::as_str)
@@ -392,17 +562,17 @@ impl Privacy {
                 _ => None,
             })
             .collect();
-        let mut treated: HashSet<String> = HashSet::new();
-        let mut applied: Vec<&str> = Vec::new();
+        let mut applied = Applied::default();
         let mut data_key: Option<Arc<envelope::DataKey>> = None;
-        for (rule, subject) in self.rules.iter().zip(&subjects) {
+        let mut subject_key = SubjectKeyMemo::default();
+        for (index, (rule, subject)) in self.rules.iter().zip(&subjects).enumerate() {
             if !rule.matches_type(&ty) {
                 continue;
             }
             let pointers: Vec<String> = rule
                 .select(event)
                 .into_iter()
-                .filter(|p| !treated.contains(p))
+                .filter(|p| !applied.treated.contains(p))
                 .collect();
             if pointers.is_empty() {
                 continue;
@@ -434,33 +604,31 @@ impl Privacy {
                                 };
                                 Sealer::seal(&key, s, slot, id, &pointer)?
                             }
-                            Stage::Store => self.encrypt_for(s, slot, id, &pointer)?,
+                            Stage::Store => {
+                                let key = self.subject_key(s, &mut subject_key)?;
+                                stored_form(key.as_ref(), slot, id, &pointer)?
+                            }
                         },
                     },
                 };
                 *slot = Value::String(new);
-                treated.insert(pointer);
+                applied.treated.push(pointer);
             }
             let outcome = if subject_missing {
-                "subject-missing"
+                Outcome::SubjectMissing
             } else {
-                "applied"
+                Outcome::Applied
             };
-            metrics::counter!(
-                "audit_privacy_rules_applied_total",
-                "rule" => rule.name.clone(),
-                "outcome" => outcome
-            )
-            .increment(1);
-            applied.push(&rule.name);
+            applied.rules.push((index, outcome));
         }
         let mut marker = Map::new();
         marker.insert(
             "rules".into(),
             Value::Array(
                 applied
+                    .rules
                     .iter()
-                    .map(|n| Value::String((*n).to_owned()))
+                    .map(|(i, _)| Value::String(self.rules[*i].name.clone()))
                     .collect(),
             ),
         );
@@ -472,18 +640,29 @@ impl Privacy {
         if let Some(Value::Object(data)) = event.get_mut("data") {
             data.insert(MARKER.into(), Value::Object(marker));
         }
-        Ok(())
+        Ok(applied)
     }
 
-    /// The stored form of `value` of `subject` at `pointer` of event `id`: encrypted under the
-    /// subject's key, or [`ERASED`] when the subject was forgotten.
-    fn encrypt_for(
+    /// Counts an event's treated rules in `audit_privacy_rules_applied_total`.
+    fn count(&self, applied: &Applied) {
+        for (index, outcome) in &applied.rules {
+            let rule = &self.rules[*index];
+            rule.counters.increment(&rule.name, *outcome);
+        }
+    }
+
+    /// The live key of `subject` (`None`: forgotten), remembered in `memo` for the event's
+    /// other values (most of an event's values belong to one subject).
+    fn subject_key(
         &self,
         subject: &str,
-        value: &Value,
-        id: &str,
-        pointer: &str,
-    ) -> Result<String, Failure> {
+        memo: &mut SubjectKeyMemo,
+    ) -> Result<Option<SubjectKey>, Failure> {
+        if let Some((s, key)) = &memo.0
+            && s == subject
+        {
+            return Ok(key.clone());
+        }
         let hmac = self
             .hmac
             .as_ref()
@@ -493,16 +672,38 @@ impl Privacy {
             .as_ref()
             .ok_or_else(|| Failure::Keys("this process has no subject key store".into()))?;
         let pseudonym = hmac.current.pseudonym(subject);
-        match keys.key_for(&pseudonym).map_err(Failure::Keys)? {
-            Some(key) => Ok(subject_keys::encrypt(&key, value, id, pointer)?),
-            None => Ok(ERASED.to_owned()),
-        }
+        let key = keys.key_for(&pseudonym).map_err(Failure::Keys)?;
+        memo.0 = Some((subject.to_owned(), key.clone()));
+        Ok(key)
+    }
+
+    /// A sealed value's stored form: opened with the data key it names (`wrapped`: the wrapped
+    /// key its record carries under that name) and re-encrypted under its subject's key.
+    /// `None` for a string that only looks sealed (left as it is).
+    fn reseal(
+        &self,
+        sealed: &str,
+        wrapped: Option<&str>,
+        id: &str,
+        pointer: &str,
+        memo: &mut SubjectKeyMemo,
+    ) -> Result<Option<String>, Failure> {
+        let keeper = self.keeper.as_ref().ok_or(Failure::NoKeeper)?;
+        let Some((kid, body)) = envelope::parse_sealed(sealed) else {
+            return Ok(None);
+        };
+        let cipher = self.data_key(keeper, kid, wrapped)?;
+        let (subject, value) = envelope::open_sealed(&cipher, &body, id, pointer)?;
+        let key = self.subject_key(&subject, memo)?;
+        stored_form(key.as_ref(), &value, id, pointer).map(Some)
     }
 
     /// Every sealed value opened with the data key its record carries and re-encrypted under
     /// its subject's key.
     fn reencrypt(&self, event: &mut Value, id: &str) -> Result<(), Failure> {
-        let keeper = self.keeper.as_ref().ok_or(Failure::NoKeeper)?;
+        if self.keeper.is_none() {
+            return Err(Failure::NoKeeper);
+        }
         let wrapped: HashMap<String, String> = event
             .pointer(&format!("{MARKER_POINTER}/keys"))
             .and_then(Value::as_object)
@@ -514,17 +715,18 @@ impl Privacy {
             .unwrap_or_default();
         let mut found = Vec::new();
         sealed_pointers(event, &mut String::new(), &mut found);
+        let mut memo = SubjectKeyMemo::default();
         for pointer in found {
             let Some(slot) = event.pointer_mut(&pointer) else {
                 continue;
             };
-            let Some((kid, body)) = slot.as_str().and_then(envelope::parse_sealed) else {
+            let Some(sealed) = slot.as_str() else {
                 continue;
             };
-            let cipher = self.data_key(keeper, kid, wrapped.get(kid))?;
-            let (subject, value) = envelope::open_sealed(&cipher, &body, id, &pointer)?;
-            let stored = self.encrypt_for(&subject, &value, id, &pointer)?;
-            *slot = Value::String(stored);
+            let w = wrapped.get(sealed_kid(sealed)).map(String::as_str);
+            if let Some(stored) = self.reseal(sealed, w, id, &pointer, &mut memo)? {
+                *slot = Value::String(stored);
+            }
         }
         Ok(())
     }
@@ -534,7 +736,7 @@ impl Privacy {
         &self,
         keeper: &Keeper,
         kid: &str,
-        wrapped: Option<&String>,
+        wrapped: Option<&str>,
     ) -> Result<Arc<chacha20poly1305::XChaCha20Poly1305>, Failure> {
         let mut cache = self
             .data_keys
@@ -554,6 +756,40 @@ impl Privacy {
         cache.insert(kid.to_owned(), c.clone());
         Ok(c)
     }
+}
+
+/// What [`Privacy::apply`] treated: the values' pointers, and the rules that changed a value
+/// (by index) with their outcome.
+#[derive(Default)]
+struct Applied {
+    treated: Vec<String>,
+    rules: Vec<(usize, Outcome)>,
+}
+
+/// The last subject's key an event asked for.
+#[derive(Default)]
+struct SubjectKeyMemo(Option<(String, Option<SubjectKey>)>);
+
+/// The stored form of `value` at `pointer` of event `id`: encrypted under its subject's key,
+/// or [`ERASED`] when the subject was forgotten (`None`).
+fn stored_form(
+    key: Option<&SubjectKey>,
+    value: &Value,
+    id: &str,
+    pointer: &str,
+) -> Result<String, Failure> {
+    match key {
+        Some(key) => Ok(subject_keys::encrypt(key, value, id, pointer)?),
+        None => Ok(ERASED.to_owned()),
+    }
+}
+
+/// The data key id a sealed value names (empty when it names none).
+fn sealed_kid(sealed: &str) -> &str {
+    sealed
+        .strip_prefix(envelope::SEALED)
+        .and_then(|rest| rest.split_once(':'))
+        .map_or("", |(kid, _)| kid)
 }
 
 /// JSON pointers of every string starting with `sealed:v1:`.

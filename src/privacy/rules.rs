@@ -37,6 +37,37 @@ pub struct CompiledRule {
     /// `type` patterns; empty: every event.
     pub types: Vec<String>,
     pub action: Action,
+    /// Its `audit_privacy_rules_applied_total` series.
+    pub counters: Counters,
+}
+
+/// A rule's two `audit_privacy_rules_applied_total{rule, outcome}` series, looked up in the
+/// recorder once (on first use, so that a recorder installed after the rules were compiled is
+/// the one counted in) instead of per event.
+#[derive(Debug, Default)]
+pub struct Counters(std::sync::OnceLock<[metrics::Counter; 2]>);
+
+/// The `outcome` label: the values were treated, or an `encrypt` rule's subject was missing
+/// (its values dropped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Applied = 0,
+    SubjectMissing = 1,
+}
+
+impl Counters {
+    pub fn increment(&self, rule: &str, outcome: Outcome) {
+        let counters = self.0.get_or_init(|| {
+            ["applied", "subject-missing"].map(|outcome| {
+                metrics::counter!(
+                    "audit_privacy_rules_applied_total",
+                    "rule" => rule.to_owned(),
+                    "outcome" => outcome
+                )
+            })
+        });
+        counters[outcome as usize].increment(1);
+    }
 }
 
 /// Attributes a rule may not change: the event's identity and the values the row's required

@@ -336,6 +336,72 @@ mod property {
         }
     }
 
+    /// Rules of deterministic actions over paths of every shape: plain names, filters, a
+    /// filter reading the root, descendants, wildcards, the Kafka key's members.
+    const PATHS: [(&str, PrivacyAction); 8] = [
+        ("$.data.actor.name", PrivacyAction::Pseudonymise),
+        (
+            "$.data.changes[?@.field=='phone']['old','new']",
+            PrivacyAction::Drop,
+        ),
+        (
+            "$.data.changes[?@.field==$.data.action].old",
+            PrivacyAction::Mask,
+        ),
+        ("$..address", PrivacyAction::Mask),
+        ("$.data.changes[*].new", PrivacyAction::Pseudonymise),
+        ("$.subject", PrivacyAction::Drop),
+        ("$.data.actor.id", PrivacyAction::Mask),
+        ("$.data.changes[1]", PrivacyAction::Drop),
+    ];
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, .. ProptestConfig::default() })]
+
+        /// Whatever the rules and the event, treating the event in its bytes stores the event
+        /// (and Kafka key) that treating its whole tree stores.
+        #[test]
+        fn in_place_treatment_stores_what_the_whole_tree_would(
+            keep in proptest::collection::vec(any::<bool>(), PATHS.len()),
+            field in prop::sample::select(vec!["phone", "update", "status"]),
+            subject in any::<bool>(),
+            forged_marker in any::<bool>(),
+        ) {
+            // Without rules nothing is treated (no marker either).
+            prop_assume!(keep.iter().any(|k| *k));
+            let keys = Keys::new();
+            let mut c = five_rules(&keys);
+            c.rules = PATHS
+                .iter()
+                .zip(&keep)
+                .enumerate()
+                .filter(|(_, (_, k))| **k)
+                .map(|(i, ((path, action), _))| rule(&format!("r{i}"), path, *action))
+                .collect();
+            let p = Privacy::from_config(&c).unwrap();
+            let mut v = event();
+            v["data"]["changes"][3]["field"] = json!(field);
+            if subject {
+                v["subject"] = json!("beneficiary/9");
+            }
+            if forged_marker {
+                v["data"][MARKER] = json!("sent by the emitter");
+            }
+            let mut ev = normalized(&v);
+            let mut whole: Value = serde_json::from_slice(&ev.json).unwrap();
+            p.apply(&mut whole, &ev.id, Stage::Ingest).unwrap();
+            p.at_ingest(&mut ev).unwrap();
+            let stored: Value = serde_json::from_slice(&ev.json).unwrap();
+            prop_assert_eq!(&stored, &whole);
+            prop_assert_eq!(
+                serde_json::to_string(&stored).unwrap(),
+                serde_json::to_string(&whole).unwrap()
+            );
+            let key = whole.as_object().and_then(crate::event::kafka_key);
+            prop_assert_eq!(ev.key, key);
+        }
+    }
+
     fn writer_with(keys: &Keys, c: &PrivacyConfig) -> Privacy {
         let mut c = c.clone();
         c.keeper_key_file = Some(keys.path("keeper"));
