@@ -8,9 +8,19 @@
 # Per round and mode: a fresh database, $EVENTS events in 500-event batches (audit-loadgen,
 # concurrency 8, --verify: every 202 must be in audit_events exactly once); prints the load
 # generator's end-to-end rate (all stored / time since the first request) and the peak RSS of
-# each process. Then the machine's COPY ceiling for the same rows: the last direct round's rows
-# exported, the table truncated, and `\copy` back in, by one psql and by four at once (the writer
-# uses four connections).
+# each process.
+#
+# Also per round, labelled apart: the direct writer's drain rate. The spool is filled first by an
+# ingest-only process (nothing written meanwhile), then a forward-only process drains it; the
+# rate is the events stored after its first committed batch over the time from that batch to the
+# last row committed (polled from its metrics every 0.05 s; start-up and schema set-up apart). The writer then has the machine to itself, as `\copy`
+# has, so this is the figure to hold against the COPY ceiling; the end-to-end rate shares the
+# cores with HTTP ingest and the load generator. Right after it, the machine's COPY ceiling for
+# the same rows: exported, the table truncated, and `\copy` back in, by one psql and by four at
+# once (the writer uses four connections).
+#
+# BEFORE=path/to/older/audit-manager adds the direct rounds of that binary (end to end and
+# drain), interleaved with the others: before/after in one run.
 #
 #   cargo build --release --workspace
 #   bench/direct-vs-kafka.sh                 # ROUNDS=2 EVENTS=300000
@@ -23,6 +33,7 @@ EVENTS=${EVENTS:-300000}
 BIN=${BIN:-./target/release/audit-manager}
 LOADGEN=${LOADGEN:-./target/release/audit-loadgen}
 PGURL=${PGURL:-postgres://postgres@127.0.0.1:5432}
+BEFORE=${BEFORE:-}
 DIR=${DIR:-/tmp/bench-direct}
 DB="$PGURL/audit_bench_direct"
 AGENT=127.0.0.1:18100
@@ -52,26 +63,98 @@ ready() { # addr
   exit 1
 }
 peak() { awk '/^VmHWM/ { printf "%.0f", $2 / 1024 }' "/proc/$1/status"; }
-load() { # prints the end-to-end events/s
+load() { # [--verify]: prints the end-to-end events/s
   "$LOADGEN" --url "http://$AGENT" --events "$EVENTS" --batch-size 500 --concurrency 8 \
-    --verify --database-url "$DB" >"$DIR/loadgen.log" 2>&1 || { cat "$DIR/loadgen.log" >&2; exit 1; }
-  grep -E '^(throughput|verify|end to end)' "$DIR/loadgen.log" >&2
+    "$@" --database-url "$DB" >"$DIR/loadgen.log" 2>&1 || { cat "$DIR/loadgen.log" >&2; exit 1; }
+  grep -E '^(throughput|verify|end to end)' "$DIR/loadgen.log" >&2 || true
   awk '/^end to end/ { for (i = 1; i <= NF; i++) if ($i == "=") { print $(i + 1); exit } }' \
     "$DIR/loadgen.log"
 }
 
-declare -a direct kafka
-for ((round = 1; round <= ROUNDS; round++)); do
+stored_now() { # addr: rows the direct writer committed (new + already stored)
+  { curl -sf "http://$1/v1/auditmanager/metrics" 2>/dev/null || true; } |
+    awk '/^audit_forward_(rows_inserted|duplicates)_total/ { n += $NF } END { printf "%d", n }'
+}
+direct_round() { # bin label: end to end, then the drain of a pre-filled spool
+  local bin=$1 label=$2 p rate t0 t1
   fresh
   DATABASE_URL=$DB AUDIT_MANAGER__FORWARD__TARGET=postgres AUDIT_MANAGER__SPOOL__PATH="$DIR/spool" \
-    AUDIT_MANAGER__HTTP__LISTEN=$AGENT RUST_LOG=warn "$BIN" serve --roles ingest,forward \
+    AUDIT_MANAGER__HTTP__LISTEN=$AGENT RUST_LOG=warn "$bin" serve --roles ingest,forward \
     >"$DIR/direct.log" 2>&1 &
   p=$!
   pids+=("$p")
   ready $AGENT
-  rate=$(load)
-  echo "round $round direct: $rate events/s HTTP -> PostgreSQL; peak RSS $(peak "$p") MiB"
-  direct+=("$rate")
+  rate=$(load --verify)
+  echo "round $round $label: $rate events/s HTTP -> PostgreSQL; peak RSS $(peak "$p") MiB"
+  e2e+=("$label=$rate")
+
+  fresh
+  DATABASE_URL=$DB AUDIT_MANAGER__FORWARD__TARGET=postgres AUDIT_MANAGER__SPOOL__PATH="$DIR/spool" \
+    AUDIT_MANAGER__HTTP__LISTEN=$AGENT RUST_LOG=warn "$bin" serve --roles ingest \
+    >"$DIR/fill.log" 2>&1 &
+  pids+=($!)
+  ready $AGENT
+  load >/dev/null
+  stop_all
+  t0=$(date +%s.%N)
+  DATABASE_URL=$DB AUDIT_MANAGER__FORWARD__TARGET=postgres AUDIT_MANAGER__SPOOL__PATH="$DIR/spool" \
+    AUDIT_MANAGER__HTTP__LISTEN=$AGENT RUST_LOG=warn "$bin" serve --roles forward \
+    >"$DIR/drain.log" 2>&1 &
+  pids+=($!)
+  # The clock starts at the first committed batch: process start and schema setup are not
+  # the writer's rate (they are printed apart).
+  local first=0 tf=0 now
+  for _ in $(seq 1 6000); do
+    now=$(stored_now $AGENT)
+    if [ "$first" -eq 0 ] && [ "$now" -gt 0 ]; then
+      first=$now
+      tf=$(date +%s.%N)
+    fi
+    [ "$now" -ge "$EVENTS" ] && break
+    sleep 0.05
+  done
+  t1=$(date +%s.%N)
+  stop_all
+  n=$(psql -tA "$DB" -c "SELECT count(*) FROM audit_events")
+  [ "$n" -eq "$EVENTS" ] || { echo "$label drain: $n rows stored, not $EVENTS" >&2; exit 1; }
+  rate=$(awk -v n="$((EVENTS - first))" -v a="$tf" -v b="$t1" 'BEGIN { printf "%.0f", n / (b - a) }')
+  echo "round $round $label drain of a filled spool: $rate events/s (first $first rows stored" \
+    "$(awk -v a="$t0" -v b="$tf" 'BEGIN { printf "%.2f", b - a }')s after the process started)"
+  drain+=("$label=$rate")
+}
+
+# The COPY ceiling for the rows just drained: exported, the table truncated, and `\copy` back in.
+copy_rate() { # parts
+  psql -q "$DB" -c "TRUNCATE audit_events" >/dev/null
+  split -n "l/$1" -d "$DIR/rows.copy" "$DIR/part."
+  local t0 t1 f
+  t0=$(date +%s.%N)
+  for f in "$DIR"/part.*; do
+    psql -q "$DB" -c "\\copy audit_events ($cols) FROM '$f'" &
+  done
+  wait
+  t1=$(date +%s.%N)
+  rm -f "$DIR"/part.*
+  awk -v n="$rows" -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f", n / (b - a) }'
+}
+ceiling() {
+  cols=$(psql -tA "$DB" -c "SELECT string_agg(quote_ident(column_name), ',' ORDER BY ordinal_position)
+    FROM information_schema.columns WHERE table_name = 'audit_events' AND column_name <> 'seal_seq'")
+  psql -q "$DB" -c "\\copy (SELECT $cols FROM audit_events) TO '$DIR/rows.copy'"
+  rows=$(wc -l <"$DIR/rows.copy")
+  local a b
+  a=$(copy_rate 1)
+  b=$(copy_rate 4)
+  echo "round $round COPY ceiling ($rows rows into audit_events): $a rows/s one psql, $b rows/s four at once"
+  one+=("$a")
+  four+=("$b")
+}
+
+declare -a e2e drain kafka one four
+for ((round = 1; round <= ROUNDS; round++)); do
+  [ -n "$BEFORE" ] && direct_round "$BEFORE" before
+  direct_round "$BIN" direct
+  ceiling
 
   fresh
   RUST_LOG=warn "$BIN" dev-kafka --partitions 12 --bootstrap-file "$DIR/kafka.addr" \
@@ -91,31 +174,12 @@ for ((round = 1; round <= ROUNDS; round++)); do
   pids+=("$s")
   ready $AGENT
   ready $SINK
-  rate=$(load)
+  rate=$(load --verify)
   echo "round $round kafka:  $rate events/s HTTP -> PostgreSQL; peak RSS agent $(peak "$a") MiB, sink $(peak "$s") MiB"
   kafka+=("$rate")
 done
 stop_all
 
-# The COPY ceiling for the last round's rows (the Kafka round's; the same events).
-cols=$(psql -tA "$DB" -c "SELECT string_agg(quote_ident(column_name), ',' ORDER BY ordinal_position)
-  FROM information_schema.columns WHERE table_name = 'audit_events' AND column_name <> 'seal_seq'")
-psql -q "$DB" -c "\\copy (SELECT $cols FROM audit_events) TO '$DIR/rows.copy'"
-rows=$(wc -l <"$DIR/rows.copy")
-copy_rate() { # parts
-  psql -q "$DB" -c "TRUNCATE audit_events" >/dev/null
-  split -n "l/$1" -d "$DIR/rows.copy" "$DIR/part."
-  local t0 t1
-  t0=$(date +%s.%N)
-  for f in "$DIR"/part.*; do
-    psql -q "$DB" -c "\\copy audit_events ($cols) FROM '$f'" &
-  done
-  wait
-  t1=$(date +%s.%N)
-  rm -f "$DIR"/part.*
-  awk -v n="$rows" -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f", n / (b - a) }'
-}
-one=$(copy_rate 1)
-four=$(copy_rate 4)
-echo "COPY ceiling ($rows rows into audit_events): $one rows/s one psql, $four rows/s four at once"
-echo "direct: ${direct[*]}; kafka: ${kafka[*]} (events/s HTTP -> PostgreSQL)"
+echo "COPY ceiling (each round's drained rows into audit_events): one psql ${one[*]}, four at once ${four[*]} rows/s"
+echo "end to end: ${e2e[*]}; kafka=${kafka[*]} (events/s HTTP -> PostgreSQL)"
+echo "drain of a filled spool: ${drain[*]} (events/s spool -> PostgreSQL)"

@@ -2,12 +2,18 @@
 //! (Kafka-less mode, docs/kafka-less.md).
 //!
 //! ```text
-//!   spool.read_from(cursor) ──decode──▶ rows ──write::store_rows──▶ audit_events (committed)
-//!                              │                    └─ refused rows ─┐
-//!                              └─ undecodable ──────────────────────┴▶ audit_dead_letters
-//!                                                                      (committed)
-//!                                                   then spool.ack(those seqs)
+//!   reader (blocking pool)                          writer
+//!   spool.read_from(cursor) ──decode──▶ Batch ──▶ write::store_rows ──▶ audit_events (committed)
+//!                             │        (≤ PREFETCH      └─ refused rows ─┐
+//!                             │         waiting)                         │
+//!                             └─ undecodable ────────────────────────────┴▶ audit_dead_letters
+//!                                                                           (committed)
+//!                                                        then spool.ack(those seqs)
 //! ```
+//!
+//! The reader decodes the next batch while the writer stores the current one and the spool
+//! deletes the one before: the three overlap, and batches are stored and deleted in spool
+//! order, one at a time.
 //!
 //! # Invariants
 //!
@@ -30,7 +36,8 @@
 //! | `audit_forward_rows_inserted_total` | counter | new rows written to `audit_events` |
 //! | `audit_forward_duplicates_total` | counter | rows that were stored already (a retry, a restart) |
 //! | `audit_forward_batch_events` | histogram | records per written batch |
-//! | `audit_forward_batch_duration_seconds` | histogram | decode + insert + dead letters of a batch |
+//! | `audit_forward_decode_duration_seconds` | histogram | spool read + decode of a batch (the reader, overlapping the writes) |
+//! | `audit_forward_batch_duration_seconds` | histogram | insert + dead letters of a batch, retries included |
 //! | `audit_forward_batch_failures_total` | counter | batch attempts that failed and were retried |
 //! | `audit_dead_letters_total{reason}` | counter | records put into `audit_dead_letters`, by reason kind |
 //! | `audit_dead_letters` | gauge | dead letters waiting in the table |
@@ -57,6 +64,8 @@ use crate::write::{self, DeadReason};
 
 /// Wait before retrying a failed spool operation (read, ack, quarantine).
 const SPOOL_RETRY: Duration = Duration::from_secs(1);
+/// Decoded batches the reader may hold ready beyond the one being written.
+const PREFETCH: usize = 1;
 /// How often the writer recounts `audit_dead_letters` (a replay empties it from outside).
 const RECOUNT_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -220,49 +229,36 @@ impl DirectWriter {
 
     /// Writes until `token` is cancelled; returns once the batch in hand is stored (if the
     /// database answers) and its records deleted from the spool.
+    ///
+    /// Two stages overlap: a reader reads the spool from its cursor and decodes the next batch
+    /// (on the blocking pool: validation is CPU work) while this loop writes the current one
+    /// and deletes the one before from the spool. The reader runs at most [`PREFETCH`] batches
+    /// ahead; batches are written, and deleted, in spool order, one at a time, so a batch that
+    /// fails holds back everything behind it as before.
     pub async fn run(self, token: CancellationToken) {
         if !self.prepare(&token).await {
             return;
         }
         tracing::info!("forwarding the spool straight into PostgreSQL (forward.target: postgres)");
-        let mut cursor = 0u64;
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Batch>(PREFETCH);
+        let reader = tokio::spawn(read_loop(self.reader(), tx, token.clone()));
         let mut acking: Option<JoinHandle<()>> = None;
         let mut next_count = Instant::now();
         loop {
-            if token.is_cancelled() {
-                break;
-            }
             if Instant::now() >= next_count {
                 self.count_dead_letters().await;
                 next_count = Instant::now() + RECOUNT_INTERVAL;
             }
             self.publish();
-            let read = self.spool.read_from(
-                cursor,
-                self.settings.batch_max_records,
-                self.settings.batch_max_bytes,
-            );
-            let stored = match read {
-                Ok(b) => b,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot read the spool; retrying");
-                    self.state.lock().problem = Some(format!("cannot read the spool: {e}"));
-                    if !sleep_or_cancel(SPOOL_RETRY, &token).await {
-                        break;
-                    }
-                    continue;
-                }
+            let batch = tokio::select! {
+                b = rx.recv() => match b {
+                    Some(b) => b,
+                    None => break, // the reader stopped: cancelled
+                },
+                _ = token.cancelled() => break,
+                // Idle: wakes up to keep the age gauge and the dead-letter count fresh.
+                _ = tokio::time::sleep(self.settings.idle_poll) => continue,
             };
-            if stored.is_empty() {
-                if !sleep_or_cancel(self.settings.idle_poll, &token).await {
-                    break;
-                }
-                continue;
-            }
-            let Some(last) = stored.last().map(Stored::seq) else {
-                continue;
-            };
-            let batch = self.decode(stored);
             if !self.write(&batch, &token).await {
                 break; // cancelled: the batch stays in the spool
             }
@@ -271,12 +267,23 @@ impl DirectWriter {
                 let _ = h.await;
             }
             acking = Some(self.spawn_ack(batch.seqs));
-            cursor = last + 1;
         }
+        // Batches read ahead and not written stay in the spool.
+        drop(rx);
+        let _ = reader.await;
         if let Some(h) = acking.take() {
             let _ = h.await;
         }
         tracing::info!("direct writer stopped");
+    }
+
+    fn reader(&self) -> Reader {
+        Reader {
+            spool: self.spool.clone(),
+            settings: self.settings.clone(),
+            state: self.state.clone(),
+            privacy: self.privacy.clone(),
+        }
     }
 
     /// Waits until the schema (with `audit_dead_letters`) is in place. False if cancelled.
@@ -294,61 +301,6 @@ impl DirectWriter {
                 }
             }
         }
-    }
-
-    /// Splits spooled records into rows and dead letters. A record damaged in the spool is
-    /// quarantined there (as the Kafka forwarder does), not dead-lettered: its bytes are not
-    /// an event.
-    fn decode(&self, stored: Vec<Stored>) -> Batch {
-        let now = Utc::now();
-        let cutoff = retention_cutoff(now, self.settings.retention_months);
-        let mut b = Batch {
-            seqs: Vec::with_capacity(stored.len()),
-            values: Vec::with_capacity(stored.len()),
-            rows: Vec::with_capacity(stored.len()),
-            row_src: Vec::with_capacity(stored.len()),
-            dead: Vec::new(),
-        };
-        for s in stored {
-            match s {
-                Stored::Live { seq, record, .. } => {
-                    let i = b.seqs.len();
-                    match write::decode(
-                        Some(&record.value),
-                        now,
-                        cutoff,
-                        self.settings.validation,
-                        &self.privacy,
-                    ) {
-                        Ok(row) => {
-                            b.row_src.push(i);
-                            b.rows.push(row);
-                        }
-                        Err(reason) => b.dead.push((i, reason)),
-                    }
-                    b.seqs.push(seq);
-                    b.values.push((record.value, record.id));
-                }
-                Stored::Damaged { seq, error, .. } => {
-                    let spool = self.spool.clone();
-                    let reason = format!("damaged in spool: {error}");
-                    tokio::spawn(async move {
-                        match spool.quarantine(seq, reason.clone()).await {
-                            Ok(()) => {
-                                metrics::counter!("audit_forward_quarantined_total").increment(1);
-                                tracing::error!(
-                                    seq, %reason,
-                                    "event quarantined: inspect it with `audit-manager spool \
-                                     export --quarantine`"
-                                );
-                            }
-                            Err(e) => tracing::error!(seq, error = %e, "cannot quarantine"),
-                        }
-                    });
-                }
-            }
-        }
-        b
     }
 
     /// Stores `b` (rows, then dead letters), retrying with backoff until done. False when
@@ -473,6 +425,161 @@ impl DirectWriter {
     fn publish(&self) {
         let age = self.spool.stats().oldest_age_secs(now_ms());
         metrics::gauge!("audit_forward_oldest_event_age_seconds").set(age);
+    }
+}
+
+/// What one read of the spool gave: the batch, the last sequence number read, and the records
+/// damaged in the spool among them (with why).
+struct Read {
+    batch: Batch,
+    last: u64,
+    damaged: Vec<(u64, String)>,
+}
+
+/// The reading half of the writer: spool → decoded [`Batch`]es, in spool order.
+struct Reader {
+    spool: Spool,
+    settings: DirectSettings,
+    state: Arc<DirectState>,
+    privacy: Arc<crate::privacy::Privacy>,
+}
+
+impl Reader {
+    /// The next batch at or after `cursor` (`None`: the spool holds nothing there yet), and the
+    /// records damaged in the spool among them. Runs on the blocking pool.
+    fn next(&self, cursor: u64) -> Result<Option<Read>, SpoolError> {
+        let started = std::time::Instant::now();
+        let stored = self.spool.read_from(
+            cursor,
+            self.settings.batch_max_records,
+            self.settings.batch_max_bytes,
+        )?;
+        let Some(last) = stored.last().map(Stored::seq) else {
+            return Ok(None);
+        };
+        let (batch, damaged) = self.decode(stored);
+        metrics::histogram!("audit_forward_decode_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+        Ok(Some(Read {
+            batch,
+            last,
+            damaged,
+        }))
+    }
+
+    /// Splits spooled records into rows and dead letters, and returns the records damaged in
+    /// the spool (with why) apart: they are quarantined there (as the Kafka forwarder does), not
+    /// dead-lettered, since their bytes are not an event.
+    fn decode(&self, stored: Vec<Stored>) -> (Batch, Vec<(u64, String)>) {
+        let now = Utc::now();
+        let cutoff = retention_cutoff(now, self.settings.retention_months);
+        let mut b = Batch {
+            seqs: Vec::with_capacity(stored.len()),
+            values: Vec::with_capacity(stored.len()),
+            rows: Vec::with_capacity(stored.len()),
+            row_src: Vec::with_capacity(stored.len()),
+            dead: Vec::new(),
+        };
+        let mut damaged = Vec::new();
+        for s in stored {
+            match s {
+                Stored::Live { seq, record, .. } => {
+                    let i = b.seqs.len();
+                    match write::decode(
+                        Some(&record.value),
+                        now,
+                        cutoff,
+                        self.settings.validation,
+                        &self.privacy,
+                    ) {
+                        Ok(row) => {
+                            b.row_src.push(i);
+                            b.rows.push(row);
+                        }
+                        Err(reason) => b.dead.push((i, reason)),
+                    }
+                    b.seqs.push(seq);
+                    b.values.push((record.value, record.id));
+                }
+                Stored::Damaged { seq, error, .. } => {
+                    damaged.push((seq, format!("damaged in spool: {error}")));
+                }
+            }
+        }
+        (b, damaged)
+    }
+
+    fn quarantine(&self, damaged: Vec<(u64, String)>) {
+        for (seq, reason) in damaged {
+            let spool = self.spool.clone();
+            tokio::spawn(async move {
+                match spool.quarantine(seq, reason.clone()).await {
+                    Ok(()) => {
+                        metrics::counter!("audit_forward_quarantined_total").increment(1);
+                        tracing::error!(
+                            seq, %reason,
+                            "event quarantined: inspect it with `audit-manager spool \
+                             export --quarantine`"
+                        );
+                    }
+                    Err(e) => tracing::error!(seq, error = %e, "cannot quarantine"),
+                }
+            });
+        }
+    }
+}
+
+/// Reads and decodes batches from the start of the spool into `tx` until `token` is cancelled
+/// or the writer stops taking them. The cursor moves past a batch once it is handed over: the
+/// writer retries a batch itself until it is stored, so nothing is read twice while running
+/// (a restart reads from the start again; what is left in the spool was not stored).
+async fn read_loop(reader: Reader, tx: tokio::sync::mpsc::Sender<Batch>, token: CancellationToken) {
+    let reader = Arc::new(reader);
+    let mut cursor = 0u64;
+    loop {
+        if token.is_cancelled() {
+            return;
+        }
+        let r = reader.clone();
+        let read = tokio::task::spawn_blocking(move || r.next(cursor)).await;
+        let next = match read {
+            Ok(Ok(next)) => next,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "cannot read the spool; retrying");
+                reader.state.lock().problem = Some(format!("cannot read the spool: {e}"));
+                if !sleep_or_cancel(SPOOL_RETRY, &token).await {
+                    return;
+                }
+                continue;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reading the spool failed; retrying");
+                if !sleep_or_cancel(SPOOL_RETRY, &token).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        let Some(Read {
+            batch,
+            last,
+            damaged,
+        }) = next
+        else {
+            if !sleep_or_cancel(reader.settings.idle_poll, &token).await {
+                return;
+            }
+            continue;
+        };
+        reader.quarantine(damaged);
+        cursor = last + 1;
+        if batch.seqs.is_empty() {
+            continue; // every record of it was damaged
+        }
+        tokio::select! {
+            sent = tx.send(batch) => if sent.is_err() { return },
+            _ = token.cancelled() => return,
+        }
     }
 }
 

@@ -362,27 +362,100 @@ pub fn copy_text(rows: &[&Row]) -> String {
     out
 }
 
+/// `YYYY-MM-DD HH:MM:SS.ffffff+00`, what `COPY` reads for a `timestamptz` in UTC, written
+/// digit by digit: chrono's `format` parses its pattern again for every value, and this runs
+/// twice per row on the writers' hot path. Years outside 0..=9999 (which `Row`s never hold
+/// after validation) take chrono's path, which writes them as PostgreSQL reads them.
 fn write_time(out: &mut String, t: DateTime<Utc>) {
-    // Writing to a String cannot fail.
-    let _ = write!(out, "{}", t.format("%Y-%m-%d %H:%M:%S%.6f+00"));
+    use chrono::{Datelike as _, Timelike as _};
+    let year = t.year();
+    if !(0..=9999).contains(&year) {
+        // Writing to a String cannot fail.
+        let _ = write!(out, "{}", t.format("%Y-%m-%d %H:%M:%S%.6f+00"));
+        return;
+    }
+    // Truncated to the microsecond, as `%.6f` does (and PostgreSQL keeps no more).
+    let micros = (t.nanosecond() % 1_000_000_000) / 1000;
+    let mut buf = *b"0000-00-00 00:00:00.000000+00";
+    let mut put = |at: usize, width: usize, mut v: u32| {
+        for i in (at..at + width).rev() {
+            buf[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(0, 4, year.unsigned_abs());
+    put(5, 2, t.month());
+    put(8, 2, t.day());
+    put(11, 2, t.hour());
+    put(14, 2, t.minute());
+    // A leap second (nanosecond >= 1e9) is written as second 60, as chrono's `%S` does.
+    put(
+        17,
+        2,
+        t.second() + u32::from(t.nanosecond() >= 1_000_000_000),
+    );
+    put(20, 6, micros);
+    // Only ASCII digits were written into an ASCII template.
+    out.push_str(std::str::from_utf8(&buf).unwrap_or_default());
 }
 
+/// Appends `s` with `COPY`'s text escapes: runs without a character to escape are copied whole.
 fn escape_into(out: &mut String, s: &str) {
-    for c in s.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '\t' => out.push_str("\\t"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            c => out.push(c),
-        }
+    let mut rest = s;
+    while let Some(i) = rest
+        .bytes()
+        .position(|b| matches!(b, b'\\' | b'\t' | b'\n' | b'\r'))
+    {
+        out.push_str(&rest[..i]);
+        out.push_str(match rest.as_bytes()[i] {
+            b'\\' => "\\\\",
+            b'\t' => "\\t",
+            b'\n' => "\\n",
+            _ => "\\r",
+        });
+        rest = &rest[i + 1..];
     }
+    out.push_str(rest);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use chrono::TimeZone;
+
+    #[test]
+    fn times_are_written_as_chrono_formats_them() {
+        let chrono_way = |t: DateTime<Utc>| t.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string();
+        let leap = chrono::NaiveDate::from_ymd_opt(2016, 12, 31)
+            .and_then(|d| d.and_hms_nano_opt(23, 59, 59, 1_500_000_000))
+            .unwrap()
+            .and_utc();
+        let times = [
+            Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap(),
+            Utc.timestamp_opt(1_765_000_000, 999_999_999).unwrap(),
+            Utc.timestamp_opt(946_684_799, 123_456_789).unwrap(),
+            Utc.with_ymd_and_hms(9999, 12, 31, 23, 59, 59).unwrap(),
+            Utc.with_ymd_and_hms(12, 6, 7, 8, 9, 10).unwrap(),
+            Utc.with_ymd_and_hms(-44, 3, 15, 12, 0, 0).unwrap(),
+            Utc.with_ymd_and_hms(10_000, 1, 1, 0, 0, 0).unwrap(),
+            leap,
+        ];
+        for t in times {
+            let mut out = String::new();
+            write_time(&mut out, t);
+            assert_eq!(out, chrono_way(t), "{t:?}");
+        }
+    }
+
+    #[test]
+    fn escaping_copies_runs_and_keeps_multibyte_characters() {
+        let mut out = String::new();
+        escape_into(&mut out, "é\\ü\tx\n\r€");
+        assert_eq!(out, "é\\\\ü\\tx\\n\\r€");
+        out.clear();
+        escape_into(&mut out, "plain");
+        assert_eq!(out, "plain");
+    }
 
     #[test]
     fn copy_text_escapes_and_marks_nulls() {
