@@ -31,6 +31,12 @@ const DEFAULT_CONSUMER: &[(&str, &str)] = &[
     // (docs/benchmark-history.md, "Memory and the lean path"), so they are left to
     // `kafka.consumer`.
     ("queued.max.messages.kbytes", "16384"),
+    // librdkafka fetches until the queue holds `queued.min.messages` records *or* the bytes
+    // above: with its default of 100 000 records a real broker (tansu) filled the queue to 34 MB
+    // whatever the byte bound said. 10 000 records (about 5 MB of audit events) is two of the
+    // sink's largest batches ahead; against tansu it took the end-to-end peak from 160 to
+    // 138 MiB with no loss of rows/s (BENCHMARKS.md).
+    ("queued.min.messages", QUEUED_MIN_MESSAGES),
     ("fetch.queue.backoff.ms", "100"),
     // One fetch response at most 8 MiB across all partitions (librdkafka's default is 50 MiB).
     // librdkafka's mock broker returns one record batch per partition per fetch, so it never
@@ -43,6 +49,9 @@ const DEFAULT_CONSUMER: &[(&str, &str)] = &[
 
 /// The sink consumer's default `fetch.max.bytes` (see [`DEFAULT_CONSUMER`]).
 pub const FETCH_MAX_BYTES: &str = "8388608";
+
+/// The sink consumer's default `queued.min.messages` (see [`DEFAULT_CONSUMER`]).
+pub const QUEUED_MIN_MESSAGES: &str = "10000";
 
 /// The configuration of a consumer in `group`: `bootstrap.servers`, `client.id`, the defaults,
 /// the operator's `kafka.consumer`, then the fixed properties (each ignored operator value
@@ -129,6 +138,13 @@ mod tests {
             .parse()
             .unwrap_or(u64::MAX);
         assert!(fetch <= 8 << 20, "fetch.max.bytes {fetch}");
+        // Fetched ahead is also bounded in records (librdkafka stops at whichever comes first).
+        let records: u64 = c
+            .get("queued.min.messages")
+            .unwrap_or("")
+            .parse()
+            .unwrap_or(u64::MAX);
+        assert!(records <= 10_000, "queued.min.messages {records}");
         assert!(
             queued * 1024 + fetch <= 24 << 20,
             "prefetch bound {queued} KiB + {fetch}"
