@@ -33,7 +33,7 @@ pub mod rules;
 pub mod subject_keys;
 
 use std::borrow::Cow;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
@@ -69,6 +69,9 @@ pub enum ConfigProblem {
     },
     #[error("{message}")]
     Key { key: &'static str, message: String },
+    /// What the configuration's own check found (the rules' JSONPaths, fields and keys).
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
 }
 
 impl ConfigProblem {
@@ -77,6 +80,11 @@ impl ConfigProblem {
         match self {
             ConfigProblem::Rule { index, field, .. } => format!("privacy.rules[{index}].{field}"),
             ConfigProblem::Key { key, .. } => format!("privacy.{key}"),
+            ConfigProblem::Config(crate::config::ConfigError::Invalid { key, .. }) => key
+                .strip_prefix("audit_manager.")
+                .unwrap_or(key)
+                .to_owned(),
+            ConfigProblem::Config(_) => "privacy".to_owned(),
         }
     }
 }
@@ -153,8 +161,10 @@ impl Privacy {
         }
     }
 
-    /// Compiles every rule and reads every key file; a problem names the rule or key.
+    /// Checks the configuration ([`PrivacyConfig::validate`]: JSONPaths, fields and keys per
+    /// action), reads every key file, and compiles the rules; a problem names the rule or key.
     pub fn from_config(c: &PrivacyConfig) -> Result<Privacy, ConfigProblem> {
+        c.validate()?;
         let key_problem = |key: &'static str, message: String| ConfigProblem::Key { key, message };
         let hmac = match &c.hmac_key_file {
             Some(p) => {
@@ -167,12 +177,6 @@ impl Privacy {
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(|e| key_problem("hmac_previous_key_files", e.to_string()))?;
                 Some(HmacKeys { current, previous })
-            }
-            None if !c.hmac_previous_key_files.is_empty() => {
-                return Err(key_problem(
-                    "hmac_previous_key_files",
-                    "older key generations need the current one: set privacy.hmac_key_file".into(),
-                ));
             }
             None => None,
         };
@@ -199,95 +203,32 @@ impl Privacy {
         ] {
             need.add(&members.iter().map(|m| (*m).to_owned()).collect::<Vec<_>>());
         }
-        let mut names = HashSet::new();
+        // `validate` above refused what follows cannot compile: a path that does not parse, a
+        // `mask` without `keep_last`, an `encrypt` without `subject`.
         for (index, r) in c.rules.iter().enumerate() {
             let name = r.name_at(index);
-            let problem = |field: &'static str, message: String| ConfigProblem::Rule {
-                index,
-                name: name.clone(),
-                field,
-                message,
+            let parse = |field: &'static str, path: &str| {
+                JsonPath::parse(path).map_err(|e| ConfigProblem::Rule {
+                    index,
+                    name: name.clone(),
+                    field,
+                    message: format!("not an RFC 9535 JSONPath ({path:?}): {e}"),
+                })
             };
-            if name.is_empty() || !names.insert(name.clone()) {
-                return Err(problem(
-                    "name",
-                    "rule names must be non-empty and unique".into(),
-                ));
-            }
             need.add(&raw::name_prefix(&r.select));
             if let Some(subject) = &r.subject {
                 need.add(&raw::name_prefix(subject));
             }
-            let select = JsonPath::parse(&r.select).map_err(|e| {
-                problem(
-                    "select",
-                    format!("not an RFC 9535 JSONPath ({:?}): {e}", r.select),
-                )
-            })?;
-            if r.keep_last.is_some() && r.action != PrivacyAction::Mask {
-                return Err(problem(
-                    "keep_last",
-                    "only a `mask` rule keeps characters".into(),
-                ));
-            }
-            if r.subject.is_some() && r.action != PrivacyAction::Encrypt {
-                return Err(problem(
-                    "subject",
-                    "only an `encrypt` rule names a subject".into(),
-                ));
-            }
+            let select = parse("select", &r.select)?;
             let action = match r.action {
                 PrivacyAction::Drop => Action::Drop,
                 PrivacyAction::Mask => Action::Mask {
-                    keep_last: r.keep_last.ok_or_else(|| {
-                        problem("keep_last", "a `mask` rule needs keep_last (e.g. 2)".into())
-                    })?,
+                    keep_last: r.keep_last.unwrap_or_default(),
                 },
-                PrivacyAction::Pseudonymise => {
-                    if hmac.is_none() {
-                        return Err(problem(
-                            "action",
-                            "`pseudonymise` needs privacy.hmac_key_file (at least 32 bytes of \
-                             secret: `openssl rand 32 > FILE`)"
-                                .into(),
-                        ));
-                    }
-                    Action::Pseudonymise
-                }
-                PrivacyAction::Encrypt => {
-                    let subject = r.subject.as_deref().ok_or_else(|| {
-                        problem(
-                            "subject",
-                            "an `encrypt` rule needs subject: a JSONPath to the data subject's \
-                             identifier (e.g. \"$.data.resource.id\")"
-                                .into(),
-                        )
-                    })?;
-                    let subject = JsonPath::parse(subject).map_err(|e| {
-                        problem(
-                            "subject",
-                            format!("not an RFC 9535 JSONPath ({subject:?}): {e}"),
-                        )
-                    })?;
-                    if public.is_none() {
-                        return Err(problem(
-                            "action",
-                            "`encrypt` needs the keeper key: privacy.keeper_public_key_file \
-                             (ingest) or privacy.keeper_key_file (writers), from `audit-manager \
-                             privacy keygen`"
-                                .into(),
-                        ));
-                    }
-                    if hmac.is_none() {
-                        return Err(problem(
-                            "action",
-                            "`encrypt` names each subject's key by its pseudonym: set \
-                             privacy.hmac_key_file"
-                                .into(),
-                        ));
-                    }
-                    Action::Encrypt { subject }
-                }
+                PrivacyAction::Pseudonymise => Action::Pseudonymise,
+                PrivacyAction::Encrypt => Action::Encrypt {
+                    subject: parse("subject", r.subject.as_deref().unwrap_or_default())?,
+                },
             };
             compiled.push(CompiledRule {
                 name,
