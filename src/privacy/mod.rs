@@ -80,10 +80,9 @@ impl ConfigProblem {
         match self {
             ConfigProblem::Rule { index, field, .. } => format!("privacy.rules[{index}].{field}"),
             ConfigProblem::Key { key, .. } => format!("privacy.{key}"),
-            ConfigProblem::Config(crate::config::ConfigError::Invalid { key, .. }) => key
-                .strip_prefix("audit_manager.")
-                .unwrap_or(key)
-                .to_owned(),
+            ConfigProblem::Config(crate::config::ConfigError::Invalid { key, .. }) => {
+                key.strip_prefix("audit_manager.").unwrap_or(key).to_owned()
+            }
             ConfigProblem::Config(_) => "privacy".to_owned(),
         }
     }

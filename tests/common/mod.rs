@@ -601,6 +601,31 @@ pub async fn count_rows(pool: &sqlx::PgPool) -> i64 {
         .unwrap_or(-1)
 }
 
+/// Waits up to `deadline` until every id in `acked` is in audit_events, then returns every
+/// stored id, having checked that none is stored twice (the guarantee after any crash).
+pub async fn every_acked_stored_once(
+    pool: &sqlx::PgPool,
+    acked: &std::collections::HashSet<String>,
+    deadline: Duration,
+) -> Vec<String> {
+    use std::collections::HashSet;
+    let stored: Vec<String> = eventually(deadline, "every acknowledged event stored", || async {
+        let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM audit_events")
+            .fetch_all(pool)
+            .await
+            .ok()?;
+        let have: HashSet<&str> = ids.iter().map(String::as_str).collect();
+        acked
+            .iter()
+            .all(|id| have.contains(id.as_str()))
+            .then_some(ids)
+    })
+    .await;
+    let distinct: HashSet<&String> = stored.iter().collect();
+    assert_eq!(distinct.len(), stored.len(), "an event stored twice");
+    stored
+}
+
 /// A TCP forwarder that can cut every connection and refuse new ones, then restore service.
 pub struct ChaosProxy {
     pub addr: SocketAddr,

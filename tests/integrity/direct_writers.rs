@@ -15,7 +15,7 @@ use audit_manager::config::{ForwardTarget, Role};
 use audit_manager::integrity::publish::SealDir;
 use audit_manager::integrity::seal::Seal;
 use audit_manager::serve::StartOptions;
-use common::{TestApp, TestDb, count_rows, eventually, run_cli};
+use common::{TestApp, TestDb, count_rows, eventually, every_acked_stored_once, run_cli};
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -74,20 +74,7 @@ async fn two_direct_writers_at_once_no_gap_no_duplicate_and_the_seal_dir_matches
         c.await.unwrap();
     }
     let acked: HashSet<String> = acked.lock().unwrap().iter().cloned().collect();
-    let stored: Vec<String> = eventually(WAIT, "every acknowledged event", || async {
-        let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM audit_events")
-            .fetch_all(&pool)
-            .await
-            .ok()?;
-        let have: HashSet<&str> = ids.iter().map(String::as_str).collect();
-        acked
-            .iter()
-            .all(|id| have.contains(id.as_str()))
-            .then_some(ids)
-    })
-    .await;
-    let distinct: HashSet<&String> = stored.iter().collect();
-    assert_eq!(distinct.len(), stored.len(), "duplicates");
+    let stored = every_acked_stored_once(&pool, &acked, WAIT).await;
     assert_eq!(stored.len(), acked.len(), "only acknowledged events");
 
     // Every row sealed, exactly once, and every seal copied to the directory.

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{ChildServer, TestDb, count_rows, eventually};
+use common::{ChildServer, TestDb, count_rows, eventually, every_acked_stored_once};
 
 const ROUNDS: u64 = 8;
 const CLIENTS: usize = 6;
@@ -63,26 +63,7 @@ async fn sigkill_rounds_in_direct_mode_store_every_acked_event_once() {
     server.wait_ready(Duration::from_secs(30)).await;
     let acked: HashSet<String> = acked.lock().unwrap().iter().cloned().collect();
     assert!(acked.len() > 1000, "too little load: {} acked", acked.len());
-    let stored: Vec<String> = eventually(
-        Duration::from_secs(60),
-        "every acknowledged event stored",
-        || async {
-            let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM audit_events")
-                .fetch_all(&pool)
-                .await
-                .ok()?;
-            let have: HashSet<&str> = ids.iter().map(String::as_str).collect();
-            acked
-                .iter()
-                .all(|id| have.contains(id.as_str()))
-                .then_some(ids)
-        },
-    )
-    .await;
-    let distinct: HashSet<&String> = stored.iter().collect();
-    assert_eq!(distinct.len(), stored.len(), "duplicates in audit_events");
-    let missing = acked.iter().filter(|id| !distinct.contains(id)).count();
-    assert_eq!(missing, 0);
+    let stored = every_acked_stored_once(&pool, &acked, Duration::from_secs(60)).await;
     // Only events a client sent (a request cut by the kill may be stored unacknowledged).
     assert!(stored.iter().all(|id| id.starts_with('r')), "a stray row");
     let dead: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_dead_letters")

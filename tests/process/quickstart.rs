@@ -229,24 +229,8 @@ async fn the_readme_quickstart_stores_the_curl_event_in_postgresql() {
     let acked: HashSet<String> = acked.lock().unwrap().iter().cloned().collect();
     assert!(acked.len() >= 200, "too little load: {}", acked.len());
     let (mut child, _rx, _addr, _) = spawn_dev(dir.path(), &db.url);
-    let stored = common::eventually(
-        Duration::from_secs(60),
-        "every 202'd event stored after kill -9 and restart",
-        || async {
-            let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM audit_events")
-                .fetch_all(&pool)
-                .await
-                .ok()?;
-            let have: HashSet<&str> = ids.iter().map(String::as_str).collect();
-            acked
-                .iter()
-                .all(|id| have.contains(id.as_str()))
-                .then_some(ids)
-        },
-    )
-    .await;
-    let distinct: HashSet<&String> = stored.iter().collect();
-    assert_eq!(distinct.len(), stored.len(), "no event stored twice");
+    // Every 202'd event stored after kill -9 and restart, none twice.
+    common::every_acked_stored_once(&pool, &acked, Duration::from_secs(60)).await;
     pool.close().await;
 
     // SIGTERM drains and exits 0.
